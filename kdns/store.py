@@ -1,0 +1,461 @@
+"""The store: current objects from every source, with the indexes answers need.
+
+Sources write into named *layers* (the zones/ files, a cluster); the first layer added wins when
+two define the same service, so manifests on disk can override what a cluster says. Each write is
+a diff: objects equal to what the layer already holds change nothing, so the generation (which is
+also the SOA serial and the key that invalidates cached answers) moves only when DNS-visible data
+moves.
+
+Readers and writers meet on one thread. The server applies every write as a single callback on
+its event loop (see `LoopSink`), so a query never sees half of a change, and no lock sits on the
+query path. A writer in a worker thread (the Kubernetes watch) never touches the store directly.
+
+For each service the store keeps a precomputed `ServiceView`: the endpoints that count (slices win
+over v1 Endpoints, readiness and publishNotReadyAddresses applied, duplicates removed). A change
+recomputes only the views of the services it touches, and the reverse (PTR) indexes are updated
+from the difference between the old and the new view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from .model import (
+    EndpointPort,
+    EndpointSet,
+    KubeObject,
+    Namespace,
+    ObjectKey,
+    Service,
+    endpoint_name,
+)
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+ServiceKey = tuple[str, str]  # (namespace, name)
+#: Called after every change: (generation, time.monotonic() at which the change arrived, or None).
+Listener = Callable[[int, float | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyEndpoint:
+    """One address of one ready endpoint of a service."""
+
+    name: str  # the endpoint's DNS label: hostname or dashed address
+    address: str
+    ports: tuple[EndpointPort, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    """A service with the endpoints that answer for it, as the DNS spec counts them."""
+
+    service: Service
+    #: Ready endpoint addresses, in a stable order; one entry per (endpoint name, address).
+    ready: tuple[ReadyEndpoint, ...] = ()
+    #: How many endpoint addresses were left out because they were not ready.
+    not_ready: int = 0
+    #: The endpoint objects the addresses came from, for `kdns explain`.
+    sources: tuple[ObjectKey, ...] = ()
+
+    def addresses(self) -> list[str]:
+        """Ready addresses, deduplicated, in order."""
+        seen: dict[str, None] = {}
+        for ep in self.ready:
+            seen.setdefault(ep.address, None)
+        return list(seen)
+
+    def named(self, label: str) -> list[str]:
+        """Addresses of the ready endpoints whose name is `label` (case-insensitive)."""
+        label = label.lower()
+        seen: dict[str, None] = {}
+        for ep in self.ready:
+            if ep.name.lower() == label:
+                seen.setdefault(ep.address, None)
+        return list(seen)
+
+
+@dataclass(slots=True)
+class _Layer:
+    name: str
+    #: Files make a namespace exist by putting an object in it; a cluster says so with Namespaces.
+    implicit_namespaces: bool
+    services: dict[ServiceKey, Service] = field(default_factory=dict)
+    endpoint_sets: dict[ObjectKey, EndpointSet] = field(default_factory=dict)
+    by_service: dict[ServiceKey, dict[ObjectKey, EndpointSet]] = field(default_factory=dict)
+    namespaces: set[str] = field(default_factory=set)
+    #: namespace -> number of objects in it (for implicit namespaces)
+    populated: dict[str, int] = field(default_factory=dict)
+    synced: bool = False
+
+    def has_namespace(self, ns: str) -> bool:
+        if ns in self.namespaces:
+            return True
+        return self.implicit_namespaces and self.populated.get(ns, 0) > 0
+
+    def get(self, key: ObjectKey) -> KubeObject | None:
+        kind, ns, name = key
+        if kind == "Service":
+            return self.services.get((ns, name))
+        if kind == "Namespace":
+            return Namespace(name) if name in self.namespaces else None
+        return self.endpoint_sets.get(key)
+
+    def keys(self, kinds: Collection[str] | None) -> list[ObjectKey]:
+        out: list[ObjectKey] = []
+        if kinds is None or "Service" in kinds:
+            out.extend(("Service", ns, name) for ns, name in self.services)
+        if kinds is None or "Namespace" in kinds:
+            out.extend(("Namespace", "", name) for name in self.namespaces)
+        out.extend(k for k in self.endpoint_sets if kinds is None or k[0] in kinds)
+        return out
+
+    def _count(self, ns: str, delta: int) -> None:
+        n = self.populated.get(ns, 0) + delta
+        if n > 0:
+            self.populated[ns] = n
+        else:
+            self.populated.pop(ns, None)
+
+    def put(self, obj: KubeObject) -> ServiceKey | None:
+        """Store `obj`; return the service whose view it affects, if any."""
+        if isinstance(obj, Namespace):
+            self.namespaces.add(obj.name)
+            return None
+        if isinstance(obj, Service):
+            skey = (obj.namespace, obj.name)
+            if skey not in self.services:
+                self._count(obj.namespace, 1)
+            self.services[skey] = obj
+            return skey
+        old = self.endpoint_sets.get(obj.key)
+        if old is not None:
+            self._unlink(old)
+        else:
+            self._count(obj.namespace, 1)
+        self.endpoint_sets[obj.key] = obj
+        skey = (obj.namespace, obj.service)
+        self.by_service.setdefault(skey, {})[obj.key] = obj
+        return skey
+
+    def _unlink(self, eps: EndpointSet) -> None:
+        skey = (eps.namespace, eps.service)
+        group = self.by_service.get(skey)
+        if group is not None:
+            group.pop(eps.key, None)
+            if not group:
+                del self.by_service[skey]
+
+    def remove(self, key: ObjectKey) -> list[ServiceKey]:
+        """Remove the object at `key`; return the services whose views it affects."""
+        kind, ns, name = key
+        if kind == "Namespace":
+            self.namespaces.discard(name)
+            return []
+        if kind == "Service":
+            if self.services.pop((ns, name), None) is None:
+                return []
+            self._count(ns, -1)
+            return [(ns, name)]
+        eps = self.endpoint_sets.pop(key, None)
+        if eps is None:
+            return []
+        self._unlink(eps)
+        self._count(ns, -1)
+        return [(eps.namespace, eps.service)]
+
+
+def build_view(service: Service, sets: Iterable[EndpointSet]) -> ServiceView:
+    """Compute the endpoints that answer for `service` from its endpoint objects.
+
+    EndpointSlices win over v1 Endpoints: on a cluster the mirroring controller copies manual
+    Endpoints into slices, and counting both would list every address twice.
+    """
+    if service.type == "ExternalName":
+        return ServiceView(service)
+    chosen = sorted(sets, key=lambda s: (s.kind, s.name))
+    slices = [s for s in chosen if s.kind == "EndpointSlice"]
+    if slices:
+        chosen = slices
+    ready: list[ReadyEndpoint] = []
+    seen: set[tuple[str, str, tuple[EndpointPort, ...]]] = set()
+    not_ready = 0
+    for eps in chosen:
+        for subset in eps.subsets:
+            for ep in subset.endpoints:
+                ok = ep.ready or service.publish_not_ready
+                for address in ep.addresses:
+                    if not ok:
+                        not_ready += 1
+                        continue
+                    name = endpoint_name(ep.hostname, address)
+                    ident = (name, address, subset.ports)
+                    if ident in seen:
+                        continue
+                    seen.add(ident)
+                    ready.append(ReadyEndpoint(name, address, subset.ports))
+    return ServiceView(service, tuple(ready), not_ready, tuple(s.key for s in chosen))
+
+
+class Store:
+    """Current DNS-relevant objects from every source, with a generation counter."""
+
+    def __init__(self, serial_base: int = 0) -> None:
+        self._layers: dict[str, _Layer] = {}
+        self._views: dict[ServiceKey, ServiceView] = {}
+        self._owner: dict[ServiceKey, str] = {}
+        self._cluster_ptr: dict[str, list[ServiceKey]] = {}
+        self._endpoint_ptr: dict[str, list[tuple[str, str, str]]] = {}
+        self._listeners: list[Listener] = []
+        self._conflicts_warned: set[ServiceKey] = set()
+        self.generation = 0
+        self._serial_base = serial_base
+
+    # -- layers and sync state -------------------------------------------------------------
+
+    def add_layer(self, name: str, *, implicit_namespaces: bool = False) -> None:
+        """Register a source. Layers added first win conflicts."""
+        if name in self._layers:
+            raise ValueError(f"layer {name!r} already exists")
+        self._layers[name] = _Layer(name, implicit_namespaces)
+
+    def layers(self) -> list[str]:
+        return list(self._layers)
+
+    def set_synced(self, layer: str, synced: bool = True) -> None:
+        """Mark a layer as having completed (or lost) its first full load."""
+        lay = self._layers[layer]
+        if lay.synced != synced:
+            lay.synced = synced
+            self._bump(None)
+
+    @property
+    def synced(self) -> bool:
+        """True once every layer has completed its first full load."""
+        return all(lay.synced for lay in self._layers.values())
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener(generation, received_at)` after every change."""
+        self._listeners.append(listener)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def apply(
+        self,
+        layer: str,
+        upserts: Iterable[KubeObject] = (),
+        deletes: Iterable[ObjectKey] = (),
+        received_at: float | None = None,
+    ) -> bool:
+        """Add or replace `upserts` and remove `deletes` in `layer`, as one change.
+
+        Returns True when anything DNS can see changed (and the generation moved).
+        """
+        lay = self._layers[layer]
+        touched: set[ServiceKey] = set()
+        changed = False
+        for key in deletes:
+            if lay.get(key) is None:
+                continue
+            changed = True
+            touched.update(lay.remove(key))
+        for obj in upserts:
+            if lay.get(obj.key) == obj:
+                continue
+            changed = True
+            if isinstance(obj, EndpointSet):
+                old = lay.endpoint_sets.get(obj.key)
+                if old is not None and old.service != obj.service:
+                    touched.add((old.namespace, old.service))
+            skey = lay.put(obj)
+            if skey is not None:
+                touched.add(skey)
+        if not changed:
+            return False
+        for skey in touched:
+            self._refresh(skey)
+        self._bump(received_at)
+        return True
+
+    def replace(
+        self,
+        layer: str,
+        objects: Iterable[KubeObject],
+        kinds: Collection[str] | None = None,
+        received_at: float | None = None,
+    ) -> bool:
+        """Make `objects` the whole content of `layer` for `kinds` (all kinds when None).
+
+        Computed as a diff and applied as one change, so names that did not change keep
+        answering throughout (a relist after 410 Expired, a reload of zones/).
+        """
+        lay = self._layers[layer]
+        new = {obj.key: obj for obj in objects}
+        deletes = [k for k in lay.keys(kinds) if k not in new]
+        return self.apply(layer, new.values(), deletes, received_at)
+
+    def _refresh(self, skey: ServiceKey) -> None:
+        old = self._views.get(skey)
+        view: ServiceView | None = None
+        owner = None
+        for lay in self._layers.values():
+            svc = lay.services.get(skey)
+            if svc is None:
+                continue
+            if owner is None:
+                owner = lay.name
+                view = build_view(svc, lay.by_service.get(skey, {}).values())
+            elif skey not in self._conflicts_warned:
+                self._conflicts_warned.add(skey)
+                log.warning(
+                    "service %s/%s is defined by both %s and %s; %s wins",
+                    skey[0],
+                    skey[1],
+                    owner,
+                    lay.name,
+                    owner,
+                )
+        if old == view:
+            return
+        if old is not None:
+            self._index(skey, old, remove=True)
+        if view is None:
+            self._views.pop(skey, None)
+            self._owner.pop(skey, None)
+        else:
+            self._views[skey] = view
+            self._owner[skey] = owner or ""
+            self._index(skey, view, remove=False)
+
+    def _index(self, skey: ServiceKey, view: ServiceView, *, remove: bool) -> None:
+        for ip in view.service.cluster_ips:
+            _edit(self._cluster_ptr, ip, skey, remove)
+        for ep in view.ready:
+            _edit(self._endpoint_ptr, ep.address, (skey[0], skey[1], ep.name), remove)
+
+    def _bump(self, received_at: float | None) -> None:
+        self.generation += 1
+        for listener in self._listeners:
+            listener(self.generation, received_at)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def serial(self) -> int:
+        """The SOA serial: changes with every DNS-relevant change."""
+        return (self._serial_base + self.generation) % (1 << 32)
+
+    def service(self, namespace: str, name: str) -> ServiceView | None:
+        """The view of a service, by lower-case namespace and name."""
+        return self._views.get((namespace, name))
+
+    def has_namespace(self, namespace: str) -> bool:
+        return any(lay.has_namespace(namespace) for lay in self._layers.values())
+
+    def namespaces(self) -> set[str]:
+        out: set[str] = set()
+        for lay in self._layers.values():
+            out |= lay.namespaces
+            if lay.implicit_namespaces:
+                out.update(lay.populated)
+        return out
+
+    def services_by_cluster_ip(self, ip: str) -> list[ServiceKey]:
+        """Services that have `ip` among their ClusterIPs, sorted."""
+        return sorted(self._cluster_ptr.get(ip, ()))
+
+    def endpoints_by_ip(self, ip: str) -> list[tuple[str, str, str]]:
+        """(namespace, service, endpoint name) of every ready endpoint with address `ip`."""
+        return sorted(self._endpoint_ptr.get(ip, ()))
+
+    def views(self) -> Iterator[ServiceView]:
+        """Every service view, in (namespace, name) order."""
+        for key in sorted(self._views):
+            yield self._views[key]
+
+    def owner(self, namespace: str, name: str) -> str | None:
+        """The layer a service's answers come from."""
+        return self._owner.get((namespace, name))
+
+    def endpoint_sets(self, namespace: str, service: str) -> list[EndpointSet]:
+        """Every endpoint object of a service in its owning layer (including ignored ones)."""
+        owner = self._owner.get((namespace, service))
+        if owner is None:
+            return []
+        return list(self._layers[owner].by_service.get((namespace, service), {}).values())
+
+
+def _edit(index: dict[str, list[_T]], ip: str, value: _T, remove: bool) -> None:
+    bucket = index.get(ip)
+    if remove:
+        if bucket is not None and value in bucket:
+            bucket.remove(value)
+            if not bucket:
+                del index[ip]
+    elif bucket is None:
+        index[ip] = [value]
+    elif value not in bucket:
+        bucket.append(value)
+
+
+class Sink(Protocol):
+    """Where a source writes: the store itself, or a `LoopSink` in front of it."""
+
+    def apply(
+        self,
+        layer: str,
+        upserts: Iterable[KubeObject] = (),
+        deletes: Iterable[ObjectKey] = (),
+        received_at: float | None = None,
+    ) -> object: ...
+
+    def replace(
+        self,
+        layer: str,
+        objects: Iterable[KubeObject],
+        kinds: Collection[str] | None = None,
+        received_at: float | None = None,
+    ) -> object: ...
+
+    def set_synced(self, layer: str, synced: bool = True) -> None: ...
+
+
+class LoopSink:
+    """Hands writes from worker threads to the store on its event loop, one callback each.
+
+    The Kubernetes client blocks, so watches run in threads; the store belongs to the loop. Each
+    call becomes one `call_soon_threadsafe` callback, so a batch (a relist, say) is applied
+    between two queries, never across one.
+    """
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self.loop = loop
+
+    def apply(
+        self,
+        layer: str,
+        upserts: Iterable[KubeObject] = (),
+        deletes: Iterable[ObjectKey] = (),
+        received_at: float | None = None,
+    ) -> None:
+        self.loop.call_soon_threadsafe(
+            self.store.apply, layer, list(upserts), list(deletes), received_at
+        )
+
+    def replace(
+        self,
+        layer: str,
+        objects: Iterable[KubeObject],
+        kinds: Collection[str] | None = None,
+        received_at: float | None = None,
+    ) -> None:
+        self.loop.call_soon_threadsafe(self.store.replace, layer, list(objects), kinds, received_at)
+
+    def set_synced(self, layer: str, synced: bool = True) -> None:
+        self.loop.call_soon_threadsafe(self.store.set_synced, layer, synced)

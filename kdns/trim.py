@@ -1,0 +1,254 @@
+"""Turn Kubernetes JSON objects into the trimmed records of `kdns.model`.
+
+Both sources use this: the cluster watch hands over what the apiserver sent, the zones/ source what
+a manifest says. Both are plain dicts in the API's JSON shape, so one converter serves both and a
+manifest means exactly what it would mean to `kubectl apply`.
+
+Conversions never raise on the shape of real API data (nulls, missing fields); a value that cannot
+be right (a port that is not a number) raises `TrimError`, which the file source reports with the
+file and position and the watch counts as an error for that object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .model import (
+    SERVICE_NAME_LABEL,
+    Endpoint,
+    EndpointPort,
+    EndpointSet,
+    KubeObject,
+    Namespace,
+    Service,
+    ServicePort,
+    ServiceType,
+    Subset,
+    ip_family,
+)
+
+Json = Mapping[str, Any]
+
+SERVICE_TYPES: tuple[ServiceType, ...] = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+
+
+class TrimError(ValueError):
+    """An object whose content cannot be turned into DNS data."""
+
+
+def _map(value: Any, what: str) -> Json:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TrimError(f"{what} must be a mapping")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TrimError(f"{what} must be a list")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TrimError(f"{what} must be a string")
+    return value
+
+
+def _port(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise TrimError(f"{what} must be a port number (0-65535), not {value!r}")
+    return value
+
+
+def _protocol(value: Any, what: str) -> str:
+    proto = _str(value, what).upper() or "TCP"
+    if proto not in ("TCP", "UDP", "SCTP"):
+        raise TrimError(f"{what} must be TCP, UDP or SCTP, not {value!r}")
+    return proto
+
+
+def _ip(value: Any, what: str) -> str:
+    text = _str(value, what)
+    if not ip_family(text):
+        raise TrimError(f"{what} is not an IP address: {value!r}")
+    return text
+
+
+def metadata(obj: Json) -> tuple[str, str]:
+    """(namespace, name) of an object; namespace "default" when absent."""
+    meta = _map(obj.get("metadata"), "metadata")
+    name = _str(meta.get("name"), "metadata.name")
+    if not name:
+        raise TrimError("metadata.name is missing")
+    return (_str(meta.get("namespace"), "metadata.namespace") or "default", name)
+
+
+def labels(obj: Json) -> dict[str, str]:
+    """An object's labels (values coerced to strings)."""
+    meta = _map(obj.get("metadata"), "metadata")
+    return {str(k): str(v) for k, v in _map(meta.get("labels"), "metadata.labels").items()}
+
+
+def service(obj: Json) -> Service:
+    """A v1 Service. A missing clusterIP stays empty: the file source allocates one."""
+    ns, name = metadata(obj)
+    spec = _map(obj.get("spec"), "spec")
+    kind = _str(spec.get("type"), "spec.type") or "ClusterIP"
+    if kind not in SERVICE_TYPES:
+        raise TrimError(f"spec.type must be one of {', '.join(SERVICE_TYPES)}, not {kind!r}")
+    ips = [_str(ip, "spec.clusterIPs[]") for ip in _list(spec.get("clusterIPs"), "spec.clusterIPs")]
+    if not ips and spec.get("clusterIP"):
+        ips = [_str(spec.get("clusterIP"), "spec.clusterIP")]
+    headless = kind != "ExternalName" and any(ip == "None" for ip in ips)
+    ips = [] if headless or kind == "ExternalName" else ips
+    for i, ip in enumerate(ips):
+        _ip(ip, f"spec.clusterIPs[{i}]")
+    ports = []
+    for i, port in enumerate(_list(spec.get("ports"), "spec.ports")):
+        port = _map(port, f"spec.ports[{i}]")
+        ports.append(
+            ServicePort(
+                name=_str(port.get("name"), f"spec.ports[{i}].name"),
+                port=_port(port.get("port"), f"spec.ports[{i}].port"),
+                protocol=_protocol(port.get("protocol"), f"spec.ports[{i}].protocol"),
+            )
+        )
+    external = _str(spec.get("externalName"), "spec.externalName").rstrip(".").lower()
+    if kind == "ExternalName" and not external:
+        raise TrimError("spec.externalName is required for an ExternalName service")
+    selector_map = spec.get("selector")
+    selector = (
+        tuple(sorted((str(k), str(v)) for k, v in _map(selector_map, "spec.selector").items()))
+        if selector_map
+        else None
+    )
+    return Service(
+        namespace=ns,
+        name=name,
+        type=kind,  # checked against SERVICE_TYPES above
+        cluster_ips=tuple(ips),
+        headless=headless,
+        external_name=external if kind == "ExternalName" else "",
+        ports=tuple(ports),
+        publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
+        selector=selector,
+    )
+
+
+def _target(ref: Any) -> str:
+    ref = _map(ref, "targetRef")
+    if not ref:
+        return ""
+    return f"{_str(ref.get('kind'), 'targetRef.kind')}/{_str(ref.get('name'), 'targetRef.name')}"
+
+
+def endpoint_slice(obj: Json) -> EndpointSet | None:
+    """A discovery.k8s.io/v1 EndpointSlice; None for FQDN slices and slices of no service."""
+    ns, name = metadata(obj)
+    svc = labels(obj).get(SERVICE_NAME_LABEL, "")
+    family = _str(obj.get("addressType"), "addressType") or "IPv4"
+    if not svc or family not in ("IPv4", "IPv6"):
+        return None
+    want = 4 if family == "IPv4" else 6
+    endpoints = []
+    for i, ep in enumerate(_list(obj.get("endpoints"), "endpoints")):
+        ep = _map(ep, f"endpoints[{i}]")
+        cond = _map(ep.get("conditions"), f"endpoints[{i}].conditions")
+        ready = cond.get("ready") is not False and cond.get("terminating") is not True
+        addresses = tuple(
+            a
+            for a in (
+                _str(a, f"endpoints[{i}].addresses[]")
+                for a in _list(ep.get("addresses"), f"endpoints[{i}].addresses")
+            )
+            if ip_family(a) == want
+        )
+        if not addresses:
+            continue
+        endpoints.append(
+            Endpoint(
+                addresses=addresses,
+                hostname=_str(ep.get("hostname"), f"endpoints[{i}].hostname"),
+                ready=ready,
+                node_name=_str(ep.get("nodeName"), f"endpoints[{i}].nodeName"),
+                target=_target(ep.get("targetRef")),
+            )
+        )
+    ports = tuple(_endpoint_ports(obj.get("ports"), "ports"))
+    return EndpointSet("EndpointSlice", ns, name, svc, (Subset(tuple(endpoints), ports),))
+
+
+def _endpoint_ports(value: Any, what: str) -> list[EndpointPort]:
+    out = []
+    for i, port in enumerate(_list(value, what)):
+        port = _map(port, f"{what}[{i}]")
+        number = port.get("port")
+        if number is None:  # a slice port without a number means "all ports": no SRV
+            continue
+        out.append(
+            EndpointPort(
+                name=_str(port.get("name"), f"{what}[{i}].name"),
+                port=_port(number, f"{what}[{i}].port"),
+                protocol=_protocol(port.get("protocol"), f"{what}[{i}].protocol"),
+            )
+        )
+    return out
+
+
+def endpoints(obj: Json) -> EndpointSet:
+    """A v1 Endpoints: `addresses` are ready, `notReadyAddresses` are not."""
+    ns, name = metadata(obj)
+    subsets = []
+    for i, sub in enumerate(_list(obj.get("subsets"), "subsets")):
+        sub = _map(sub, f"subsets[{i}]")
+        eps = []
+        for field, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for j, addr in enumerate(_list(sub.get(field), f"subsets[{i}].{field}")):
+                addr = _map(addr, f"subsets[{i}].{field}[{j}]")
+                eps.append(
+                    Endpoint(
+                        addresses=(_ip(addr.get("ip"), f"subsets[{i}].{field}[{j}].ip"),),
+                        hostname=_str(addr.get("hostname"), f"subsets[{i}].{field}[{j}].hostname"),
+                        ready=ready,
+                        node_name=_str(addr.get("nodeName"), f"subsets[{i}].{field}[{j}].nodeName"),
+                        target=_target(addr.get("targetRef")),
+                    )
+                )
+        ports = tuple(_endpoint_ports(sub.get("ports"), f"subsets[{i}].ports"))
+        subsets.append(Subset(tuple(eps), ports))
+    return EndpointSet("Endpoints", ns, name, name, tuple(subsets))
+
+
+def namespace(obj: Json) -> Namespace:
+    """A v1 Namespace (its own namespace field is meaningless and ignored)."""
+    meta = _map(obj.get("metadata"), "metadata")
+    name = _str(meta.get("name"), "metadata.name")
+    if not name:
+        raise TrimError("metadata.name is missing")
+    return Namespace(name)
+
+
+_TRIMMERS = {
+    "Service": service,
+    "EndpointSlice": endpoint_slice,
+    "Endpoints": endpoints,
+    "Namespace": namespace,
+}
+
+
+def trim(kind: str, obj: Json) -> KubeObject | None:
+    """Convert one API object of `kind` to its record; None when DNS has no use for it."""
+    try:
+        convert = _TRIMMERS[kind]
+    except KeyError:
+        raise TrimError(f"kdns does not read objects of kind {kind!r}") from None
+    if not isinstance(obj, Mapping):
+        raise TrimError(f"a {kind} must be a mapping")
+    return convert(obj)
