@@ -1,0 +1,424 @@
+"""The answer engine: (question, store) -> records and rcode. All of the DNS spec lives here.
+
+Pure: no sockets, no clock, no threads. The reference is the Kubernetes DNS specification
+(schema 1.1.0) and, where it is silent, CoreDNS's kubernetes plugin. The shape of a name decides
+what it means, so the engine first splits the question into labels relative to the zone it falls
+in, then dispatches on the label count, as CoreDNS's parse.go does:
+
+    <zone>                                    apex: SOA, NS
+    dns-version.<zone>                        TXT "1.1.0"
+    <ns>.svc.<zone>                           namespace: NODATA or NXDOMAIN
+    <svc>.<ns>.svc.<zone>                     service
+    <endpoint>.<svc>.<ns>.svc.<zone>          one endpoint (hostname or dashed IP)
+    _<port>._<proto>.<svc>.<ns>.svc.<zone>    SRV for a named port
+    <a-b-c-d>.<ns>.pod.<zone>                 pod (mode insecure)
+    <reversed IP>.in-addr.arpa / ip6.arpa     PTR
+
+Negative answers carry the zone's SOA so that caches downstream keep them only as long as the
+SOA minimum (RFC 2308). Answer owner names are the question's name object itself, so the case
+the client asked with is what it gets back (and the encoder compresses them to the question).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
+
+from .model import ip_family
+from .store import ServiceView, Store
+
+PodsMode = Literal["insecure", "disabled"]
+
+#: The schema version of the Kubernetes DNS specification that kdns implements.
+SCHEMA_VERSION = "1.1.0"
+SCHEMA_TTL = 28800
+#: SOA timers, as CoreDNS sets them: refresh, retry, expire.
+SOA_TIMERS = (7200, 1800, 86400)
+REVERSE_ZONES = (("in-addr", "arpa"), ("ip6", "arpa"))
+#: How many in-zone CNAMEs (ExternalName services pointing at services) are followed.
+MAX_CHASE = 8
+
+_ADDRESS_TYPES = {QTYPE.A: 4, QTYPE.AAAA: 6}
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """One served zone and the store whose objects answer for it."""
+
+    domain: str  # lower case, no trailing dot, e.g. "cluster.local"
+    store: Store
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.domain.split(".")) if self.domain else ()
+
+
+@dataclass(slots=True)
+class Answer:
+    """The sections of a response, before encoding."""
+
+    rcode: int = RCODE.NOERROR
+    #: False for names outside every zone kdns serves (REFUSED, or forwarded upstream).
+    authoritative: bool = True
+    answer: list[RR] = field(default_factory=list)
+    authority: list[RR] = field(default_factory=list)
+    additional: list[RR] = field(default_factory=list)
+
+
+class Engine:
+    """Answers questions for one or more cluster zones and the reverse zones."""
+
+    def __init__(
+        self,
+        clusters: Sequence[Cluster],
+        *,
+        ttl: int = 5,
+        pods: PodsMode = "insecure",
+        ns_addresses: Sequence[str] = (),
+    ) -> None:
+        if not clusters:
+            raise ValueError("at least one cluster zone is needed")
+        self.clusters = list(clusters)
+        self.ttl = ttl
+        self.pods = pods
+        self.ns_addresses = [a for a in ns_addresses if ip_family(a)]
+        # Longest zone first, so that a zone nested in another one wins its names.
+        self._by_suffix = sorted(self.clusters, key=lambda c: -len(c.labels))
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def resolve(self, qname: DNSLabel, qtype: int) -> Answer:
+        """Answer one question. `qname` is used as the owner of the answer records."""
+        labels = tuple(_text(label).lower() for label in qname.label)
+        for cluster in self._by_suffix:
+            zl = cluster.labels
+            if labels[len(labels) - len(zl) :] == zl:
+                ans = self._forward(cluster, labels[: len(labels) - len(zl)], qname, qtype, 0)
+                return self._unsynced(ans, [cluster])
+        for zone in REVERSE_ZONES:
+            if labels[-2:] == zone:
+                ans = self._reverse(zone, labels[:-2], qname, qtype)
+                return self._unsynced(ans, self.clusters)
+        return Answer(RCODE.REFUSED, authoritative=False)
+
+    def is_local(self, qname: DNSLabel) -> bool:
+        """True when `qname` falls in a zone kdns answers for."""
+        labels = tuple(_text(label).lower() for label in qname.label)
+        if labels[-2:] in REVERSE_ZONES:
+            return True
+        return any(labels[len(labels) - len(c.labels) :] == c.labels for c in self.clusters)
+
+    @staticmethod
+    def _unsynced(ans: Answer, clusters: Sequence[Cluster]) -> Answer:
+        # A cache downstream would keep an NXDOMAIN given before the data arrived.
+        if ans.rcode == RCODE.NXDOMAIN and not all(c.store.synced for c in clusters):
+            return Answer(RCODE.SERVFAIL)
+        return ans
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _soa(self, zone: str, serial: int, mname: str) -> RR:
+        refresh, retry, expire = SOA_TIMERS
+        return RR(
+            zone + ".",
+            QTYPE.SOA,
+            ttl=self.ttl,
+            rdata=SOA(
+                mname + ".",
+                "hostmaster." + mname.split(".", 2)[-1] + ".",
+                (serial, refresh, retry, expire, self.ttl),
+            ),
+        )
+
+    def _negative(self, rcode: int, soa: RR) -> Answer:
+        return Answer(rcode, authority=[soa])
+
+    def _address_records(
+        self, owner: DNSLabel | str, addresses: Sequence[str], qtype: int
+    ) -> list[RR]:
+        family = _ADDRESS_TYPES.get(qtype)
+        out = []
+        for address in addresses:
+            fam = ip_family(address)
+            if fam == 4 and family in (4, None):
+                out.append(RR(owner, QTYPE.A, ttl=self.ttl, rdata=A(address)))
+            elif fam == 6 and family in (6, None):
+                out.append(RR(owner, QTYPE.AAAA, ttl=self.ttl, rdata=AAAA(address)))
+        return out
+
+    # -- forward zone ----------------------------------------------------------------------
+
+    def _forward(
+        self, cluster: Cluster, rel: tuple[str, ...], qname: DNSLabel, qtype: int, depth: int
+    ) -> Answer:
+        zone = cluster.domain
+        store = cluster.store
+        mname = f"ns.dns.{zone}"
+        soa = self._soa(zone, store.serial, mname)
+
+        def nodata() -> Answer:
+            return self._negative(RCODE.NOERROR, soa)
+
+        def nxdomain() -> Answer:
+            return self._negative(RCODE.NXDOMAIN, soa)
+
+        if not rel:
+            return self._apex(zone, soa, mname, qtype)
+        if rel == ("dns-version",):
+            if qtype in (QTYPE.TXT, QTYPE.ANY):
+                return Answer(
+                    answer=[RR(qname, QTYPE.TXT, ttl=SCHEMA_TTL, rdata=TXT(SCHEMA_VERSION))]
+                )
+            return nodata()
+        if rel == ("ns", "dns"):
+            records = self._address_records(qname, self.ns_addresses, qtype)
+            return Answer(answer=records) if records else nodata()
+        if rel == ("dns",):
+            return nodata()  # empty non-terminal above ns.dns
+        kind = rel[-1]
+        parts = rel[:-1]
+        if kind == "svc":
+            return self._svc(cluster, parts, qname, qtype, soa, depth)
+        if kind == "pod":
+            if not parts:
+                return nodata()
+            if self.pods == "disabled" or len(parts) > 2 or not store.has_namespace(parts[-1]):
+                return nxdomain()
+            if len(parts) == 1:
+                return nodata()
+            address = _pod_address(parts[0])
+            if address is None:
+                return nxdomain()
+            records = self._address_records(qname, [address], qtype)
+            if records and qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+                return Answer(answer=records)
+            return nodata()
+        return nxdomain()
+
+    def _apex(self, zone: str, soa: RR, mname: str, qtype: int) -> Answer:
+        if qtype in (QTYPE.SOA, QTYPE.ANY):
+            return Answer(answer=[soa])
+        if qtype == QTYPE.NS:
+            glue = self._address_records(mname + ".", self.ns_addresses, QTYPE.ANY)
+            return Answer(
+                answer=[RR(zone + ".", QTYPE.NS, ttl=self.ttl, rdata=NS(mname + "."))],
+                additional=glue,
+            )
+        return self._negative(RCODE.NOERROR, soa)
+
+    def _svc(
+        self,
+        cluster: Cluster,
+        parts: tuple[str, ...],
+        qname: DNSLabel,
+        qtype: int,
+        soa: RR,
+        depth: int,
+    ) -> Answer:
+        store = cluster.store
+        nodata = self._negative(RCODE.NOERROR, soa)
+        nxdomain = self._negative(RCODE.NXDOMAIN, soa)
+        if not parts:
+            return nodata
+        ns = parts[-1]
+        if len(parts) == 1:
+            return nodata if store.has_namespace(ns) else nxdomain
+        if len(parts) > 4:
+            return nxdomain
+        view = store.service(ns, parts[-2])
+        if view is None:
+            return nxdomain
+        svc = view.service
+        fqdn = f"{svc.name}.{svc.namespace}.svc.{cluster.domain}."
+        if svc.type == "ExternalName":
+            if len(parts) > 2 or ip_family(svc.external_name):
+                return nxdomain
+            return self._external_name(cluster, svc.external_name, qname, qtype, nodata, depth)
+        if svc.headless and not view.ready:
+            return nxdomain  # the spec's one explicit negative rule
+        if len(parts) == 2:
+            return self._service(view, fqdn, qname, qtype, nodata, cluster.domain)
+        if len(parts) == 3:
+            label = parts[0]
+            addresses = view.named(label)
+            if addresses:
+                records = self._address_records(qname, addresses, qtype)
+                if records and qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+                    return Answer(answer=records)
+                return nodata
+            if label.startswith("_") and label[1:] in _protocols(view):
+                return nodata  # empty non-terminal above _port._proto
+            return nxdomain
+        port, proto = parts[0], parts[1]
+        if not (port.startswith("_") and proto.startswith("_")):
+            return nxdomain
+        srv = self._srv(view, fqdn, qname, cluster.domain, port[1:], proto[1:].upper())
+        if srv is None:
+            return nxdomain
+        if qtype in (QTYPE.SRV, QTYPE.ANY):
+            return srv
+        return nodata
+
+    def _service(
+        self,
+        view: ServiceView,
+        fqdn: str,
+        qname: DNSLabel,
+        qtype: int,
+        nodata: Answer,
+        domain: str,
+    ) -> Answer:
+        svc = view.service
+        if qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+            addresses = view.addresses() if svc.headless else list(svc.cluster_ips)
+            records = self._address_records(qname, addresses, qtype)
+            return Answer(answer=records) if records else nodata
+        if qtype == QTYPE.SRV:
+            srv = self._srv(view, fqdn, qname, domain, None, None)
+            return srv if srv is not None else nodata
+        return nodata
+
+    def _srv(
+        self,
+        view: ServiceView,
+        fqdn: str,
+        qname: DNSLabel,
+        domain: str,
+        port_name: str | None,
+        proto: str | None,
+    ) -> Answer | None:
+        """SRV records for the named port (every port when `port_name` is None).
+
+        None when nothing matches: for the `_port._proto` form that means NXDOMAIN.
+        """
+        svc = view.service
+        # (target, port, addresses of the target)
+        found: dict[tuple[str, int], list[str]] = {}
+        if svc.headless:
+            for ep in view.ready:
+                for p in ep.ports:
+                    if port_name is not None and (
+                        p.name.lower() != port_name or p.protocol != proto
+                    ):
+                        continue
+                    target = f"{ep.name}.{fqdn}"
+                    found.setdefault((target, p.port), [])
+                    addrs = found[(target, p.port)]
+                    if ep.address not in addrs:
+                        addrs.append(ep.address)
+        else:
+            for sp in svc.ports:
+                if port_name is not None and (
+                    not sp.name or sp.name.lower() != port_name or sp.protocol != proto
+                ):
+                    continue
+                found.setdefault((fqdn, sp.port), list(svc.cluster_ips))
+        if not found:
+            return None
+        weight = max(1, 100 // len(found))
+        ans = Answer()
+        glued: set[str] = set()
+        for (target, port), addresses in found.items():
+            ans.answer.append(
+                RR(qname, QTYPE.SRV, ttl=self.ttl, rdata=SRV(0, weight, port, target))
+            )
+            if target not in glued:
+                glued.add(target)
+                ans.additional.extend(self._address_records(target, addresses, QTYPE.ANY))
+        return ans
+
+    def _external_name(
+        self,
+        cluster: Cluster,
+        target: str,
+        qname: DNSLabel,
+        qtype: int,
+        nodata: Answer,
+        depth: int,
+    ) -> Answer:
+        if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.CNAME, QTYPE.ANY):
+            return nodata
+        cname = RR(qname, QTYPE.CNAME, ttl=self.ttl, rdata=CNAME(target + "."))
+        if qtype in (QTYPE.CNAME, QTYPE.ANY) or depth >= MAX_CHASE:
+            return Answer(answer=[cname])
+        labels = tuple(target.split("."))
+        for other in self._by_suffix:
+            zl = other.labels
+            if labels[len(labels) - len(zl) :] == zl:
+                rel = labels[: len(labels) - len(zl)]
+                chased = self._forward(other, rel, DNSLabel(target), qtype, depth + 1)
+                chased.answer.insert(0, cname)
+                return chased
+        return Answer(answer=[cname])
+
+    # -- reverse zones -----------------------------------------------------------------------
+
+    def _reverse(
+        self, zone: tuple[str, str], rel: tuple[str, ...], qname: DNSLabel, qtype: int
+    ) -> Answer:
+        first = self.clusters[0]
+        zone_name = ".".join(zone)
+        mname = f"ns.dns.{first.domain}"
+        serial = sum(c.store.serial for c in self.clusters) % (1 << 32)
+        soa = self._soa(zone_name, serial, mname)
+        if not rel:
+            return self._apex(zone_name, soa, mname, qtype)
+        address = _reverse_address(zone, rel)
+        if address is None:
+            return self._negative(RCODE.NXDOMAIN, soa)
+        targets: list[str] = []
+        for cluster in self.clusters:
+            keys = cluster.store.services_by_cluster_ip(address)
+            if keys:
+                ns, name = keys[0]
+                targets = [f"{name}.{ns}.svc.{cluster.domain}."]
+                break
+        if not targets:
+            for cluster in self.clusters:
+                for ns, svc, ep in cluster.store.endpoints_by_ip(address):
+                    targets.append(f"{ep}.{svc}.{ns}.svc.{cluster.domain}.")
+        if not targets:
+            return self._negative(RCODE.NXDOMAIN, soa)
+        if qtype not in (QTYPE.PTR, QTYPE.ANY):
+            return self._negative(RCODE.NOERROR, soa)
+        return Answer(answer=[RR(qname, QTYPE.PTR, ttl=self.ttl, rdata=PTR(t)) for t in targets])
+
+
+def _text(label: bytes) -> str:
+    # latin-1 maps every byte to one character, so odd bytes never raise and never collide.
+    return label.decode("latin-1")
+
+
+def _protocols(view: ServiceView) -> set[str]:
+    svc = view.service
+    if svc.headless:
+        return {p.protocol.lower() for ep in view.ready for p in ep.ports if p.name}
+    return {p.protocol.lower() for p in svc.ports if p.name}
+
+
+def _pod_address(label: str) -> str | None:
+    """The address a pod label spells: `10-0-0-1`, or `2001-db8--1` for IPv6."""
+    text = label.replace("-", ":") if label.count("-") != 3 else label.replace("-", ".")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _reverse_address(zone: tuple[str, str], rel: tuple[str, ...]) -> str | None:
+    """The address a full reverse name stands for, in canonical form; None otherwise."""
+    try:
+        if zone[0] == "in-addr":
+            if len(rel) != 4 or not all(p.isdigit() and str(int(p)) == p for p in rel):
+                return None
+            return str(ipaddress.IPv4Address(".".join(reversed(rel))))
+        if len(rel) != 32 or not all(len(p) == 1 and p in "0123456789abcdef" for p in rel):
+            return None
+        nibbles = "".join(reversed(rel))
+        return str(ipaddress.IPv6Address(int(nibbles, 16)))
+    except ValueError:
+        return None

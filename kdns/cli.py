@@ -1,0 +1,205 @@
+"""The command line: flags in, a `Config` out, then the server or a one-shot command.
+
+Every error a user can cause ends as one line on stderr and exit status 1 (2 for bad usage);
+tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from . import __version__
+from .config import Config, ConfigError, check_cidr, normalize_domain, parse_hostport
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="kdns: a small, fast cluster DNS server for Kubernetes.",
+)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"kdns: error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kdns {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """kdns: a small, fast cluster DNS server for Kubernetes."""
+
+
+ZonesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--zones", help="Directory of Kubernetes manifests (repeatable) [default: ./zones]."
+    ),
+]
+DomainOpt = Annotated[str, typer.Option("--domain", help="The cluster domain.")]
+CidrOpt = Annotated[
+    str, typer.Option("--service-cidr", help="Range for ClusterIPs the manifests leave out.")
+]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def serve(
+    zones: ZonesOpt = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT or [IPv6]:PORT, UDP and TCP (repeatable) [default: 127.0.0.1:1053].",
+        ),
+    ] = None,
+    domain: DomainOpt = "cluster.local",
+    ttl: Annotated[
+        int, typer.Option("--ttl", min=0, max=3600, help="TTL of answers (seconds).")
+    ] = 5,
+    pods: Annotated[
+        str, typer.Option("--pods", help="Pod records: insecure or disabled.")
+    ] = "insecure",
+    service_cidr: CidrOpt = "10.96.0.0/12",
+    http: Annotated[
+        str | None,
+        typer.Option("--http", help="HOST:PORT for /health and /ready (off unless given)."),
+    ] = None,
+    kubeconfig: Annotated[
+        str | None, typer.Option("--kubeconfig", help="Watch the cluster of this kubeconfig.")
+    ] = None,
+    context: Annotated[str | None, typer.Option("--context", help="Kubeconfig context.")] = None,
+    in_cluster: Annotated[
+        bool,
+        typer.Option("--in-cluster", help="Use the pod's service account (automatic in a pod)."),
+    ] = False,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", help="Serve only this namespace (repeatable)."),
+    ] = None,
+    label_selector: Annotated[
+        str | None, typer.Option("--label-selector", help="Watch only services matching this.")
+    ] = None,
+    startup_timeout: Annotated[
+        float, typer.Option("--startup-timeout", min=0, help="Seconds to wait for the first sync.")
+    ] = 5.0,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning, error.")
+    ] = "info",
+) -> None:
+    """Serve DNS for the manifests in --zones (and a cluster, with --kubeconfig)."""
+    import os
+
+    try:
+        if pods not in ("insecure", "disabled"):
+            raise ConfigError(f"--pods must be insecure or disabled, not {pods!r}")
+        if not kubeconfig and not in_cluster and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            in_cluster = True
+        config = Config(
+            zones=list(zones or [Path("zones")]),
+            listen=[parse_hostport(a) for a in (listen or ["127.0.0.1:1053"])],
+            domain=normalize_domain(domain),
+            ttl=ttl,
+            pods=pods,  # type: ignore[arg-type]  # checked above
+            service_cidr=check_cidr(service_cidr),
+            http=parse_hostport(http) if http else None,
+            kubeconfig=kubeconfig,
+            context=context,
+            in_cluster=in_cluster,
+            namespaces=list(namespace or []),
+            label_selector=label_selector,
+            startup_timeout=startup_timeout,
+        )
+    except ConfigError as err:
+        _fail(str(err))
+    _setup_logging(log_level)
+    from .files import SourceError
+    from .server import run
+
+    try:
+        run(config)
+    except (ConfigError, SourceError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        pass
+
+
+def _load_engine(zones: list[Path] | None, domain: str, service_cidr: str) -> object:
+    from .answers import Cluster, Engine
+    from .files import FileSource, SourceError
+    from .store import Store
+
+    store = Store()
+    store.add_layer("files", implicit_namespaces=True)
+    try:
+        FileSource(store, "files", list(zones or [Path("zones")]), check_cidr(service_cidr)).load()
+        return Engine([Cluster(normalize_domain(domain), store)])
+    except (ConfigError, SourceError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def records(
+    zones: ZonesOpt = None,
+    domain: DomainOpt = "cluster.local",
+    service_cidr: CidrOpt = "10.96.0.0/12",
+) -> None:
+    """Print every record kdns would serve, as a sorted zone file."""
+    from .answers import Engine
+    from .zonefile import render
+
+    logging.basicConfig(level=logging.ERROR)
+    engine = _load_engine(zones, domain, service_cidr)
+    assert isinstance(engine, Engine)
+    typer.echo(render(engine), nl=False)
+
+
+@app.command()
+def check(
+    dirs: Annotated[list[Path], typer.Argument(help="Directories (or files) of manifests.")],
+) -> None:
+    """Validate manifests; print each problem with its file and position."""
+    from .files import SourceError
+    from .files import check as check_dirs
+
+    try:
+        problems = check_dirs(dirs)
+    except SourceError as err:
+        _fail(str(err))
+    errors = 0
+    for problem in problems:
+        typer.echo(str(problem), err=False)
+        if problem.severity == "error":
+            errors += 1
+    if errors:
+        typer.echo(f"{errors} error(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {len(problems)} warning(s)", err=True)
+
+
+def main() -> None:
+    """Entry point of the `kdns` command."""
+    app()

@@ -1,0 +1,85 @@
+"""Every knob of a kdns server, in one object the CLI fills and the server reads."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .answers import PodsMode
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message is one line meant for the user."""
+
+
+@dataclass(slots=True)
+class Config:
+    """Settings of `kdns serve`. Defaults match the CLI's."""
+
+    zones: list[Path] = field(default_factory=lambda: [Path("zones")])
+    listen: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 1053)])
+    domain: str = "cluster.local"
+    ttl: int = 5
+    pods: PodsMode = "insecure"
+    service_cidr: str = "10.96.0.0/12"
+    http: tuple[str, int] | None = None
+    # the cluster source (none of these set: files only)
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    namespaces: list[str] = field(default_factory=list)
+    label_selector: str | None = None
+    startup_timeout: float = 5.0
+    # wire limits
+    max_udp: int = 1232
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1000
+    cache_size: int = 20000
+    poll_interval: float = 0.25
+
+    @property
+    def uses_cluster(self) -> bool:
+        return bool(self.kubeconfig or self.in_cluster)
+
+
+def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` (the port may be left out when a default is given)."""
+    host, sep, port = text.rpartition(":")
+    if text.startswith("[") and "]" in text:
+        close = text.index("]")
+        host = text[1:close]
+        rest = text[close + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"bad address {text!r}: expected [IPv6]:PORT")
+        port = rest[1:]
+        sep = ":" if rest else ""
+    elif not sep or ":" in host:
+        # no port, or a bare IPv6 address
+        host, port = text, ""
+    if not port:
+        if default_port is None:
+            raise ConfigError(f"bad address {text!r}: expected HOST:PORT")
+        port = str(default_port)
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"bad port in {text!r}")
+    if not host:
+        raise ConfigError(f"bad address {text!r}: no host")
+    return host, int(port)
+
+
+def normalize_domain(domain: str) -> str:
+    """Lower case, no trailing dot; rejects names that cannot be zones."""
+    name = domain.strip().rstrip(".").lower()
+    labels = name.split(".") if name else []
+    if not labels or any(not label or len(label) > 63 for label in labels) or len(name) > 253:
+        raise ConfigError(f"bad domain {domain!r}")
+    return name
+
+
+def check_cidr(cidr: str) -> str:
+    """A CIDR for allocating service addresses, normalised."""
+    try:
+        return str(ipaddress.ip_network(cidr, strict=False))
+    except ValueError as err:
+        raise ConfigError(f"bad --service-cidr {cidr!r}: {err}") from None

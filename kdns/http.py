@@ -1,0 +1,77 @@
+"""The HTTP endpoint for probes: `/health` and `/ready`.
+
+Probes need three fixed answers, so a few lines on asyncio streams serve them on the DNS server's
+own loop, where the readiness state lives, with no second framework and no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Protocol
+
+from .config import ConfigError
+
+if TYPE_CHECKING:
+    from .server import DnsServer
+
+#: How long a client may take to send its request line and headers.
+REQUEST_TIMEOUT = 5.0
+MAX_HEADER_BYTES = 8192
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain") -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def route(server: DnsServer, path: str) -> bytes:
+    """The full HTTP response for a GET of `path`."""
+    path = path.split("?", 1)[0]
+    if path == "/health":
+        if server.stopping:
+            return _response(503, "Service Unavailable", b"shutting down\n")
+        return _response(200, "OK", b"OK\n")
+    if path == "/ready":
+        if server.serving and server.store.synced:
+            return _response(200, "OK", b"OK\n")
+        return _response(503, "Service Unavailable", b"not ready\n")
+    return _response(404, "Not Found", b"not found\n")
+
+
+async def start_http(server: DnsServer, host: str, port: int) -> asyncio.Server:
+    """Serve the probe endpoints on host:port."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            if len(head) > MAX_HEADER_BYTES:
+                return
+            method, _, rest = head.decode("latin-1").partition(" ")
+            path = rest.split(" ", 1)[0]
+            if method not in ("GET", "HEAD"):
+                writer.write(_response(405, "Method Not Allowed", b"GET only\n"))
+            else:
+                reply = route(server, path)
+                if method == "HEAD":
+                    reply = reply.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+                writer.write(reply)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.start_server(handle, host, port, limit=MAX_HEADER_BYTES)
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port} for HTTP: {err.strerror}") from None

@@ -1,0 +1,254 @@
+"""Decoding queries and encoding responses.
+
+The decoder is hand-written because it sits on the hot path and because it must be strict where a
+general-purpose parser is lenient: it reads the header, the one question and the EDNS OPT record
+straight from the bytes, without building objects, and sorts every packet into one of four fates:
+answer it, FORMERR, NOTIMP, or drop it (no readable header, or a response rather than a query:
+answering those would let two servers bounce packets at each other forever).
+
+Responses are built with dnslib from the engine's records. They are always built for the question
+name in lower case, so dnslib's (case-sensitive) name compression makes every owner name that
+equals the question a pointer to it; the asked name is then copied over the question in place.
+That one copy restores the client's case everywhere (0x20 randomising resolvers check it) and lets
+one encoded response serve every spelling of a name, which is what the response cache relies on.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from dnslib import QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+
+from .answers import Answer
+
+HEADER = struct.Struct("!HHHHHH")
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+CD = 0x0010
+OPT_TYPE = 41
+#: The UDP payload size kdns advertises and sends at most (DNS flag day 2020: no fragmentation).
+DEFAULT_MAX_UDP = 1232
+#: Extended rcode BADVERS = 16: the upper 8 bits (1) go in the OPT record, the lower 4 (0) in
+#: the header.
+BADVERS_EXT = 1
+BADVERS = 16
+
+
+class Drop(Exception):
+    """A packet that gets no answer at all."""
+
+
+class Refuse(Exception):
+    """A packet whose header is readable but which is not a query kdns will answer.
+
+    `rcode` says why (FORMERR, NOTIMP); `reply` is the encoded error response.
+    """
+
+    def __init__(self, rcode: int, reply: bytes) -> None:
+        super().__init__(RCODE.forward.get(rcode, f"RCODE{rcode}"))
+        self.rcode = rcode
+        self.reply = reply
+
+
+@dataclass(slots=True)
+class Query:
+    """A decoded query: only what answering needs."""
+
+    id: int
+    flags: int
+    #: The question name as sent (wire format, original case).
+    name: bytes
+    qtype: int
+    qclass: int
+    edns: bool = False
+    #: The client's UDP payload size (512 without EDNS).
+    payload: int = 512
+    do: bool = False
+    #: Cache key: lower-cased question + EDNS state. Equal keys get equal responses.
+    key: bytes = b""
+
+    @property
+    def labels(self) -> list[bytes]:
+        """The question name's labels, lower-cased."""
+        out = []
+        name = self.name.lower()
+        i = 0
+        while name[i]:
+            n = name[i]
+            out.append(name[i + 1 : i + 1 + n])
+            i += 1 + n
+        return out
+
+
+def _error(id_: int, flags: int, rcode: int, question: bytes = b"", opt: bytes = b"") -> bytes:
+    # QR set; keep opcode and RD; answer carries the question back when it was readable.
+    out_flags = QR | (flags & 0x7800) | (flags & RD) | (rcode & 0xF)
+    qd = 1 if question else 0
+    ar = 1 if opt else 0
+    return HEADER.pack(id_, out_flags, qd, 0, 0, ar) + question + opt
+
+
+def opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:
+    """An OPT pseudo-record (RFC 6891) with no options."""
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + struct.pack("!HHIH", OPT_TYPE, payload, ttl, 0)
+
+
+def _skip_name(data: bytes, i: int) -> int:
+    """Offset just past the (possibly compressed) name at `i`; ValueError when malformed."""
+    hops = 0
+    end = -1
+    total = 0
+    while True:
+        if i >= len(data):
+            raise ValueError("name runs past the end")
+        n = data[i]
+        if n & 0xC0 == 0xC0:
+            if i + 1 >= len(data):
+                raise ValueError("truncated pointer")
+            if end < 0:
+                end = i + 2
+            target = ((n & 0x3F) << 8) | data[i + 1]
+            hops += 1
+            if hops > 64 or target >= i:
+                raise ValueError("compression pointer loop")
+            i = target
+            continue
+        if n & 0xC0:
+            raise ValueError("unknown label type")
+        if n == 0:
+            return end if end >= 0 else i + 1
+        total += n + 1
+        if total > 254:
+            raise ValueError("name longer than 255 bytes")
+        i += 1 + n
+
+
+def parse_query(data: bytes) -> Query:
+    """Decode a query, or raise `Drop` or `Refuse` (with the reply to send)."""
+    data = bytes(data)
+    if len(data) < HEADER.size:
+        raise Drop("shorter than a DNS header")
+    id_, flags, qd, an, ns, ar = HEADER.unpack_from(data)
+    if flags & QR:
+        raise Drop("a response, not a query")
+    opcode = (flags >> 11) & 0xF
+    if opcode != 0:
+        raise Refuse(RCODE.NOTIMP, _error(id_, flags, RCODE.NOTIMP))
+    if qd != 1 or an or ns:
+        raise Refuse(RCODE.FORMERR, _error(id_, flags, RCODE.FORMERR))
+    # The question name: no compression (there is nothing before it to point to).
+    i = 12
+    try:
+        while True:
+            n = data[i]
+            if n == 0:
+                i += 1
+                break
+            if n > 63:
+                raise ValueError("bad label")
+            i += 1 + n
+            if i - 12 > 255:
+                raise ValueError("name too long")
+        if i + 4 > len(data) or i - 12 > 255:
+            raise ValueError("truncated question")
+    except (IndexError, ValueError):
+        raise Refuse(RCODE.FORMERR, _error(id_, flags, RCODE.FORMERR)) from None
+    name = data[12:i]
+    qtype, qclass = struct.unpack_from("!HH", data, i)
+    question = data[12 : i + 4]
+    i += 4
+    edns = False
+    payload = 512
+    do = False
+    version = 0
+    try:
+        for _ in range(ar):
+            start = i
+            i = _skip_name(data, i)
+            if i + 10 > len(data):
+                raise ValueError("truncated record")
+            rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", data, i)
+            i += 10
+            if i + rdlen > len(data):
+                raise ValueError("truncated rdata")
+            if rtype == OPT_TYPE:
+                if edns or data[start] != 0:
+                    raise ValueError("second OPT record, or OPT not at the root")
+                edns = True
+                payload = max(512, rclass)
+                version = (ttl >> 16) & 0xFF
+                do = bool(ttl & 0x8000)
+                j = i
+                while j < i + rdlen:  # options must tile the rdata exactly
+                    if j + 4 > i + rdlen:
+                        raise ValueError("truncated EDNS option")
+                    (olen,) = struct.unpack_from("!H", data, j + 2)
+                    j += 4 + olen
+                if j != i + rdlen:
+                    raise ValueError("EDNS option overruns the record")
+            i += rdlen
+        if i != len(data):
+            raise ValueError("trailing bytes")
+        if qtype == OPT_TYPE:
+            raise ValueError("OPT is not a question type")
+    except (IndexError, ValueError, struct.error):
+        opt = opt_record(DEFAULT_MAX_UDP, False) if edns else b""
+        raise Refuse(RCODE.FORMERR, _error(id_, flags, RCODE.FORMERR, question, opt)) from None
+    if edns and version != 0:
+        opt = opt_record(DEFAULT_MAX_UDP, do, BADVERS_EXT)
+        raise Refuse(BADVERS, _error(id_, flags, 0, question, opt))
+    key = question.lower() + (b"\x02" if do else b"\x01" if edns else b"\x00")
+    return Query(id_, flags, name, qtype, qclass, edns, payload, do, key)
+
+
+def encode(query: Query, answer: Answer, *, max_udp: int = DEFAULT_MAX_UDP) -> bytes:
+    """The full response to `query`, with the question in the case it was asked."""
+    header = DNSHeader(
+        id=query.id,
+        qr=1,
+        aa=1 if answer.authoritative else 0,
+        rd=1 if query.flags & RD else 0,
+        rcode=answer.rcode & 0xF,
+    )
+    qname = DNSLabel(query.labels)
+    record = DNSRecord(header, q=DNSQuestion(qname, query.qtype, query.qclass))
+    for rr in answer.answer:
+        record.add_answer(rr)
+    for rr in answer.authority:
+        record.add_auth(rr)
+    for rr in answer.additional:
+        record.add_ar(rr)
+    packed = bytearray(record.pack())
+    if query.flags & CD:
+        packed[3] |= CD & 0xFF
+    if query.edns:
+        packed[10:12] = struct.pack("!H", HEADER.unpack_from(packed)[5] + 1)
+        packed += opt_record(max_udp, query.do)
+    packed[12 : 12 + len(query.name)] = query.name
+    return bytes(packed)
+
+
+def truncated(response: bytes, query: Query) -> bytes:
+    """The TC=1 form of a response too large for UDP: header, question and OPT only."""
+    id_, flags, *_ = HEADER.unpack_from(response)
+    qlen = len(query.name) + 4
+    question = response[12 : 12 + qlen]
+    opt = b""
+    if query.edns:
+        opt = response[-11:]  # encode() appends the OPT record last, 11 bytes
+    return HEADER.pack(id_, flags | TC, 1, 0, 0, 1 if opt else 0) + question + opt
+
+
+def limit_for(query: Query, max_udp: int = DEFAULT_MAX_UDP) -> int:
+    """The largest UDP response this client may get."""
+    return min(query.payload, max_udp) if query.edns else 512
+
+
+def describe(qtype: int) -> str:
+    """The mnemonic of a type number (TYPE65280 for unknown ones)."""
+    name = QTYPE.forward.get(qtype)
+    return str(name) if name else f"TYPE{qtype}"

@@ -1,0 +1,70 @@
+"""Every record kdns would serve, as an RFC 1035 zone file (`kdns records`).
+
+The records are not rebuilt from the objects here: every name the data implies is asked of the
+answer engine, so the listing shows exactly what queries get, and a difference between the two can
+never creep in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+
+from dnslib import QTYPE, RR, DNSLabel
+
+from .answers import Engine
+
+_ADDRESS = (QTYPE.A, QTYPE.AAAA)
+
+
+def _questions(engine: Engine) -> Iterator[tuple[str, int]]:
+    for cluster in engine.clusters:
+        zone = cluster.domain
+        yield zone, QTYPE.SOA
+        yield zone, QTYPE.NS
+        yield f"dns-version.{zone}", QTYPE.TXT
+        for qtype in _ADDRESS:
+            yield f"ns.dns.{zone}", qtype
+        addresses: set[str] = set()
+        for view in cluster.store.views():
+            svc = view.service
+            fqdn = f"{svc.name}.{svc.namespace}.svc.{zone}"
+            if svc.type == "ExternalName":
+                yield fqdn, QTYPE.CNAME
+                continue
+            for qtype in (*_ADDRESS, QTYPE.SRV):
+                yield fqdn, qtype
+            ports = {(p.name, p.protocol) for p in svc.ports if p.name}
+            if svc.headless:
+                ports = {(p.name, p.protocol) for ep in view.ready for p in ep.ports if p.name}
+            for name, proto in sorted(ports):
+                yield f"_{name}._{proto.lower()}.{fqdn}", QTYPE.SRV
+            for label in sorted({ep.name for ep in view.ready}):
+                for qtype in _ADDRESS:
+                    yield f"{label}.{fqdn}", qtype
+            addresses.update(svc.cluster_ips)
+            addresses.update(ep.address for ep in view.ready)
+        for address in sorted(addresses, key=lambda a: ipaddress.ip_address(a)):
+            yield ipaddress.ip_address(address).reverse_pointer, QTYPE.PTR
+
+
+def records(engine: Engine) -> list[RR]:
+    """Every answer record of every name the data implies, deduplicated and sorted."""
+    seen: dict[str, RR] = {}
+    for name, qtype in _questions(engine):
+        for rr in engine.resolve(DNSLabel(name), qtype).answer:
+            seen.setdefault(rr.toZone(), rr)
+    return [seen[k] for k in sorted(seen, key=_sort_key)]
+
+
+def _sort_key(line: str) -> tuple[tuple[str, ...], str]:
+    name, _, rest = line.partition(" ")
+    # Sort by name from the root down, so each zone's names stay together.
+    return tuple(reversed(name.lower().rstrip(".").split("."))), rest
+
+
+def render(engine: Engine) -> str:
+    """The zone file text: one record a line."""
+    lines = [f"; kdns records for {', '.join(c.domain for c in engine.clusters)}"]
+    lines += [rr.toZone() for rr in records(engine)]
+    return "\n".join(lines) + "\n"
