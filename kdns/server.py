@@ -41,7 +41,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            response, _rcode, _query = self.responder.respond(data, udp=True)
+            response = self.responder.respond(data, udp=True)
         except Exception:
             log.exception("failed to answer a query from %s", addr[0])
             return
@@ -95,7 +95,7 @@ class TcpProtocol(asyncio.Protocol):
             del self.buffer[: 2 + size]
             done = True
             try:
-                response, _rcode, _query = self.server.responder.respond(message, udp=False)
+                response = self.server.responder.respond(message, udp=False)
             except Exception:
                 log.exception("failed to answer a TCP query")
                 response = None

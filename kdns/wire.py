@@ -232,13 +232,15 @@ def encode(query: Query, answer: Answer, *, max_udp: int = DEFAULT_MAX_UDP) -> b
     return bytes(packed)
 
 
-def truncated(response: bytes, query: Query) -> bytes:
-    """The TC=1 form of a response too large for UDP: header, question and OPT only."""
+def truncated(response: bytes, qlen: int, edns: bool) -> bytes:
+    """The TC=1 form of a response too large for UDP: header, question and OPT only.
+
+    `qlen` is the length of the question section, `edns` whether the response has an OPT.
+    """
     id_, flags, *_ = HEADER.unpack_from(response)
-    qlen = len(query.name) + 4
     question = response[12 : 12 + qlen]
     opt = b""
-    if query.edns:
+    if edns:
         opt = response[-11:]  # encode() appends the OPT record last, 11 bytes
     return HEADER.pack(id_, flags | TC, 1, 0, 0, 1 if opt else 0) + question + opt
 
