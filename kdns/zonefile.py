@@ -44,8 +44,13 @@ def _questions(engine: Engine) -> Iterator[tuple[str, int]]:
                     yield f"{label}.{fqdn}", qtype
             addresses.update(svc.cluster_ips)
             addresses.update(ep.address for ep in view.ready)
-        for address in sorted(addresses, key=lambda a: ipaddress.ip_address(a)):
+        for address in sorted(addresses, key=_ip_order):
             yield ipaddress.ip_address(address).reverse_pointer, QTYPE.PTR
+
+
+def _ip_order(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
 
 
 def records(engine: Engine) -> list[RR]:
