@@ -136,12 +136,13 @@ def serve(
     except ConfigError as err:
         _fail(str(err))
     _setup_logging(log_level)
+    from .cluster import ClusterConfigError
     from .files import SourceError
     from .server import run
 
     try:
         run(config)
-    except (ConfigError, SourceError) as err:
+    except (ConfigError, SourceError, ClusterConfigError) as err:
         _fail(str(err))
     except KeyboardInterrupt:
         pass
@@ -202,4 +203,18 @@ def check(
 
 def main() -> None:
     """Entry point of the `kdns` command."""
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except Exception as err:
+        # Usage errors: one line, like every other error (click would print three).
+        fmt = getattr(err, "format_message", None)
+        if fmt is None:
+            raise
+        if type(err).__name__ == "NoArgsIsHelpError":
+            typer.echo(fmt(), err=True)
+        else:
+            typer.echo(f"kdns: error: {fmt()} (see kdns --help)", err=True)
+        sys.exit(getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

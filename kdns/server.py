@@ -201,6 +201,13 @@ class DnsServer:
         from .files import FileSource
 
         cfg = self.config
+        client = None
+        if cfg.uses_cluster:
+            from .cluster import load_api_client
+
+            # Before anything starts, so a bad kubeconfig is the only thing the user sees.
+            client = load_api_client(cfg.kubeconfig, cfg.context, cfg.in_cluster)
+        # The files layer first: it wins over the cluster for a name both define.
         self.store.add_layer(FILES_LAYER, implicit_namespaces=True)
         files = FileSource(
             self.store, FILES_LAYER, cfg.zones, cfg.service_cidr, poll_interval=cfg.poll_interval
@@ -208,11 +215,10 @@ class DnsServer:
         files.load()
         self._file_source = files
         self._tasks.append(asyncio.create_task(files.watch()))
-        if cfg.uses_cluster:
-            from .cluster import ClusterSource, load_api_client
+        if client is not None:
+            from .cluster import ClusterSource
 
             self.store.add_layer(CLUSTER_LAYER)
-            client = load_api_client(cfg.kubeconfig, cfg.context, cfg.in_cluster)
             source = ClusterSource(
                 LoopSink(self.store, loop),
                 CLUSTER_LAYER,
