@@ -167,7 +167,7 @@ class Engine:
             return self._negative(RCODE.NXDOMAIN, soa)
 
         if not rel:
-            return self._apex(zone, soa, mname, qtype)
+            return self._apex(zone, soa, mname, qname, qtype)
         if rel == ("dns-version",):
             if qtype in (QTYPE.TXT, QTYPE.ANY):
                 return Answer(
@@ -199,13 +199,13 @@ class Engine:
             return nodata()
         return nxdomain()
 
-    def _apex(self, zone: str, soa: RR, mname: str, qtype: int) -> Answer:
+    def _apex(self, zone: str, soa: RR, mname: str, qname: DNSLabel, qtype: int) -> Answer:
         if qtype in (QTYPE.SOA, QTYPE.ANY):
-            return Answer(answer=[soa])
+            return Answer(answer=[RR(qname, QTYPE.SOA, ttl=soa.ttl, rdata=soa.rdata)])
         if qtype == QTYPE.NS:
             glue = self._address_records(mname + ".", self.ns_addresses, QTYPE.ANY)
             return Answer(
-                answer=[RR(zone + ".", QTYPE.NS, ttl=self.ttl, rdata=NS(mname + "."))],
+                answer=[RR(qname, QTYPE.NS, ttl=self.ttl, rdata=NS(mname + "."))],
                 additional=glue,
             )
         return self._negative(RCODE.NOERROR, soa)
@@ -302,7 +302,7 @@ class Engine:
             for ep in view.ready:
                 for p in ep.ports:
                     if port_name is not None and (
-                        p.name.lower() != port_name or p.protocol != proto
+                        not p.name or p.name.lower() != port_name or p.protocol != proto
                     ):
                         continue
                     target = f"{ep.name}.{fqdn}"
@@ -366,7 +366,7 @@ class Engine:
         serial = sum(c.store.serial for c in self.clusters) % (1 << 32)
         soa = self._soa(zone_name, serial, mname)
         if not rel:
-            return self._apex(zone_name, soa, mname, qtype)
+            return self._apex(zone_name, soa, mname, qname, qtype)
         address = _reverse_address(zone, rel)
         if address is None:
             return self._negative(RCODE.NXDOMAIN, soa)
@@ -402,11 +402,15 @@ def _protocols(view: ServiceView) -> set[str]:
 
 def _pod_address(label: str) -> str | None:
     """The address a pod label spells: `10-0-0-1`, or `2001-db8--1` for IPv6."""
-    text = label.replace("-", ":") if label.count("-") != 3 else label.replace("-", ".")
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
+    candidates = [label.replace("-", ":")]
+    if label.count("-") == 3 and "--" not in label:
+        candidates.insert(0, label.replace("-", "."))
+    for text in candidates:
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            continue
+    return None
 
 
 def _reverse_address(zone: tuple[str, str], rel: tuple[str, ...]) -> str | None:

@@ -11,6 +11,7 @@ file and position and the watch counts as an error for that object.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,10 +76,20 @@ def _protocol(value: Any, what: str) -> str:
 
 
 def _ip(value: Any, what: str) -> str:
+    """An IP address in canonical form (PTR lookups compare canonical forms)."""
     text = _str(value, what)
-    if not ip_family(text):
-        raise TrimError(f"{what} is not an IP address: {value!r}")
-    return text
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise TrimError(f"{what} is not an IP address: {value!r}") from None
+
+
+def canonical_ip(text: str) -> str | None:
+    """`text` as a canonical IP address, or None when it is not one."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def metadata(obj: Json) -> tuple[str, str]:
@@ -104,12 +115,14 @@ def service(obj: Json) -> Service:
     if kind not in SERVICE_TYPES:
         raise TrimError(f"spec.type must be one of {', '.join(SERVICE_TYPES)}, not {kind!r}")
     ips = [_str(ip, "spec.clusterIPs[]") for ip in _list(spec.get("clusterIPs"), "spec.clusterIPs")]
+    fields = [f"spec.clusterIPs[{i}]" for i in range(len(ips))]
     if not ips and spec.get("clusterIP"):
         ips = [_str(spec.get("clusterIP"), "spec.clusterIP")]
+        fields = ["spec.clusterIP"]
     headless = kind != "ExternalName" and any(ip == "None" for ip in ips)
-    ips = [] if headless or kind == "ExternalName" else ips
-    for i, ip in enumerate(ips):
-        _ip(ip, f"spec.clusterIPs[{i}]")
+    if headless or kind == "ExternalName":
+        ips, fields = [], []
+    ips = [_ip(ip, field) for ip, field in zip(ips, fields, strict=True)]
     ports = []
     for i, port in enumerate(_list(spec.get("ports"), "spec.ports")):
         port = _map(port, f"spec.ports[{i}]")
@@ -165,10 +178,10 @@ def endpoint_slice(obj: Json) -> EndpointSet | None:
         addresses = tuple(
             a
             for a in (
-                _str(a, f"endpoints[{i}].addresses[]")
+                canonical_ip(_str(a, f"endpoints[{i}].addresses[]"))
                 for a in _list(ep.get("addresses"), f"endpoints[{i}].addresses")
             )
-            if ip_family(a) == want
+            if a is not None and ip_family(a) == want
         )
         if not addresses:
             continue
