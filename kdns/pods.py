@@ -9,7 +9,9 @@ file source runs the controller's rules itself, here. They follow the v1 endpoin
 - candidates are the pods in the service's namespace whose labels include every selector pair;
 - a pod in a terminal phase (Succeeded, Failed) or without an IP is left out;
 - an included pod is ready when its phase is Running, its `Ready` condition is True and it is not
-  terminating (`metadata.deletionTimestamp` set). Not-ready pods are kept as not-ready endpoints:
+  terminating (`metadata.deletionTimestamp` set). The controllers read only the condition, which
+  the kubelet sets only on running pods; a hand-written manifest can say anything, so the phase is
+  checked too. Not-ready pods are kept as not-ready endpoints:
   the store counts them when the service has `publishNotReadyAddresses`, as the controllers do
   (which also keep terminating pods only in that case, so the answers are the same);
 - one address per IP family of the service: the families of its ClusterIPs, else
@@ -23,7 +25,8 @@ file source runs the controller's rules itself, here. They follow the v1 endpoin
   except that a headless service without ports takes pods without ports.
 
 `Pod` is not a store record: DNS never answers from pods directly (pods mode `insecure` needs no
-pod objects), so pods live only inside the file source, just long enough to compute endpoints.
+pod objects), so pods never reach the store: they stay inside the file source, which needs
+them again whenever a Service or Pod manifest changes.
 """
 
 from __future__ import annotations
@@ -41,7 +44,17 @@ from .model import (
     Subset,
     ip_family,
 )
-from .trim import TrimError, labels, metadata
+from .trim import (
+    TrimError,
+    as_ip,
+    as_list,
+    as_map,
+    as_port,
+    as_protocol,
+    as_str,
+    labels,
+    metadata,
+)
 
 Json = Mapping[str, Any]
 
@@ -111,87 +124,39 @@ class ServiceTargets:
     families: tuple[int, ...] = ()
 
 
-# Validation helpers in the style of kdns.trim: tolerant of nulls, strict about wrong types, and
-# every message starts with the field's path so the manifest parser can point at its line.
-
-
-def _map(value: Any, what: str) -> Json:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise TrimError(f"{what} must be a mapping")
-    return value
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise TrimError(f"{what} must be a list")
-    return value
-
-
-def _str(value: Any, what: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise TrimError(f"{what} must be a string")
-    return value
-
-
-def _port(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise TrimError(f"{what} must be a port number (1-65535), not {value!r}")
-    return value
-
-
-def _protocol(value: Any, what: str) -> str:
-    proto = _str(value, what).upper() or "TCP"
-    if proto not in ("TCP", "UDP", "SCTP"):
-        raise TrimError(f"{what} must be TCP, UDP or SCTP, not {value!r}")
-    return proto
-
-
-def _ip(value: Any, what: str) -> str:
-    text = _str(value, what)
-    if not ip_family(text):
-        raise TrimError(f"{what} is not an IP address: {value!r}")
-    return text
-
-
 def trim_pod(obj: Json) -> Pod:
     """Convert a v1 Pod (API JSON shape) to a `Pod`; raises `TrimError` on impossible values."""
     ns, name = metadata(obj)
-    meta = _map(obj.get("metadata"), "metadata")
-    spec = _map(obj.get("spec"), "spec")
-    status = _map(obj.get("status"), "status")
+    meta = as_map(obj.get("metadata"), "metadata")
+    spec = as_map(obj.get("spec"), "spec")
+    status = as_map(obj.get("status"), "status")
 
     ips = [
-        _ip(_map(entry, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip")
-        for i, entry in enumerate(_list(status.get("podIPs"), "status.podIPs"))
+        as_ip(as_map(entry, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip")
+        for i, entry in enumerate(as_list(status.get("podIPs"), "status.podIPs"))
     ]
     if not ips and status.get("podIP"):
-        ips = [_ip(status.get("podIP"), "status.podIP")]
+        ips = [as_ip(status.get("podIP"), "status.podIP")]
 
     ready = False
-    for i, cond in enumerate(_list(status.get("conditions"), "status.conditions")):
-        cond = _map(cond, f"status.conditions[{i}]")
+    for i, cond in enumerate(as_list(status.get("conditions"), "status.conditions")):
+        cond = as_map(cond, f"status.conditions[{i}]")
         if cond.get("type") == "Ready":
             ready = cond.get("status") == "True"
 
     ports: list[ContainerPort] = []
     for field in ("containers", "initContainers"):
-        for i, container in enumerate(_list(spec.get(field), f"spec.{field}")):
+        for i, container in enumerate(as_list(spec.get(field), f"spec.{field}")):
             where = f"spec.{field}[{i}]"
-            container = _map(container, where)
+            container = as_map(container, where)
             # Sidecars (init containers that keep running) count for named ports since 1.29.
             if field == "initContainers" and container.get("restartPolicy") != "Always":
                 continue
-            for j, port in enumerate(_list(container.get("ports"), f"{where}.ports")):
-                port = _map(port, f"{where}.ports[{j}]")
-                number = _port(port.get("containerPort"), f"{where}.ports[{j}].containerPort")
-                port_name = _str(port.get("name"), f"{where}.ports[{j}].name")
-                protocol = _protocol(port.get("protocol"), f"{where}.ports[{j}].protocol")
+            for j, port in enumerate(as_list(container.get("ports"), f"{where}.ports")):
+                port = as_map(port, f"{where}.ports[{j}]")
+                number = as_port(port.get("containerPort"), f"{where}.ports[{j}].containerPort")
+                port_name = as_str(port.get("name"), f"{where}.ports[{j}].name")
+                protocol = as_protocol(port.get("protocol"), f"{where}.ports[{j}].protocol")
                 if port_name:
                     ports.append(ContainerPort(port_name, number, protocol))
 
@@ -200,22 +165,22 @@ def trim_pod(obj: Json) -> Pod:
         name=name,
         labels=tuple(sorted(labels(obj).items())),
         ips=tuple(ips),
-        phase=_str(status.get("phase"), "status.phase"),
+        phase=as_str(status.get("phase"), "status.phase"),
         ready_condition=ready,
         terminating=meta.get("deletionTimestamp") is not None,
-        hostname=_str(spec.get("hostname"), "spec.hostname"),
-        subdomain=_str(spec.get("subdomain"), "spec.subdomain"),
-        node_name=_str(spec.get("nodeName"), "spec.nodeName"),
+        hostname=as_str(spec.get("hostname"), "spec.hostname"),
+        subdomain=as_str(spec.get("subdomain"), "spec.subdomain"),
+        node_name=as_str(spec.get("nodeName"), "spec.nodeName"),
         ports=tuple(ports),
     )
 
 
 def service_targets(obj: Json) -> ServiceTargets:
     """The target ports and IP families of a v1 Service (API JSON shape)."""
-    spec = _map(obj.get("spec"), "spec")
+    spec = as_map(obj.get("spec"), "spec")
     ports = []
-    for i, port in enumerate(_list(spec.get("ports"), "spec.ports")):
-        port = _map(port, f"spec.ports[{i}]")
+    for i, port in enumerate(as_list(spec.get("ports"), "spec.ports")):
+        port = as_map(port, f"spec.ports[{i}]")
         number = port.get("port")
         if isinstance(number, bool) or not isinstance(number, int):
             continue  # kdns.trim reports a bad port; nothing to resolve here
@@ -230,17 +195,17 @@ def service_targets(obj: Json) -> ServiceTargets:
                 )
             target = raw
         else:
-            target = _port(raw, f"spec.ports[{i}].targetPort")
+            target = as_port(raw, f"spec.ports[{i}].targetPort")
         ports.append(
             TargetPort(
-                name=_str(port.get("name"), f"spec.ports[{i}].name"),
+                name=as_str(port.get("name"), f"spec.ports[{i}].name"),
                 port=number,
-                protocol=_protocol(port.get("protocol"), f"spec.ports[{i}].protocol"),
+                protocol=as_protocol(port.get("protocol"), f"spec.ports[{i}].protocol"),
                 target=target,
             )
         )
     families = []
-    for i, family in enumerate(_list(spec.get("ipFamilies"), "spec.ipFamilies")):
+    for i, family in enumerate(as_list(spec.get("ipFamilies"), "spec.ipFamilies")):
         if family not in _FAMILIES:
             raise TrimError(f"spec.ipFamilies[{i}] must be IPv4 or IPv6, not {family!r}")
         families.append(_FAMILIES[family])

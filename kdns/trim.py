@@ -38,7 +38,11 @@ class TrimError(ValueError):
     """An object whose content cannot be turned into DNS data."""
 
 
-def _map(value: Any, what: str) -> Json:
+# Field readers shared with kdns.pods: tolerant of nulls (the apiserver sends them), strict about
+# wrong types, and every message starts with the field's path so a manifest error points at it.
+
+
+def as_map(value: Any, what: str) -> Json:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -46,7 +50,7 @@ def _map(value: Any, what: str) -> Json:
     return value
 
 
-def _list(value: Any, what: str) -> list[Any]:
+def as_list(value: Any, what: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -54,7 +58,7 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
-def _str(value: Any, what: str) -> str:
+def as_str(value: Any, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -62,22 +66,23 @@ def _str(value: Any, what: str) -> str:
     return value
 
 
-def _port(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise TrimError(f"{what} must be a port number (0-65535), not {value!r}")
+def as_port(value: Any, what: str) -> int:
+    """A port number, 1-65535 as the apiserver requires."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise TrimError(f"{what} must be a port number (1-65535), not {value!r}")
     return value
 
 
-def _protocol(value: Any, what: str) -> str:
-    proto = _str(value, what).upper() or "TCP"
+def as_protocol(value: Any, what: str) -> str:
+    proto = as_str(value, what).upper() or "TCP"
     if proto not in ("TCP", "UDP", "SCTP"):
         raise TrimError(f"{what} must be TCP, UDP or SCTP, not {value!r}")
     return proto
 
 
-def _ip(value: Any, what: str) -> str:
+def as_ip(value: Any, what: str) -> str:
     """An IP address in canonical form (PTR lookups compare canonical forms)."""
-    text = _str(value, what)
+    text = as_str(value, what)
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
@@ -94,51 +99,53 @@ def canonical_ip(text: str) -> str | None:
 
 def metadata(obj: Json) -> tuple[str, str]:
     """(namespace, name) of an object; namespace "default" when absent."""
-    meta = _map(obj.get("metadata"), "metadata")
-    name = _str(meta.get("name"), "metadata.name")
+    meta = as_map(obj.get("metadata"), "metadata")
+    name = as_str(meta.get("name"), "metadata.name")
     if not name:
         raise TrimError("metadata.name is missing")
-    return (_str(meta.get("namespace"), "metadata.namespace") or "default", name)
+    return (as_str(meta.get("namespace"), "metadata.namespace") or "default", name)
 
 
 def labels(obj: Json) -> dict[str, str]:
     """An object's labels (values coerced to strings)."""
-    meta = _map(obj.get("metadata"), "metadata")
-    return {str(k): str(v) for k, v in _map(meta.get("labels"), "metadata.labels").items()}
+    meta = as_map(obj.get("metadata"), "metadata")
+    return {str(k): str(v) for k, v in as_map(meta.get("labels"), "metadata.labels").items()}
 
 
 def service(obj: Json) -> Service:
     """A v1 Service. A missing clusterIP stays empty: the file source allocates one."""
     ns, name = metadata(obj)
-    spec = _map(obj.get("spec"), "spec")
-    kind = _str(spec.get("type"), "spec.type") or "ClusterIP"
+    spec = as_map(obj.get("spec"), "spec")
+    kind = as_str(spec.get("type"), "spec.type") or "ClusterIP"
     if kind not in SERVICE_TYPES:
         raise TrimError(f"spec.type must be one of {', '.join(SERVICE_TYPES)}, not {kind!r}")
-    ips = [_str(ip, "spec.clusterIPs[]") for ip in _list(spec.get("clusterIPs"), "spec.clusterIPs")]
+    ips = [
+        as_str(ip, "spec.clusterIPs[]") for ip in as_list(spec.get("clusterIPs"), "spec.clusterIPs")
+    ]
     fields = [f"spec.clusterIPs[{i}]" for i in range(len(ips))]
     if not ips and spec.get("clusterIP"):
-        ips = [_str(spec.get("clusterIP"), "spec.clusterIP")]
+        ips = [as_str(spec.get("clusterIP"), "spec.clusterIP")]
         fields = ["spec.clusterIP"]
     headless = kind != "ExternalName" and any(ip == "None" for ip in ips)
     if headless or kind == "ExternalName":
         ips, fields = [], []
-    ips = [_ip(ip, field) for ip, field in zip(ips, fields, strict=True)]
+    ips = [as_ip(ip, field) for ip, field in zip(ips, fields, strict=True)]
     ports = []
-    for i, port in enumerate(_list(spec.get("ports"), "spec.ports")):
-        port = _map(port, f"spec.ports[{i}]")
+    for i, port in enumerate(as_list(spec.get("ports"), "spec.ports")):
+        port = as_map(port, f"spec.ports[{i}]")
         ports.append(
             ServicePort(
-                name=_str(port.get("name"), f"spec.ports[{i}].name"),
-                port=_port(port.get("port"), f"spec.ports[{i}].port"),
-                protocol=_protocol(port.get("protocol"), f"spec.ports[{i}].protocol"),
+                name=as_str(port.get("name"), f"spec.ports[{i}].name"),
+                port=as_port(port.get("port"), f"spec.ports[{i}].port"),
+                protocol=as_protocol(port.get("protocol"), f"spec.ports[{i}].protocol"),
             )
         )
-    external = _str(spec.get("externalName"), "spec.externalName").rstrip(".").lower()
+    external = as_str(spec.get("externalName"), "spec.externalName").rstrip(".").lower()
     if kind == "ExternalName" and not external:
         raise TrimError("spec.externalName is required for an ExternalName service")
     selector_map = spec.get("selector")
     selector = (
-        tuple(sorted((str(k), str(v)) for k, v in _map(selector_map, "spec.selector").items()))
+        tuple(sorted((str(k), str(v)) for k, v in as_map(selector_map, "spec.selector").items()))
         if selector_map
         else None
     )
@@ -156,30 +163,32 @@ def service(obj: Json) -> Service:
 
 
 def _target(ref: Any) -> str:
-    ref = _map(ref, "targetRef")
+    ref = as_map(ref, "targetRef")
     if not ref:
         return ""
-    return f"{_str(ref.get('kind'), 'targetRef.kind')}/{_str(ref.get('name'), 'targetRef.name')}"
+    return (
+        f"{as_str(ref.get('kind'), 'targetRef.kind')}/{as_str(ref.get('name'), 'targetRef.name')}"
+    )
 
 
 def endpoint_slice(obj: Json) -> EndpointSet | None:
     """A discovery.k8s.io/v1 EndpointSlice; None for FQDN slices and slices of no service."""
     ns, name = metadata(obj)
     svc = labels(obj).get(SERVICE_NAME_LABEL, "")
-    family = _str(obj.get("addressType"), "addressType") or "IPv4"
+    family = as_str(obj.get("addressType"), "addressType") or "IPv4"
     if not svc or family not in ("IPv4", "IPv6"):
         return None
     want = 4 if family == "IPv4" else 6
     endpoints = []
-    for i, ep in enumerate(_list(obj.get("endpoints"), "endpoints")):
-        ep = _map(ep, f"endpoints[{i}]")
-        cond = _map(ep.get("conditions"), f"endpoints[{i}].conditions")
+    for i, ep in enumerate(as_list(obj.get("endpoints"), "endpoints")):
+        ep = as_map(ep, f"endpoints[{i}]")
+        cond = as_map(ep.get("conditions"), f"endpoints[{i}].conditions")
         ready = cond.get("ready") is not False and cond.get("terminating") is not True
         addresses = tuple(
             a
             for a in (
-                canonical_ip(_str(a, f"endpoints[{i}].addresses[]"))
-                for a in _list(ep.get("addresses"), f"endpoints[{i}].addresses")
+                canonical_ip(as_str(a, f"endpoints[{i}].addresses[]"))
+                for a in as_list(ep.get("addresses"), f"endpoints[{i}].addresses")
             )
             if a is not None and ip_family(a) == want
         )
@@ -188,9 +197,9 @@ def endpoint_slice(obj: Json) -> EndpointSet | None:
         endpoints.append(
             Endpoint(
                 addresses=addresses,
-                hostname=_str(ep.get("hostname"), f"endpoints[{i}].hostname"),
+                hostname=as_str(ep.get("hostname"), f"endpoints[{i}].hostname"),
                 ready=ready,
-                node_name=_str(ep.get("nodeName"), f"endpoints[{i}].nodeName"),
+                node_name=as_str(ep.get("nodeName"), f"endpoints[{i}].nodeName"),
                 target=_target(ep.get("targetRef")),
             )
         )
@@ -200,16 +209,16 @@ def endpoint_slice(obj: Json) -> EndpointSet | None:
 
 def _endpoint_ports(value: Any, what: str) -> list[EndpointPort]:
     out = []
-    for i, port in enumerate(_list(value, what)):
-        port = _map(port, f"{what}[{i}]")
+    for i, port in enumerate(as_list(value, what)):
+        port = as_map(port, f"{what}[{i}]")
         number = port.get("port")
         if number is None:  # a slice port without a number means "all ports": no SRV
             continue
         out.append(
             EndpointPort(
-                name=_str(port.get("name"), f"{what}[{i}].name"),
-                port=_port(number, f"{what}[{i}].port"),
-                protocol=_protocol(port.get("protocol"), f"{what}[{i}].protocol"),
+                name=as_str(port.get("name"), f"{what}[{i}].name"),
+                port=as_port(number, f"{what}[{i}].port"),
+                protocol=as_protocol(port.get("protocol"), f"{what}[{i}].protocol"),
             )
         )
     return out
@@ -219,18 +228,22 @@ def endpoints(obj: Json) -> EndpointSet:
     """A v1 Endpoints: `addresses` are ready, `notReadyAddresses` are not."""
     ns, name = metadata(obj)
     subsets = []
-    for i, sub in enumerate(_list(obj.get("subsets"), "subsets")):
-        sub = _map(sub, f"subsets[{i}]")
+    for i, sub in enumerate(as_list(obj.get("subsets"), "subsets")):
+        sub = as_map(sub, f"subsets[{i}]")
         eps = []
         for field, ready in (("addresses", True), ("notReadyAddresses", False)):
-            for j, addr in enumerate(_list(sub.get(field), f"subsets[{i}].{field}")):
-                addr = _map(addr, f"subsets[{i}].{field}[{j}]")
+            for j, addr in enumerate(as_list(sub.get(field), f"subsets[{i}].{field}")):
+                addr = as_map(addr, f"subsets[{i}].{field}[{j}]")
                 eps.append(
                     Endpoint(
-                        addresses=(_ip(addr.get("ip"), f"subsets[{i}].{field}[{j}].ip"),),
-                        hostname=_str(addr.get("hostname"), f"subsets[{i}].{field}[{j}].hostname"),
+                        addresses=(as_ip(addr.get("ip"), f"subsets[{i}].{field}[{j}].ip"),),
+                        hostname=as_str(
+                            addr.get("hostname"), f"subsets[{i}].{field}[{j}].hostname"
+                        ),
                         ready=ready,
-                        node_name=_str(addr.get("nodeName"), f"subsets[{i}].{field}[{j}].nodeName"),
+                        node_name=as_str(
+                            addr.get("nodeName"), f"subsets[{i}].{field}[{j}].nodeName"
+                        ),
                         target=_target(addr.get("targetRef")),
                     )
                 )
@@ -241,8 +254,8 @@ def endpoints(obj: Json) -> EndpointSet:
 
 def namespace(obj: Json) -> Namespace:
     """A v1 Namespace (its own namespace field is meaningless and ignored)."""
-    meta = _map(obj.get("metadata"), "metadata")
-    name = _str(meta.get("name"), "metadata.name")
+    meta = as_map(obj.get("metadata"), "metadata")
+    name = as_str(meta.get("name"), "metadata.name")
     if not name:
         raise TrimError("metadata.name is missing")
     return Namespace(name)

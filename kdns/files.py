@@ -1,0 +1,538 @@
+"""The zones/ source: manifest directories, served and kept up to date while kdns runs.
+
+How changes are noticed: by polling. Every `poll_interval` the directories are listed and each
+manifest is stat'ed through its symlinks; a file whose signature (resolved target, device, inode,
+mtime, size) changed is read again. Polling needs no dependency and sees every way a file can
+change, including the one inotify makes awkward: a mounted ConfigMap is updated by writing a new
+hidden `..<timestamp>` directory and renaming a `..data_tmp` symlink over `..data`, so the visible
+`foo.yaml -> ..data/foo.yaml` symlink never changes while the file it reaches does. Hidden names
+are never loaded directly (that would count every ConfigMap key twice), but visible symlinks into
+them are followed. Visible subdirectories are read too, recursively, so a zones/ tree can be
+organised by namespace or hold one ConfigMap mount per subdirectory.
+
+Two details keep polling exact:
+
+- mtime has a granularity (coarse on some filesystems), so two writes of the same size within
+  one tick leave the same signature. A file modified within `_RACY_NS` of being read is read
+  again at every poll, and its content compared by digest, until it has been quiet that long
+  (git calls this the racily-clean problem);
+- a ConfigMap swap, or an editor saving several files, can happen while files are being read.
+  After reading, the directories are listed again; if anything moved meanwhile, the changed
+  files are read once more before the result is used, so kdns does not serve half of a swap.
+
+How changes are applied: the complete new set of objects, built from every file, goes to the
+store in ONE `replace` call. The store diffs it against what the layer holds, so a query sees
+either the old state or the new one, and unchanged names never blink.
+
+A file that stops parsing (any error, not warnings) keeps serving its last good content, whole: a
+half-edited file should not drop half its services. Its errors are logged once, when its content
+changes, not at every poll. Problems between files (the same object in two files, endpoints of a
+service no file defines) are logged when they appear.
+
+`watch()` is a coroutine for the server's event loop, but reading and parsing run in a worker
+thread (`asyncio.to_thread`): YAML parsing is slow in Python, and a large zones/ file would
+otherwise stall every query while it is parsed. The store is then written on the loop itself,
+so the store needs no lock.
+
+The file source also computes what a cluster's control plane would add: ClusterIPs for services
+without one (`kdns.allocate`) and endpoints from Pod manifests (`kdns.pods`). It emits a
+`Namespace` record for every namespace an object lives in, so that names under
+`<ns>.svc.<zone>` exist whether or not the layer was added with implicit namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .allocate import DEFAULT_SERVICE_CIDR, AllocationError, Network, allocate, parse_cidr
+from .manifests import SUFFIXES, Origin, Parsed, Problem, Record, Severity, decode, read
+from .model import EndpointSet, KubeObject, Namespace, Service
+from .pods import Pod, ServiceTargets, endpoints_for, resolve_port, selects
+from .store import Sink
+
+log = logging.getLogger(__name__)
+
+#: A file modified less than this long before it was read may change again without its
+#: signature changing (mtime granularity), so it is re-read until it is older than this.
+_RACY_NS = 2_000_000_000
+#: How many times one reload re-reads files that kept changing while they were read.
+_SETTLE_ATTEMPTS = 5
+
+
+class SourceError(Exception):
+    """A zones directory that cannot be used: missing, not a directory, unreadable."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Signature:
+    target: str
+    device: int
+    inode: int
+    mtime_ns: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    signature: _Signature
+    digest: bytes
+    parsed: Parsed
+    #: The records of the last content without errors; None if it never had any.
+    good: tuple[Record, ...] | None
+    racy: bool
+
+
+def _signature(path: str) -> _Signature:
+    st = os.stat(path)  # follows symlinks: the ConfigMap swap changes the target's inode
+    return _Signature(os.path.realpath(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _walk(
+    directory: str,
+    out: dict[str, _Signature],
+    problems: list[Problem],
+    seen: set[str],
+    top: bool = False,
+) -> None:
+    real = os.path.realpath(directory)
+    if real in seen:  # the same directory twice, or a symlink loop
+        return
+    seen.add(real)
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        reason = f"cannot read directory: {exc.strerror or exc}"
+        if top:
+            raise SourceError(directory, reason) from None
+        problems.append(Problem(directory, reason))
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = os.path.join(directory, entry.name)
+        try:
+            if entry.is_dir():
+                _walk(path, out, problems, seen)
+            elif entry.is_file() and entry.name.lower().endswith(SUFFIXES):
+                out.setdefault(path, _signature(path))
+        except OSError:
+            continue  # vanished or dangling symlink (a ConfigMap key mid-swap): not a manifest
+
+
+def _scan(dirs: Iterable[str]) -> tuple[dict[str, _Signature], list[Problem]]:
+    """Every manifest file under `dirs`, in a stable order, with its signature.
+
+    Raises SourceError for a top-level path that is missing or not usable; problems below the
+    top level (an unreadable subdirectory) are returned instead.
+    """
+    out: dict[str, _Signature] = {}
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for top in dirs:
+        try:
+            st = os.stat(top)
+        except FileNotFoundError:
+            raise SourceError(top, "no such directory") from None
+        except OSError as exc:
+            raise SourceError(top, f"cannot use: {exc.strerror or exc}") from None
+        if os.path.isdir(top):
+            _walk(top, out, problems, seen, top=True)
+        elif os.path.isfile(top):  # a single manifest named explicitly (kdns check FILE)
+            out.setdefault(top, _signature(top))
+        else:
+            raise SourceError(top, f"not a directory or file (mode {st.st_mode:o})")
+    return out, problems
+
+
+@dataclass(frozen=True, slots=True)
+class Assembly:
+    """The objects a set of manifests puts in the store, and the problems between files."""
+
+    objects: tuple[KubeObject, ...]
+    problems: tuple[Problem, ...]
+
+
+def _describe(record: Record) -> str:
+    kind, namespace, name = record.key
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def _problem_at(origin: Origin, message: str, severity: Severity = "error") -> Problem:
+    return Problem(origin.path, message, origin.document, origin.line, 0, severity)
+
+
+def assemble(records: Iterable[Record], service_cidr: Network | str) -> Assembly:
+    """Turn the records of every file (in file order) into the store's objects.
+
+    This is where the manifests are joined: duplicates are resolved (the first definition wins
+    and the others are errors), ClusterIPs are allocated, and services with a selector but no
+    Endpoints/EndpointSlice get endpoints from the Pod manifests.
+    """
+    problems: list[Problem] = []
+    first: dict[tuple[str, str, str], Record] = {}
+    for record in records:
+        prev = first.get(record.key)
+        if prev is None:
+            first[record.key] = record
+        elif isinstance(record.obj, Namespace):
+            # Declaring a namespace in every file that uses it keeps files self-contained.
+            continue
+        else:
+            problems.append(
+                _problem_at(
+                    record.origin,
+                    f"{_describe(record)} is already defined at {prev.origin}; "
+                    "this definition is ignored",
+                )
+            )
+
+    services: dict[tuple[str, str], Service] = {}
+    targets: dict[tuple[str, str], ServiceTargets] = {}
+    origins: dict[tuple[str, str], Origin] = {}
+    endpoint_sets: list[tuple[EndpointSet, Origin]] = []
+    pods_by_ns: dict[str, list[tuple[Pod, Origin]]] = {}
+    objects: list[KubeObject] = []
+    for record in first.values():
+        obj = record.obj
+        if isinstance(obj, Service):
+            services[(obj.namespace, obj.name)] = obj
+            targets[(obj.namespace, obj.name)] = record.targets or ServiceTargets()
+            origins[(obj.namespace, obj.name)] = record.origin
+        elif isinstance(obj, EndpointSet):
+            endpoint_sets.append((obj, record.origin))
+        elif isinstance(obj, Pod):
+            pods_by_ns.setdefault(obj.namespace, []).append((obj, record.origin))
+        else:
+            objects.append(obj)
+
+    try:
+        allocated = allocate(services.values(), service_cidr)
+    except AllocationError as exc:
+        problems.append(Problem("", str(exc)))
+        allocated = {}
+    for key, address in allocated.items():
+        services[key] = dataclasses.replace(services[key], cluster_ips=(address,))
+
+    owners: dict[str, tuple[str, str]] = {}
+    for key, svc in services.items():
+        for ip in svc.cluster_ips:
+            other = owners.setdefault(ip, key)
+            if other != key:
+                problems.append(
+                    _problem_at(
+                        origins[key],
+                        f"clusterIP {ip} of Service {key[0]}/{key[1]} is also the clusterIP of "
+                        f"Service {other[0]}/{other[1]} ({origins[other]})",
+                        "warning",
+                    )
+                )
+
+    covered: set[tuple[str, str]] = set()
+    for eps, origin in endpoint_sets:
+        covered.add((eps.namespace, eps.service))
+        if (eps.namespace, eps.service) not in services:
+            problems.append(
+                _problem_at(
+                    origin,
+                    f"{eps.kind} {eps.namespace}/{eps.name}: no Service "
+                    f"{eps.namespace}/{eps.service} is defined in these files, "
+                    "so DNS does not use these endpoints",
+                    "warning",
+                )
+            )
+        objects.append(eps)
+
+    for key, svc in services.items():
+        objects.append(svc)
+        if svc.selector is None or svc.type == "ExternalName" or key in covered:
+            continue
+        candidates = pods_by_ns.get(svc.namespace, [])
+        objects.append(endpoints_for(svc, targets[key], (pod for pod, _ in candidates)))
+        problems.extend(_unresolved_ports(svc, targets[key], candidates))
+
+    namespaces = {obj.name for obj in objects if isinstance(obj, Namespace)}
+    for record in first.values():
+        namespace = record.key[1]
+        if namespace and namespace not in namespaces:
+            namespaces.add(namespace)
+            objects.append(Namespace(namespace))
+    return Assembly(tuple(objects), tuple(problems))
+
+
+def _unresolved_ports(
+    service: Service, targets: ServiceTargets, candidates: Sequence[tuple[Pod, Origin]]
+) -> list[Problem]:
+    out = []
+    for pod, origin in candidates:
+        if not selects(service, pod) or pod.terminal or not pod.ips:
+            continue
+        for target in targets.ports:
+            if resolve_port(pod, target) is None:
+                out.append(
+                    _problem_at(
+                        origin,
+                        f"Pod {pod.namespace}/{pod.name} has no {target.protocol} container port "
+                        f"named {target.target!r}, which port {target.name or target.port} of "
+                        f"Service {service.namespace}/{service.name} targets; "
+                        "the pod gets no endpoint for that port",
+                        "warning",
+                    )
+                )
+    return out
+
+
+def check(
+    dirs: Sequence[str | os.PathLike[str]], service_cidr: str = DEFAULT_SERVICE_CIDR
+) -> list[Problem]:
+    """Every problem in the manifests under `dirs` (directories or single files), in file order.
+
+    For `kdns check`: nothing is raised, a missing directory is a problem like any other. Only
+    problems with `is_error` should make the check fail.
+    """
+    problems: list[Problem] = []
+    network: Network | None = None
+    try:
+        network = parse_cidr(service_cidr)
+    except AllocationError as exc:
+        problems.append(Problem("", str(exc)))
+    records: list[Record] = []
+    for top in dirs:
+        try:
+            signatures, scan_problems = _scan([os.fspath(top)])
+        except SourceError as exc:
+            problems.append(Problem(exc.path, exc.reason))
+            continue
+        problems.extend(scan_problems)
+        for path in signatures:
+            parsed = read(path)
+            problems.extend(parsed.problems)
+            # Records of a file with errors still take part, so that problems between files
+            # (duplicates, orphans) are reported in one run rather than one per fix.
+            records.extend(parsed.records)
+    if network is not None:
+        problems.extend(assemble(records, network).problems)
+    return problems
+
+
+def _log_problem(problem: Problem) -> None:
+    log.log(logging.ERROR if problem.is_error else logging.WARNING, "%s", problem)
+
+
+class FileSource:
+    """Serves the manifests under `dirs` into the store layer `layer`, and keeps them current.
+
+    `load()` once at startup (it raises `SourceError` for a missing or unreadable directory),
+    then run `watch()` on the event loop; `reload()` forces a check now (on SIGHUP, say).
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        layer: str,
+        dirs: Sequence[str | os.PathLike[str]],
+        service_cidr: str = DEFAULT_SERVICE_CIDR,
+        poll_interval: float = 0.25,
+    ) -> None:
+        try:
+            self._network = parse_cidr(service_cidr)
+        except AllocationError as exc:
+            raise SourceError("--service-cidr", str(exc)) from None
+        self.sink = sink
+        self.layer = layer
+        self.dirs = [os.fspath(d) for d in dirs]
+        self.poll_interval = poll_interval
+        self._files: dict[str, _File] = {}
+        self._scan_problems: tuple[Problem, ...] = ()
+        self._cross: tuple[Problem, ...] = ()
+        self._reported: set[Problem] = set()
+        self._failure = ""  # the last poll failure logged, so that it is logged once
+        self._lock = threading.Lock()  # one reader of the files at a time
+        self._apply_lock = threading.Lock()
+        self._seq = 0
+        self._applied = 0
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read every file and hand the result to the sink, then mark the layer synced.
+
+        Files with errors are logged and left out; only an unusable directory raises
+        `SourceError`, because serving without it would answer NXDOMAIN for all it defines.
+        """
+        result = self._refresh(force=True)
+        assert result is not None  # force: always a result
+        self._apply(*result)
+        self.sink.set_synced(self.layer)
+
+    def reload(self) -> bool:
+        """Re-read what changed on disk; True when a new object set went to the sink.
+
+        Safe to call from a signal handler: a directory that has become unusable is logged
+        (once) and the store keeps what it has.
+        """
+        try:
+            result = self._refresh(force=False)
+        except SourceError as exc:
+            self._fail(f"{exc}; still serving what was loaded before")
+            return False
+        self._recovered()
+        if result is None:
+            return False
+        self._apply(*result)
+        return True
+
+    async def watch(self) -> None:
+        """Poll for changes until cancelled, applying each on the running loop."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            result = await asyncio.to_thread(self._poll)
+            if result is not None:
+                self._apply(*result)
+
+    @property
+    def problems(self) -> list[Problem]:
+        """The current problems: of each file as last read, and between files."""
+        out = list(self._scan_problems)
+        for state in self._files.values():
+            out.extend(state.parsed.problems)
+        out.extend(self._cross)
+        return out
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _poll(self) -> tuple[int, tuple[KubeObject, ...]] | None:
+        try:
+            result = self._refresh(force=False)
+        except SourceError as exc:
+            self._fail(f"{exc}; still serving what was loaded before")
+            return None
+        except Exception as exc:  # a bug must not end the watch: log it once, keep polling
+            if self._failure != repr(exc):
+                self._failure = repr(exc)
+                log.exception("reloading zones failed; still serving what was loaded before")
+            return None
+        self._recovered()
+        return result
+
+    def _fail(self, message: str) -> None:
+        if self._failure != message:
+            self._failure = message
+            log.error("%s", message)
+
+    def _recovered(self) -> None:
+        if self._failure:
+            self._failure = ""
+            log.warning("reloading zones works again")
+
+    def _read_file(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def _refresh(self, force: bool) -> tuple[int, tuple[KubeObject, ...]] | None:
+        with self._lock:
+            changed = False
+            for _ in range(_SETTLE_ATTEMPTS):
+                signatures, scan_problems = _scan(self.dirs)
+                read_any, changed_now = self._update(signatures)
+                changed |= changed_now
+                if not read_any or _scan(self.dirs)[0] == signatures:
+                    break
+            if scan_problems != list(self._scan_problems):
+                for problem in scan_problems:
+                    _log_problem(problem)
+                self._scan_problems = tuple(scan_problems)
+            if not changed and not force:
+                return None
+            records: list[Record] = []
+            for state in self._files.values():
+                records.extend(state.parsed.records if state.parsed.ok else state.good or ())
+            assembly = assemble(records, self._network)
+            self._report(assembly.problems)
+            self._seq += 1
+            return self._seq, assembly.objects
+
+    def _update(self, signatures: dict[str, _Signature]) -> tuple[bool, bool]:
+        """Bring `_files` up to date with `signatures`; return (read anything, content changed)."""
+        now = time.time_ns()
+        read_any = changed = False
+        files: dict[str, _File] = {}
+        for path, signature in signatures.items():
+            old = self._files.get(path)
+            if old is not None and old.signature == signature and not old.racy:
+                files[path] = old
+                continue
+            read_any = True
+            try:
+                data = self._read_file(path)
+            except FileNotFoundError:
+                continue  # gone since the scan: the next scan settles it
+            except OSError as exc:
+                # The digest of an unreadable file is its error, so the error is logged once.
+                reason = f"cannot read: {exc.strerror or exc}"
+                parsed: Parsed | None = Parsed(path, problems=(Problem(path, reason),))
+                digest = b"!" + reason.encode()
+            else:
+                parsed = None
+                digest = hashlib.sha256(data).digest()
+            racy = now - signature.mtime_ns < _RACY_NS
+            if old is not None and old.digest == digest:
+                files[path] = dataclasses.replace(old, signature=signature, racy=racy)
+                continue
+            if parsed is None:
+                parsed = decode(data, path)
+            good = parsed.records if parsed.ok else (old.good if old is not None else None)
+            files[path] = _File(signature, digest, parsed, good, racy)
+            self._log_file(path, parsed, old)
+            changed = True
+        for path in self._files.keys() - files.keys():
+            log.info("%s: removed; its objects are no longer served", path)
+            changed = True
+        self._files = files
+        return read_any, changed
+
+    def _log_file(self, path: str, parsed: Parsed, old: _File | None) -> None:
+        for problem in parsed.problems:
+            _log_problem(problem)
+        if not parsed.ok:
+            if old is not None and old.good is not None:
+                log.error(
+                    "%s: not reloaded because of the errors above; "
+                    "still serving its previous content",
+                    path,
+                )
+            else:
+                log.error("%s: not loaded because of the errors above", path)
+        elif old is not None and not old.parsed.ok:
+            log.info("%s: loaded; its errors are fixed", path)
+        else:
+            log.info("%s: loaded %d objects", path, len(parsed.records))
+
+    def _report(self, problems: tuple[Problem, ...]) -> None:
+        for problem in problems:
+            if problem not in self._reported:
+                _log_problem(problem)
+        self._reported = set(problems)
+        self._cross = problems
+
+    def _apply(self, seq: int, objects: tuple[KubeObject, ...]) -> None:
+        # Results can reach here out of order (a reload() on the loop while a poll's result
+        # waits to be applied); an older one must not undo a newer one.
+        with self._apply_lock:
+            if seq <= self._applied:
+                return
+            self._applied = seq
+            self.sink.replace(self.layer, objects)
