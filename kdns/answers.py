@@ -340,10 +340,12 @@ class Engine:
         nodata: Answer,
         depth: int,
     ) -> Answer:
-        if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.CNAME, QTYPE.ANY):
+        # A CNAME owns its name for every type (RFC 1034 3.6.2), as CoreDNS answers; the spec
+        # singles out SRV, which gets NODATA.
+        if qtype == QTYPE.SRV:
             return nodata
         cname = RR(qname, QTYPE.CNAME, ttl=self.ttl, rdata=CNAME(target + "."))
-        if qtype in (QTYPE.CNAME, QTYPE.ANY) or depth >= MAX_CHASE:
+        if qtype not in (QTYPE.A, QTYPE.AAAA) or depth >= MAX_CHASE:
             return Answer(answer=[cname])
         labels = tuple(target.split("."))
         for other in self._by_suffix:

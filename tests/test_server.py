@@ -117,7 +117,9 @@ def test_dig_mixed_case_keeps_case(server: KdnsProcess) -> None:
 
 def test_dig_headless_and_srv(server: KdnsProcess) -> None:
     assert answers(server.dig("+short", "db.data.svc.cluster.local")) == ["10.2.0.1", "10.2.0.2"]
-    out = flat(server.dig("+noall", "+answer", "+additional", "_pg._tcp.db.data.svc.cluster.local", "SRV"))
+    out = flat(
+        server.dig("+noall", "+answer", "+additional", "_pg._tcp.db.data.svc.cluster.local", "SRV")
+    )
     assert "0 50 5432 db-0.db.data.svc.cluster.local." in out
     assert "0 50 5432 db-1.db.data.svc.cluster.local." in out
     assert "db-2" not in out

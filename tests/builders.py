@@ -1,0 +1,161 @@
+"""Small builders for the trimmed records of `kdns.model`, and helpers to read answers.
+
+Tests build the objects a source would hand to the store, so that a table row says only what
+matters to it (`clusterip("default", "web", "10.96.0.10", ports=[port("http", 80)])`).
+Records are rendered as `"owner ttl TYPE rdata"` strings, so a whole answer compares in one
+assertion and a failure shows exactly which record is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from dnslib import QTYPE, RCODE, RR, DNSLabel
+
+from kdns.answers import Answer, Cluster, Engine, PodsMode
+from kdns.model import (
+    Endpoint,
+    EndpointPort,
+    EndpointSet,
+    KubeObject,
+    Namespace,
+    Service,
+    ServicePort,
+    Subset,
+)
+from kdns.store import Store
+
+LAYER = "cluster"
+
+
+# -- objects ------------------------------------------------------------------------------------
+
+
+def port(name: str, number: int, protocol: str = "TCP") -> ServicePort:
+    return ServicePort(name, number, protocol)
+
+
+def eport(name: str, number: int, protocol: str = "TCP") -> EndpointPort:
+    return EndpointPort(name, number, protocol)
+
+
+def clusterip(
+    namespace: str,
+    name: str,
+    *ips: str,
+    ports: Sequence[ServicePort] = (),
+    type: str = "ClusterIP",
+    publish_not_ready: bool = False,
+) -> Service:
+    return Service(
+        namespace,
+        name,
+        type=type,  # type: ignore[arg-type]
+        cluster_ips=tuple(ips),
+        ports=tuple(ports),
+        publish_not_ready=publish_not_ready,
+    )
+
+
+def headless(
+    namespace: str,
+    name: str,
+    *,
+    ports: Sequence[ServicePort] = (),
+    publish_not_ready: bool = False,
+) -> Service:
+    return Service(
+        namespace,
+        name,
+        headless=True,
+        ports=tuple(ports),
+        publish_not_ready=publish_not_ready,
+    )
+
+
+def external(namespace: str, name: str, target: str) -> Service:
+    return Service(namespace, name, type="ExternalName", external_name=target)
+
+
+def ep(*addresses: str, hostname: str = "", ready: bool = True, node_name: str = "") -> Endpoint:
+    return Endpoint(tuple(addresses), hostname=hostname, ready=ready, node_name=node_name)
+
+
+def endpoint_slice(
+    namespace: str,
+    name: str,
+    service: str,
+    endpoints: Sequence[Endpoint],
+    ports: Sequence[EndpointPort] = (),
+) -> EndpointSet:
+    """An EndpointSlice (one subset) joined to `service`."""
+    return EndpointSet(
+        "EndpointSlice", namespace, name, service, (Subset(tuple(endpoints), tuple(ports)),)
+    )
+
+
+def subset(endpoints: Sequence[Endpoint], ports: Sequence[EndpointPort] = ()) -> Subset:
+    return Subset(tuple(endpoints), tuple(ports))
+
+
+def endpoints(namespace: str, name: str, *subsets: Subset) -> EndpointSet:
+    """A v1 Endpoints object (joined to the service of the same name)."""
+    return EndpointSet("Endpoints", namespace, name, name, tuple(subsets))
+
+
+def namespaces(*names: str) -> list[Namespace]:
+    return [Namespace(n) for n in names]
+
+
+# -- store and engine ---------------------------------------------------------------------------
+
+
+def make_store(
+    objects: Iterable[KubeObject] = (), *, synced: bool = True, layer: str = LAYER
+) -> Store:
+    store = Store()
+    store.add_layer(layer)
+    store.apply(layer, list(objects))
+    if synced:
+        store.set_synced(layer)
+    return store
+
+
+def make_engine(
+    objects: Iterable[KubeObject] = (),
+    *,
+    domain: str = "cluster.local",
+    ttl: int = 5,
+    pods: PodsMode = "insecure",
+    ns_addresses: Sequence[str] = (),
+    synced: bool = True,
+) -> Engine:
+    store = make_store(objects, synced=synced)
+    return Engine([Cluster(domain, store)], ttl=ttl, pods=pods, ns_addresses=ns_addresses)
+
+
+def ask(engine: Engine, name: str, qtype: str) -> Answer:
+    return engine.resolve(DNSLabel(name), getattr(QTYPE, qtype))
+
+
+# -- reading answers ----------------------------------------------------------------------------
+
+
+def text(rr: RR) -> str:
+    """`owner ttl TYPE rdata`, e.g. `web.default.svc.cluster.local. 5 A 10.96.0.10`."""
+    return f"{rr.rname} {rr.ttl} {QTYPE[rr.rtype]} {rr.rdata}"
+
+
+def texts(rrs: Iterable[RR]) -> list[str]:
+    """The records as sorted strings (a multiset: a duplicate record shows twice)."""
+    return sorted(text(rr) for rr in rrs)
+
+
+def rcode(answer: Answer) -> str:
+    return str(RCODE[answer.rcode])
+
+
+def soa_text(zone: str, serial: int, ttl: int = 5, server_zone: str | None = None) -> str:
+    """The SOA record kdns gives for `zone` (`server_zone` names the server, default `zone`)."""
+    home = server_zone or zone
+    return f"{zone}. {ttl} SOA ns.dns.{home}. hostmaster.{home}. {serial} 7200 1800 86400 {ttl}"

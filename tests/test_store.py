@@ -1,0 +1,475 @@
+"""Store semantics: layers and priority, writes as diffs, listeners, sync state, indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from kdns.model import EndpointSet, Namespace, endpoint_name
+from kdns.store import ReadyEndpoint, Store, build_view
+from tests.builders import (
+    clusterip,
+    endpoint_slice,
+    endpoints,
+    ep,
+    eport,
+    external,
+    headless,
+    port,
+    subset,
+)
+
+WEB = clusterip("default", "web", "10.96.0.100", ports=[port("http", 80)])
+WEB_SLICE = endpoint_slice("default", "web-x1", "web", [ep("10.0.0.1")], [eport("http", 8080)])
+
+
+def two_layers() -> Store:
+    store = Store()
+    store.add_layer("files", implicit_namespaces=True)
+    store.add_layer("cluster")
+    return store
+
+
+def ready(store: Store, ns: str, name: str) -> list[tuple[str, str]]:
+    view = store.service(ns, name)
+    assert view is not None
+    return [(r.name, r.address) for r in view.ready]
+
+
+# -- layers --------------------------------------------------------------------------------------
+
+
+def test_layers_keep_their_order_and_names_are_unique() -> None:
+    store = two_layers()
+    assert store.layers() == ["files", "cluster"]
+    with pytest.raises(ValueError, match="already exists"):
+        store.add_layer("files")
+
+
+def test_first_layer_wins_and_the_conflict_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = two_layers()
+    caplog.set_level(logging.WARNING, logger="kdns.store")
+    # the later layer arrives first: it answers until the earlier one defines the service
+    store.apply("cluster", [clusterip("default", "web", "10.96.0.2"), WEB_SLICE])
+    view = store.service("default", "web")
+    assert view is not None and view.service.cluster_ips == ("10.96.0.2",)
+    assert store.owner("default", "web") == "cluster"
+    assert not caplog.records
+
+    store.apply("files", [clusterip("default", "web", "10.96.0.1")])
+    view = store.service("default", "web")
+    assert view is not None and view.service.cluster_ips == ("10.96.0.1",)
+    assert store.owner("default", "web") == "files"
+    # the endpoints come from the owning layer only
+    assert view.ready == ()
+    assert store.endpoint_sets("default", "web") == []
+    assert store.services_by_cluster_ip("10.96.0.1") == [("default", "web")]
+    assert store.services_by_cluster_ip("10.96.0.2") == []
+    assert store.endpoints_by_ip("10.0.0.1") == []
+
+    store.apply("cluster", [clusterip("default", "web", "10.96.0.3")])
+    store.apply("files", [clusterip("default", "web", "10.96.0.4")])
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "default/web" in message and "files" in message and "cluster" in message
+
+    # when the winner lets go, the other layer answers, with its own endpoints
+    store.apply("files", deletes=[("Service", "default", "web")])
+    view = store.service("default", "web")
+    assert view is not None and view.service.cluster_ips == ("10.96.0.3",)
+    assert store.owner("default", "web") == "cluster"
+    assert ready(store, "default", "web") == [("10-0-0-1", "10.0.0.1")]
+    assert store.services_by_cluster_ip("10.96.0.3") == [("default", "web")]
+    assert store.services_by_cluster_ip("10.96.0.4") == []
+    assert store.endpoints_by_ip("10.0.0.1") == [("default", "web", "10-0-0-1")]
+
+
+def test_a_later_layer_cannot_change_what_the_winner_answers() -> None:
+    store = two_layers()
+    store.apply("files", [WEB])
+    generation = store.generation
+    store.apply("cluster", [clusterip("default", "web", "10.96.0.2"), WEB_SLICE])
+    view = store.service("default", "web")
+    assert view is not None and view.service == WEB and view.ready == ()
+    # the write itself is still a change of that layer
+    assert store.generation == generation + 1
+
+
+# -- writes are diffs ---------------------------------------------------------------------------
+
+
+def test_apply_moves_the_generation_only_on_real_change() -> None:
+    store = Store()
+    store.add_layer("c")
+    assert store.generation == 0
+    assert store.apply("c", [WEB, WEB_SLICE, Namespace("default")]) is True
+    assert store.generation == 1
+    # the same objects again, equal copies, a delete of nothing, an empty write
+    assert store.apply("c", [WEB, WEB_SLICE, Namespace("default")]) is False
+    equal_copy = clusterip("default", "web", "10.96.0.100", ports=[port("http", 80)])
+    assert store.apply("c", [equal_copy]) is False
+    assert store.generation == 1
+    assert store.apply("c", deletes=[("Service", "default", "nope")]) is False
+    assert store.apply("c", deletes=[("Namespace", "", "nope")]) is False
+    assert store.apply("c") is False
+    assert store.generation == 1
+    # one call is one change, however many objects it carries
+    assert store.apply(
+        "c",
+        [clusterip("default", "a", "10.96.0.1"), clusterip("default", "b", "10.96.0.2")],
+        [("Service", "default", "web")],
+    )
+    assert store.generation == 2
+    assert store.service("default", "web") is None
+    assert store.apply("c", deletes=[("Namespace", "", "default")]) is True
+    assert store.generation == 3
+
+
+def test_serial_follows_the_generation_from_its_base_and_wraps() -> None:
+    store = Store(serial_base=2**32 - 1)
+    store.add_layer("c")
+    assert store.serial == 2**32 - 1
+    store.apply("c", [WEB])
+    assert store.serial == 0
+    store.apply("c", [WEB])
+    assert store.serial == 0
+
+
+def test_replace_is_a_diff_limited_to_its_kinds() -> None:
+    store = Store()
+    store.add_layer("c")
+    a = clusterip("default", "a", "10.96.0.1")
+    b = clusterip("default", "b", "10.96.0.2")
+    slice_a = endpoint_slice("default", "a-x", "a", [ep("10.0.0.1")])
+    store.apply("c", [a, b, slice_a, Namespace("default")])
+    generation = store.generation
+
+    # the same content: nothing changes
+    assert store.replace("c", [a, b], kinds={"Service"}) is False
+    assert store.generation == generation
+
+    # a relist of Services drops b, keeps the slices and namespaces
+    assert store.replace("c", [a], kinds={"Service"}, received_at=7.0) is True
+    assert store.generation == generation + 1
+    assert store.service("default", "b") is None
+    assert ready(store, "default", "a") == [("10-0-0-1", "10.0.0.1")]
+    assert store.has_namespace("default")
+
+    # a relist of slices with none left empties the endpoints only
+    assert store.replace("c", [], kinds={"EndpointSlice"}) is True
+    assert ready(store, "default", "a") == []
+    assert store.service("default", "a") is not None
+
+    # kinds=None: the objects are the whole layer
+    assert store.replace("c", [b]) is True
+    assert store.service("default", "a") is None
+    assert store.service("default", "b") is not None
+    assert not store.has_namespace("default")
+
+
+# -- listeners and sync -------------------------------------------------------------------------
+
+
+def test_listeners_get_the_generation_and_when_the_change_arrived() -> None:
+    store = Store()
+    store.add_layer("c")
+    calls: list[tuple[int, float | None]] = []
+    store.subscribe(lambda gen, at: calls.append((gen, at)))
+    store.apply("c", [WEB], received_at=12.5)
+    store.apply("c", [WEB], received_at=13.0)  # no change: no call
+    store.replace("c", [], received_at=14.0)
+    store.set_synced("c")
+    store.set_synced("c")  # already synced: no call
+    store.apply("c", [WEB])
+    assert calls == [(1, 12.5), (2, 14.0), (3, None), (4, None)]
+
+
+def test_synced_once_every_layer_has_loaded() -> None:
+    store = two_layers()
+    assert store.synced is False
+    store.set_synced("files")
+    assert store.synced is False
+    generation = store.generation
+    store.set_synced("cluster")
+    assert store.synced is True
+    assert store.generation == generation + 1
+    store.set_synced("cluster", False)
+    assert store.synced is False
+    with pytest.raises(KeyError):
+        store.set_synced("nope")
+
+
+# -- views --------------------------------------------------------------------------------------
+
+
+def test_view_keeps_ready_endpoints_deduplicated_across_slices() -> None:
+    store = Store()
+    store.add_layer("c")
+    svc = headless("default", "hl")
+    ports = [eport("http", 8080)]
+    store.apply(
+        "c",
+        [
+            svc,
+            endpoint_slice(
+                "default", "hl-a", "hl", [ep("10.1.0.1"), ep("10.1.0.2", ready=False)], ports
+            ),
+            endpoint_slice(
+                "default", "hl-b", "hl", [ep("10.1.0.1"), ep("10.1.0.3", hostname="c")], ports
+            ),
+            endpoint_slice("default", "hl-6", "hl", [ep("2001:db8::1")], ports),
+        ],
+    )
+    view = store.service("default", "hl")
+    assert view is not None
+    assert sorted(view.addresses()) == ["10.1.0.1", "10.1.0.3", "2001:db8::1"]
+    assert len(view.ready) == 3
+    assert view.not_ready == 1
+    assert sorted(view.sources) == [
+        ("EndpointSlice", "default", "hl-6"),
+        ("EndpointSlice", "default", "hl-a"),
+        ("EndpointSlice", "default", "hl-b"),
+    ]
+    assert view.named("C") == ["10.1.0.3"]
+    assert view.named("2001-db8--1") == ["2001:db8::1"]
+    assert view.named("10-1-0-2") == []
+
+
+def test_build_view_rules() -> None:
+    ports = (eport("http", 80),)
+    manual = endpoints(
+        "default", "svc", subset([ep("10.0.0.1"), ep("10.0.0.9", ready=False)], ports)
+    )
+    mirrored = endpoint_slice("default", "svc-m", "svc", [ep("10.0.0.1")], ports)
+
+    # slices win over v1 Endpoints
+    view = build_view(headless("default", "svc"), [manual, mirrored])
+    assert view.ready == (ReadyEndpoint("10-0-0-1", "10.0.0.1", ports),)
+    assert view.sources == (("EndpointSlice", "default", "svc-m"),)
+
+    # v1 Endpoints alone: addresses ready, notReadyAddresses not
+    view = build_view(headless("default", "svc"), [manual])
+    assert view.addresses() == ["10.0.0.1"]
+    assert view.not_ready == 1
+
+    # publishNotReadyAddresses: everything counts
+    view = build_view(headless("default", "svc", publish_not_ready=True), [manual])
+    assert view.addresses() == ["10.0.0.1", "10.0.0.9"]
+    assert view.not_ready == 0
+
+    # terminating/not-ready slice endpoints are left out, and counted
+    view = build_view(
+        headless("default", "svc"),
+        [endpoint_slice("default", "s", "svc", [ep("10.0.0.2", ready=False), ep("10.0.0.3")])],
+    )
+    assert view.addresses() == ["10.0.0.3"]
+    assert view.not_ready == 1
+
+    # ExternalName services have no endpoints
+    view = build_view(external("default", "svc", "example.com"), [mirrored])
+    assert view.ready == ()
+
+
+@pytest.mark.parametrize(
+    ("hostname", "address", "name"),
+    [
+        ("web-0", "10.0.0.1", "web-0"),
+        ("", "10.0.0.1", "10-0-0-1"),
+        ("", "2001:db8::1", "2001-db8--1"),
+        ("", "2001:db8::", "2001-db8--0"),
+        ("", "fd00::a1", "fd00--a1"),
+        ("", "2001:db8:0:0:1:0:0:1", "2001-db8-0-0-1-0-0-1"),
+    ],
+)
+def test_endpoint_name(hostname: str, address: str, name: str) -> None:
+    assert endpoint_name(hostname, address) == name
+
+
+def test_views_are_sorted_and_endpoint_sets_include_ignored_ones() -> None:
+    store = Store()
+    store.add_layer("c")
+    manual = endpoints("default", "b", subset([ep("10.0.0.1")]))
+    mirrored = endpoint_slice("default", "b-m", "b", [ep("10.0.0.1")])
+    store.apply("c", [headless("x", "a"), headless("default", "b"), manual, mirrored])
+    assert [(v.service.namespace, v.service.name) for v in store.views()] == [
+        ("default", "b"),
+        ("x", "a"),
+    ]
+    assert sorted(s.key for s in store.endpoint_sets("default", "b")) == [
+        ("EndpointSlice", "default", "b-m"),
+        ("Endpoints", "default", "b"),
+    ]
+    assert store.endpoint_sets("default", "nope") == []
+
+
+# -- reverse indexes ----------------------------------------------------------------------------
+
+
+def test_cluster_ip_index_follows_changes_and_removal() -> None:
+    store = Store()
+    store.add_layer("c")
+    store.apply("c", [clusterip("default", "web", "10.96.0.1", "fd00::1")])
+    assert store.services_by_cluster_ip("10.96.0.1") == [("default", "web")]
+    assert store.services_by_cluster_ip("fd00::1") == [("default", "web")]
+
+    store.apply("c", [clusterip("default", "web", "10.96.0.2")])
+    assert store.services_by_cluster_ip("10.96.0.1") == []
+    assert store.services_by_cluster_ip("fd00::1") == []
+    assert store.services_by_cluster_ip("10.96.0.2") == [("default", "web")]
+
+    store.apply("c", [clusterip("default", "also", "10.96.0.2")])
+    assert store.services_by_cluster_ip("10.96.0.2") == [("default", "also"), ("default", "web")]
+
+    # a ClusterIP service turned ExternalName has no ClusterIP any more
+    store.apply("c", [external("default", "web", "example.com")])
+    assert store.services_by_cluster_ip("10.96.0.2") == [("default", "also")]
+
+    store.apply("c", deletes=[("Service", "default", "also")])
+    assert store.services_by_cluster_ip("10.96.0.2") == []
+
+
+def test_endpoint_index_follows_readiness_slices_and_services() -> None:
+    store = Store()
+    store.add_layer("c")
+    ports = [eport("http", 8080)]
+    store.apply(
+        "c",
+        [
+            headless("default", "hl"),
+            clusterip("default", "web", "10.96.0.1"),
+            endpoint_slice("default", "hl-a", "hl", [ep("10.1.0.1", hostname="pod-a")], ports),
+            endpoint_slice("default", "hl-b", "hl", [ep("10.1.0.1", hostname="pod-a")], ports),
+            endpoint_slice("default", "web-a", "web", [ep("10.1.0.1")], ports),
+        ],
+    )
+    assert store.endpoints_by_ip("10.1.0.1") == [
+        ("default", "hl", "pod-a"),
+        ("default", "web", "10-1-0-1"),
+    ]
+    # in two slices of one service: still there while one remains
+    store.apply("c", deletes=[("EndpointSlice", "default", "hl-a")])
+    assert store.endpoints_by_ip("10.1.0.1") == [
+        ("default", "hl", "pod-a"),
+        ("default", "web", "10-1-0-1"),
+    ]
+    # not ready any more
+    store.apply(
+        "c", [endpoint_slice("default", "hl-b", "hl", [ep("10.1.0.1", ready=False)], ports)]
+    )
+    assert store.endpoints_by_ip("10.1.0.1") == [("default", "web", "10-1-0-1")]
+    # a hostname change renames the entry
+    store.apply("c", [endpoint_slice("default", "web-a", "web", [ep("10.1.0.1", hostname="w")])])
+    assert store.endpoints_by_ip("10.1.0.1") == [("default", "web", "w")]
+    # the service goes away: so do its endpoints
+    store.apply("c", deletes=[("Service", "default", "web")])
+    assert store.endpoints_by_ip("10.1.0.1") == []
+    assert store.service("default", "web") is None
+    # ... and come back with it
+    store.apply("c", [clusterip("default", "web", "10.96.0.1")])
+    assert store.endpoints_by_ip("10.1.0.1") == [("default", "web", "w")]
+
+
+def test_endpoint_set_moving_to_another_service() -> None:
+    store = Store()
+    store.add_layer("c")
+    moving = endpoint_slice("default", "x-1", "a", [ep("10.2.0.1")])
+    store.apply("c", [headless("default", "a"), headless("default", "b"), moving])
+    assert ready(store, "default", "a") == [("10-2-0-1", "10.2.0.1")]
+    assert store.endpoints_by_ip("10.2.0.1") == [("default", "a", "10-2-0-1")]
+
+    moved = EndpointSet("EndpointSlice", "default", "x-1", "b", moving.subsets)
+    assert store.apply("c", [moved]) is True
+    assert ready(store, "default", "a") == []
+    assert ready(store, "default", "b") == [("10-2-0-1", "10.2.0.1")]
+    assert store.endpoints_by_ip("10.2.0.1") == [("default", "b", "10-2-0-1")]
+    assert store.endpoint_sets("default", "a") == []
+    assert store.endpoint_sets("default", "b") == [moved]
+
+
+# -- namespaces ---------------------------------------------------------------------------------
+
+
+def test_cluster_namespaces_are_explicit() -> None:
+    store = Store()
+    store.add_layer("c")
+    store.apply("c", [clusterip("team", "web", "10.96.0.1")])
+    assert store.has_namespace("team") is False
+    store.apply("c", [Namespace("team")])
+    assert store.has_namespace("team") is True
+    assert store.namespaces() == {"team"}
+    store.apply("c", deletes=[("Namespace", "", "team")])
+    assert store.has_namespace("team") is False
+    assert store.service("team", "web") is not None
+
+
+def test_file_namespaces_exist_while_an_object_lives_in_them() -> None:
+    store = Store()
+    store.add_layer("files", implicit_namespaces=True)
+    svc = clusterip("team", "web", "10.96.0.1")
+    eps = endpoints("team", "web", subset([ep("10.0.0.1")]))
+    store.apply("files", [svc, eps, endpoint_slice("other", "s", "x", [])])
+    assert store.has_namespace("team") and store.has_namespace("other")
+    assert store.namespaces() == {"team", "other"}
+    # replacing an object does not count it twice
+    store.apply("files", [clusterip("team", "web", "10.96.0.2")])
+    store.apply("files", deletes=[("Service", "team", "web")])
+    assert store.has_namespace("team") is True  # the Endpoints still live there
+    store.apply("files", deletes=[("Endpoints", "team", "web")])
+    assert store.has_namespace("team") is False
+    # a Namespace manifest declares one
+    store.apply("files", [Namespace("empty")])
+    assert store.has_namespace("empty") is True
+    assert store.namespaces() == {"other", "empty"}
+
+
+# -- writes from other threads ------------------------------------------------------------------
+
+
+def test_loop_sink_applies_writes_on_the_loop() -> None:
+    from kdns.store import LoopSink
+
+    async def main() -> Store:
+        store = Store()
+        store.add_layer("c")
+        sink = LoopSink(store, asyncio.get_running_loop())
+        await asyncio.to_thread(sink.apply, "c", [WEB])
+        await asyncio.to_thread(sink.replace, "c", [WEB, Namespace("default")])
+        await asyncio.to_thread(sink.set_synced, "c")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return store
+
+    store = asyncio.run(main())
+    assert store.service("default", "web") is not None
+    assert store.has_namespace("default")
+    assert store.synced is True
+    assert store.generation == 3
+
+
+def test_a_service_change_recomputes_its_view() -> None:
+    store = Store()
+    store.add_layer("c")
+    store.apply(
+        "c",
+        [
+            headless("default", "peers"),
+            endpoint_slice(
+                "default", "p-1", "peers", [ep("10.7.0.1"), ep("10.7.0.2", ready=False)]
+            ),
+        ],
+    )
+    assert store.endpoints_by_ip("10.7.0.2") == []
+    # publishNotReadyAddresses switched on: the not-ready endpoint counts
+    store.apply("c", [headless("default", "peers", publish_not_ready=True)])
+    assert ready(store, "default", "peers") == [("10-7-0-1", "10.7.0.1"), ("10-7-0-2", "10.7.0.2")]
+    assert store.endpoints_by_ip("10.7.0.2") == [("default", "peers", "10-7-0-2")]
+    # headless turned ClusterIP: same endpoints, and now a ClusterIP
+    store.apply("c", [clusterip("default", "peers", "10.96.0.7")])
+    assert ready(store, "default", "peers") == [("10-7-0-1", "10.7.0.1")]
+    assert store.services_by_cluster_ip("10.96.0.7") == [("default", "peers")]
+    assert store.endpoints_by_ip("10.7.0.2") == []
