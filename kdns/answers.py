@@ -107,10 +107,19 @@ class Engine:
 
     def is_local(self, qname: DNSLabel) -> bool:
         """True when `qname` falls in a zone kdns answers for."""
-        labels = tuple(_text(label).lower() for label in qname.label)
+        return self.is_local_labels([label.lower() for label in qname.label])
+
+    def is_local_labels(self, raw: Sequence[bytes]) -> bool:
+        """True when the name of these (lower-case) labels is in a zone kdns answers for."""
+        labels = tuple(_text(label) for label in raw)
         if labels[-2:] in REVERSE_ZONES:
             return True
         return any(labels[len(labels) - len(c.labels) :] == c.labels for c in self.clusters)
+
+    def is_apex(self, raw: Sequence[bytes]) -> bool:
+        """True when these (lower-case) labels name a cluster zone (what AXFR may ask for)."""
+        labels = tuple(_text(label) for label in raw)
+        return any(labels == c.labels for c in self.clusters)
 
     @staticmethod
     def _unsynced(ans: Answer, clusters: Sequence[Cluster]) -> Answer:

@@ -106,6 +106,21 @@ def serve(
     startup_timeout: Annotated[
         float, typer.Option("--startup-timeout", min=0, help="Seconds to wait for the first sync.")
     ] = 5.0,
+    lameduck: Annotated[
+        float,
+        typer.Option("--lameduck", min=0, help="On SIGTERM, answer this long while not ready."),
+    ] = 5.0,
+    log_queries: Annotated[
+        bool, typer.Option("--log-queries", help="Log one line per query.")
+    ] = False,
+    rrl: Annotated[
+        float,
+        typer.Option("--rrl", min=0, help="UDP responses a second per client prefix (0: off)."),
+    ] = 0.0,
+    transfer_to: Annotated[
+        list[str] | None,
+        typer.Option("--transfer-to", help="CIDR allowed to AXFR the zone over TCP (repeatable)."),
+    ] = None,
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning, error.")
     ] = "info",
@@ -132,6 +147,10 @@ def serve(
             namespaces=list(namespace or []),
             label_selector=label_selector,
             startup_timeout=startup_timeout,
+            lameduck=lameduck,
+            log_queries=log_queries,
+            rrl=rrl,
+            transfer_to=list(transfer_to or []),
         )
     except ConfigError as err:
         _fail(str(err))

@@ -31,6 +31,12 @@ class Config:
     namespaces: list[str] = field(default_factory=list)
     label_selector: str | None = None
     startup_timeout: float = 5.0
+    # operations
+    lameduck: float = 5.0
+    log_queries: bool = False
+    upstreams: list[tuple[str, int]] = field(default_factory=list)
+    rrl: float = 0.0  # responses a second per client prefix; 0: off
+    transfer_to: list[str] = field(default_factory=list)
     # wire limits
     max_udp: int = 1232
     tcp_idle_timeout: float = 10.0

@@ -40,7 +40,7 @@ def route(server: DnsServer, path: str) -> bytes:
             return _response(503, "Service Unavailable", b"shutting down\n")
         return _response(200, "OK", b"OK\n")
     if path == "/ready":
-        if server.serving and server.store.synced:
+        if server.ready:
             return _response(200, "OK", b"OK\n")
         return _response(503, "Service Unavailable", b"not ready\n")
     return _response(404, "Not Found", b"not found\n")

@@ -29,6 +29,20 @@ from .wire import (
 log = logging.getLogger(__name__)
 
 
+class Action:
+    """Something the transport must do instead of sending a response."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+FORWARD = Action("forward")
+TRANSFER = Action("transfer")
+
+
 @dataclass(slots=True)
 class _Entry:
     response: bytes
@@ -45,11 +59,16 @@ class Responder:
         *,
         max_udp: int = DEFAULT_MAX_UDP,
         cache_size: int = 20000,
+        forwarding: bool = False,
     ) -> None:
         self.engine = engine
+        #: True when a forwarder takes names outside kdns's zones (they are REFUSED otherwise).
+        self.forwarding = forwarding
         self.max_udp = max_udp
         self.cache_size = cache_size
         self._cache: dict[bytes, _Entry] = {}
+        #: The type of the last question answered (for the request counters).
+        self.qtype = 0
         self.hits = 0
         self.misses = 0
         self.dropped = 0
@@ -67,12 +86,18 @@ class Responder:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def respond(self, data: bytes, *, udp: bool) -> bytes | None:
-        """The response to one query packet, or None when it gets no answer."""
+    def respond(self, data: bytes, *, udp: bool) -> bytes | Action | None:
+        """The response to one query packet, or None when it gets no answer.
+
+        An `Action` instead of bytes asks the transport to do what a single response cannot:
+        forward the query upstream (`FORWARD`, only with a forwarder) or stream a zone transfer
+        (`TRANSFER`, only over TCP to allowed clients, which the transport checks).
+        """
         response = self._fast(data, udp)
         if response is not None:
             self.hits += 1
             return response
+        self.qtype = 0
         try:
             query = parse_query(data)
         except Drop:
@@ -81,6 +106,14 @@ class Responder:
         except Refuse as refused:
             self.count(refused.rcode)
             return refused.reply
+        self.qtype = query.qtype
+        if query.qtype in (QTYPE.AXFR, QTYPE.IXFR) and query.qclass == 1:
+            # Never cached: whether it is allowed depends on the client, not the question.
+            if not udp and query.qtype == QTYPE.AXFR and self.engine.is_apex(query.labels):
+                return TRANSFER
+            return self._uncached(query, Answer(RCODE.REFUSED, authoritative=False), udp)
+        if self.forwarding and query.qclass == 1 and not self.engine.is_local_labels(query.labels):
+            return FORWARD
         entry = self._cache.get(query.key)
         if entry is None:
             self.misses += 1
@@ -142,8 +175,15 @@ class Responder:
         entry = self._cache.get(key)
         if entry is None:
             return None
+        self.qtype = data[qend - 4] << 8 | data[qend - 3]
         self.count(entry.rcode)
         return _assemble(data, entry, qend, limit if udp else 65535, ar == 1)
+
+    def _uncached(self, query: Query, answer: Answer, udp: bool) -> bytes:
+        self.count(answer.rcode)
+        entry = _Entry(encode(query, answer, max_udp=self.max_udp), answer.rcode)
+        limit = limit_for(query, self.max_udp) if udp else 65535
+        return _assemble(query.data, entry, 12 + len(query.name) + 4, limit, query.edns)
 
     def _answer(self, query: Query) -> _Entry:
         answer = self.resolve(query)

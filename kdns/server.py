@@ -1,10 +1,14 @@
-"""Sockets and lifecycle: UDP and TCP listeners, the health endpoint, signals, shutdown.
+"""The server's lifecycle: startup, serving, reload, lame duck, shutdown.
 
-The life of a server, as in uvicorn: `startup()` binds every socket first (so a port in use fails
-at once, with one clear line), loads the sources, waits up to `startup_timeout` for them to sync,
-and only then starts reading queries (packets that arrived meanwhile wait in the kernel's
-buffers); `serve()` runs until SIGINT or SIGTERM; `shutdown()` closes listeners and stops the
-sources. Everything that touches the store runs on the event loop thread.
+As in uvicorn: `startup()` binds every socket first (so a port in use fails at once, with one
+clear line), loads the sources, waits up to `startup_timeout` for them to sync, and only then
+starts reading queries (packets that arrived meanwhile wait in the kernel's buffers). `serve()`
+runs until SIGINT or SIGTERM. SIGTERM first reports not ready and keeps answering for the
+lame-duck period, so that endpoints and kube-proxy stop sending traffic before the sockets close;
+SIGINT (a person at a terminal) stops at once. SIGHUP reloads the zones directories.
+
+Everything that touches the store runs on the event loop thread; sources in threads hand their
+writes over through `LoopSink`.
 """
 
 from __future__ import annotations
@@ -14,105 +18,24 @@ import contextlib
 import logging
 import signal
 import socket
-import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .answers import Cluster, Engine
 from .config import Config, ConfigError
+from .ratelimit import RateLimiter
 from .responder import Responder
+from .stats import QueryCounters
 from .store import LoopSink, Store
+from .transfer import parse_networks, transfer
+from .transport import MAX_FORWARDS, TcpProtocol, UdpProtocol
+from .wire import servfail_for
 
 log = logging.getLogger(__name__)
 
 FILES_LAYER = "files"
 CLUSTER_LAYER = "cluster"
-
-
-class UdpProtocol(asyncio.DatagramProtocol):
-    """Answers each datagram as it arrives; never raises into the loop."""
-
-    def __init__(self, responder: Responder) -> None:
-        self.responder = responder
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            response = self.responder.respond(data, udp=True)
-        except Exception:
-            log.exception("failed to answer a query from %s", addr[0])
-            return
-        if response is not None and self.transport is not None:
-            self.transport.sendto(response, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a client that went away: nothing to do.
-        log.debug("udp error: %s", exc)
-
-
-class TcpProtocol(asyncio.Protocol):
-    """Length-prefixed messages (RFC 1035 4.2.2, RFC 7766); several queries per connection.
-
-    A connection that completes no message within the idle timeout is closed, which also drops a
-    client that sends half a length prefix and stalls.
-    """
-
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if len(self.server.connections) >= self.server.config.tcp_max_connections:
-            transport.close()
-            return
-        self.server.connections.add(self)
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.server.config.tcp_idle_timeout, self._idle)
-
-    def _idle(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        done = False
-        while len(self.buffer) >= 2:
-            (size,) = struct.unpack_from("!H", self.buffer)
-            if len(self.buffer) < 2 + size:
-                break
-            message = bytes(self.buffer[2 : 2 + size])
-            del self.buffer[: 2 + size]
-            done = True
-            try:
-                response = self.server.responder.respond(message, udp=False)
-            except Exception:
-                log.exception("failed to answer a TCP query")
-                response = None
-            if response is None:
-                # Undecodable on a stream: the framing can no longer be trusted.
-                if self.transport is not None:
-                    self.transport.close()
-                return
-            if self.transport is not None:
-                self.transport.write(struct.pack("!H", len(response)) + response)
-        if done:
-            self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.server.connections.discard(self)
 
 
 def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
@@ -145,17 +68,30 @@ class DnsServer:
             pods=config.pods,
             ns_addresses=ns_addresses,
         )
+        self.forwarder: Any = None
         self.responder = Responder(
-            self.engine, max_udp=config.max_udp, cache_size=config.cache_size
+            self.engine,
+            max_udp=config.max_udp,
+            cache_size=config.cache_size,
+            forwarding=bool(config.upstreams),
         )
+        self.stats = QueryCounters()
+        self.limiter = RateLimiter(config.rrl) if config.rrl else None
+        try:
+            self.transfer_networks = parse_networks(config.transfer_to)
+        except ValueError as err:
+            raise ConfigError(f"bad --transfer-to: {err}") from None
         self.connections: set[TcpProtocol] = set()
+        self.refused_connections = 0
         self.serving = False
         self.addresses: list[tuple[str, int]] = []
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._immediate = False
+        self._forwards = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._closers: list[Callable[[], object]] = []
-        self._file_source: object | None = None
-        self._cluster_source: object | None = None
+        self._file_source: Any = None
+        self.cluster_source: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -175,6 +111,10 @@ class DnsServer:
                 for s in pair:
                     s.close()
             raise
+        if self.config.upstreams:
+            from .forward import Forwarder
+
+            self.forwarder = Forwarder(self.config.upstreams, own=self.addresses)
         await self._start_sources(loop)
         if self.config.http is not None:
             from .http import start_http
@@ -183,12 +123,10 @@ class DnsServer:
             self._closers.append(http.close)
             for sock in http.sockets:
                 host, port = sock.getsockname()[:2]
-                log.info("http on %s port %d (/health, /ready)", host, port)
+                log.info("http on %s port %d (/health, /ready, /metrics)", host, port)
         await self._wait_synced()
         for udp, tcp in sockets:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpProtocol(self.responder), sock=udp
-            )
+            transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self), sock=udp)
             self._closers.append(transport.close)
             tcp.listen(128)
             server = await loop.create_server(lambda: TcpProtocol(self), sock=tcp)
@@ -214,7 +152,7 @@ class DnsServer:
         )
         files.load()
         self._file_source = files
-        self._tasks.append(asyncio.create_task(files.watch()))
+        self._spawn(files.watch())
         if client is not None:
             from .cluster import ClusterSource
 
@@ -227,7 +165,7 @@ class DnsServer:
                 label_selector=cfg.label_selector,
             )
             source.start()
-            self._cluster_source = source
+            self.cluster_source = source
             self._closers.append(source.stop)
 
     async def _wait_synced(self) -> None:
@@ -240,24 +178,64 @@ class DnsServer:
                 self.config.startup_timeout,
             )
 
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- what the transports ask for -------------------------------------------------------
+
+    def forward(self, query: bytes, reply: Callable[[bytes | None], None]) -> None:
+        """Forward `query` upstream; `reply` gets the answer (SERVFAIL when none comes)."""
+        if self.forwarder is None or self._forwards >= MAX_FORWARDS:
+            reply(servfail_for(query))
+            return
+        self._forwards += 1
+
+        async def run() -> None:
+            try:
+                answer = await self.forwarder.forward(query)
+            except Exception:
+                log.exception("forwarding failed")
+                answer = None
+            finally:
+                self._forwards -= 1
+            reply(answer if answer is not None else servfail_for(query))
+
+        self._spawn(run())
+
+    def transfer(self, query: bytes, client: str) -> list[bytes]:
+        """The messages of a zone transfer (REFUSED unless `client` is in --transfer-to)."""
+        return transfer(self.engine, query, client, self.transfer_networks)
+
+    # -- control ---------------------------------------------------------------------------
+
     def reload(self) -> None:
         """Reload the zones/ files now (SIGHUP)."""
-        reload = getattr(self._file_source, "reload", None)
-        if reload is not None:
-            reload()
+        if self._file_source is not None:
+            log.info("SIGHUP: reloading zones")
+            self._file_source.reload()
 
-    def request_stop(self) -> None:
+    def request_stop(self, immediate: bool = False) -> None:
+        """Stop: after the lame-duck period, or at once (SIGINT, or a second signal)."""
+        self._immediate = self._immediate or immediate or self._stop.is_set()
         self._stop.set()
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def ready(self) -> bool:
+        """What /ready says: serving, synced and not shutting down."""
+        return self.serving and self.store.synced and not self._stop.is_set()
+
     async def shutdown(self) -> None:
         self.serving = False
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
-        for task in self._tasks:
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for close in reversed(self._closers):
@@ -272,16 +250,29 @@ class DnsServer:
     async def serve(self) -> None:
         """Start, run until SIGINT/SIGTERM (or `request_stop()`), then stop cleanly."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, True)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        started = False
         try:
             await self.startup()
+            started = True
             await self._stop.wait()
+            if not self._immediate and self.config.lameduck > 0:
+                log.info("lame duck: not ready, still answering for %.1fs", self.config.lameduck)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._interrupted(), self.config.lameduck)
         finally:
             await self.shutdown()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if started:
+                log.info("stopped")
+
+    async def _interrupted(self) -> None:
+        # A second signal during the lame-duck period ends it.
+        while not self._immediate:
+            await asyncio.sleep(0.05)
 
 
 def run(config: Config) -> None:

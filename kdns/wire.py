@@ -69,6 +69,8 @@ class Query:
     do: bool = False
     #: Cache key: lower-cased question + EDNS state. Equal keys get equal responses.
     key: bytes = b""
+    #: The whole packet.
+    data: bytes = b""
 
     @property
     def labels(self) -> list[bytes]:
@@ -202,7 +204,7 @@ def parse_query(data: bytes) -> Query:
         opt = opt_record(DEFAULT_MAX_UDP, do, BADVERS_EXT)
         raise Refuse(BADVERS, _error(id_, flags, 0, question, opt))
     key = question.lower() + (b"\x02" if do else b"\x01" if edns else b"\x00")
-    return Query(id_, flags, name, qtype, qclass, edns, payload, do, key)
+    return Query(id_, flags, name, qtype, qclass, edns, payload, do, key, data)
 
 
 def encode(query: Query, answer: Answer, *, max_udp: int = DEFAULT_MAX_UDP) -> bytes:
@@ -254,3 +256,55 @@ def describe(qtype: int) -> str:
     """The mnemonic of a type number (TYPE65280 for unknown ones)."""
     name = QTYPE.forward.get(qtype)
     return str(name) if name else f"TYPE{qtype}"
+
+
+def _question_end(packet: bytes) -> int:
+    """Offset just past the first question (12 when there is none or it is malformed)."""
+    if len(packet) < 12 or packet[4:6] == b"\x00\x00":
+        return 12
+    try:
+        return _skip_name(packet, 12) + 4
+    except ValueError:
+        return 12
+
+
+def slipped(response: bytes) -> bytes:
+    """A response cut to header and question with TC=1: "ask again over TCP"."""
+    end = min(_question_end(response), len(response))
+    qd = 1 if end > 12 else 0
+    id_, flags, *_ = HEADER.unpack_from(response)
+    return HEADER.pack(id_, flags | TC, qd, 0, 0, 0) + response[12:end]
+
+
+def servfail_for(query: bytes) -> bytes | None:
+    """SERVFAIL for a query kdns failed to answer (None when not even the header is there)."""
+    if len(query) < 12:
+        return None
+    id_, flags, *_ = HEADER.unpack_from(query)
+    end = _question_end(query)
+    return _error(id_, flags, RCODE.SERVFAIL, query[12:end] if end > 12 else b"")
+
+
+def describe_packet(query: bytes, response: bytes | None) -> tuple[str, str, str]:
+    """(name, type, rcode) for a query log line; "-" where unknown."""
+    name, qtype, rcode = "-", "-", "-"
+    end = _question_end(query)
+    if end > 12:
+        try:
+            name = str(DNSLabel(_labels(query, 12))) or "."
+        except (ValueError, UnicodeError):
+            name = "?"
+        qtype = describe(struct.unpack_from("!H", query, end - 4)[0])
+    if response is not None and len(response) >= 4:
+        code = response[3] & 0xF
+        rcode = str(RCODE.forward.get(code, code))
+    return name, qtype, rcode
+
+
+def _labels(packet: bytes, i: int) -> list[bytes]:
+    out = []
+    while packet[i]:
+        n = packet[i]
+        out.append(packet[i + 1 : i + 1 + n])
+        i += 1 + n
+    return out

@@ -52,9 +52,10 @@ class KdnsProcess:
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
 
-    def stop(self, timeout: float = 5.0) -> int:
+    def stop(self, timeout: float = 5.0, sig: int = signal.SIGINT) -> int:
+        """Stop kdns (SIGINT: at once; SIGTERM: after the lame-duck period)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,71 @@
+"""Zone transfer (AXFR, RFC 5936) of a cluster zone, for clients in `--transfer-to` only.
+
+Off by default: a transfer lists every service and endpoint, which is exactly what a cluster DNS
+server should not hand to any pod that asks. Allowed only over TCP (the responder refuses it over
+UDP) and only to the networks named. The records are those `kdns records` prints, so a transfer,
+the record listing and individual queries can never disagree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from dnslib import QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+
+from .answers import Engine
+from .wire import parse_query
+from .zonefile import records
+
+#: Records per message: keeps each message well under 65535 bytes.
+PER_MESSAGE = 200
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(cidrs: Sequence[str]) -> list[Network]:
+    """`--transfer-to` values as networks (ValueError on a bad one)."""
+    return [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+
+def allowed(client: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def transfer(
+    engine: Engine, query_bytes: bytes, client: str, networks: Sequence[Network]
+) -> list[bytes]:
+    """The messages answering an AXFR query: the zone between two copies of its SOA."""
+    query = parse_query(query_bytes)
+    qname = DNSLabel(query.labels)
+    zone = str(qname).rstrip(".").lower()
+
+    def message(rcode: int, rrs: Sequence[RR], first: bool) -> bytes:
+        header = DNSHeader(id=query.id, qr=1, aa=1, rcode=rcode)
+        rec = DNSRecord(header, q=DNSQuestion(qname, query.qtype) if first else None)
+        for rr in rrs:
+            rec.add_answer(rr)
+        packed = bytearray(rec.pack())
+        if first:
+            packed[12 : 12 + len(query.name)] = query.name
+        return bytes(packed)
+
+    if not allowed(client, networks):
+        return [message(RCODE.REFUSED, [], True)]
+    cluster = next((c for c in engine.clusters if c.domain == zone), None)
+    if cluster is None:
+        return [message(RCODE.NOTAUTH, [], True)]
+    soa = engine.resolve(DNSLabel(zone), QTYPE.SOA).answer
+    body = [rr for rr in records(engine) if rr.rtype != QTYPE.SOA and _in_zone(str(rr.rname), zone)]
+    rrs = [*soa, *body, *soa]
+    chunks = [rrs[i : i + PER_MESSAGE] for i in range(0, len(rrs), PER_MESSAGE)]
+    return [message(RCODE.NOERROR, chunk, i == 0) for i, chunk in enumerate(chunks)]
+
+
+def _in_zone(name: str, zone: str) -> bool:
+    name = name.rstrip(".").lower()
+    return name == zone or name.endswith("." + zone)

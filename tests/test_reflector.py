@@ -1,0 +1,424 @@
+"""The reflector, through the real kubernetes client, against the API server double.
+
+Each test runs one or two reflectors into a real `Store` on its own event loop (written through
+`LoopSink`, as in the server) and checks the store, often after every single change it went
+through (`LoopStore.changes`), not just at the end. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdns.cluster import load_api_client
+from kdns.reflector import Reflector, WatchSettings, backoff_delay
+from tests.apiserver import (
+    FAST,
+    TOKEN,
+    FakeApiServer,
+    Fault,
+    LoopStore,
+    endpoint_slice,
+    namespace,
+    service,
+    slice_endpoint,
+    wait_for,
+    write_kubeconfig,
+)
+
+Start = Callable[..., Reflector]
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with FakeApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def client(api: FakeApiServer, tmp_path: Path) -> Any:
+    return load_api_client(str(write_kubeconfig(tmp_path / "kubeconfig", api.url)))
+
+
+@pytest.fixture
+def store() -> Iterator[LoopStore]:
+    loop_store = LoopStore()
+    yield loop_store
+    loop_store.close()
+
+
+@pytest.fixture
+def start(client: Any, store: LoopStore) -> Iterator[Start]:
+    """Start a reflector into `store`; every one is stopped at the end of the test."""
+    started: list[Reflector] = []
+
+    def run(kind: str = "Service", *, settings: WatchSettings = FAST, **kw: Any) -> Reflector:
+        reflector = Reflector(kind, store.sink, store.layer, client, settings=settings, **kw)
+        reflector.start()
+        started.append(reflector)
+        return reflector
+
+    yield run
+    for reflector in started:
+        reflector.stop()
+
+
+def synced(reflector: Reflector) -> Reflector:
+    assert reflector.wait_synced(5), f"{reflector.name} did not sync"
+    return reflector
+
+
+def changes_since(store: LoopStore, mark: int) -> list[Any]:
+    return store.read(lambda _: list(store.changes[mark:]))
+
+
+def count(store: LoopStore) -> int:
+    return store.read(lambda _: len(store.changes))
+
+
+# -- list ------------------------------------------------------------------------------------------
+
+
+def test_first_list_pages_through_continue_and_syncs(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    for i in range(5):
+        api.apply(service(f"svc-{i}", cluster_ip=f"10.96.0.{i + 1}"))
+    calls: list[Reflector] = []
+    reflector = synced(start(on_synced=calls.append))
+
+    assert store.service_names() == {f"svc-{i}" for i in range(5)}
+    assert store.addresses("svc-3") == ["10.96.0.4"]
+    lists = api.requests("services", watch=False)
+    assert [r.query.get("limit") for r in lists] == ["2", "2", "2"]
+    assert [bool(r.query.get("continue")) for r in lists] == [False, True, True]
+    assert calls == [reflector]
+    assert reflector.resource_version == str(api.resource_version)
+    wait_for(lambda: api.requests("services", watch=True), what="the watch")
+    watch = api.requests("services", watch=True)[0].query
+    assert watch["resourceVersion"] == reflector.resource_version
+    assert watch["allowWatchBookmarks"] == "true"
+    assert watch["timeoutSeconds"] == "30"
+
+
+def test_added_modified_deleted_reach_the_store_with_arrival_time(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    reflector = synced(start())
+    mark = count(store)
+
+    api.apply(service("db", cluster_ip="10.96.0.20"))
+    wait_for(lambda: store.addresses("db") == ["10.96.0.20"], what="ADDED")
+    api.apply(service("web", cluster_ip="10.96.0.11"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.11"], what="MODIFIED")
+    api.delete("Service", "db")
+    wait_for(lambda: store.addresses("db") is None, what="DELETED")
+
+    seen = changes_since(store, mark)
+    assert len(seen) == 3
+    assert all(c.received_at is not None and c.received_at <= c.applied_at for c in seen)
+    assert reflector.stats.events == {"ADDED": 1, "MODIFIED": 1, "DELETED": 1}
+    assert reflector.stats.objects == 1
+    assert reflector.stats.lists == 1
+
+
+def test_an_object_trim_refuses_is_counted_and_the_rest_still_load(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    bad = service("bad")
+    bad["spec"]["ports"][0]["port"] = "eighty"
+    api.apply_all([bad, service("good", cluster_ip="10.96.0.2")])
+    reflector = synced(start())
+    assert store.service_names() == {"good"}
+    assert reflector.stats.invalid == 1
+
+
+# -- watch -----------------------------------------------------------------------------------------
+
+
+def test_bookmarks_advance_the_resource_version(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    reflector = synced(start())
+    wait_for(lambda: api.open_watches() == 1, what="the watch")
+    api.apply(namespace("elsewhere"))  # a write to another kind: services see no event
+    api.send_bookmarks()
+    wait_for(lambda: reflector.resource_version == str(api.resource_version), what="bookmark's RV")
+    assert reflector.stats.events.get("BOOKMARK") == 1
+
+    # Forget history up to now and break the watch: only a reflector that followed the bookmark
+    # can watch again without a 410 and a relist.
+    api.compact()
+    api.cut_watches()
+    api.apply(service("web", cluster_ip="10.96.0.11"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.11"], what="change after rewatch")
+    assert reflector.stats.lists == 1
+    assert "ERROR" not in reflector.stats.events
+
+
+def test_server_timeout_rewatches_from_the_newest_version_without_relisting(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    settings = replace(FAST, watch_timeout=(1, 1))
+    reflector = synced(start(settings=settings))
+    api.apply(service("web", cluster_ip="10.96.0.11"))
+    changed_at = str(api.resource_version)
+    wait_for(lambda: store.addresses("web") == ["10.96.0.11"], what="first change")
+    wait_for(lambda: len(api.requests("services", watch=True)) >= 3, timeout=6, what="rewatches")
+
+    api.apply(service("web", cluster_ip="10.96.0.12"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.12"], what="change after rewatches")
+    watches = api.requests("services", watch=True)
+    assert all(w.query["timeoutSeconds"] == "1" for w in watches)
+    assert [w.query["resourceVersion"] for w in watches[1:3]] == [changed_at, changed_at]
+    assert len(api.requests("services", watch=False)) == 1
+    assert reflector.stats.errors == 0
+
+
+def test_idle_watch_is_reopened_quietly(api: FakeApiServer, store: LoopStore, start: Start) -> None:
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    reflector = synced(start(settings=replace(FAST, idle_timeout=0.3)))
+    wait_for(lambda: reflector.stats.watches >= 3, what="idle watches reopened")
+    api.apply(service("web", cluster_ip="10.96.0.11"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.11"], what="a change after that")
+    assert reflector.stats.errors == 0
+    assert reflector.stats.lists == 1
+
+
+@pytest.mark.parametrize("as_http", [False, True], ids=["error-event", "http-410"])
+def test_expired_version_relists_and_unchanged_names_never_disappear(
+    api: FakeApiServer, store: LoopStore, start: Start, as_http: bool
+) -> None:
+    api.expired_as_http = as_http
+    api.apply_all(
+        [
+            service("keep", cluster_ip="10.96.0.1"),
+            service("change", cluster_ip="10.96.0.2"),
+            service("gone", cluster_ip="10.96.0.3"),
+        ]
+    )
+    reflector = synced(start())
+    mark = count(store)
+
+    # Keep the reflector away while the cluster changes and its history is compacted.
+    block = api.inject(Fault(503, times=None, resource="services", watch=True))
+    api.cut_watches()
+    wait_for(lambda: reflector.stats.errors >= 2, what="the reflector to be locked out")
+    api.apply(service("change", cluster_ip="10.96.0.22"))
+    api.delete("Service", "gone")
+    api.apply(service("new", cluster_ip="10.96.0.4"))
+    api.compact()
+    api.remove(block)
+
+    wait_for(lambda: reflector.stats.relists == 1, what="the relist")
+    assert store.service_names() == {"keep", "change", "new"}
+    assert store.addresses("change") == ["10.96.0.22"]
+    seen = changes_since(store, mark)
+    assert len(seen) == 1, "a relist is applied as one change"
+    assert seen[0].services[("default", "keep")] == ("10.96.0.1",)
+    assert reflector.stats.lists == 2
+    if as_http:
+        assert [w.status for w in api.requests("services", watch=True)].count(410) == 1
+    else:
+        assert reflector.stats.events.get("ERROR") == 1
+
+
+def test_relist_of_unchanged_content_changes_nothing(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply_all([service("a", cluster_ip="10.96.0.1"), service("b", cluster_ip="10.96.0.2")])
+    reflector = synced(start())
+    mark = count(store)
+    api.apply(namespace("elsewhere"))  # history moves on without services changing
+    api.compact()
+    api.cut_watches()
+    wait_for(lambda: reflector.stats.relists == 1, what="the relist")
+    assert changes_since(store, mark) == []
+
+
+def test_event_cut_in_half_is_received_again_after_rewatch(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    reflector = synced(start())
+    wait_for(lambda: api.open_watches() == 1, what="the watch")
+    api.truncate_next_event()
+    api.apply(service("web", cluster_ip="10.96.0.11"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.11"], what="the cut event")
+    assert reflector.stats.errors == 1
+    assert "broke" in reflector.stats.last_error
+
+    api.cut_watches()  # and a connection dying while idle
+    wait_for(lambda: reflector.stats.errors == 2, what="the second cut")
+    api.apply(service("web", cluster_ip="10.96.0.12"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.12"], what="a change after the cut")
+    assert reflector.stats.lists == 1
+    assert reflector.stats.events["MODIFIED"] == 2
+
+
+def test_slice_with_null_endpoints_and_slice_that_stops_counting(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply(service("db", cluster_ip="None"))  # headless
+    api.apply(endpoint_slice("db-x1", "db", endpoints=None))
+    synced(start("Service"))
+    slices = synced(start("EndpointSlice"))
+    assert store.endpoint_addresses("db") == []
+    assert api.get("EndpointSlice", "db-x1")["endpoints"] is None  # type: ignore[index]
+
+    api.apply(endpoint_slice("db-x1", "db", endpoints=["10.1.0.5", slice_endpoint("10.1.0.6")]))
+    wait_for(lambda: store.endpoint_addresses("db") == ["10.1.0.5", "10.1.0.6"], what="endpoints")
+    fqdn = endpoint_slice("db-x1", "db", endpoints=["10.1.0.5"], address_type="FQDN")
+    api.apply(fqdn)  # no longer a slice DNS can use: what it said before must go
+    wait_for(lambda: store.endpoint_addresses("db") == [], what="FQDN slice dropped")
+    assert slices.stats.objects == 0
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+def test_server_errors_back_off_keep_the_data_and_recover_without_relist(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply_all([service(f"svc-{i}", cluster_ip=f"10.96.0.{i + 1}") for i in range(3)])
+    reflector = synced(start())
+    mark = count(store)
+    before = len(api.requests())
+    fault = api.inject(Fault(500, times=None))
+    api.cut_watches()
+    time.sleep(1.0)
+    attempts = len(api.requests()) - before
+    api.apply(service("svc-0", cluster_ip="10.96.0.100"))  # while the reflector is away
+    api.remove(fault)
+
+    # Backoff: a reflector retrying at once would have made hundreds of requests in a second.
+    assert 3 <= attempts <= 40, attempts
+    wait_for(lambda: store.addresses("svc-0") == ["10.96.0.100"], what="recovery")
+    seen = changes_since(store, mark)
+    assert len(seen) == 1 and len(seen[0].services) == 3, "nothing was dropped meanwhile"
+    assert reflector.stats.errors >= 3
+    assert reflector.stats.lists == 1, "the watch resumed from its resourceVersion"
+
+
+def test_outage_before_the_first_list_delays_sync_only(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    api.outage(0.8)
+    reflector = start()
+    time.sleep(0.5)
+    assert not reflector.synced
+    assert store.service_names() == set()
+    synced(reflector)
+    assert store.addresses("web") == ["10.96.0.10"]
+    failed = [r for r in api.requests("services") if r.status == 503]
+    assert len(failed) >= 2
+    gaps = [b.at - a.at for a, b in itertools.pairwise(failed)]
+    assert max(gaps) < FAST.backoff_cap + 0.3
+    assert "503" in reflector.stats.last_error
+
+
+def test_unreachable_api_keeps_data_and_reconnects(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply_all([service("a", cluster_ip="10.96.0.1"), service("b", cluster_ip="10.96.0.2")])
+    reflector = synced(start())
+    mark = count(store)
+    api.go_down()
+    api.apply(service("b", cluster_ip="10.96.0.22"))
+    wait_for(lambda: reflector.stats.errors >= 3, what="failed reconnects")
+    assert "unreachable" in reflector.stats.last_error
+    assert store.service_names() == {"a", "b"}
+    api.come_up()
+    wait_for(lambda: store.addresses("b") == ["10.96.0.22"], timeout=5, what="reconnect")
+    assert len(changes_since(store, mark)) == 1
+    assert reflector.stats.lists == 1
+
+
+def test_stop_is_prompt_in_every_state(api: FakeApiServer, store: LoopStore, start: Start) -> None:
+    api.apply(service("web"))
+    watching = synced(start())
+    wait_for(lambda: api.open_watches() == 1, what="the watch")
+    began = time.monotonic()
+    assert watching.stop()
+    assert time.monotonic() - began < 1.0
+
+    slow_backoff = replace(FAST, backoff_base=30, backoff_cap=30)
+    api.inject(Fault(500, times=None, resource="endpointslices"))
+    waiting = start("EndpointSlice", settings=slow_backoff)
+    wait_for(lambda: waiting.stats.errors >= 1, what="a failure")
+    began = time.monotonic()
+    assert waiting.stop()
+    assert time.monotonic() - began < 1.0
+
+    # Waiting for the headers of a slow answer: stop() returns at once, the thread ends when the
+    # answer comes (or at its read timeout), and nothing is written after stop().
+    api.inject(Fault(None, times=None, resource="endpoints", delay=1.5))
+    mark = count(store)
+    stalled = start("Endpoints")
+    time.sleep(0.2)
+    began = time.monotonic()
+    stalled.stop(timeout=0.5)
+    assert time.monotonic() - began < 1.0
+    assert stalled.join(4), "the thread ends when the answer comes"
+    assert not stalled.synced
+    assert count(store) == mark
+
+
+def test_backoff_is_full_jitter_capped() -> None:
+    import random
+
+    rng = random.Random(1)
+    assert backoff_delay(0, 0.5, 30, rng) == 0
+    for failures in range(1, 40):
+        ceiling = min(30, 0.5 * 2 ** (failures - 1))
+        draws = [backoff_delay(failures, 0.5, 30, rng) for _ in range(50)]
+        assert all(0 <= d <= ceiling for d in draws)
+        assert max(draws) > ceiling / 2  # spread over the whole range, not a fixed delay
+
+
+# -- the double itself -----------------------------------------------------------------------------
+
+
+def test_double_speaks_the_apiserver_wire_protocol(api: FakeApiServer) -> None:
+    """What the tests above rely on: list items without kind, `watch=True` (client 36) and
+    `watch=true` (client 37), one chunk per newline-terminated event, 401 without the token."""
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    conn.request("GET", "/api/v1/services", headers={})
+    denied = conn.getresponse()
+    assert denied.status == 401 and json.loads(denied.read())["kind"] == "Status"
+
+    conn.request("GET", "/api/v1/services", headers=auth)
+    listed = json.loads(conn.getresponse().read())
+    assert listed["kind"] == "ServiceList"
+    assert "kind" not in listed["items"][0] and "apiVersion" not in listed["items"][0]
+    rv = listed["metadata"]["resourceVersion"]
+
+    for flag in ("True", "true"):
+        api.apply(service("web", cluster_ip=f"10.96.0.{len(flag) + 10}"))
+        conn.request(
+            "GET",
+            f"/api/v1/services?watch={flag}&resourceVersion={rv}&timeoutSeconds=1",
+            headers=auth,
+        )
+        stream = conn.getresponse()
+        assert stream.status == 200 and stream.getheader("Transfer-Encoding") == "chunked"
+        lines = stream.read().splitlines()  # ends after timeoutSeconds with the last chunk
+        events = [json.loads(line) for line in lines]
+        assert all(e["object"]["kind"] == "Service" for e in events)
+        assert [e["type"] for e in events][-1] == "MODIFIED"
+        rv = events[-1]["object"]["metadata"]["resourceVersion"]
+    conn.close()
