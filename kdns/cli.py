@@ -121,6 +121,13 @@ def serve(
         list[str] | None,
         typer.Option("--transfer-to", help="CIDR allowed to AXFR the zone over TCP (repeatable)."),
     ] = None,
+    tcp_idle_timeout: Annotated[
+        float,
+        typer.Option("--tcp-idle-timeout", min=0.1, help="Close TCP connections idle this long."),
+    ] = 10.0,
+    tcp_max_connections: Annotated[
+        int, typer.Option("--tcp-max-connections", min=1, help="Concurrent TCP connections.")
+    ] = 1000,
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning, error.")
     ] = "info",
@@ -151,6 +158,8 @@ def serve(
             log_queries=log_queries,
             rrl=rrl,
             transfer_to=list(transfer_to or []),
+            tcp_idle_timeout=tcp_idle_timeout,
+            tcp_max_connections=tcp_max_connections,
         )
     except ConfigError as err:
         _fail(str(err))

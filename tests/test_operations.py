@@ -1,0 +1,272 @@
+"""The running server's operational behaviour: lame duck, limits, transfers, rate limiting, logs,
+and `kdns serve --kubeconfig` end to end against the API server double."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from tests.apiserver import FakeApiServer, endpoint_slice, namespace, service, write_kubeconfig
+from tests.kdns_process import start_kdns
+
+ZONE = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {clusterIP: 10.96.0.80, ports: [{name: http, port: 80}]}
+"""
+
+
+@pytest.fixture
+def zones(tmp_path: Path) -> Path:
+    d = tmp_path / "zones"
+    d.mkdir()
+    (d / "web.yaml").write_text(ZONE)
+    return d
+
+
+def query(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype)
+    send = dns.query.tcp if tcp else dns.query.udp
+    return send(q, "127.0.0.1", port=port, timeout=2)
+
+
+def until(check, timeout: float = 5.0, step: float = 0.02):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def test_sigterm_lame_duck_reports_not_ready_but_keeps_answering(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--lameduck", "1.5"], http=True)
+    try:
+        assert kp.http_get("/ready")[0] == 200
+        t0 = time.monotonic()
+        kp.proc.send_signal(signal.SIGTERM)
+        assert until(lambda: kp.http_get("/ready")[0] == 503, 1.0)
+        assert query(kp.port, "web.default.svc.cluster.local").answer[0][0].address == "10.96.0.80"
+        assert kp.proc.wait(5) == 0
+        assert 1.4 < time.monotonic() - t0 < 3.5
+    finally:
+        kp.stop()
+
+
+def test_sigterm_without_lame_duck_stops_within_a_second(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--lameduck", "0"])
+    t0 = time.monotonic()
+    assert kp.stop(sig=signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_axfr_refused_by_default_and_allowed_to_listed_networks(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones)])
+    try:
+        q = dns.message.make_query("cluster.local", "AXFR")
+        r = dns.query.tcp(q, "127.0.0.1", port=kp.port, timeout=2)
+        assert r.rcode() == dns.rcode.REFUSED
+        r = dns.query.udp(q, "127.0.0.1", port=kp.port, timeout=2)
+        assert r.rcode() == dns.rcode.REFUSED
+    finally:
+        kp.stop()
+    kp = start_kdns(["--zones", str(zones), "--transfer-to", "127.0.0.0/8"])
+    try:
+        out = kp.dig("AXFR", "cluster.local", tcp=True)
+        lines = [line.split() for line in out.splitlines() if line and not line.startswith(";")]
+        assert lines[0][3] == "SOA" and lines[-1][3] == "SOA"
+        assert ["web.default.svc.cluster.local.", "5", "IN", "A", "10.96.0.80"] in lines
+        # still refused over UDP, even to an allowed network
+        q = dns.message.make_query("cluster.local", "AXFR")
+        assert dns.query.udp(q, "127.0.0.1", port=kp.port, timeout=2).rcode() == dns.rcode.REFUSED
+    finally:
+        kp.stop()
+
+
+def test_rrl_limits_a_flooding_prefix(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--rrl", "20"])
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(0.5)
+        wire = dns.message.make_query("web.default.svc.cluster.local", "A").to_wire()
+        for _ in range(200):
+            sock.sendto(wire, ("127.0.0.1", kp.port))
+        full = truncated = 0
+        try:
+            while True:
+                data, _ = sock.recvfrom(2048)
+                msg = dns.message.from_wire(data)
+                if msg.flags & dns.flags.TC:
+                    truncated += 1
+                else:
+                    full += 1
+        except TimeoutError:
+            pass
+        sock.close()
+        assert 15 <= full <= 40, (full, truncated)  # the burst, plus what refilled meanwhile
+        assert truncated > 30  # every second limited answer slips, truncated
+        assert full + truncated < 200  # the rest were dropped
+    finally:
+        kp.stop()
+
+
+def test_log_queries(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--log-queries"])
+    try:
+        query(kp.port, "Web.default.svc.cluster.local", "A")
+        query(kp.port, "nope.default.svc.cluster.local", "AAAA", tcp=True)
+        line = until(lambda: next((x for x in kp.lines if "name=nope" in x), None), 3)
+        assert line and "proto=tcp" in line and "type=AAAA" in line and "rcode=NXDOMAIN" in line
+        line = next(x for x in kp.lines if "name=Web.default" in x)
+        assert "client=127.0.0.1" in line and "proto=udp" in line and "rcode=NOERROR" in line
+        assert "duration_us=" in line
+    finally:
+        kp.stop()
+
+
+def test_slowloris_connections_are_dropped_and_good_clients_served(zones: Path) -> None:
+    kp = start_kdns(
+        ["--zones", str(zones), "--tcp-idle-timeout", "1", "--tcp-max-connections", "50"]
+    )
+    try:
+        stalled = []
+        for _ in range(80):  # more than the cap: the extra ones are closed at once
+            s = socket.create_connection(("127.0.0.1", kp.port), timeout=2)
+            s.sendall(b"\x00")  # half a length prefix, then nothing
+            stalled.append(s)
+        # A good client still gets answers over UDP while TCP is full...
+        assert query(kp.port, "web.default.svc.cluster.local").rcode() == dns.rcode.NOERROR
+        # ...and over TCP once the idle timeout has dropped the stalled ones.
+        time.sleep(1.5)
+        closed = 0
+        for s in stalled:
+            s.settimeout(0.5)
+            try:
+                closed += s.recv(10) == b""
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                pass  # still open: counted as not closed
+            s.close()
+        assert closed == 80
+        r = query(kp.port, "web.default.svc.cluster.local", tcp=True)
+        assert r.rcode() == dns.rcode.NOERROR
+    finally:
+        kp.stop()
+
+
+def test_client_that_never_reads_does_not_grow_memory_without_bound(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones)])
+    try:
+        wire = dns.message.make_query("web.default.svc.cluster.local", "A").to_wire()
+        framed = struct.pack("!H", len(wire)) + wire
+        s = socket.create_connection(("127.0.0.1", kp.port), timeout=2)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(framed * 100)
+            except BlockingIOError:
+                time.sleep(0.01)
+        # kdns stopped reading once its write buffer filled: far less was accepted than the
+        # answers would take, and the server is healthy.
+        assert sent < 50_000_000
+        assert query(kp.port, "web.default.svc.cluster.local").rcode() == dns.rcode.NOERROR
+        rss = int(Path(f"/proc/{kp.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
+        assert rss < 200_000  # kB
+        s.close()
+    finally:
+        kp.stop()
+
+
+# -- against a cluster (the API server double), through the real CLI ------------------------
+
+
+@pytest.fixture
+def api() -> FakeApiServer:
+    server = FakeApiServer().start()
+    server.apply_all(
+        [
+            namespace("default"),
+            namespace("shop"),
+            service("cart", "shop", cluster_ip="10.96.1.1"),
+            service("db", "shop", cluster_ip="None", ports=[("pg", 5432, "TCP")]),
+            endpoint_slice(
+                "db-a",
+                "db",
+                "shop",
+                endpoints=["10.1.0.1", "10.1.0.2"],
+                ports=[("pg", 5432, "TCP")],
+            ),
+            service("web", "default", cluster_ip="10.96.9.9"),
+        ]
+    )
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def test_serve_from_kubeconfig_follows_changes_and_survives_outages(
+    api: FakeApiServer, zones: Path, tmp_path: Path
+) -> None:
+    kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+    kp = start_kdns(["--zones", str(zones), "--kubeconfig", str(kcfg)], http=True)
+    try:
+        assert kp.http_get("/ready")[0] == 200
+        r = query(kp.port, "cart.shop.svc.cluster.local")
+        assert r.answer[0][0].address == "10.96.1.1"
+        r = query(kp.port, "db.shop.svc.cluster.local")
+        assert sorted(a.address for a in r.answer[0]) == ["10.1.0.1", "10.1.0.2"]
+        # files win over the cluster for the same name
+        assert query(kp.port, "web.default.svc.cluster.local").answer[0][0].address == "10.96.0.80"
+        # a change reaches DNS within a second
+        t0 = time.monotonic()
+        api.apply(service("new", "shop", cluster_ip="10.96.1.2"))
+        assert until(
+            lambda: query(kp.port, "new.shop.svc.cluster.local").rcode() == dns.rcode.NOERROR, 1
+        )
+        assert time.monotonic() - t0 < 1.0
+        # an outage: answers stay
+        api.go_down()
+        time.sleep(1.0)
+        assert query(kp.port, "cart.shop.svc.cluster.local").answer[0][0].address == "10.96.1.1"
+        assert query(kp.port, "new.shop.svc.cluster.local").rcode() == dns.rcode.NOERROR
+        api.come_up()
+        api.delete("Service", "cart", "shop")
+        assert until(
+            lambda: query(kp.port, "cart.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN, 10
+        )
+    finally:
+        kp.stop()
+
+
+def test_servfail_not_nxdomain_before_sync(zones: Path, tmp_path: Path) -> None:
+    server = FakeApiServer().start()
+    server.outage(60)  # every request fails: the cluster never syncs
+    try:
+        kcfg = write_kubeconfig(tmp_path / "kubeconfig", server.url)
+        kp = start_kdns(
+            ["--zones", str(zones), "--kubeconfig", str(kcfg), "--startup-timeout", "0.5"],
+            http=True,
+        )
+        try:
+            assert kp.http_get("/ready")[0] == 503
+            assert query(kp.port, "cart.shop.svc.cluster.local").rcode() == dns.rcode.SERVFAIL
+            # names the files define answer already
+            r = query(kp.port, "web.default.svc.cluster.local")
+            assert r.answer[0][0].address == "10.96.0.80"
+        finally:
+            kp.stop()
+    finally:
+        server.stop()
