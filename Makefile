@@ -30,7 +30,10 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	@command -v dnsperf >/dev/null && command -v nsd >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf nsd)
+	$(BIN)/python bench/run.py --append bench/RESULTS.md
+	$(BIN)/python bench/propagation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
