@@ -121,6 +121,15 @@ def serve(
         list[str] | None,
         typer.Option("--transfer-to", help="CIDR allowed to AXFR the zone over TCP (repeatable)."),
     ] = None,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--upstream",
+            help="Forward names outside kdns's zones to ADDR[:PORT] or [IPv6]:PORT (repeatable), "
+            "or 'resolv.conf' for the system's nameservers other than kdns. Without it they get "
+            "REFUSED.",
+        ),
+    ] = None,
     tcp_idle_timeout: Annotated[
         float,
         typer.Option("--tcp-idle-timeout", min=0.1, help="Close TCP connections idle this long."),
@@ -140,9 +149,16 @@ def serve(
             raise ConfigError(f"--pods must be insecure or disabled, not {pods!r}")
         if not kubeconfig and not in_cluster and os.environ.get("KUBERNETES_SERVICE_HOST"):
             in_cluster = True
+        from .forward import parse_upstream
+
+        listen_addrs = [parse_hostport(a) for a in (listen or ["127.0.0.1:1053"])]
+        upstreams = list(
+            dict.fromkeys(u for t in upstream or [] for u in parse_upstream(t, own=listen_addrs))
+        )
         config = Config(
             zones=list(zones or [Path("zones")]),
-            listen=[parse_hostport(a) for a in (listen or ["127.0.0.1:1053"])],
+            listen=listen_addrs,
+            upstreams=upstreams,
             domain=normalize_domain(domain),
             ttl=ttl,
             pods=pods,  # type: ignore[arg-type]  # checked above
@@ -227,6 +243,107 @@ def check(
         typer.echo(f"{errors} error(s)", err=True)
         raise typer.Exit(1)
     typer.echo(f"ok: {len(problems)} warning(s)", err=True)
+
+
+@app.command()
+def explain(
+    name: Annotated[str, typer.Argument(help="The name to explain.")],
+    qtype: Annotated[str, typer.Argument(help="Record type.")] = "A",
+    zones: ZonesOpt = None,
+    domain: DomainOpt = "cluster.local",
+    service_cidr: CidrOpt = "10.96.0.0/12",
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="HOST:PORT of a running kdns's --http: use its live data."),
+    ] = None,
+) -> None:
+    """Tell which objects produce the answer to NAME [TYPE], and why."""
+    from .answers import Engine
+    from .explain import ExplainError
+    from .explain import explain as explain_name
+
+    if server is not None:
+        typer.echo(_explain_remote(server, name, qtype), nl=False)
+        return
+    logging.basicConfig(level=logging.ERROR)
+    engine = _load_engine(zones, domain, service_cidr)
+    assert isinstance(engine, Engine)
+    try:
+        typer.echo(explain_name(engine, name, qtype), nl=False)
+    except ExplainError as err:
+        _fail(str(err))
+
+
+def _explain_remote(server: str, name: str, qtype: str) -> str:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    try:
+        host, port = parse_hostport(server)
+    except ConfigError as err:
+        _fail(str(err))
+    if ":" in host:
+        host = f"[{host}]"
+    query = urllib.parse.urlencode({"name": name, "type": qtype})
+    url = f"http://{host}:{port}/explain?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+    except urllib.error.HTTPError as err:
+        _fail(err.read().decode().strip() or f"HTTP {err.code}")
+    except (urllib.error.URLError, OSError) as err:
+        _fail(f"cannot reach kdns at {server}: {getattr(err, 'reason', err)}")
+
+
+@app.command()
+def resolver(
+    kind: Annotated[
+        str | None,
+        typer.Argument(help="systemd-resolved, macos or dnsmasq [default: detected]."),
+    ] = None,
+    domain: DomainOpt = "cluster.local",
+    address: Annotated[str, typer.Option("--address", help="Where kdns listens.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="kdns's port.")] = 1053,
+    apply_: Annotated[
+        bool,
+        typer.Option(
+            "--apply", help="Write the file (backing up another one); print the undo commands."
+        ),
+    ] = False,
+    undo_: Annotated[
+        bool, typer.Option("--undo", help="Remove what --apply wrote, restoring any backup.")
+    ] = False,
+) -> None:
+    """Print (or --apply) the resolver configuration that sends only DOMAIN to kdns."""
+    from .resolver_config import (
+        ResolverError,
+        activate_commands,
+        apply,
+        detect,
+        path_for,
+        render,
+        undo,
+    )
+
+    try:
+        domain = normalize_domain(domain)
+        chosen = kind or detect()
+        target = path_for(chosen, domain)
+        if undo_:
+            typer.echo(f"{'undone:' if undo(chosen, domain) else 'nothing at'} {target}")
+            return
+        if not apply_:
+            typer.echo(f"# {target}")
+            typer.echo(render(chosen, domain, address, port), nl=False)
+            return
+        commands = apply(chosen, domain, address, port)
+    except (ResolverError, ConfigError) as err:
+        _fail(str(err))
+    typer.echo(f"wrote {target}", err=True)
+    for cmd in activate_commands(chosen):
+        typer.echo(f"now run: sudo {cmd}", err=True)
+    typer.echo("to undo: sudo " + " && sudo ".join(commands), err=True)
 
 
 def main() -> None:

@@ -33,12 +33,13 @@ One job: a query packet in, the upstream's answer out, cached. Design decisions:
   remembers the (ID, name) of every query it has in flight upstream, and also tags each one with
   a private EDNS option (code `LOOP_OPTION`, from the local/experimental range, holding a random
   per-process nonce and the ID; RFC 6891 says resolvers ignore unknown options, and forwarders
-  that pass the packet through unchanged, such as CoreDNS's `forward`, keep it even when they
-  change the ID). A query arriving that matches one in flight is our own, sent back to us: it
-  gets SERVFAIL, and when the upstream then fails the original query (with that SERVFAIL, or by
-  timing out) the upstream is marked as looping for the life of the process, logged once, and
-  skipped. The confirmation step means a client that happens to pick the same random ID for the
-  same name costs that client one SERVFAIL, never an upstream.
+  that relay the message keep it: CoreDNS 1.14's `forward` replaces the ID but keeps the option,
+  so the (ID, name) check alone would miss a loop through CoreDNS). A query arriving that
+  matches one in flight is our own, sent back to us: it gets SERVFAIL, and when the upstream
+  then fails the original query (with that SERVFAIL, or by timing out) the upstream is marked
+  as looping for the life of the process, logged once, and skipped. The confirmation step means
+  a client that happens to pick the same random ID for the same name costs that client one
+  SERVFAIL, never an upstream.
 - **Bounded:** at most `MAX_PENDING` upstream transactions at once; beyond that, SERVFAIL.
 
 Everything runs on the event loop thread; nothing here blocks it.
@@ -287,6 +288,9 @@ def _personalise(reply: bytes, walk: _Walk, q: _Question, elapsed: int, udp: boo
             struct.pack_into("!H", out, 10, struct.unpack_from("!H", out, 10)[0] - 1)
         else:
             return _error_reply(q, _SERVFAIL)  # an OPT in the middle: not worth re-encoding
+    elif q.edns:
+        out += opt_record(DEFAULT_MAX_UDP, q.do)  # the upstream left it out; RFC 6891 6.1.1
+        struct.pack_into("!H", out, 10, struct.unpack_from("!H", out, 10)[0] + 1)
     if udp and len(out) > q.limit:
         opt = opt_record(DEFAULT_MAX_UDP, q.do) if q.edns else b""
         head = _HEADER.pack(q.id, flags | _TC, 1, 0, 0, 1 if opt else 0)
@@ -368,7 +372,8 @@ class Forwarder:
     """Forwards queries for names outside kdns's zones to `upstreams`, with a cache.
 
     `own`: kdns's listen addresses; an upstream among them is a loop and refused at once (call
-    `set_own()` again once port-0 listeners know their port). `clock` is for tests.
+    `set_own()` again once port-0 listeners know their port). `cache_size` 0 turns the cache
+    off. `clock` is for tests.
     """
 
     def __init__(
@@ -394,7 +399,6 @@ class Forwarder:
         self._nonce = secrets.token_bytes(8)
         self._flights: dict[tuple[int, bytes], _Flight] = {}
         self._pending: dict[bytes, asyncio.Future[tuple[bytes, _Walk] | None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._loops_logged: set[str] = set()
         self.hits = 0
         self.misses = 0
@@ -459,36 +463,11 @@ class Forwarder:
                 pending.set_result(result)  # None when cancelled: the joiners get SERVFAIL
             if result is not None:
                 ttl = _ttl(result[1])
-                if ttl > 0:
+                if ttl > 0 and self._cache.maxsize > 0:
                     self._cache[key] = _Entry(result[0], result[1], self.clock(), ttl)
         if result is None:
             return _error_reply(q, _SERVFAIL)
         return _personalise(result[0], result[1], q, 0, udp)
-
-    def spawn(self, data: bytes, send: Callable[[bytes], object], *, udp: bool = True) -> None:
-        """Forward `data` in a task and `send(reply)` when it is ready (for the listeners)."""
-
-        async def run() -> None:
-            try:
-                reply = await self.forward(data, udp=udp)
-            except Exception:
-                log.exception("forwarding failed")
-                return
-            if reply is not None:
-                send(reply)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        """Cancel every forwarding task (at shutdown)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
     # -- loops --------------------------------------------------------------------------------
 

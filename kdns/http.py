@@ -1,7 +1,8 @@
-"""The HTTP endpoint for probes: `/health` and `/ready`.
+"""The HTTP endpoint: `/health`, `/ready`, `/metrics` and `/explain?name=&type=`.
 
-Probes need three fixed answers, so a few lines on asyncio streams serve them on the DNS server's
-own loop, where the readiness state lives, with no second framework and no thread.
+Probes and a scrape need a handful of fixed routes, so a few lines on asyncio streams serve them
+on the DNS server's own loop, where the state they report lives, with no second framework and no
+thread (prometheus-client's own server would read counters from another thread).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import parse_qs
 
 from .config import ConfigError
 
@@ -32,9 +34,25 @@ def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain") 
     return head.encode() + body
 
 
-def route(server: DnsServer, path: str) -> bytes:
-    """The full HTTP response for a GET of `path`."""
-    path = path.split("?", 1)[0]
+def route(server: DnsServer, target: str) -> bytes:
+    """The full HTTP response for a GET of `target` (path and query string)."""
+    path, _, query = target.partition("?")
+    if path == "/metrics":
+        from .metrics import CONTENT_TYPE, render_metrics
+
+        ctype = CONTENT_TYPE.split(";", 1)[0]
+        return _response(200, "OK", render_metrics(server.metrics), ctype)
+    if path == "/explain":
+        from .explain import ExplainError, explain
+
+        params = parse_qs(query)
+        name = params.get("name", [""])[0]
+        qtype = params.get("type", ["A"])[0]
+        try:
+            text = explain(server.engine, name, qtype)
+        except ExplainError as err:
+            return _response(400, "Bad Request", f"{err}\n".encode())
+        return _response(200, "OK", text.encode())
     if path == "/health":
         if server.stopping:
             return _response(503, "Service Unavailable", b"shutting down\n")

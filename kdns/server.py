@@ -24,6 +24,7 @@ from typing import Any
 
 from .answers import Cluster, Engine
 from .config import Config, ConfigError
+from .metrics import KdnsCollector, LatencyHistogram, store_listener
 from .ratelimit import RateLimiter
 from .responder import Responder
 from .stats import QueryCounters
@@ -76,6 +77,16 @@ class DnsServer:
             forwarding=bool(config.upstreams),
         )
         self.stats = QueryCounters()
+        self.programming = LatencyHistogram()
+        self.store.subscribe(store_listener(self.programming))
+        listen_host, listen_port = config.listen[0]
+        self.metrics = KdnsCollector(
+            self.stats,
+            self.responder,
+            server=f"dns://{listen_host}:{listen_port}",
+            zone=config.domain + ".",
+            programming=self.programming,
+        )
         self.limiter = RateLimiter(config.rrl) if config.rrl else None
         try:
             self.transfer_networks = parse_networks(config.transfer_to)
@@ -115,6 +126,7 @@ class DnsServer:
             from .forward import Forwarder
 
             self.forwarder = Forwarder(self.config.upstreams, own=self.addresses)
+            self.metrics.forward = self.forwarder
         await self._start_sources(loop)
         if self.config.http is not None:
             from .http import start_http
@@ -166,7 +178,9 @@ class DnsServer:
             )
             source.start()
             self.cluster_source = source
+            self.metrics.watch = source.stats
             self._closers.append(source.stop)
+            self._closers.append(client.close)
 
     async def _wait_synced(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
@@ -186,22 +200,29 @@ class DnsServer:
 
     # -- what the transports ask for -------------------------------------------------------
 
-    def forward(self, query: bytes, reply: Callable[[bytes | None], None]) -> None:
+    def forward(self, query: bytes, reply: Callable[[bytes | None], None], *, udp: bool) -> None:
         """Forward `query` upstream; `reply` gets the answer (SERVFAIL when none comes)."""
         if self.forwarder is None or self._forwards >= MAX_FORWARDS:
             reply(servfail_for(query))
             return
         self._forwards += 1
+        started = time.perf_counter()
+        qtype = self.responder.qtype
 
         async def run() -> None:
             try:
-                answer = await self.forwarder.forward(query)
+                answer = await self.forwarder.forward(query, udp=udp)
             except Exception:
                 log.exception("forwarding failed")
                 answer = None
             finally:
                 self._forwards -= 1
-            reply(answer if answer is not None else servfail_for(query))
+            if answer is None:
+                answer = servfail_for(query)
+            if answer is not None:
+                self.responder.count(answer[3] & 0xF)
+            self.stats.record("udp" if udp else "tcp", qtype, started)
+            reply(answer)
 
         self._spawn(run())
 

@@ -81,7 +81,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
                 response = slipped(response)
             self._send(response, addr)
         elif response is FORWARD:
-            self.server.forward(data, lambda r: self._send(r, addr))
+            self.server.forward(data, lambda r: self._send(r, addr), udp=True)
             return
         elif isinstance(response, Action):
             response = servfail_for(data)  # AXFR over UDP never gets here: REFUSED by then
@@ -177,7 +177,7 @@ class TcpProtocol(asyncio.Protocol):
                 self.transport.close()
             return False
         if response is FORWARD:
-            self.server.forward(message, self._write)
+            self.server.forward(message, self._write, udp=False)
             return True
         if response is TRANSFER:
             for part in self.server.transfer(message, self.peer):

@@ -270,3 +270,160 @@ def test_servfail_not_nxdomain_before_sync(zones: Path, tmp_path: Path) -> None:
             kp.stop()
     finally:
         server.stop()
+
+
+# -- metrics, forwarding, explain, reload through the real CLI --------------------------------
+
+
+def test_metrics_count_known_queries(zones: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    kp = start_kdns(["--zones", str(zones)], http=True)
+    try:
+        for _ in range(3):
+            query(kp.port, "web.default.svc.cluster.local", "A")
+        query(kp.port, "nope.default.svc.cluster.local", "AAAA", tcp=True)
+        status, body = kp.http_get("/metrics")
+        assert status == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(body)
+            for s in fam.samples
+        }
+
+        def value(name: str, **labels: str) -> float:
+            return sum(
+                v
+                for (n, lab), v in samples.items()
+                if n == name and all(dict(lab).get(k) == w for k, w in labels.items())
+            )
+
+        assert value("kdns_dns_requests_total", proto="udp", type="A") == 3
+        assert value("kdns_dns_requests_total", proto="tcp", type="AAAA") == 1
+        assert value("kdns_dns_responses_total", rcode="NXDOMAIN") == 1
+        assert value("kdns_dns_responses_total", rcode="NOERROR") == 3
+        assert value("kdns_cache_hits_total") == 2  # the 2nd and 3rd A
+        assert value("kdns_dns_request_duration_seconds_count") == 4
+        assert value("kdns_build_info") == 1
+    finally:
+        kp.stop()
+
+
+class _Upstream:
+    """A one-record DNS server on 127.0.0.1 (UDP) that counts what it is asked."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from dnslib import RR, DNSRecord
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.asked: list[str] = []
+        self._stop = threading.Event()
+
+        def serve() -> None:
+            while not self._stop.is_set():
+                try:
+                    data, addr = self.sock.recvfrom(4096)
+                except TimeoutError:
+                    continue
+                q = DNSRecord.parse(data)
+                self.asked.append(str(q.q.qname))
+                r = q.reply()
+                r.add_answer(*RR.fromZone(f"{q.q.qname} 60 IN A 192.0.2.7"))
+                self.sock.sendto(r.pack(), addr)
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def test_upstream_forwarding_and_caching(zones: Path) -> None:
+    upstream = _Upstream()
+    kp = start_kdns(["--zones", str(zones), "--upstream", f"127.0.0.1:{upstream.port}"])
+    try:
+        for tcp in (False, True, False):
+            r = query(kp.port, "www.Example.test", "A", tcp=tcp)
+            assert r.rcode() == dns.rcode.NOERROR
+            assert r.answer[0][0].address == "192.0.2.7"
+            assert r.answer[0].name.to_text() == "www.Example.test."
+        assert len(upstream.asked) == 1  # the others came from the cache
+        # in-zone names never go upstream
+        assert query(kp.port, "nope.default.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+        assert len(upstream.asked) == 1
+    finally:
+        kp.stop()
+        upstream.close()
+
+
+def test_upstream_that_is_kdns_itself_is_refused(zones: Path) -> None:
+    import subprocess
+
+    from tests.kdns_process import KDNS
+
+    out = subprocess.run(
+        [
+            *KDNS,
+            "serve",
+            "--zones",
+            str(zones),
+            "--listen",
+            "127.0.0.1:5399",
+            "--upstream",
+            "127.0.0.1:5399",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "kdns: error:" in out.stderr
+
+
+def test_explain_against_a_running_server(zones: Path) -> None:
+    import subprocess
+
+    from tests.kdns_process import KDNS
+
+    kp = start_kdns(["--zones", str(zones)], http=True)
+    try:
+        out = subprocess.run(
+            [
+                *KDNS,
+                "explain",
+                "web.default.svc.cluster.local",
+                "--server",
+                f"127.0.0.1:{kp.http_port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "ClusterIP service default/web" in out.stdout
+        assert "10.96.0.80" in out.stdout
+    finally:
+        kp.stop()
+
+
+def test_sighup_reloads_zones(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones)])
+    try:
+        (zones / "web.yaml").write_text(ZONE.replace("10.96.0.80", "10.96.0.81"))
+        kp.proc.send_signal(signal.SIGHUP)
+        assert until(
+            lambda: (
+                query(kp.port, "web.default.svc.cluster.local").answer[0][0].address == "10.96.0.81"
+            ),
+            2,
+        )
+        assert any("SIGHUP" in line for line in kp.lines)
+    finally:
+        kp.stop()
