@@ -14,7 +14,14 @@ from typing import Annotated, NoReturn
 import typer
 
 from . import __version__
-from .config import Config, ConfigError, check_cidr, normalize_domain, parse_hostport
+from .config import (
+    Config,
+    ConfigError,
+    check_cidr,
+    normalize_domain,
+    parse_cluster,
+    parse_hostport,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -96,6 +103,13 @@ def serve(
         bool,
         typer.Option("--in-cluster", help="Use the pod's service account (automatic in a pod)."),
     ] = False,
+    cluster: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cluster",
+            help="Also serve kubeconfig context CONTEXT as zone ZONE (CONTEXT=ZONE, repeatable).",
+        ),
+    ] = None,
     namespace: Annotated[
         list[str] | None,
         typer.Option("--namespace", help="Serve only this namespace (repeatable)."),
@@ -156,7 +170,8 @@ def serve(
             dict.fromkeys(u for t in upstream or [] for u in parse_upstream(t, own=listen_addrs))
         )
         config = Config(
-            zones=list(zones or [Path("zones")]),
+            zones=list(zones or []),
+            clusters=[parse_cluster(c) for c in cluster or []],
             listen=listen_addrs,
             upstreams=upstreams,
             domain=normalize_domain(domain),

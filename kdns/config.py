@@ -17,7 +17,9 @@ class ConfigError(ValueError):
 class Config:
     """Settings of `kdns serve`. Defaults match the CLI's."""
 
-    zones: list[Path] = field(default_factory=lambda: [Path("zones")])
+    #: Directories of manifests. Empty: ./zones when it exists (so `kdns serve --kubeconfig` works
+    #: anywhere), no files otherwise.
+    zones: list[Path] = field(default_factory=list)
     listen: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 1053)])
     domain: str = "cluster.local"
     ttl: int = 5
@@ -29,6 +31,8 @@ class Config:
     context: str | None = None
     in_cluster: bool = False
     namespaces: list[str] = field(default_factory=list)
+    #: Further clusters, each under its own zone: (kubeconfig context, zone).
+    clusters: list[tuple[str, str]] = field(default_factory=list)
     label_selector: str | None = None
     startup_timeout: float = 5.0
     # operations
@@ -47,6 +51,21 @@ class Config:
     @property
     def uses_cluster(self) -> bool:
         return bool(self.kubeconfig or self.in_cluster)
+
+    def zone_dirs(self) -> list[Path]:
+        """The manifest directories to load."""
+        if self.zones:
+            return list(self.zones)
+        default = Path("zones")
+        return [default] if default.is_dir() or not (self.uses_cluster or self.clusters) else []
+
+
+def parse_cluster(text: str) -> tuple[str, str]:
+    """`CONTEXT=ZONE` of --cluster."""
+    context, sep, zone = text.partition("=")
+    if not sep or not context:
+        raise ConfigError(f"bad --cluster {text!r}: expected CONTEXT=ZONE")
+    return context, normalize_domain(zone)
 
 
 def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, int]:

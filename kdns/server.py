@@ -62,9 +62,19 @@ class DnsServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = Store(serial_base=int(time.time()))
+        # --cluster CONTEXT=ZONE: one more store, and zone, per further cluster.
+        self.extra = [(ctx, Store(serial_base=int(time.time()))) for ctx, _ in config.clusters]
+        zones = [Cluster(config.domain, self.store)]
+        zones += [
+            Cluster(zone, store)
+            for (_, zone), (_, store) in zip(config.clusters, self.extra, strict=True)
+        ]
+        if len({c.domain for c in zones}) != len(zones):
+            raise ConfigError("every --cluster needs a zone of its own, other than --domain")
+        self.stores = [c.store for c in zones]
         ns_addresses = [h for h, _ in config.listen if h not in ("0.0.0.0", "::")]
         self.engine = Engine(
-            [Cluster(config.domain, self.store)],
+            zones,
             ttl=config.ttl,
             pods=config.pods,
             ns_addresses=ns_addresses,
@@ -78,7 +88,8 @@ class DnsServer:
         )
         self.stats = QueryCounters()
         self.programming = LatencyHistogram()
-        self.store.subscribe(store_listener(self.programming))
+        for store in self.stores:
+            store.subscribe(store_listener(self.programming))
         listen_host, listen_port = config.listen[0]
         self.metrics = KdnsCollector(
             self.stats,
@@ -92,6 +103,7 @@ class DnsServer:
             self.transfer_networks = parse_networks(config.transfer_to)
         except ValueError as err:
             raise ConfigError(f"bad --transfer-to: {err}") from None
+        self.sources: list[Any] = []
         self.connections: set[TcpProtocol] = set()
         self.refused_connections = 0
         self.serving = False
@@ -102,7 +114,6 @@ class DnsServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closers: list[Callable[[], object]] = []
         self._file_source: Any = None
-        self.cluster_source: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -151,42 +162,60 @@ class DnsServer:
         from .files import FileSource
 
         cfg = self.config
-        client = None
-        if cfg.uses_cluster:
+        clients: list[tuple[Store, str, Any]] = []
+        if cfg.uses_cluster or cfg.clusters:
             from .cluster import load_api_client
 
             # Before anything starts, so a bad kubeconfig is the only thing the user sees.
-            client = load_api_client(cfg.kubeconfig, cfg.context, cfg.in_cluster)
+            if cfg.uses_cluster:
+                client = load_api_client(cfg.kubeconfig, cfg.context, cfg.in_cluster)
+                clients.append((self.store, CLUSTER_LAYER, client))
+            for context, store in self.extra:
+                client = load_api_client(cfg.kubeconfig, context, False)
+                clients.append((store, f"{CLUSTER_LAYER}:{context}", client))
         # The files layer first: it wins over the cluster for a name both define.
         self.store.add_layer(FILES_LAYER, implicit_namespaces=True)
         files = FileSource(
-            self.store, FILES_LAYER, cfg.zones, cfg.service_cidr, poll_interval=cfg.poll_interval
+            self.store,
+            FILES_LAYER,
+            cfg.zone_dirs(),
+            cfg.service_cidr,
+            poll_interval=cfg.poll_interval,
         )
         files.load()
         self._file_source = files
         self._spawn(files.watch())
-        if client is not None:
+        if clients:
             from .cluster import ClusterSource
 
-            self.store.add_layer(CLUSTER_LAYER)
-            source = ClusterSource(
-                LoopSink(self.store, loop),
-                CLUSTER_LAYER,
-                client,
-                namespaces=cfg.namespaces or None,
-                label_selector=cfg.label_selector,
-            )
-            source.start()
-            self.cluster_source = source
-            self.metrics.watch = source.stats
-            self._closers.append(source.stop)
-            self._closers.append(client.close)
+            for store, layer, client in clients:
+                store.add_layer(layer)
+                source = ClusterSource(
+                    LoopSink(store, loop),
+                    layer,
+                    client,
+                    namespaces=cfg.namespaces or None,
+                    label_selector=cfg.label_selector,
+                )
+                source.start()
+                self.sources.append(source)
+                self._closers.append(source.stop)
+                self._closers.append(client.close)
+            self.metrics.watch = self._watch_stats
+
+    def _watch_stats(self) -> list[Any]:
+        return [stat for source in self.sources for stat in source.stats()]
+
+    @property
+    def synced(self) -> bool:
+        """Every source of every zone has loaded once."""
+        return all(store.synced for store in self.stores)
 
     async def _wait_synced(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
-        while not self.store.synced and time.monotonic() < deadline:
+        while not self.synced and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if not self.store.synced:
+        if not self.synced:
             log.warning(
                 "sources not synced after %.1fs; answering anyway (SERVFAIL for unknown names)",
                 self.config.startup_timeout,
@@ -250,7 +279,7 @@ class DnsServer:
     @property
     def ready(self) -> bool:
         """What /ready says: serving, synced and not shutting down."""
-        return self.serving and self.store.synced and not self._stop.is_set()
+        return self.serving and self.synced and not self._stop.is_set()
 
     async def shutdown(self) -> None:
         self.serving = False

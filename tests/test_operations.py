@@ -427,3 +427,61 @@ def test_sighup_reloads_zones(zones: Path) -> None:
         assert any("SIGHUP" in line for line in kp.lines)
     finally:
         kp.stop()
+
+
+def test_several_clusters_side_by_side(tmp_path: Path) -> None:
+    staging, production = FakeApiServer().start(), FakeApiServer().start()
+    try:
+        staging.apply_all([namespace("shop"), service("cart", "shop", cluster_ip="10.96.1.1")])
+        production.apply_all([namespace("shop"), service("cart", "shop", cluster_ip="10.200.1.1")])
+        kcfg = write_kubeconfig(
+            tmp_path / "kubeconfig",
+            staging.url,
+            context="staging",
+            other_contexts={"production": production.url},
+        )
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        kp = start_kdns(
+            [
+                "--zones",
+                str(empty),
+                "--kubeconfig",
+                str(kcfg),
+                "--cluster",
+                "production=prod.example",
+            ],
+            http=True,
+        )
+        try:
+            assert kp.http_get("/ready")[0] == 200
+            r = query(kp.port, "cart.shop.svc.cluster.local")
+            assert r.answer[0][0].address == "10.96.1.1"
+            r = query(kp.port, "cart.shop.svc.prod.example")
+            assert r.answer[0][0].address == "10.200.1.1"
+            r = query(kp.port, "1.1.200.10.in-addr.arpa", "PTR")
+            assert r.answer[0][0].target.to_text() == "cart.shop.svc.prod.example."
+            production.apply(service("only-prod", "shop", cluster_ip="10.200.1.2"))
+            assert until(
+                lambda: (
+                    query(kp.port, "only-prod.shop.svc.prod.example").rcode() == dns.rcode.NOERROR
+                ),
+                2,
+            )
+            assert query(kp.port, "only-prod.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+        finally:
+            kp.stop()
+    finally:
+        staging.stop()
+        production.stop()
+
+
+def test_kubeconfig_without_zones_directory_serves_the_cluster(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+    kp = start_kdns(["--kubeconfig", str(kcfg)], cwd=tmp_path)  # no ./zones here
+    try:
+        assert query(kp.port, "cart.shop.svc.cluster.local").answer[0][0].address == "10.96.1.1"
+    finally:
+        kp.stop()
