@@ -62,7 +62,16 @@ from pathlib import Path
 from cachetools import TLRUCache
 
 from .config import ConfigError, parse_hostport
-from .wire import DEFAULT_MAX_UDP, OPT_TYPE, Drop, Refuse, limit_for, opt_record, parse_query
+from .wire import (
+    DEFAULT_MAX_UDP,
+    OPT_TYPE,
+    Drop,
+    Refuse,
+    limit_for,
+    opt_record,
+    parse_query,
+    skip_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +103,10 @@ class _Malformed(ValueError):
 
 def _skip_name(data: bytes, i: int) -> int:
     """Offset just past the (possibly compressed) name at `i`."""
-    while True:
-        if i >= len(data):
-            raise _Malformed("name runs past the end")
-        n = data[i]
-        if n & 0xC0 == 0xC0:
-            if i + 2 > len(data):
-                raise _Malformed("truncated pointer")
-            return i + 2
-        if n & 0xC0:
-            raise _Malformed("unknown label type")
-        if n == 0:
-            return i + 1
-        i += 1 + n
+    try:
+        return skip_name(data, i)
+    except ValueError as err:
+        raise _Malformed(str(err)) from None
 
 
 @dataclass(slots=True)

@@ -99,7 +99,7 @@ def opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:
     return b"\x00" + struct.pack("!HHIH", OPT_TYPE, payload, ttl, 0)
 
 
-def _skip_name(data: bytes, i: int) -> int:
+def skip_name(data: bytes, i: int) -> int:
     """Offset just past the (possibly compressed) name at `i`; ValueError when malformed."""
     hops = 0
     end = -1
@@ -170,7 +170,7 @@ def parse_query(data: bytes) -> Query:
     try:
         for _ in range(ar):
             start = i
-            i = _skip_name(data, i)
+            i = skip_name(data, i)
             if i + 10 > len(data):
                 raise ValueError("truncated record")
             rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", data, i)
@@ -263,7 +263,7 @@ def _question_end(packet: bytes) -> int:
     if len(packet) < 12 or packet[4:6] == b"\x00\x00":
         return 12
     try:
-        return _skip_name(packet, 12) + 4
+        return skip_name(packet, 12) + 4
     except ValueError:
         return 12
 
