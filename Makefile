@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit venv clean bench
+.PHONY: run test lint typecheck unit venv clean bench e2e e2e-build fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/e2e
 
-test: lint typecheck unit
+# Builds kube-apiserver, kube-controller-manager, etcd and CoreDNS from Go modules (once; reused).
+e2e-build:
+	tests/e2e/build.sh
+
+e2e: $(STAMP) e2e-build
+	$(BIN)/pytest -q tests/e2e
+
+test: lint typecheck unit e2e
 
 bench: $(STAMP)
 	@command -v dnsperf >/dev/null && command -v nsd >/dev/null || \

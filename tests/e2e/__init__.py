@@ -1,0 +1,1 @@
+"""End-to-end tests: kdns against a real kube-apiserver, beside a real CoreDNS."""
