@@ -42,5 +42,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py --append bench/RESULTS.md
 	$(BIN)/python bench/propagation.py
 
+# The long fuzz run (make test runs 5,000 packets of it).
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py --packets 100000
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -184,6 +184,8 @@ class Engine:
                 )
             return nodata()
         if rel == ("ns", "dns"):
+            if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+                return nodata()
             records = self._address_records(qname, self.ns_addresses, qtype)
             return Answer(answer=records) if records else nodata()
         if rel == ("dns",):
@@ -413,6 +415,8 @@ def _protocols(view: ServiceView) -> set[str]:
 
 def _pod_address(label: str) -> str | None:
     """The address a pod label spells: `10-0-0-1`, or `2001-db8--1` for IPv6."""
+    if not label or label.strip("0123456789abcdef-"):
+        return None  # nothing but hex digits and dashes (no scope ids, no dots)
     candidates = [label.replace("-", ":")]
     if label.count("-") == 3 and "--" not in label:
         candidates.insert(0, label.replace("-", "."))

@@ -120,6 +120,10 @@ def serve(
     startup_timeout: Annotated[
         float, typer.Option("--startup-timeout", min=0, help="Seconds to wait for the first sync.")
     ] = 5.0,
+    http_explain: Annotated[
+        bool,
+        typer.Option("--http-explain", help="Serve /explain on --http (shows endpoint details)."),
+    ] = False,
     lameduck: Annotated[
         float,
         typer.Option("--lameduck", min=0, help="On SIGTERM, answer this long while not ready."),
@@ -186,6 +190,7 @@ def serve(
             label_selector=label_selector,
             startup_timeout=startup_timeout,
             lameduck=lameduck,
+            http_explain=http_explain,
             log_queries=log_queries,
             rrl=rrl,
             transfer_to=list(transfer_to or []),

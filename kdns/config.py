@@ -37,6 +37,8 @@ class Config:
     startup_timeout: float = 5.0
     # operations
     lameduck: float = 5.0
+    #: Serve /explain on the HTTP port (it shows more than DNS does: off by default).
+    http_explain: bool = False
     log_queries: bool = False
     upstreams: list[tuple[str, int]] = field(default_factory=list)
     rrl: float = 0.0  # responses a second per client prefix; 0: off

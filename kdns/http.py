@@ -42,6 +42,8 @@ def route(server: DnsServer, target: str) -> bytes:
 
         ctype = CONTENT_TYPE.split(";", 1)[0]
         return _response(200, "OK", render_metrics(server.metrics), ctype)
+    if path == "/explain" and not server.config.http_explain:
+        return _response(404, "Not Found", b"/explain is off; start kdns with --http-explain\n")
     if path == "/explain":
         from .explain import ExplainError, explain
 

@@ -110,6 +110,10 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
+#: Consecutive failed watches after which the reflector lists again rather than resume.
+RELIST_AFTER_FAILURES = 3
+
+
 @dataclass(frozen=True, slots=True)
 class WatchSettings:
     """Knobs of list/watch; the defaults are for production, tests shrink them."""
@@ -297,6 +301,10 @@ class Reflector:
                 if self._stop.is_set():
                     break
                 self._failed(exc)
+                # Watches that keep failing may be failing because of where they start: list
+                # again (a diff, so nothing that still exists stops answering).
+                if self._failures >= RELIST_AFTER_FAILURES:
+                    need_list = True
             self._pause()
         log.debug("%s: stopped", self.name)
 
@@ -425,7 +433,10 @@ class Reflector:
                 timeout_seconds=self._rng.randint(low, high),
             )
         except ApiException as exc:
-            if exc.status == 410:  # said with the HTTP status rather than an ERROR event
+            # 410: expired, said with the HTTP status rather than an ERROR event. 504 "Too large
+            # resource version": the apiserver's history restarted below ours (a new etcd, a
+            # restored backup); only a list can catch up, as client-go does.
+            if exc.status in (410, 504):
                 return _End.EXPIRED
             raise
         self.stats.watches += 1
@@ -471,7 +482,7 @@ class Reflector:
         stats.events[kind] = stats.events.get(kind, 0) + 1
         stats.last_event = time.time()
         if kind == "ERROR":
-            if obj.get("code") == 410:
+            if obj.get("code") in (410, 504):
                 return _End.EXPIRED
             raise _WatchError(f"watch error {obj.get('code')}: {obj.get('message')}")
         rv = (obj.get("metadata") or {}).get("resourceVersion") or ""

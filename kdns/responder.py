@@ -150,7 +150,7 @@ class Responder:
         if ar == 0:
             if qend != n:
                 return None
-            key = data[12:qend].lower() + b"\x00"
+            key = data[12 : qend - 4].lower() + data[qend - 4 : qend] + b"\x00"
             limit = 512
         elif ar == 1:
             # OPT: root name, type 41, class = payload, ext-rcode, version 0, flags, rdlen.
@@ -166,7 +166,8 @@ class Responder:
                 j += 4 + (data[j + 2] << 8 | data[j + 3])
             if j != end:
                 return None
-            key = data[12:qend].lower() + (b"\x02" if data[qend + 7] & 0x80 else b"\x01")
+            marker = b"\x02" if data[qend + 7] & 0x80 else b"\x01"
+            key = data[12 : qend - 4].lower() + data[qend - 4 : qend] + marker
             limit = min(max(512, data[qend + 3] << 8 | data[qend + 4]), self.max_udp)
         else:
             return None

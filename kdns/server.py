@@ -104,8 +104,9 @@ class DnsServer:
         except ValueError as err:
             raise ConfigError(f"bad --transfer-to: {err}") from None
         self.sources: list[Any] = []
-        self.connections: set[TcpProtocol] = set()
-        self.refused_connections = 0
+        #: open TCP connections, least recently active first
+        self.connections: dict[TcpProtocol, None] = {}
+        self.evicted_connections = 0
         self.serving = False
         self.addresses: list[tuple[str, int]] = []
         self._stop = asyncio.Event()

@@ -5,9 +5,10 @@ Both protocols are asyncio `Protocol`s rather than streams: a datagram is answer
 of the difference between 18,000 and 60,000+ queries a second on one core.
 
 Limits live here because they are about connections and clients, not about DNS: the number of
-TCP connections, the idle timeout (which also drops a client that sends half a length prefix and
-stalls), pausing reads while a client does not read its answers, the number of forwarded queries
-in flight, and per-prefix response-rate limiting on UDP.
+TCP connections (at the cap, the quietest connection makes room for a new one), the idle timeout
+(which also drops a client that sends half a length prefix and stalls), pausing reads while a
+client does not read its answers, the number of forwarded queries in flight, and per-prefix
+response-rate limiting on UDP.
 """
 
 from __future__ import annotations
@@ -120,12 +121,21 @@ class TcpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
-        if len(self.server.connections) >= self.server.config.tcp_max_connections:
-            self.server.refused_connections += 1
-            transport.close()
-            return
-        self.server.connections.add(self)
+        conns = self.server.connections
+        if len(conns) >= self.server.config.tcp_max_connections:
+            # Full: close the connection that has been quiet longest rather than refuse this
+            # one, so clients holding connections open without asking anything (slowloris)
+            # cannot lock out a client that has a question now.
+            oldest = next(iter(conns))
+            self.server.evicted_connections += 1
+            oldest.close()
+        conns[self] = None
         self._arm()
+
+    def close(self) -> None:
+        self.server.connections.pop(self, None)
+        if self.transport is not None:
+            self.transport.close()
 
     def _arm(self) -> None:
         if self._timer is not None:
@@ -162,6 +172,10 @@ class TcpProtocol(asyncio.Protocol):
                 return
         if done:
             self._arm()
+            # Most recently active last: the connection evicted first is the quietest.
+            conns = self.server.connections
+            if conns.pop(self, 0) is None:
+                conns[self] = None
 
     def _answer(self, message: bytes) -> bool:
         """Answer one message; False when the connection was closed."""
@@ -198,4 +212,4 @@ class TcpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self.server.connections.discard(self)
+        self.server.connections.pop(self, None)

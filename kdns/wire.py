@@ -203,7 +203,8 @@ def parse_query(data: bytes) -> Query:
     if edns and version != 0:
         opt = opt_record(DEFAULT_MAX_UDP, do, BADVERS_EXT)
         raise Refuse(BADVERS, _error(id_, flags, 0, question, opt))
-    key = question.lower() + (b"\x02" if do else b"\x01" if edns else b"\x00")
+    # Only the name is folded: type and class bytes that happen to be letters stay apart.
+    key = name.lower() + question[-4:] + (b"\x02" if do else b"\x01" if edns else b"\x00")
     return Query(id_, flags, name, qtype, qclass, edns, payload, do, key, data)
 
 
@@ -286,15 +287,15 @@ def servfail_for(query: bytes) -> bytes | None:
 
 
 def describe_packet(query: bytes, response: bytes | None) -> tuple[str, str, str]:
-    """(name, type, rcode) for a query log line; "-" where unknown."""
+    """(name, type, rcode) for a query log line; "-" where unknown, "?" where unreadable."""
     name, qtype, rcode = "-", "-", "-"
     end = _question_end(query)
     if end > 12:
         try:
             name = str(DNSLabel(_labels(query, 12))) or "."
-        except (ValueError, UnicodeError):
-            name = "?"
-        qtype = describe(struct.unpack_from("!H", query, end - 4)[0])
+            qtype = describe(struct.unpack_from("!H", query, end - 4)[0])
+        except (ValueError, UnicodeError, IndexError, struct.error):
+            name, qtype = "?", "?"
     if response is not None and len(response) >= 4:
         code = response[3] & 0xF
         rcode = str(RCODE.forward.get(code, code))
@@ -305,6 +306,8 @@ def _labels(packet: bytes, i: int) -> list[bytes]:
     out = []
     while packet[i]:
         n = packet[i]
+        if n > 63:
+            raise ValueError("not a plain label")
         out.append(packet[i + 1 : i + 1 + n])
         i += 1 + n
     return out

@@ -394,6 +394,11 @@ def test_explain_against_a_running_server(zones: Path) -> None:
 
     kp = start_kdns(["--zones", str(zones)], http=True)
     try:
+        assert kp.http_get("/explain?name=web.default.svc.cluster.local")[0] == 404
+    finally:
+        kp.stop()
+    kp = start_kdns(["--zones", str(zones), "--http-explain"], http=True)
+    try:
         out = subprocess.run(
             [
                 *KDNS,
