@@ -110,10 +110,6 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
-#: Consecutive failed watches after which the reflector lists again rather than resume.
-RELIST_AFTER_FAILURES = 3
-
-
 @dataclass(frozen=True, slots=True)
 class WatchSettings:
     """Knobs of list/watch; the defaults are for production, tests shrink them."""
@@ -301,10 +297,6 @@ class Reflector:
                 if self._stop.is_set():
                     break
                 self._failed(exc)
-                # Watches that keep failing may be failing because of where they start: list
-                # again (a diff, so nothing that still exists stops answering).
-                if self._failures >= RELIST_AFTER_FAILURES:
-                    need_list = True
             self._pause()
         log.debug("%s: stopped", self.name)
 
