@@ -230,7 +230,9 @@ class DnsServer:
 
     # -- what the transports ask for -------------------------------------------------------
 
-    def forward(self, query: bytes, reply: Callable[[bytes | None], None], *, udp: bool) -> None:
+    def forward(
+        self, query: bytes, reply: Callable[[bytes | None], None], *, udp: bool, family: int = 4
+    ) -> None:
         """Forward `query` upstream; `reply` gets the answer (SERVFAIL when none comes)."""
         if self.forwarder is None or self._forwards >= MAX_FORWARDS:
             reply(servfail_for(query))
@@ -251,7 +253,7 @@ class DnsServer:
                 answer = servfail_for(query)
             if answer is not None:
                 self.responder.count(answer[3] & 0xF)
-            self.stats.record("udp" if udp else "tcp", qtype, started)
+            self.stats.record("udp" if udp else "tcp", family, qtype, started)
             reply(answer)
 
         self._spawn(run())

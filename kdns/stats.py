@@ -13,18 +13,18 @@ DURATION_BOUNDS = (
 
 
 class QueryCounters:
-    """Requests by (protocol, type) and a histogram of how long answering took."""
+    """Requests by (protocol, address family, type) and a histogram of answering times."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, int], int] = {}
+        self.requests: dict[tuple[str, int, int], int] = {}
         self._buckets = [0] * (len(DURATION_BOUNDS) + 1)
         self.duration_sum = 0.0
         self.duration_count = 0
 
-    def record(self, proto: str, qtype: int, started: float) -> None:
-        """Count one answered request that started at `started` (time.perf_counter())."""
+    def record(self, proto: str, family: int, qtype: int, started: float) -> None:
+        """Count one answered request (family 4 or 6) that started at `started` (perf_counter)."""
         elapsed = time.perf_counter() - started
-        key = (proto, qtype)
+        key = (proto, family, qtype)
         self.requests[key] = self.requests.get(key, 0) + 1
         self._buckets[bisect_left(DURATION_BOUNDS, elapsed)] += 1
         self.duration_sum += elapsed

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 import time
 from typing import TYPE_CHECKING
@@ -49,6 +50,11 @@ def _log_query(
     )
 
 
+def _family(transport: asyncio.BaseTransport) -> int:
+    sock = transport.get_extra_info("socket")
+    return 6 if sock is not None and sock.family == socket.AF_INET6 else 4
+
+
 class UdpProtocol(asyncio.DatagramProtocol):
     """Answers each datagram as it arrives; never raises into the loop."""
 
@@ -59,9 +65,11 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.limiter: RateLimiter | None = server.limiter
         self.log_queries = server.config.log_queries
         self.transport: asyncio.DatagramTransport | None = None
+        self.family = 4
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.family = _family(transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         started = time.perf_counter()
@@ -82,12 +90,12 @@ class UdpProtocol(asyncio.DatagramProtocol):
                 response = slipped(response)
             self._send(response, addr)
         elif response is FORWARD:
-            self.server.forward(data, lambda r: self._send(r, addr), udp=True)
+            self.server.forward(data, lambda r: self._send(r, addr), udp=True, family=self.family)
             return
         elif isinstance(response, Action):
             response = servfail_for(data)  # AXFR over UDP never gets here: REFUSED by then
             self._send(response, addr)
-        self.stats.record("udp", self.responder.qtype, started)
+        self.stats.record("udp", self.family, self.responder.qtype, started)
         if self.log_queries:
             _log_query(addr[0], "udp", data, response if type(response) is bytes else None, started)
 
@@ -116,9 +124,11 @@ class TcpProtocol(asyncio.Protocol):
         self.peer = "?"
         self._timer: asyncio.TimerHandle | None = None
         self._writable = True
+        self.family = 4
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.family = _family(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
         conns = self.server.connections
@@ -155,6 +165,7 @@ class TcpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable = True
+        self.family = 4
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -191,14 +202,14 @@ class TcpProtocol(asyncio.Protocol):
                 self.transport.close()
             return False
         if response is FORWARD:
-            self.server.forward(message, self._write, udp=False)
+            self.server.forward(message, self._write, udp=False, family=self.family)
             return True
         if response is TRANSFER:
             for part in self.server.transfer(message, self.peer):
                 self._write(part)
         elif isinstance(response, bytes):
             self._write(response)
-        self.stats.record("tcp", self.responder.qtype, started)
+        self.stats.record("tcp", self.family, self.responder.qtype, started)
         if self.server.config.log_queries:
             _log_query(
                 self.peer, "tcp", message, response if type(response) is bytes else None, started

@@ -248,7 +248,7 @@ def test_known_queries_through_the_real_counters() -> None:
         started = time.perf_counter()
         packet = bytes(DNSRecord.question(name, qtype).pack())
         assert isinstance(responder.respond(packet, udp=proto == "udp"), bytes)
-        counters.record(proto, responder.qtype, started)
+        counters.record(proto, 4, responder.qtype, started)
 
     for _ in range(3):
         ask("web.default.svc.cluster.local", "A")  # 1 miss, then 2 hits
@@ -258,9 +258,9 @@ def test_known_queries_through_the_real_counters() -> None:
     fams = families(KdnsCollector(queries, responses, server="s"))
     base = {"server": "s", "zone": "."}
     req = fams["kdns_dns_requests"]
-    assert value(req, "kdns_dns_requests_total", **base, proto="udp", family="", type="A") == 4
-    assert value(req, "kdns_dns_requests_total", **base, proto="tcp", family="", type="AAAA") == 1
-    assert value(req, "kdns_dns_requests_total", **base, proto="udp", family="", type="MX") == 1
+    assert value(req, "kdns_dns_requests_total", **base, proto="udp", family="1", type="A") == 4
+    assert value(req, "kdns_dns_requests_total", **base, proto="tcp", family="1", type="AAAA") == 1
+    assert value(req, "kdns_dns_requests_total", **base, proto="udp", family="1", type="MX") == 1
     resp = fams["kdns_dns_responses"]
     assert value(resp, "kdns_dns_responses_total", **base, rcode="NOERROR") == 4
     assert value(resp, "kdns_dns_responses_total", **base, rcode="NXDOMAIN") == 1
