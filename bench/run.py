@@ -1,13 +1,21 @@
-"""Serving benchmark: kdns against the naive dnslib server and a C server, same data, same queries.
+"""Serving benchmark: kdns against the naive dnslib server, a C server and CoreDNS, same data.
 
     python bench/run.py [--seconds 10] [--services 1000] [--append bench/RESULTS.md]
+                        [--skip kdns|dnslib|nsd|coredns|kdns-api ...]
 
 Each server is pinned to CPU 0 and dnsperf to CPU 1 (taskset). For every server the run prints:
 the maximum rate dnsperf reached, the server's CPU time per answered query (read from
 /proc/PID/stat before and after; this is the honest measure once dnsperf itself saturates its
-core), the latency p50/p99 measured at half of that server's maximum rate, and lost queries.
-Then the ratios of CPU per query: kdns/baseline, kdns/C server (and kdns/CoreDNS when a CoreDNS
-binary is given with --coredns and a kubeconfig of the same data).
+core), the latency p50/p99 measured at half of that server's maximum rate, lost queries, and the
+response codes dnsperf counted. Then the ratios of CPU per query: kdns/baseline, kdns/C server,
+kdns/CoreDNS (and of queries/s for CoreDNS).
+
+CoreDNS (with its kubernetes plugin and `cache`) runs when the e2e binaries are built
+(tests/e2e/build.sh, `${KDNS_E2E_CACHE:-~/.cache/kdns-e2e}/bin`): the e2e harness starts a real
+etcd + kube-apiserver + kube-controller-manager, the same manifests are created in it, and CoreDNS
+(GOMAXPROCS=1) watches it; kdns is measured a second time fed by that API server (`kdns-api`).
+The control plane is pinned to CPU 1 once loaded and its CPU is not counted: CPU per query is the
+DNS server's process alone. See bench/coredns_peer.py.
 """
 
 from __future__ import annotations
@@ -23,26 +31,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import coredns_peer  # noqa: E402
 from dataset import Shape, query_lines, write_manifests  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+Answer = tuple[str, tuple[str, ...]]  # rcode, sorted answer records (TTLs left out)
+
+
 @dataclass
 class Result:
     name: str
+    key: str = ""  # kdns, dnslib, nsd, coredns, kdns-api: what the ratios look up
     qps: float = 0.0
     cpu_us: float = 0.0
     p50_us: float = 0.0
     p99_us: float = 0.0
     lost: int = 0
     sent: int = 0
+    rcodes: dict[str, int] = field(default_factory=dict)  # of the maximum-rate run
+    answers: dict[str, Answer] = field(default_factory=dict)  # of the sample of the query file
     note: str = ""
 
 
@@ -142,13 +159,78 @@ def stat(out: str, label: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def measure(name: str, cmd: list[str], port: int, queries: Path, seconds: float) -> Result:
-    proc = subprocess.Popen(
-        ["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    result = Result(name)
+def rcodes(out: str) -> dict[str, int]:
+    """dnsperf's `Response codes:  NOERROR 181207 (90.07%), NXDOMAIN 19980 (9.93%)`."""
+    m = re.search(r"Response codes:\s+(.*)", out)
+    return {code: int(n) for code, n in re.findall(r"(\w+) (\d+) \(", m.group(1))} if m else {}
+
+
+def ask_all(port: int, lines: list[str]) -> dict[str, Answer]:
+    """Each query line asked once: rcode and answer records, lowercased, TTLs left out."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    out: dict[str, Answer] = {}
+    for line in lines:
+        name, qtype = line.split()
+        try:
+            reply = dns.query.udp(
+                dns.message.make_query(name, qtype), "127.0.0.1", port=port, timeout=2.0
+            )
+        except dns.exception.Timeout:
+            out[line] = ("TIMEOUT", ())
+            continue
+        records = []
+        for rrset in reply.answer:
+            for text in rrset.to_text().splitlines():
+                fields = text.lower().split()
+                records.append(" ".join([fields[0], *fields[2:]]))  # without the TTL
+        out[line] = (dns.rcode.to_text(reply.rcode()), tuple(sorted(records)))
+    return out
+
+
+def kind(line: str) -> str:
+    """The part of the query mix a query line belongs to (bench/dataset.py's query_lines)."""
+    name, qtype = line.split()
+    if qtype != "A":
+        return qtype
+    if name.startswith("missing-"):
+        return "NXDOMAIN A"
+    if name.startswith("db-"):
+        return "headless A"
+    return "mixed-case A" if name != name.lower() else "ClusterIP A"
+
+
+def measure(
+    name: str,
+    cmd: list[str],
+    port: int,
+    queries: Path,
+    seconds: float,
+    *,
+    key: str,
+    log: Path,
+    sample: list[str],
+    env: dict[str, str] | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> Result:
+    """Start `cmd` on CPU 0, wait for it (and for `ready`), ask it `sample`, then load it."""
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            ["taskset", "-c", "0", *cmd], stdout=fh, stderr=subprocess.STDOUT, env=env
+        )
+    result = Result(name, key)
     try:
-        wait_answering(port)
+        try:
+            wait_answering(port)
+            if ready:
+                ready(port)
+        except (RuntimeError, TimeoutError) as err:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"{name}: {err}\n{tail}") from None
+        result.answers = ask_all(port, sample)
         dnsperf(port, queries, 2, None)  # warm caches
         before = cpu_seconds(proc.pid)
         out = dnsperf(port, queries, seconds, None)
@@ -157,12 +239,15 @@ def measure(name: str, cmd: list[str], port: int, queries: Path, seconds: float)
         result.qps = stat(out, "Queries per second")
         result.sent = int(stat(out, "Queries sent"))
         result.cpu_us = used / completed * 1e6 if completed else 0.0
+        result.rcodes = rcodes(out)
         # Latency at half the maximum rate, where a server is meant to run: dnsperf makes the
         # load (printing every answer with -v would slow dnsperf itself and skew the figures),
         # and a probe beside it times single queries.
         load = subprocess.Popen(
             dnsperf_cmd(port, queries, min(seconds, 6), result.qps / 2),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         time.sleep(1.0)
         lat = sorted(probe(port, queries, samples=3000, rate=1000))
@@ -184,7 +269,8 @@ def nsd_config(work: Path, zonefile: Path, port: int) -> Path | None:
     """An nsd configuration serving the same records, or None when nsd is not installed."""
     if not shutil.which("nsd"):
         return None
-    forward, reverse = [], []
+    forward: list[str] = []
+    reverse: list[str] = []
     soa = ""
     for line in zonefile.read_text().splitlines():
         if not line or line.startswith(";"):
@@ -225,24 +311,38 @@ zone:
     return conf
 
 
+SKIPPABLE = ("kdns", "dnslib", "nsd", "coredns", "kdns-api")
+SAMPLE = 400  # distinct query lines every server is asked once, to compare the answers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
-    parser.add_argument("--skip", action="append", default=[], help="kdns, dnslib or nsd")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=SKIPPABLE,
+        help="leave a server out (repeatable); kdns-api is kdns fed by CoreDNS's API server",
+    )
     args = parser.parse_args()
     for tool in ("dnsperf", "dig", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is not installed (apt-get install dnsperf bind9-dnsutils)")
     shape = Shape(services=args.services)
     python = sys.executable
+    notes: list[str] = []
+    failed = False
     with tempfile.TemporaryDirectory(prefix="kdns-bench-") as tmp:
         work = Path(tmp)
         zones = work / "zones"
         write_manifests(zones, shape)
+        lines = query_lines(shape)
         queries = work / "queries.txt"
-        queries.write_text("\n".join(query_lines(shape)) + "\n")
+        queries.write_text("\n".join(lines) + "\n")
+        sample = list(dict.fromkeys(lines))[:SAMPLE]
         zonefile = work / "records.zone"
         records = subprocess.run(
             [python, "-m", "kdns", "records", "--zones", str(zones)],
@@ -252,74 +352,183 @@ def main() -> None:
         )
         zonefile.write_text(records.stdout)
         results: list[Result] = []
+
+        def run(name: str, key: str, cmd: list[str], port: int, **kw: Any) -> None:
+            log = work / f"{key}.log"
+            results.append(
+                measure(
+                    name, cmd, port, queries, args.seconds, key=key, log=log, sample=sample, **kw
+                )
+            )
+
         if "kdns" not in args.skip:
             port = free_port()
-            cmd = [
-                python,
-                "-m",
-                "kdns",
-                "serve",
-                "--zones",
-                str(zones),
-                "--log-level",
-                "warning",
-                "--listen",
-                f"127.0.0.1:{port}",
-            ]
-            results.append(measure("kdns", cmd, port, queries, args.seconds))
+            cmd = [python, "-m", "kdns", "serve", "--zones", str(zones), "--log-level", "warning"]
+            run("kdns", "kdns", [*cmd, "--listen", f"127.0.0.1:{port}"], port)
         if "dnslib" not in args.skip:
             port = free_port()
             cmd = [python, str(HERE / "baseline_dnslib.py"), str(zonefile), str(port)]
-            results.append(measure("dnslib DNSServer", cmd, port, queries, args.seconds))
+            run("dnslib DNSServer", "dnslib", cmd, port)
         if "nsd" not in args.skip:
             port = free_port()
             conf = nsd_config(work, zonefile, port)
             if conf is not None:
-                cmd = ["nsd", "-d", "-c", str(conf)]
-                results.append(measure("nsd (C)", cmd, port, queries, args.seconds))
-        report = render(results, args)
+                run("nsd (C)", "nsd", ["nsd", "-d", "-c", str(conf)], port)
+            else:
+                notes.append("nsd: skipped, not installed (apt-get install nsd).")
+        peers = [p for p in ("coredns", "kdns-api") if p not in args.skip]
+        reason = coredns_peer.unavailable() if peers else None
+        if reason:
+            names = {"coredns": "CoreDNS", "kdns-api": "kdns --kubeconfig"}
+            notes.append(f"{' and '.join(names[p] for p in peers)}: skipped, {reason}.")
+        elif peers:
+            try:
+                run_api_peers(peers, work, python, run, notes)
+            except Exception as err:
+                failed = True
+                notes.append(f"CoreDNS / API server peers: FAILED: {err}")
+        report = render(results, args, notes)
         print(report)
         if args.append:
             with args.append.open("a") as f:
                 f.write(report + "\n")
+    if failed:
+        sys.exit(1)
 
 
-def render(results: list[Result], args: argparse.Namespace) -> str:
+def run_api_peers(
+    peers: list[str],
+    work: Path,
+    python: str,
+    run: Callable[..., None],
+    notes: list[str],
+) -> None:
+    """CoreDNS, and kdns --kubeconfig, each watching a real API server holding the same data."""
+    with coredns_peer.loaded_control_plane(work / "controlplane", work / "zones", cpu=1) as loaded:
+        cp = loaded.cp
+        notes.append(
+            f"API server peers: etcd + kube-apiserver + kube-controller-manager "
+            f"(the e2e harness) started in {loaded.start_seconds:.1f} s, "
+            f"{loaded.objects} objects created in {loaded.load_seconds:.1f} s "
+            f"({coredns_peer.PARALLEL} parallel requests); then pinned to CPU 1. Their CPU is "
+            "not counted: CPU per query is the DNS server's process alone."
+        )
+
+        def ready(port: int) -> None:
+            coredns_peer.wait_everything(port, loaded.expect)
+
+        if "coredns" in peers:
+            port = free_port()
+            cmd, env = coredns_peer.coredns_command(cp, work, port)
+            name = f"{coredns_peer.coredns_version()} (kubernetes, cache)"
+            run(name, "coredns", cmd, port, env=env, ready=ready)
+            notes.append(
+                "CoreDNS: Corefile `.:PORT { bind 127.0.0.1; kubernetes cluster.local "
+                "in-addr.arpa ip6.arpa { kubeconfig …; pods insecure; ttl 5 }; cache 30 }`, "
+                "GOMAXPROCS=1, pinned to CPU 0 like the others."
+            )
+        if "kdns-api" in peers:
+            port = free_port()
+            cmd = coredns_peer.kdns_command(python, cp, work, port)
+            run("kdns --kubeconfig", "kdns-api", cmd, port, ready=ready)
+
+
+def ratio_lines(k: Result, o: Result, label: str, qps: bool = False) -> list[str]:
+    """`kdns / label` in CPU per query (and in queries/s)."""
+    out: list[str] = []
+    if k.cpu_us and o.cpu_us:
+        r = k.cpu_us / o.cpu_us
+        out.append(
+            f"- CPU per query, {k.name} / {label}: {r:.3f} "
+            f"({o.cpu_us / k.cpu_us:.1f}x less CPU per query than {label})"
+            if k.cpu_us < o.cpu_us
+            else f"- CPU per query, {k.name} / {label}: {r:.2f}"
+        )
+    if qps and k.qps and o.qps:
+        out.append(f"- queries/s, {k.name} / {label}: {k.qps / o.qps:.2f}")
+    return out
+
+
+def rcode_text(codes: dict[str, int]) -> str:
+    total = sum(codes.values())
+    if not total:
+        return "-"
+    return ", ".join(f"{c} {n / total:.1%}" for c, n in sorted(codes.items(), key=lambda x: -x[1]))
+
+
+def answer_differences(results: list[Result]) -> list[str]:
+    """Per server, the sampled query lines whose rcode or answer differ from the first server's."""
+    if len(results) < 2 or not results[0].answers:
+        return []
+    ref = results[0]
+    out = [
+        f"Answers compared on {len(ref.answers)} distinct query lines of the mix (rcode and answer"
+        f" records, lowercased, TTLs left out), against {ref.name}:"
+    ]
+    for r in results[1:]:
+        diffs = [q for q, a in r.answers.items() if ref.answers.get(q) != a]
+        if not diffs:
+            out.append(f"- {r.name}: all the same")
+            continue
+        by_kind: dict[str, int] = {}
+        for q in diffs:
+            by_kind[kind(q)] = by_kind.get(kind(q), 0) + 1
+        summary = ", ".join(f"{k} {n}" for k, n in sorted(by_kind.items()))
+        q = diffs[0]
+        out.append(
+            f"- {r.name}: {len(diffs)} differ ({summary}); e.g. `{q}`: "
+            f"{ref.name} {ref.answers[q]}, {r.name} {r.answers[q]}"
+        )
+    return out
+
+
+def render(results: list[Result], args: argparse.Namespace, notes: list[str]) -> str:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    command = " ".join(["python bench/run.py", *sys.argv[1:]])
     lines = [
         f"## {datetime.datetime.now().isoformat(timespec='seconds')} — {cpu}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
         "",
-        f"Command: `python bench/run.py --seconds {args.seconds:g} --services {args.services}`",
+        f"Command: `{command}` (--seconds {args.seconds:g}, --services {args.services}); "
+        f"load average at the end: {load}",
         "",
         "Server on CPU 0, dnsperf on CPU 1. Latency and losses: at half the server's maximum rate"
-        " (dnsperf load, single-query probe beside it).",
+        " (dnsperf load, single-query probe beside it). Response codes: of the maximum-rate run.",
         "",
-        "| server | max queries/s | server CPU µs/query | p50 µs | p99 µs | lost |",
-        "|---|---|---|---|---|---|",
+        "| server | max queries/s | server CPU µs/query | p50 µs | p99 µs | lost "
+        "| response codes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.name} | {r.qps:,.0f} | {r.cpu_us:.1f} | {r.p50_us:.0f} | {r.p99_us:.0f} | "
-            f"{r.lost} |"
+            f"{r.lost} | {rcode_text(r.rcodes)} |"
         )
-    by = {r.name.split()[0]: r for r in results}
-    k = by.get("kdns")
-    if k and k.cpu_us:
-        lines.append("")
-        for other, label in (("dnslib", "dnslib baseline"), ("nsd", "nsd (C)")):
+    by = {r.key: r for r in results}
+    ratios: list[str] = []
+    for mine in ("kdns", "kdns-api"):
+        k = by.get(mine)
+        if not k:
+            continue
+        others: tuple[tuple[str, str], ...] = (("coredns", "CoreDNS"),)
+        if mine == "kdns":
+            others = (("dnslib", "dnslib baseline"), ("nsd", "nsd (C)"), *others)
+        for other, label in others:
             o = by.get(other)
-            if o and o.cpu_us:
-                lines.append(
-                    f"- CPU per query, kdns / {label}: {k.cpu_us / o.cpu_us:.3f} "
-                    f"({o.cpu_us / k.cpu_us:.1f}x less CPU per query than {label})"
-                    if k.cpu_us < o.cpu_us
-                    else f"- CPU per query, kdns / {label}: {k.cpu_us / o.cpu_us:.2f}"
-                )
+            if o:
+                ratios += ratio_lines(k, o, label, qps=other == "coredns")
+    if ratios:
+        lines += ["", *ratios]
+    differences = answer_differences(results)
+    if differences:
+        lines += ["", *differences]
+    if notes:
+        lines += ["", *(f"- {n}" if not n.startswith("- ") else n for n in notes)]
     return "\n".join(lines)
 
 
