@@ -35,6 +35,8 @@ from .wire import servfail_for
 
 log = logging.getLogger(__name__)
 
+#: Bytes of receive buffer asked for on each UDP socket.
+UDP_RECEIVE_BUFFER = 4 << 20
 FILES_LAYER = "files"
 CLUSTER_LAYER = "cluster"
 
@@ -47,6 +49,12 @@ def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_DGRAM:
+            # Room for bursts: with the default 208 KiB, a burst of a few thousand queries
+            # overflows while the loop is busy, and the kernel drops them (the kernel caps this
+            # at net.core.rmem_max).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
         sock.bind((host, port))
     except OSError as err:
         sock.close()
