@@ -200,13 +200,12 @@ def serve(
     except ConfigError as err:
         _fail(str(err))
     _setup_logging(log_level)
-    from .cluster import ClusterConfigError
     from .files import SourceError
     from .server import run
 
     try:
         run(config)
-    except (ConfigError, SourceError, ClusterConfigError) as err:
+    except (ConfigError, SourceError) as err:
         _fail(str(err))
     except KeyboardInterrupt:
         pass

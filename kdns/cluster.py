@@ -39,6 +39,7 @@ import yaml
 from kubernetes.client import ApiClient, ApiException, Configuration, CoreV1Api
 from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
 
+from .config import ClusterConfigError
 from .model import Namespace, ObjectKey
 from .reflector import Reflector, ReflectorStats, WatchSettings, backoff_delay
 from .store import Sink
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 #: Every kind a cluster source watches, in the order they start.
 KINDS = ("Service", "EndpointSlice", "Endpoints", "Namespace")
 NAMESPACED_KINDS = ("Service", "EndpointSlice", "Endpoints")
-
-
-class ClusterConfigError(ValueError):
-    """A Kubernetes client configuration that cannot be used; the message is one line."""
 
 
 def load_api_client(

@@ -13,6 +13,10 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message is one line meant for the user."""
 
 
+class ClusterConfigError(ConfigError):
+    """A Kubernetes client configuration that cannot be used; the message is one line."""
+
+
 @dataclass(slots=True)
 class Config:
     """Settings of `kdns serve`. Defaults match the CLI's."""
