@@ -22,7 +22,7 @@ the client asked with is what it gets back (and the encoder compresses them to t
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -115,6 +115,39 @@ class Engine:
         if labels[-2:] in REVERSE_ZONES:
             return True
         return any(labels[len(labels) - len(c.labels) :] == c.labels for c in self.clusters)
+
+    def cache_tag(self, raw: Sequence[bytes]) -> tuple[str, ...] | None:
+        """What an answer for these (lower-case) labels depends on, besides namespaces and sync
+        state: `(zone, namespace, service)` for names at or under a service, `("ip", address)`
+        for reverse names, None for the rest (the apex, namespaces, pods, other zones).
+
+        The response cache drops an answer when a change touches its tag.
+        """
+        labels = tuple(_text(label) for label in raw)
+        for cluster in self._by_suffix:
+            zl = cluster.labels
+            if labels[len(labels) - len(zl) :] == zl:
+                rel = labels[: len(labels) - len(zl)]
+                if len(rel) >= 3 and rel[-1] == "svc":
+                    return (cluster.domain, rel[-2], rel[-3])
+                return None
+        for zone in REVERSE_ZONES:
+            if labels[-2:] == zone:
+                address = _reverse_address(zone, labels[:-2])
+                return ("ip", address) if address else None
+        return None
+
+    def serial_of(self, zone: str) -> Callable[[], int]:
+        """The current SOA serial of `zone` (a cluster domain or a reverse zone), as a function."""
+        for cluster in self.clusters:
+            if cluster.domain == zone:
+                store = cluster.store
+                return lambda: store.serial
+        return self._reverse_serial
+
+    def _reverse_serial(self) -> int:
+        # The reverse zones hold the data of every cluster: their serial moves with any of them.
+        return sum(c.store.serial for c in self.clusters) % (1 << 32)
 
     def is_apex(self, raw: Sequence[bytes]) -> bool:
         """True when these (lower-case) labels name a cluster zone (what AXFR may ask for)."""
@@ -376,8 +409,7 @@ class Engine:
         first = self.clusters[0]
         zone_name = ".".join(zone)
         mname = f"ns.dns.{first.domain}"
-        serial = sum(c.store.serial for c in self.clusters) % (1 << 32)
-        soa = self._soa(zone_name, serial, mname)
+        soa = self._soa(zone_name, self._reverse_serial(), mname)
         if not rel:
             return self._apex(zone_name, soa, mname, qname, qtype)
         address = _reverse_address(zone, rel)

@@ -2,19 +2,32 @@
 
 Encoding a response with dnslib costs far more than answering it, so each response is encoded
 once and kept, keyed by the lower-cased question and the client's EDNS state; later queries for
-the same question only get their ID, RD/CD flags and question spelling copied in. The cache is
-emptied whenever any store's generation moves, before the next query is read (the store calls
-back synchronously on the loop thread), so a cached answer never outlives the data it came from.
+the same question only get their ID, RD/CD flags and question spelling copied in.
+
+A cached answer never outlives the data it came from. Each store calls back synchronously on the
+loop thread after every change, before the next query is read, saying what the change touched
+(`store.Change`). Every cached answer is tagged with what it depends on (`Engine.cache_tag`): the
+service a name is under, the address a reverse name spells; answers that follow a CNAME depend on
+everything. A change drops the answers of the services and addresses it touched; a change of
+namespaces or of sync state drops them all. Emptying the whole cache on every change would make a
+cluster with 200 endpoint changes a second answer nearly every query from scratch.
+
+The one thing every negative answer shares is the SOA serial, which moves with every change; it
+is patched into the cached bytes when a hit finds it stale, rather than dropping the answer.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, DNSLabel
 
 from .answers import Answer, Engine
+from .store import Store
 from .wire import (
     DEFAULT_MAX_UDP,
     Drop,
@@ -48,6 +61,27 @@ class _Entry:
     response: bytes
     rcode: int
     short: bytes | None = None  # the TC=1 form, made when first needed
+    #: Offset of the SOA serial when the response ends with a SOA record (negative answers);
+    #: -1 otherwise.
+    serial_at: int = -1
+    serial: int = 0
+    serial_of: Callable[[], int] | None = None
+    #: What the answer depends on (see `Engine.cache_tag`); None: only namespaces and sync.
+    tag: tuple[str, ...] | None = None
+
+    def refresh_serial(self) -> None:
+        """Patch the current serial in, if it moved since the response was encoded."""
+        assert self.serial_of is not None
+        current = self.serial_of()
+        if current != self.serial:
+            at = self.serial_at
+            self.response = self.response[:at] + _SERIAL.pack(current) + self.response[at + 4 :]
+            self.serial = current
+
+
+_SERIAL = struct.Struct("!I")
+#: The tag of answers that depend on any change (they followed a CNAME).
+_ANY = ("*",)
 
 
 class Responder:
@@ -67,6 +101,8 @@ class Responder:
         self.max_udp = max_udp
         self.cache_size = cache_size
         self._cache: dict[bytes, _Entry] = {}
+        #: cache tag -> keys of the cached answers that carry it
+        self._tags: dict[tuple[str, ...], set[bytes]] = {}
         #: The type of the last question answered (for the request counters).
         self.qtype = 0
         self.hits = 0
@@ -75,13 +111,29 @@ class Responder:
         #: responses sent, by rcode
         self.rcodes: dict[int, int] = {}
         for cluster in engine.clusters:
-            cluster.store.subscribe(self._invalidate)
+            cluster.store.subscribe(self._invalidator(cluster.domain, cluster.store))
 
     def count(self, rcode: int) -> None:
         self.rcodes[rcode] = self.rcodes.get(rcode, 0) + 1
 
-    def _invalidate(self, generation: int, received_at: float | None) -> None:
-        self._cache.clear()
+    def _invalidator(self, domain: str, store: Store) -> Callable[[int, float | None], None]:
+        def invalidate(generation: int, received_at: float | None) -> None:
+            change = store.last_change
+            if change.full:
+                self._cache.clear()
+                self._tags.clear()
+                return
+            tags = self._tags
+            drop: set[bytes] = tags.pop(_ANY, set())
+            for ns, name in change.services:
+                drop |= tags.pop((domain, ns, name), set())
+            for address in change.addresses:
+                drop |= tags.pop(("ip", address), set())
+            cache = self._cache
+            for key in drop:
+                cache.pop(key, None)
+
+        return invalidate
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -121,6 +173,8 @@ class Responder:
         else:
             self.hits += 1  # a cached name asked in a form the fast path leaves alone
             self.count(entry.rcode)
+            if entry.serial_at >= 0:
+                entry.refresh_serial()
         qend = 12 + len(query.name) + 4
         limit = limit_for(query, self.max_udp) if udp else 65535
         return _assemble(data, entry, qend, limit, query.edns)
@@ -178,6 +232,8 @@ class Responder:
             return None
         self.qtype = data[qend - 4] << 8 | data[qend - 3]
         self.count(entry.rcode)
+        if entry.serial_at >= 0:
+            entry.refresh_serial()
         return _assemble(data, entry, qend, limit if udp else 65535, ar == 1)
 
     def _uncached(self, query: Query, answer: Answer, udp: bool) -> bytes:
@@ -193,9 +249,28 @@ class Responder:
             response = _fit(query, answer, self.max_udp)
         entry = _Entry(response, answer.rcode)
         self.count(answer.rcode)
-        if len(self._cache) >= self.cache_size:
-            self._cache.clear()  # cheaper than LRU bookkeeping on every hit
-        self._cache[query.key] = entry
+        last = (answer.additional or answer.authority or answer.answer or [None])[-1]
+        if last is not None and last.rtype == QTYPE.SOA:
+            # The serial is the first of the SOA's five numbers, which end the message (the OPT
+            # record, when there is one, comes after them).
+            entry.serial_at = len(response) - (11 if query.edns else 0) - 20
+            entry.serial_of = self.engine.serial_of(str(last.rname).rstrip(".").lower())
+            entry.serial = entry.serial_of()
+        cache = self._cache
+        if len(cache) >= self.cache_size:
+            # Drop the oldest tenth: dicts keep insertion order, and an answer asked for since
+            # would have been inserted again only after a change, so age is a fair guess.
+            for key in list(itertools.islice(cache, self.cache_size // 10 + 1)):
+                old = cache.pop(key)
+                if old.tag is not None:
+                    self._tags.get(old.tag, set()).discard(key)
+        cache[query.key] = entry
+        tag = self.engine.cache_tag(query.labels)
+        if any(rr.rtype == QTYPE.CNAME for rr in answer.answer):
+            tag = _ANY
+        if tag is not None:
+            entry.tag = tag
+            self._tags.setdefault(tag, set()).add(query.key)
         return entry
 
     def resolve(self, query: Query) -> Answer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -157,6 +158,10 @@ class DnsServer:
                 host, port = sock.getsockname()[:2]
                 log.info("http on %s port %d (/health, /ready, /metrics)", host, port)
         await self._wait_synced()
+        # What is loaded now lives as long as the server: take it out of the cyclic collector's
+        # view, so full collections (which at 100,000 endpoints took 100-300 ms, freeing
+        # nothing) only walk what changed since.
+        gc.freeze()
         for udp, tcp in sockets:
             transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self), sock=udp)
             self._closers.append(transport.close)

@@ -43,6 +43,18 @@ Listener = Callable[[int, float | None], None]
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """What the last write changed, so caches can drop only what it affects."""
+
+    #: Services whose view (spec, endpoints, readiness) changed.
+    services: frozenset[ServiceKey] = frozenset()
+    #: Addresses whose reverse (PTR) entries changed.
+    addresses: frozenset[str] = frozenset()
+    #: Something every name may depend on changed: namespaces, sync state.
+    full: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ReadyEndpoint:
     """One address of one ready endpoint of a service."""
 
@@ -92,6 +104,8 @@ class _Layer:
     #: namespace -> number of objects in it (for implicit namespaces)
     populated: dict[str, int] = field(default_factory=dict)
     synced: bool = False
+    #: Set when a namespace came into or went out of existence; the store resets it.
+    namespaces_changed: bool = False
 
     def has_namespace(self, ns: str) -> bool:
         if ns in self.namespaces:
@@ -116,16 +130,21 @@ class _Layer:
         return out
 
     def _count(self, ns: str, delta: int) -> None:
-        n = self.populated.get(ns, 0) + delta
+        before = self.populated.get(ns, 0)
+        n = before + delta
         if n > 0:
             self.populated[ns] = n
         else:
             self.populated.pop(ns, None)
+        if self.implicit_namespaces and (before > 0) != (n > 0):
+            self.namespaces_changed = True
 
     def put(self, obj: KubeObject) -> ServiceKey | None:
         """Store `obj`; return the service whose view it affects, if any."""
         if isinstance(obj, Namespace):
-            self.namespaces.add(obj.name)
+            if obj.name not in self.namespaces:
+                self.namespaces.add(obj.name)
+                self.namespaces_changed = True
             return None
         if isinstance(obj, Service):
             skey = (obj.namespace, obj.name)
@@ -155,7 +174,9 @@ class _Layer:
         """Remove the object at `key`; return the services whose views it affects."""
         kind, ns, name = key
         if kind == "Namespace":
-            self.namespaces.discard(name)
+            if name in self.namespaces:
+                self.namespaces.discard(name)
+                self.namespaces_changed = True
             return []
         if kind == "Service":
             if self.services.pop((ns, name), None) is None:
@@ -215,6 +236,11 @@ class Store:
         self._conflicts_warned: set[ServiceKey] = set()
         self.generation = 0
         self._serial_base = serial_base
+        #: What the last change touched (listeners read it).
+        self.last_change = Change(full=True)
+        self._changed_services: set[ServiceKey] = set()
+        self._changed_addresses: set[str] = set()
+        self._full = False
 
     # -- layers and sync state -------------------------------------------------------------
 
@@ -232,6 +258,7 @@ class Store:
         lay = self._layers[layer]
         if lay.synced != synced:
             lay.synced = synced
+            self._full = True
             self._bump(None)
 
     @property
@@ -279,6 +306,9 @@ class Store:
             return False
         for skey in touched:
             self._refresh(skey)
+        if lay.namespaces_changed:
+            lay.namespaces_changed = False
+            self._full = True
         self._bump(received_at)
         return True
 
@@ -322,6 +352,7 @@ class Store:
                 )
         if old == view:
             return
+        self._changed_services.add(skey)
         if old is not None:
             self._index(skey, old, remove=True)
         if view is None:
@@ -333,13 +364,22 @@ class Store:
             self._index(skey, view, remove=False)
 
     def _index(self, skey: ServiceKey, view: ServiceView, *, remove: bool) -> None:
+        changed = self._changed_addresses
         for ip in view.service.cluster_ips:
             _edit(self._cluster_ptr, ip, skey, remove)
+            changed.add(ip)
         for ep in view.ready:
             _edit(self._endpoint_ptr, ep.address, (skey[0], skey[1], ep.name), remove)
+            changed.add(ep.address)
 
     def _bump(self, received_at: float | None) -> None:
         self.generation += 1
+        self.last_change = Change(
+            frozenset(self._changed_services), frozenset(self._changed_addresses), self._full
+        )
+        self._changed_services.clear()
+        self._changed_addresses.clear()
+        self._full = False
         for listener in self._listeners:
             listener(self.generation, received_at)
 
