@@ -2,15 +2,15 @@
 
 A `Reflector` does what client-go's reflector does, for one kind (in one namespace or in all):
 
-1. LIST in pages (`limit`/`continue`), trim every item to its `kdns.model` record, and hand the
-   store the whole result at once.
+1. LIST in pages (`limit`/`continue`; 50 EndpointSlices or Endpoints a page, 500 Services or
+   Namespaces), trim each item to its `kdns.model` record, and hand the store what changed.
 2. WATCH from the list's resourceVersion with `allowWatchBookmarks=true` and a randomised
    `timeoutSeconds`, applying each event as it arrives and remembering the newest
    resourceVersion seen, bookmarks included.
 3. When the server ends the watch (its timeout, a clean close, a broken connection), watch again
    from that resourceVersion: nothing is missed and nothing is listed again.
 4. When the server says that resourceVersion is gone (410 Expired, as an ERROR event in the
-   stream or as the HTTP status), list again and hand the store the new content as a whole.
+   stream or as the HTTP status), list again and hand the store the difference.
 
 Why raw HTTP. The client's `watch.Watch` helper cannot be trusted with a 410 (it retries with the
 same resourceVersion, then raises; with `deserialize=False` it fails with a KeyError and resumes
@@ -19,15 +19,39 @@ lists into model objects is slow and large at 100k endpoints. So the reflector c
 client's generated list functions with `_preload_content=False`, which gives the urllib3 response
 (same call in clients 36 and 37; authentication, TLS and token refresh stay the client's), and
 reads the JSON itself: list pages with `json.loads`, watch streams line by line. No model object
-is ever built; the JSON of a page is dropped as soon as its items are trimmed.
+is ever built; the JSON of a page is dropped as soon as its items are trimmed. Pages of endpoint
+objects are small because each item is large (a slice of 100 endpoints is ~25 kB of JSON, a page
+of 500 a 12 MB body plus its parsed form): 50 a page keeps the peak memory of a list low, and the
+extra requests cost little.
+
+Why the watch stream is decoded here. The apiserver sends a watch as chunked transfer-encoding,
+one chunk per event. urllib3's chunked reader makes several blocking reads per chunk (the size
+line, the data, the CRLF after it), and a thread returning from a blocking read must get the GIL
+back, which under query load on the event loop takes up to the interpreter's switch interval
+(5 ms) each time: at 200 changes a second the watch fell seconds behind. So when the response is
+chunked and urllib3's internals are the ones we know (`response._fp.fp`, the buffered socket
+file, nothing read from the body yet), `_lines` reads the socket itself in large reads (`read1`,
+up to `READ_SIZE`: one system call returns whatever has arrived, often many events) and undoes
+the chunked framing in memory (`_Dechunker`). Every complete line is handed on before the next
+read blocks, stamped with the time its last bytes arrived. Errors look as they do from urllib3:
+a socket timeout is `ReadTimeoutError`, a stream that ends inside a chunk (or before the last,
+empty, chunk) or bad framing is `ProtocolError`; the empty chunk ends the stream cleanly and
+leaves the connection reusable. Any other response (not chunked, compressed, another urllib3)
+is read through urllib3's `stream()` as before.
 
 Why a relist is a diff. After a 410 the reflector has missed an unknown number of events, so it
 must replace what it holds. Clearing and refilling would make every name answer NXDOMAIN for a
-moment (and caches keep NXDOMAIN); instead the new content goes to the store as one `replace`
-(whole kind, cluster-wide reflector) or one `apply` with the keys that vanished (a reflector for
-one namespace must not touch other namespaces' objects of the same kind). The store compares
-object by object, so names that did not change never stop answering, and the generation only
-moves if something DNS can see moved.
+moment (and caches keep NXDOMAIN); instead the reflector remembers the resourceVersion of every
+object it handed to the store. Listed items with the same resourceVersion are unchanged (a
+resourceVersion changes with every write of the object): they are neither trimmed nor sent
+again. New and changed items are trimmed and sent, keys no longer listed are deleted, and all of
+it goes to the sink in `apply` calls of at most `batch_size` objects each, because each call is
+one callback on the event loop and diffing 100k endpoints in one callback stalls every query
+behind it. Deletes touch only keys this reflector handed over, so a reflector for one namespace
+never touches other namespaces' objects of the same kind. The store compares object by object as
+well, so names that did not change never stop answering, and the generation only moves if
+something DNS can see moved; once the last batch is in, the layer's content for the kind is the
+list. The first list goes the same way (everything is new).
 
 Failures. Any error (API unreachable, 5xx, 403, a broken stream, bad JSON) keeps the store as it
 is, is counted, and is retried after an exponential backoff with full jitter (a random wait
@@ -49,6 +73,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +93,13 @@ log = logging.getLogger(__name__)
 #: A watch that delivered nothing and ended sooner than this counts as a failure (backoff), so a
 #: server that closes every watch at once is not asked again in a tight loop.
 MIN_HEALTHY_WATCH = 1.0
+
+#: Most bytes asked of the socket in one read of a watch stream. A read returns what has arrived,
+#: so this only bounds how much a backlog is taken in at once.
+READ_SIZE = 1 << 20
+
+#: Kinds whose objects are large (up to hundreds of endpoints each): listed in smaller pages.
+ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +146,12 @@ RESOURCES: dict[str, Resource] = {
 class WatchSettings:
     """Knobs of list/watch; the defaults are for production, tests shrink them."""
 
-    #: Items per list page.
+    #: Items per list page of Services and Namespaces.
     page_size: int = 500
+    #: Items per list page of EndpointSlices and Endpoints (large objects: see the module doc).
+    endpoint_page_size: int = 50
+    #: Most objects (upserts plus deletes) handed to the sink in one call when a list is applied.
+    batch_size: int = 200
     #: `timeoutSeconds` of each watch, drawn uniformly from this range (client-go's 5-10 min), so
     #: the watches of many replicas do not all end at once.
     watch_timeout: tuple[int, int] = (300, 600)
@@ -219,7 +255,8 @@ class Reflector:
         self.name = self.resource.plural + (f" in {namespace}" if namespace else "")
         self.stats = ReflectorStats(kind, namespace or "")
         self._rv = ""
-        self._keys: set[ObjectKey] = set()
+        #: key -> resourceVersion of every object handed to the sink and not deleted since.
+        self._versions: dict[ObjectKey, str] = {}
         self._failures = 0
         self._rng = random.Random()
         self._stop = threading.Event()
@@ -362,11 +399,18 @@ class Reflector:
     # -- list --------------------------------------------------------------------------------------
 
     def _list(self) -> None:
-        records: dict[ObjectKey, KubeObject] = {}
+        held = self._versions
+        versions: dict[ObjectKey, str] = {}  # what will be held once the list is handed over
+        changed: list[KubeObject] = []
+        page_size = (
+            self.settings.endpoint_page_size
+            if self.kind in ENDPOINT_KINDS
+            else self.settings.page_size
+        )
         cont: str | None = None
         rv = ""
         while True:
-            params: dict[str, Any] = {"limit": self.settings.page_size}
+            params: dict[str, Any] = {"limit": page_size}
             if cont:
                 params["_continue"] = cont
             response = self._open(self.settings.read_timeout, **params)
@@ -379,37 +423,86 @@ class Reflector:
             page = json.loads(body)
             del body
             for item in page.get("items") or ():
-                record = self._trim(item)
-                if record is not None:
-                    records[record.key] = record
+                self._listed(item, held, versions, changed)
             meta = page.get("metadata") or {}
             rv = meta.get("resourceVersion") or rv
             cont = meta.get("continue") or None
+            del page
             if not cont:
                 break
         received_at = time.monotonic()
         if self._stop.is_set():
             raise _Stopped
-        if self.namespace is None:
-            self._sink.replace(self.layer, records.values(), [self.kind], received_at)
-        else:
-            gone = [key for key in self._keys if key not in records]
-            self._sink.apply(self.layer, records.values(), gone, received_at)
-        self._keys = set(records)
+        gone = [key for key in held if key not in versions]
+        self._hand_over(changed, gone, versions, received_at)
         self._rv = rv
         stats = self.stats
         if stats.lists:
             stats.relists += 1
         stats.lists += 1
-        stats.objects = len(self._keys)
+        stats.objects = len(versions)
         stats.resource_version = rv
         stats.last_sync = time.time()
         self._healthy()
-        log.debug("%s: listed %d objects at resourceVersion %s", self.name, len(records), rv)
+        log.debug(
+            "%s: listed %d objects at resourceVersion %s: %d new or changed, %d gone",
+            self.name,
+            len(versions),
+            rv,
+            len(changed),
+            len(gone),
+        )
         if not self._synced.is_set():
             self._synced.set()
             if self._on_synced is not None:
                 self._on_synced(self)
+
+    def _listed(
+        self,
+        item: Any,
+        held: dict[ObjectKey, str],
+        versions: dict[ObjectKey, str],
+        changed: list[KubeObject],
+    ) -> None:
+        """Note one listed item: unchanged since handed over (same resourceVersion), or trimmed
+        into `changed`. Either way it lands in `versions` unless trim refuses it."""
+        key = self._key(item) if isinstance(item, dict) else None
+        rv = _resource_version(item)
+        if key is not None and rv and held.get(key) == rv:
+            versions[key] = rv
+            return
+        record = self._trim(item)
+        if record is not None:
+            versions[record.key] = rv
+            changed.append(record)
+
+    def _hand_over(
+        self,
+        upserts: list[KubeObject],
+        deletes: list[ObjectKey],
+        versions: dict[ObjectKey, str],
+        received_at: float,
+    ) -> None:
+        """Send a list's changes to the sink, at most `batch_size` objects a call.
+
+        `self._versions` follows batch by batch, so it always says what the sink was given (and
+        ends equal to `versions`), even if a stop cuts the hand-over short.
+        """
+        size = max(1, self.settings.batch_size)
+        held = self._versions
+        u = d = 0
+        while u < len(upserts) or d < len(deletes):
+            if self._stop.is_set():
+                raise _Stopped
+            batch = upserts[u : u + size]
+            u += len(batch)
+            gone = deletes[d : d + size - len(batch)]
+            d += len(gone)
+            self._sink.apply(self.layer, batch, gone, received_at)
+            for record in batch:
+                held[record.key] = versions[record.key]
+            for key in gone:
+                held.pop(key, None)
 
     # -- watch -----------------------------------------------------------------------------------
 
@@ -477,11 +570,11 @@ class Reflector:
             if obj.get("code") in (410, 504):
                 return _End.EXPIRED
             raise _WatchError(f"watch error {obj.get('code')}: {obj.get('message')}")
-        rv = (obj.get("metadata") or {}).get("resourceVersion") or ""
+        rv = _resource_version(obj)
         if kind in ("ADDED", "MODIFIED"):
             record = self._trim(obj)
             if record is not None:
-                self._keys.add(record.key)
+                self._versions[record.key] = rv
                 self._sink.apply(self.layer, (record,), (), received_at)
             else:  # no longer of use to DNS (a slice turned FQDN, say): drop what we had
                 self._delete(self._key(obj), received_at)
@@ -492,12 +585,11 @@ class Reflector:
         if rv:
             self._rv = rv
             stats.resource_version = rv
-        stats.objects = len(self._keys)
+        stats.objects = len(self._versions)
         return None
 
     def _delete(self, key: ObjectKey | None, received_at: float) -> None:
-        if key is not None and key in self._keys:
-            self._keys.discard(key)
+        if key is not None and self._versions.pop(key, None) is not None:
             self._sink.apply(self.layer, (), (key,), received_at)
 
     # -- objects -------------------------------------------------------------------------------
@@ -511,7 +603,10 @@ class Reflector:
             return None
 
     def _key(self, obj: dict[str, Any]) -> ObjectKey | None:
-        meta = obj.get("metadata") or {}
+        """The key trim would give `obj`, without trimming it (None without a usable name)."""
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            return None
         name = meta.get("name")
         if not isinstance(name, str) or not name:
             return None
@@ -521,7 +616,74 @@ class Reflector:
 
 
 def _lines(response: Any) -> Iterator[tuple[bytes, float]]:
-    """The lines of a watch stream, each with the time.monotonic() at which it arrived."""
+    """The lines of a watch stream, each with the time.monotonic() at which it arrived.
+
+    Raises `ReadTimeoutError` when no byte came within the read timeout and `ProtocolError` when
+    the stream broke; returns when it ended cleanly.
+    """
+    fp = _raw_body(response)
+    if fp is not None:
+        return _chunked_lines(response, fp)
+    return _urllib3_lines(response)
+
+
+def _raw_body(response: Any) -> Any:
+    """The buffered socket file under a chunked urllib3 response whose body nobody has read yet,
+    or None when the stream must be left to urllib3 (not chunked, compressed, unknown internals).
+    """
+    if not getattr(response, "chunked", False):
+        return None
+    headers = getattr(response, "headers", None)
+    encoding = headers.get("content-encoding", "") if headers is not None else None
+    if encoding is None or encoding.strip().lower() not in ("", "identity"):
+        return None
+    # urllib3 1.26 and 2.x: `_fp` is the http.client response, whose `fp` is the socket file;
+    # `chunk_left` is None until urllib3 reads a chunk header.
+    if getattr(response, "chunk_left", 0) is not None:
+        return None
+    fp = getattr(getattr(response, "_fp", None), "fp", None)
+    if fp is None or not callable(getattr(fp, "read1", None)):
+        return None
+    return fp
+
+
+def _chunked_lines(response: Any, fp: Any) -> Iterator[tuple[bytes, float]]:
+    """Lines of a chunked body read from `fp` (see the module doc for why not through urllib3)."""
+    chunks = _Dechunker()
+    body = chunks.body
+    while not chunks.done:
+        try:
+            data = fp.read1(READ_SIZE)
+        except TimeoutError as exc:  # socket.timeout
+            pool: Any = getattr(response, "_pool", None)
+            raise ReadTimeoutError(pool, None, "Read timed out.") from exc
+        except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+            raise ProtocolError(f"Connection broken: {exc!r}", exc) from exc
+        received_at = time.monotonic()
+        if not data:
+            if chunks.ended:  # the last chunk came, only the final CRLF is missing: tolerated
+                break
+            where = "inside a chunk" if chunks.in_chunk else "before its last chunk"
+            raise ProtocolError(f"Connection broken: the watch stream ended {where}")
+        chunks.feed(data)
+        end = body.rfind(b"\n")
+        if end < 0:
+            continue
+        lines = bytes(body[:end]).split(b"\n")
+        del body[: end + 1]
+        for line in lines:
+            if line.strip():
+                yield line, received_at
+    if body.strip():
+        yield bytes(body), time.monotonic()
+    # Read to the end: close the http.client response as urllib3 does, so that the connection
+    # (still open) can go back to the pool and carry the next request.
+    with contextlib.suppress(Exception):
+        response._fp.close()
+
+
+def _urllib3_lines(response: Any) -> Iterator[tuple[bytes, float]]:
+    """Lines of a stream read through urllib3's own readers (the slower, general path)."""
     if response.chunked:
         chunks: Iterator[bytes] = response.stream(None)  # one chunk per event from the apiserver
     else:
@@ -539,6 +701,90 @@ def _lines(response: Any) -> Iterator[tuple[bytes, float]]:
                 yield line, received_at
     if tail.strip():
         yield tail, time.monotonic()
+
+
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+#: Longest chunk-size or trailer line accepted (urllib3's limit).
+_MAX_LINE = 1 << 16
+
+
+class _Dechunker:
+    """Undoes HTTP/1.1 chunked transfer-coding incrementally: `feed` it bytes as they come off
+    the socket, take the decoded body from `body` (a bytearray the caller may consume from the
+    front). `done` once the last (empty) chunk and the trailer section have been read.
+
+    Bad framing raises `ProtocolError`, as a broken connection does: the watch is opened again.
+    """
+
+    __slots__ = ("_left", "_state", "_wire", "body")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self._wire = b""  # received bytes not decoded yet (an incomplete line)
+        self._state = self._SIZE
+        self._left = 0  # bytes of the current chunk still to come
+
+    @property
+    def done(self) -> bool:
+        return self._state == self._DONE
+
+    @property
+    def ended(self) -> bool:
+        """The last chunk has been read (trailers or the final CRLF may be missing)."""
+        return self._state >= self._TRAILER
+
+    @property
+    def in_chunk(self) -> bool:
+        return self._state in (self._DATA, self._DATA_END)
+
+    def feed(self, data: bytes) -> None:
+        wire = self._wire + data if self._wire else data
+        size = len(wire)
+        pos = 0
+        state = self._state
+        while pos < size and state != self._DONE:
+            if state == self._DATA:
+                take = min(self._left, size - pos)
+                self.body += memoryview(wire)[pos : pos + take]
+                pos += take
+                self._left -= take
+                if not self._left:
+                    state = self._DATA_END
+                continue
+            eol = wire.find(b"\n", pos)
+            if eol < 0:
+                if size - pos > (2 if state == self._DATA_END else _MAX_LINE):
+                    self._state = self._DONE
+                    raise ProtocolError(
+                        f"Connection broken: bad chunked framing {wire[pos : pos + 20]!r}"
+                    )
+                break
+            line = wire[pos:eol].rstrip(b"\r")
+            pos = eol + 1
+            if state == self._SIZE:
+                digits = line.split(b";", 1)[0].strip()
+                if not _HEX.fullmatch(digits):
+                    self._state = self._DONE
+                    raise ProtocolError(f"Connection broken: invalid chunk length {line[:20]!r}")
+                self._left = int(digits, 16)
+                state = self._DATA if self._left else self._TRAILER
+            elif state == self._DATA_END:
+                if line:
+                    self._state = self._DONE
+                    raise ProtocolError("Connection broken: a chunk is longer than it said")
+                state = self._SIZE
+            elif not line:  # _TRAILER: an empty line ends the trailer section and the body
+                state = self._DONE
+        self._state = state
+        self._wire = wire[pos:] if pos < size else b""
+
+
+def _resource_version(obj: Any) -> str:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    return rv if isinstance(rv, str) else ""
 
 
 def _name(obj: Any) -> str:

@@ -230,8 +230,8 @@ class Store:
         self._layers: dict[str, _Layer] = {}
         self._views: dict[ServiceKey, ServiceView] = {}
         self._owner: dict[ServiceKey, str] = {}
-        self._cluster_ptr: dict[str, list[ServiceKey]] = {}
-        self._endpoint_ptr: dict[str, list[tuple[str, str, str]]] = {}
+        self._cluster_ptr: dict[str, ServiceKey | list[ServiceKey]] = {}
+        self._endpoint_ptr: dict[str, tuple[str, str, str] | list[tuple[str, str, str]]] = {}
         self._listeners: list[Listener] = []
         self._conflicts_warned: set[ServiceKey] = set()
         self.generation = 0
@@ -407,11 +407,11 @@ class Store:
 
     def services_by_cluster_ip(self, ip: str) -> list[ServiceKey]:
         """Services that have `ip` among their ClusterIPs, sorted."""
-        return sorted(self._cluster_ptr.get(ip, ()))
+        return sorted(_values(self._cluster_ptr, ip))
 
     def endpoints_by_ip(self, ip: str) -> list[tuple[str, str, str]]:
         """(namespace, service, endpoint name) of every ready endpoint with address `ip`."""
-        return sorted(self._endpoint_ptr.get(ip, ()))
+        return sorted(_values(self._endpoint_ptr, ip))
 
     def views(self) -> Iterator[ServiceView]:
         """Every service view, in (namespace, name) order."""
@@ -430,17 +430,31 @@ class Store:
         return list(self._layers[owner].by_service.get((namespace, service), {}).values())
 
 
-def _edit(index: dict[str, list[_T]], ip: str, value: _T, remove: bool) -> None:
+def _edit(index: dict[str, _T | list[_T]], ip: str, value: _T, remove: bool) -> None:
+    # Nearly every address belongs to one service: keep that one value itself, and a list only
+    # for the rare address with several (a list per address cost 5 MB per 100,000 endpoints).
     bucket = index.get(ip)
     if remove:
-        if bucket is not None and value in bucket:
+        if bucket == value:
+            del index[ip]
+        elif isinstance(bucket, list) and value in bucket:
             bucket.remove(value)
-            if not bucket:
-                del index[ip]
+            if len(bucket) == 1:
+                index[ip] = bucket[0]
     elif bucket is None:
-        index[ip] = [value]
-    elif value not in bucket:
-        bucket.append(value)
+        index[ip] = value
+    elif isinstance(bucket, list):
+        if value not in bucket:
+            bucket.append(value)
+    elif bucket != value:
+        index[ip] = [bucket, value]
+
+
+def _values(index: dict[str, _T | list[_T]], ip: str) -> list[_T]:
+    bucket = index.get(ip)
+    if bucket is None:
+        return []
+    return list(bucket) if isinstance(bucket, list) else [bucket]
 
 
 class Sink(Protocol):

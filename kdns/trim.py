@@ -12,6 +12,7 @@ file and position and the watch counts as an error for that object.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,19 +83,21 @@ def as_protocol(value: Any, what: str) -> str:
 
 def as_ip(value: Any, what: str) -> str:
     """An IP address in canonical form (PTR lookups compare canonical forms)."""
-    text = as_str(value, what)
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise TrimError(f"{what} is not an IP address: {value!r}") from None
+    canonical = canonical_ip(as_str(value, what))
+    if canonical is None:
+        raise TrimError(f"{what} is not an IP address: {value!r}")
+    return canonical
 
 
 def canonical_ip(text: str) -> str | None:
     """`text` as a canonical IP address, or None when it is not one."""
     try:
-        return str(ipaddress.ip_address(text))
+        canonical = str(ipaddress.ip_address(text))
     except ValueError:
         return None
+    # Keep the string we were given when it is already canonical (nearly always): one string
+    # per address rather than two.
+    return text if canonical == text else canonical
 
 
 def metadata(obj: Json) -> tuple[str, str]:
@@ -199,7 +202,7 @@ def endpoint_slice(obj: Json) -> EndpointSet | None:
                 addresses=addresses,
                 hostname=as_str(ep.get("hostname"), f"endpoints[{i}].hostname"),
                 ready=ready,
-                node_name=as_str(ep.get("nodeName"), f"endpoints[{i}].nodeName"),
+                node_name=sys.intern(as_str(ep.get("nodeName"), f"endpoints[{i}].nodeName")),
                 target=_target(ep.get("targetRef")),
             )
         )
@@ -241,8 +244,8 @@ def endpoints(obj: Json) -> EndpointSet:
                             addr.get("hostname"), f"subsets[{i}].{field}[{j}].hostname"
                         ),
                         ready=ready,
-                        node_name=as_str(
-                            addr.get("nodeName"), f"subsets[{i}].{field}[{j}].nodeName"
+                        node_name=sys.intern(
+                            as_str(addr.get("nodeName"), f"subsets[{i}].{field}[{j}].nodeName")
                         ),
                         target=_target(addr.get("targetRef")),
                     )
