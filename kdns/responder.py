@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from dnslib import QTYPE, RCODE, DNSLabel
 
 from .answers import Answer, Engine
+from .bulk import encode_bulk
 from .store import Store
 from .wire import (
     DEFAULT_MAX_UDP,
@@ -243,10 +244,16 @@ class Responder:
         return _assemble(query.data, entry, 12 + len(query.name) + 4, limit, query.edns)
 
     def _answer(self, query: Query) -> _Entry:
-        answer = self.resolve(query)
-        response = encode(query, answer, max_udp=self.max_udp)
-        if len(response) > 65535:
-            response = _fit(query, answer, self.max_udp)
+        # Large positive answers (a service's addresses, SRV) are written straight from the
+        # store, byte for byte what the engine and dnslib give (kdns/bulk.py); None: the rest.
+        response = encode_bulk(self.engine, query, self.max_udp)
+        if response is not None:
+            answer = Answer()  # NOERROR, nothing that needs a serial or a wider cache tag
+        else:
+            answer = self.resolve(query)
+            response = encode(query, answer, max_udp=self.max_udp)
+            if len(response) > 65535:
+                response = _fit(query, answer, self.max_udp)
         entry = _Entry(response, answer.rcode)
         self.count(answer.rcode)
         last = (answer.additional or answer.authority or answer.answer or [None])[-1]

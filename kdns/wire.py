@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib.label import DNSBuffer, DNSLabelError
 
 from .answers import Answer
 
@@ -208,6 +209,43 @@ def parse_query(data: bytes) -> Query:
     return Query(id_, flags, name, qtype, qclass, edns, payload, do, key, data)
 
 
+class _Buffer(DNSBuffer):  # type: ignore[misc]
+    """dnslib's buffer, except that names written past offset 0x3FFF are not offered for
+    compression: a pointer has 14 bits, and dnslib would silently cut the offset (answers over
+    16 KiB, such as SRV for hundreds of endpoints with hostnames, came out corrupt)."""
+
+    def encode_name(self, name: DNSLabel | str) -> None:
+        if not isinstance(name, DNSLabel):
+            name = DNSLabel(name)
+        if len(name) > 253:
+            raise DNSLabelError(f"Domain label too long: {name!r}")
+        labels = list(name.label)
+        while labels:
+            key = tuple(labels)
+            if key in self.names:
+                self.pack("!H", 0xC000 | self.names[key])
+                return
+            if self.offset < 0x4000:
+                self.names[key] = self.offset
+            element = labels.pop(0)
+            if len(element) > 63:
+                raise DNSLabelError(f"Label component too long: {element!r}")
+            self.pack("!B", len(element))
+            self.append(element)
+        self.append(b"\x00")
+
+
+def _pack(record: DNSRecord) -> bytes:
+    """`record.pack()` with `_Buffer`."""
+    record.set_header_qa()
+    buffer = _Buffer()
+    record.header.pack(buffer)
+    for section in (record.questions, record.rr, record.auth, record.ar):
+        for item in section:
+            item.pack(buffer)
+    return bytes(buffer.data)
+
+
 def encode(query: Query, answer: Answer, *, max_udp: int = DEFAULT_MAX_UDP) -> bytes:
     """The full response to `query`, with the question in the case it was asked."""
     header = DNSHeader(
@@ -225,7 +263,7 @@ def encode(query: Query, answer: Answer, *, max_udp: int = DEFAULT_MAX_UDP) -> b
         record.add_auth(rr)
     for rr in answer.additional:
         record.add_ar(rr)
-    packed = bytearray(record.pack())
+    packed = bytearray(_pack(record))
     if query.flags & CD:
         packed[3] |= CD & 0xFF
     if query.edns:
