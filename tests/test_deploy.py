@@ -144,8 +144,8 @@ def test_container_args_ports_and_probes() -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
     assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8080}
     res = c["resources"]
-    assert res["requests"] == {"cpu": "100m", "memory": "64Mi"}
-    assert res["limits"] == {"memory": "256Mi"}  # no CPU limit: throttling adds latency
+    assert res["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    assert res["limits"] == {"memory": "384Mi"}  # no CPU limit: throttling adds latency
 
 
 def test_security_context() -> None:
