@@ -677,7 +677,8 @@ def _chunked_lines(response: Any, fp: Any) -> Iterator[tuple[bytes, float]]:
     if body.strip():
         yield bytes(body), time.monotonic()
     # Read to the end: close the http.client response as urllib3 does, so that the connection
-    # (still open) can go back to the pool and carry the next request.
+    # (still open) can go back to the pool and carry the next request. (The urllib3 response's
+    # finaliser would close it too, but only once the response is collected.)
     with contextlib.suppress(Exception):
         response._fp.close()
 

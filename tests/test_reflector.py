@@ -10,16 +10,24 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import random
+import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from urllib3.exceptions import ProtocolError
 
+import kdns.reflector
 from kdns.cluster import load_api_client
-from kdns.reflector import Reflector, WatchSettings, backoff_delay
+from kdns.model import KubeObject, ObjectKey
+from kdns.reflector import Reflector, WatchSettings, _Dechunker, backoff_delay
+from kdns.store import Sink
+from kdns.trim import trim as real_trim
+from tests import apiserver
 from tests.apiserver import (
     FAST,
     TOKEN,
@@ -60,8 +68,16 @@ def start(client: Any, store: LoopStore) -> Iterator[Start]:
     """Start a reflector into `store`; every one is stopped at the end of the test."""
     started: list[Reflector] = []
 
-    def run(kind: str = "Service", *, settings: WatchSettings = FAST, **kw: Any) -> Reflector:
-        reflector = Reflector(kind, store.sink, store.layer, client, settings=settings, **kw)
+    def run(
+        kind: str = "Service",
+        *,
+        settings: WatchSettings = FAST,
+        sink: Sink | None = None,
+        **kw: Any,
+    ) -> Reflector:
+        reflector = Reflector(
+            kind, sink or store.sink, store.layer, client, settings=settings, **kw
+        )
         reflector.start()
         started.append(reflector)
         return reflector
@@ -283,6 +299,348 @@ def test_slice_with_null_endpoints_and_slice_that_stops_counting(
     api.apply(fqdn)  # no longer a slice DNS can use: what it said before must go
     wait_for(lambda: store.endpoint_addresses("db") == [], what="FQDN slice dropped")
     assert slices.stats.objects == 0
+
+
+# -- the watch stream read by hand -----------------------------------------------------------------
+
+
+@dataclass
+class Framing:
+    """How the double frames the bytes of its watch streams (patched over its `_chunk`).
+
+    `group`: events per chunk (held back until that many are queued, or the stream ends).
+    `torture`: each event sent as three chunks (the second with a chunk extension), the last
+    holding only the newline, and the bytes written in six pieces with pauses between, cut inside
+    a size line, inside data and inside a CRLF. `cut`: after `cut_after` more events, write only
+    part of the next event's chunk ("size": one byte of its size line, "data": half the chunk,
+    "crlf": all but the CRLF after the data) and drop the connection.
+    """
+
+    group: int = 1
+    torture: bool = False
+    cut: str | None = None
+    cut_after: int = 0
+    last_write: float = 0.0  # time.monotonic() just before the last write began
+    ports: set[int] = field(default_factory=set)  # client ports of the streams written to
+    pending: dict[int, list[bytes]] = field(default_factory=dict)
+
+    def chunk(self, handler: Any, data: bytes) -> None:
+        if not data:  # the end of the stream: what is held back goes first
+            held = self.pending.pop(id(handler), [])
+            if held:
+                self._write(handler, _frame(b"".join(held)))
+            self._write(handler, _frame(b""))
+            return
+        if self.group > 1:
+            queue = self.pending.setdefault(id(handler), [])
+            queue.append(data)
+            if len(queue) < self.group:
+                return
+            data = b"".join(queue)
+            queue.clear()
+        if self.cut is not None:
+            if self.cut_after > 0:
+                self.cut_after -= 1
+            else:
+                how, self.cut = self.cut, None
+                wire = _frame(data)
+                cut = {"size": 1, "data": len(wire) // 2, "crlf": len(wire) - 2}[how]
+                self._write(handler, wire[:cut])
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                handler.close_connection = True
+                raise ConnectionAbortedError("cut on purpose")
+        if not self.torture:
+            self._write(handler, _frame(data))
+            return
+        half = len(data) // 2
+        wire = (
+            b"%x;kdns=test\r\n%s\r\n" % (half, data[:half])
+            + _frame(data[half:-1])
+            + _frame(data[-1:])  # the newline alone
+        )
+        size_line = wire.index(b"\r\n")
+        cuts = [1, size_line + 1, size_line + 2 + half // 2, len(wire) // 2 + 1, len(wire) - 3]
+        for a, b in itertools.pairwise([0, *cuts, len(wire)]):
+            self._write(handler, wire[a:b])
+            time.sleep(0.01)
+
+    def _write(self, handler: Any, data: bytes) -> None:
+        self.last_write = time.monotonic()  # before: the reader may have it before write returns
+        handler.wfile.write(data)
+        self.ports.add(handler.client_address[1])
+
+
+def _frame(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@pytest.fixture
+def framing(monkeypatch: pytest.MonkeyPatch) -> Framing:
+    """Reframe the double's watch streams, and make sure the reflector reads them by hand."""
+    frames = Framing()
+    monkeypatch.setattr(
+        apiserver._Handler, "_chunk", lambda handler, data: frames.chunk(handler, data)
+    )
+
+    def slow_path(response: Any) -> Iterator[tuple[bytes, float]]:
+        raise AssertionError("the watch stream was left to urllib3")
+
+    monkeypatch.setattr(kdns.reflector, "_urllib3_lines", slow_path)
+    return frames
+
+
+def test_lines_split_across_chunks_and_reads_arrive_whole_when_complete(
+    api: FakeApiServer, store: LoopStore, start: Start, framing: Framing
+) -> None:
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    reflector = synced(start())
+    wait_for(lambda: api.open_watches() == 1, what="the watch")
+    mark = count(store)
+    framing.torture = True
+    api.apply(service("web", cluster_ip="10.96.0.11"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.11"], what="the event in pieces")
+    [change] = changes_since(store, mark)
+    assert change.received_at is not None
+    # Stamped when its last piece arrived, not its first (the pieces are 50 ms apart).
+    assert change.received_at >= framing.last_write
+
+    framing.torture = False
+    framing.group = 3
+    with api._cond:  # three events the stream thread finds at once: one chunk
+        api.apply(service("a", cluster_ip="10.96.0.1"))
+        api.apply(service("b", cluster_ip="10.96.0.2"))
+        api.apply(service("web", cluster_ip="10.96.0.12"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.12"], what="three events in a chunk")
+    assert store.service_names() == {"web", "a", "b"}
+    assert reflector.stats.events == {"MODIFIED": 2, "ADDED": 2}
+    assert reflector.stats.errors == 0, reflector.stats.last_error
+    assert reflector.resource_version == str(api.resource_version)
+
+
+def test_clean_end_of_a_hand_read_stream_reuses_the_connection(
+    api: FakeApiServer, store: LoopStore, start: Start, framing: Framing
+) -> None:
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    framing.group = 2  # the last event of each stream is held back to the empty chunk
+    reflector = synced(start(settings=replace(FAST, watch_timeout=(1, 1))))
+    api.apply(service("web", cluster_ip="10.96.0.11"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.11"], timeout=3, what="flushed at end")
+    wait_for(lambda: reflector.stats.watches >= 3, timeout=5, what="watches ending cleanly")
+    assert reflector.stats.errors == 0, reflector.stats.last_error
+    assert reflector.stats.lists == 1
+    # Every watch on one connection: each stream was read to its end and the connection went
+    # back to the pool (one dropped instead would show as a new client port).
+    assert len(framing.ports) == 1
+
+
+@pytest.mark.parametrize("where", ["size", "data", "crlf"])
+def test_stream_cut_mid_chunk_keeps_the_whole_lines_and_rewatches(
+    api: FakeApiServer, store: LoopStore, start: Start, framing: Framing, where: str
+) -> None:
+    api.apply_all([service("a", cluster_ip="10.96.0.1"), service("b", cluster_ip="10.96.0.2")])
+    reflector = synced(start())
+    wait_for(lambda: api.open_watches() == 1, what="the watch")
+    framing.cut, framing.cut_after = where, 1  # the first event whole, the second cut
+    with api._cond:
+        api.apply(service("a", cluster_ip="10.96.0.11"))
+        api.apply(service("b", cluster_ip="10.96.0.22"))
+    wait_for(lambda: store.addresses("b") == ["10.96.0.22"], what="the cut event, again or whole")
+    assert store.addresses("a") == ["10.96.0.11"]
+    assert reflector.stats.errors == 1
+    assert "broke" in reflector.stats.last_error
+    # Whole lines are never read twice, half lines never once: each event applied once.
+    assert reflector.stats.events == {"MODIFIED": 2}
+    assert reflector.stats.lists == 1
+
+
+def test_streams_urllib3_cannot_hand_over_are_read_through_it(
+    api: FakeApiServer, store: LoopStore, start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kdns.reflector, "_raw_body", lambda response: None)
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    reflector = synced(start())
+    api.apply(service("web", cluster_ip="10.96.0.11"))
+    wait_for(lambda: store.addresses("web") == ["10.96.0.11"], what="the event")
+    assert reflector.stats.errors == 0
+
+
+def _dechunk(wire: bytes, pieces: Iterable[int]) -> tuple[bytes, _Dechunker]:
+    decoder = _Dechunker()
+    at = 0
+    for size in pieces:
+        decoder.feed(wire[at : at + size])
+        at += size
+    decoder.feed(wire[at:])
+    return bytes(decoder.body), decoder
+
+
+def test_dechunker_any_framing_any_reads() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400)))
+        wire, at = b"", 0
+        while at < len(body):
+            size = rng.randint(1, 60)
+            ext = b";a=b" if rng.random() < 0.2 else b""
+            wire += b"%X%s\r\n%s\r\n" % (len(body[at : at + size]), ext, body[at : at + size])
+            at += size
+        wire += b"0\r\nx-trailer: 1\r\n\r\n" if rng.random() < 0.5 else b"0\r\n\r\n"
+        pieces = [rng.randint(1, 30) for _ in range(len(wire) // 10)]
+        out, decoder = _dechunk(wire, pieces)
+        assert out == body
+        assert decoder.done
+
+
+def test_dechunker_states_and_framing_errors() -> None:
+    out, decoder = _dechunk(b"5\r\nhel", [])
+    assert out == b"hel" and decoder.in_chunk and not decoder.ended
+    out, decoder = _dechunk(b"3\r\nabc\r\n0\r\n", [])
+    assert out == b"abc" and decoder.ended and not decoder.done
+    for bad in (b"zz\r\n", b"-1\r\n", b"\r\n", b"3\r\nabcdef\r\n", b"1" * 70000):
+        with pytest.raises(ProtocolError):
+            _dechunk(bad, [])
+
+
+# -- relists ---------------------------------------------------------------------------------------
+
+
+class RecordingSink:
+    """The store's `LoopSink`, noting every call a reflector makes."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.calls: list[tuple[str, list[ObjectKey], list[ObjectKey]]] = []
+
+    def apply(
+        self,
+        layer: str,
+        upserts: Iterable[KubeObject] = (),
+        deletes: Iterable[ObjectKey] = (),
+        received_at: float | None = None,
+    ) -> object:
+        upserts, deletes = list(upserts), list(deletes)
+        self.calls.append(("apply", [o.key for o in upserts], deletes))
+        return self.sink.apply(layer, upserts, deletes, received_at)
+
+    def replace(
+        self,
+        layer: str,
+        objects: Iterable[KubeObject],
+        kinds: Collection[str] | None = None,
+        received_at: float | None = None,
+    ) -> object:
+        objects = list(objects)
+        self.calls.append(("replace", [o.key for o in objects], []))
+        return self.sink.replace(layer, objects, kinds, received_at)
+
+    def set_synced(self, layer: str, synced: bool = True) -> None:
+        self.sink.set_synced(layer, synced)
+
+
+def svc_key(name: str, ns: str = "default") -> ObjectKey:
+    return ("Service", ns, name)
+
+
+@pytest.mark.parametrize("scope", [None, "default"], ids=["cluster-wide", "namespaced"])
+def test_relist_sends_only_changes_in_batches_and_nothing_disappears(
+    api: FakeApiServer,
+    store: LoopStore,
+    start: Start,
+    monkeypatch: pytest.MonkeyPatch,
+    scope: str | None,
+) -> None:
+    keep = {f"keep-{i}": f"10.96.1.{i}" for i in range(4)}
+    api.apply_all([service(n, cluster_ip=ip) for n, ip in keep.items()])
+    api.apply_all([service(f"change-{i}", cluster_ip=f"10.96.2.{i}") for i in range(2)])
+    api.apply_all([service(f"gone-{i}", cluster_ip=f"10.96.3.{i}") for i in range(3)])
+    api.apply(service("web", "other", cluster_ip="10.96.9.9"))
+    sink = RecordingSink(store.sink)
+    settings = replace(FAST, batch_size=2)
+    reflector = synced(start(settings=settings, sink=sink, namespace=scope))
+    if scope is not None:  # the other namespace's own reflector, whose objects stay untouched
+        synced(start(namespace="other"))
+    held = 10 if scope is None else 9
+    assert reflector.stats.objects == held
+    first = list(sink.calls)
+    assert [c[0] for c in first] == ["apply"] * 5, "the first list, two objects a call"
+    assert all(len(up) + len(down) <= 2 for _, up, down in first)
+
+    trimmed: list[Any] = []
+
+    def counting_trim(kind: str, obj: Any) -> Any:
+        trimmed.append(obj["metadata"]["name"])
+        return real_trim(kind, obj)
+
+    monkeypatch.setattr(kdns.reflector, "trim", counting_trim)
+    mark = count(store)
+    calls = len(sink.calls)
+    block = api.inject(Fault(503, times=None, resource="services", watch=True))
+    api.cut_watches()
+    wait_for(lambda: reflector.stats.errors >= 2, what="the reflector to be locked out")
+    api.apply_all([service(f"change-{i}", cluster_ip=f"10.96.2.{i + 100}") for i in range(2)])
+    for i in range(3):
+        api.delete("Service", f"gone-{i}")
+    api.apply(service("new-0", cluster_ip="10.96.4.0"))
+    api.compact()
+    api.remove(block)
+    wait_for(lambda: reflector.stats.relists == 1, what="the relist")
+
+    relist = sink.calls[calls:]
+    sent = [key for _, up, _ in relist for key in up]
+    deleted = [key for _, _, down in relist for key in down]
+    assert sorted(sent) == [svc_key("change-0"), svc_key("change-1"), svc_key("new-0")]
+    assert sorted(deleted) == [svc_key(f"gone-{i}") for i in range(3)]
+    assert sorted(trimmed) == ["change-0", "change-1", "new-0"], "unchanged items not trimmed"
+    assert len(relist) == 3 and all(len(up) + len(down) <= 2 for _, up, down in relist)
+    assert reflector.stats.objects == held - 2
+
+    expected = {**keep, "change-0": "10.96.2.100", "change-1": "10.96.2.101", "new-0": "10.96.4.0"}
+    assert store.service_names("default") == set(expected)
+    assert all(store.addresses(name) == [ip] for name, ip in expected.items())
+    assert store.addresses("web", "other") == ["10.96.9.9"]
+    seen = changes_since(store, mark)
+    assert len(seen) == 3, "one store change per batch"
+    for change in seen:  # never a moment without the names that did not change
+        for name, ip in keep.items():
+            assert change.services[("default", name)] == (ip,)
+        assert change.services[("other", "web")] == ("10.96.9.9",)
+        for i in range(2):
+            assert change.services[("default", f"change-{i}")] in (
+                (f"10.96.2.{i}",),
+                (f"10.96.2.{i + 100}",),
+            )
+
+
+def test_relist_drops_what_trim_now_refuses(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    api.apply(service("db", cluster_ip="None"))
+    api.apply(endpoint_slice("db-x1", "db", endpoints=["10.1.0.5"]))
+    synced(start("Service"))
+    slices = synced(start("EndpointSlice"))
+    block = api.inject(Fault(503, times=None, resource="endpointslices", watch=True))
+    api.cut_watches()
+    wait_for(lambda: slices.stats.errors >= 2, what="the reflector to be locked out")
+    api.apply(endpoint_slice("db-x1", "db", endpoints=["10.1.0.5"], address_type="FQDN"))
+    api.compact()
+    api.remove(block)
+    wait_for(lambda: slices.stats.relists == 1, what="the relist")
+    assert store.endpoint_addresses("db") == []
+    assert slices.stats.objects == 0
+
+
+def test_endpoint_kinds_are_listed_in_their_own_page_size(
+    api: FakeApiServer, store: LoopStore, start: Start
+) -> None:
+    assert WatchSettings().page_size == 500 and WatchSettings().endpoint_page_size == 50
+    api.apply(service("db", cluster_ip="None"))
+    api.apply_all([endpoint_slice(f"db-{i}", "db", endpoints=[f"10.1.0.{i}"]) for i in range(7)])
+    settings = replace(FAST, page_size=5, endpoint_page_size=3)
+    synced(start("Service", settings=settings))
+    synced(start("EndpointSlice", settings=settings))
+    assert store.endpoint_addresses("db") == [f"10.1.0.{i}" for i in range(7)]
+    assert [r.query["limit"] for r in api.requests("services", watch=False)] == ["5"]
+    assert [r.query["limit"] for r in api.requests("endpointslices", watch=False)] == ["3"] * 3
 
 
 # -- failures --------------------------------------------------------------------------------------
