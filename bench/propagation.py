@@ -124,7 +124,7 @@ def main() -> None:
             sys.exit("the cluster source did not sync within 60 s")
         sync = time.monotonic() - began
         objects = args.services + (args.services - half) + 1
-        print(f"initial sync: {objects} objects in {sync * 1000:.0f} ms (lists of 500)")
+        print(f"initial sync: {objects} objects in {sync * 1000:.0f} ms")
 
         total = int(args.rate * args.seconds)
         start = time.monotonic()
