@@ -234,7 +234,7 @@ class Engine:
                 return nxdomain()
             if len(parts) == 1:
                 return nodata()
-            address = _pod_address(parts[0])
+            address = pod_address(parts[0])
             if address is None:
                 return nxdomain()
             records = self._address_records(qname, [address], qtype)
@@ -339,28 +339,10 @@ class Engine:
 
         None when nothing matches: for the `_port._proto` form that means NXDOMAIN.
         """
-        svc = view.service
-        # (target, port, addresses of the target)
-        found: dict[tuple[str, int], list[str]] = {}
-        if svc.headless:
-            for ep in view.ready:
-                for p in ep.ports:
-                    if port_name is not None and (
-                        not p.name or p.name.lower() != port_name or p.protocol != proto
-                    ):
-                        continue
-                    target = f"{ep.name}.{fqdn}"
-                    found.setdefault((target, p.port), [])
-                    addrs = found[(target, p.port)]
-                    if ep.address not in addrs:
-                        addrs.append(ep.address)
-        else:
-            for sp in svc.ports:
-                if port_name is not None and (
-                    not sp.name or sp.name.lower() != port_name or sp.protocol != proto
-                ):
-                    continue
-                found.setdefault((fqdn, sp.port), list(svc.cluster_ips))
+        found = {
+            (f"{name}.{fqdn}" if name is not None else fqdn, port): addresses
+            for (name, port), addresses in srv_targets(view, port_name, proto).items()
+        }
         if not found:
             return None
         weight = max(1, 100 // len(found))
@@ -433,6 +415,36 @@ class Engine:
         return Answer(answer=[RR(qname, QTYPE.PTR, ttl=self.ttl, rdata=PTR(t)) for t in targets])
 
 
+def srv_targets(
+    view: ServiceView, port_name: str | None, proto: str | None
+) -> dict[tuple[str | None, int], list[str]]:
+    """The SRV records of a service, before they are records: (endpoint name, port) for a
+    headless service, (None, port) for the service itself, each with the target's addresses, in
+    answer order and deduplicated. `port_name` None means every port (the compatibility form);
+    otherwise only named ports of that name and protocol match.
+    """
+    svc = view.service
+    found: dict[tuple[str | None, int], list[str]] = {}
+    if svc.headless:
+        for ep in view.ready:
+            for p in ep.ports:
+                if port_name is not None and (
+                    not p.name or p.name.lower() != port_name or p.protocol != proto
+                ):
+                    continue
+                addrs = found.setdefault((ep.name, p.port), [])
+                if ep.address not in addrs:
+                    addrs.append(ep.address)
+    else:
+        for sp in svc.ports:
+            if port_name is not None and (
+                not sp.name or sp.name.lower() != port_name or sp.protocol != proto
+            ):
+                continue
+            found.setdefault((None, sp.port), list(svc.cluster_ips))
+    return found
+
+
 def _text(label: bytes) -> str:
     # latin-1 maps every byte to one character, so odd bytes never raise and never collide.
     return label.decode("latin-1")
@@ -445,7 +457,7 @@ def _protocols(view: ServiceView) -> set[str]:
     return {p.protocol.lower() for p in svc.ports if p.name}
 
 
-def _pod_address(label: str) -> str | None:
+def pod_address(label: str) -> str | None:
     """The address a pod label spells: `10-0-0-1`, or `2001-db8--1` for IPv6."""
     if not label or label.strip("0123456789abcdef-"):
         return None  # nothing but hex digits and dashes (no scope ids, no dots)

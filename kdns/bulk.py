@@ -37,7 +37,7 @@ from functools import lru_cache
 
 from dnslib import AAAA, A
 
-from .answers import Cluster, Engine
+from .answers import Cluster, Engine, srv_targets
 from .model import ip_family
 from .store import ServiceView
 from .wire import CD, DEFAULT_MAX_UDP, HEADER, RD, Query, opt_record
@@ -199,26 +199,8 @@ def _srv(
     svc = view.service
     fqdn = f"{svc.name}.{svc.namespace}.svc.{domain}."
     # The engine keys on (target, port) with target `<endpoint name>.<fqdn>`, or `<fqdn>` for a
-    # ClusterIP service. Within one service fqdn is fixed, so (endpoint name, port) and
-    # (None, port) are the same keys in the same order, without building the strings.
-    found: dict[tuple[str | None, int], list[str]] = {}
-    if svc.headless:
-        for ep in view.ready:
-            for p in ep.ports:
-                if port_name is not None and (
-                    not p.name or p.name.lower() != port_name or p.protocol != proto
-                ):
-                    continue
-                addrs = found.setdefault((ep.name, p.port), [])
-                if ep.address not in addrs:
-                    addrs.append(ep.address)
-    else:
-        for sp in svc.ports:
-            if port_name is not None and (
-                not sp.name or sp.name.lower() != port_name or sp.protocol != proto
-            ):
-                continue
-            found.setdefault((None, sp.port), list(svc.cluster_ips))
+    # ClusterIP service; both come from the same `srv_targets`, in the same order.
+    found = srv_targets(view, port_name, proto)
     if not found:
         return None
     weight = max(1, 100 // len(found))

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
-from .answers import REVERSE_ZONES, SCHEMA_VERSION, Answer, Cluster, Engine
+from .answers import REVERSE_ZONES, SCHEMA_VERSION, Answer, Cluster, Engine, pod_address
 from .model import EndpointSet, ObjectKey, ip_family
 from .store import ServiceView, Store
 
@@ -149,25 +149,13 @@ def _why_pod(engine: Engine, store: Store, parts: tuple[str, ...]) -> str:
         return f"NXDOMAIN: no namespace {ns!r}"
     if len(parts) == 1:
         return f"NODATA: namespace {ns} exists but has no records of its own"
-    address = _pod_address(parts[0])
+    address = pod_address(parts[0])
     if address is None:
         return f"NXDOMAIN: {parts[0]!r} does not spell an IP address (a-b-c-d, or dashes for IPv6)"
     return (
         f"pod record: the address {address} spelled in the name, in namespace {ns} "
         "(--pods insecure answers any such name without checking that the pod exists)"
     )
-
-
-def _pod_address(label: str) -> str | None:
-    candidates = [label.replace("-", ":")]
-    if label.count("-") == 3 and "--" not in label:
-        candidates.insert(0, label.replace("-", "."))
-    for text in candidates:
-        try:
-            return str(ipaddress.ip_address(text))
-        except ValueError:
-            continue
-    return None
 
 
 def _describe(view: ServiceView) -> str:
