@@ -84,7 +84,7 @@ from typing import Any
 from kubernetes.client import ApiClient, ApiException, CoreV1Api, DiscoveryV1Api
 from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, ReadTimeoutError
 
-from .model import KubeObject, ObjectKey
+from .model import EndpointSet, KubeObject, ObjectKey
 from .store import Sink
 from .trim import TrimError, trim
 
@@ -152,6 +152,8 @@ class WatchSettings:
     endpoint_page_size: int = 50
     #: Most objects (upserts plus deletes) handed to the sink in one call when a list is applied.
     batch_size: int = 200
+    #: ...and at most about this many endpoints a call (see `_hand_over`).
+    batch_endpoints: int = 1000
     #: `timeoutSeconds` of each watch, drawn uniformly from this range (client-go's 5-10 min), so
     #: the watches of many replicas do not all end at once.
     watch_timeout: tuple[int, int] = (300, 600)
@@ -489,13 +491,21 @@ class Reflector:
         ends equal to `versions`), even if a stop cuts the hand-over short.
         """
         size = max(1, self.settings.batch_size)
+        weight_cap = max(1, self.settings.batch_endpoints)
         held = self._versions
         u = d = 0
         while u < len(upserts) or d < len(deletes):
             if self._stop.is_set():
                 raise _Stopped
-            batch = upserts[u : u + size]
-            u += len(batch)
+            # A batch ends at `batch_size` objects or `batch_endpoints` endpoints, whichever
+            # comes first: the loop rebuilds a view per touched service, and 200 slices of 100
+            # endpoints in one callback held queries for tens of milliseconds.
+            end, weight = u, 0
+            while end < len(upserts) and end - u < size and weight < weight_cap:
+                weight += _weight(upserts[end])
+                end += 1
+            batch = upserts[u:end]
+            u = end
             gone = deletes[d : d + size - len(batch)]
             d += len(gone)
             self._sink.apply(self.layer, batch, gone, received_at)
@@ -613,6 +623,13 @@ class Reflector:
         if self.kind == "Namespace":
             return ("Namespace", "", name)
         return (self.kind, meta.get("namespace") or "default", name)
+
+
+def _weight(record: KubeObject) -> int:
+    """How much work a record is for the store: its endpoints, at least 1."""
+    if isinstance(record, EndpointSet):
+        return max(1, sum(len(subset.endpoints) for subset in record.subsets))
+    return 1
 
 
 def _lines(response: Any) -> Iterator[tuple[bytes, float]]:

@@ -160,8 +160,12 @@ class DnsServer:
         await self._wait_synced()
         # What is loaded now lives as long as the server: take it out of the cyclic collector's
         # view, so full collections (which at 100,000 endpoints took 100-300 ms, freeing
-        # nothing) only walk what changed since.
+        # nothing) only walk what changed since. And collect far less often: kdns makes almost
+        # no reference cycles, while a relist allocates millions of short-lived containers
+        # whose collections stalled queries (scale bench: relist stall 405 -> 291 ms, change
+        # propagation p99 away from it 91 -> 17 ms; memory at the end unchanged).
         gc.freeze()
+        gc.set_threshold(50_000, 1000, 1000)
         for udp, tcp in sockets:
             transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self), sock=udp)
             self._closers.append(transport.close)
