@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 #: A file modified less than this long before it was read may change again without its
 #: signature changing (mtime granularity), so it is re-read until it is older than this.
 _RACY_NS = 2_000_000_000
+#: A changed file is read only once its last write is this old (see `_update`).
+_SETTLE_NS = 150_000_000
 #: How many times one reload re-reads files that kept changing while they were read.
 _SETTLE_ATTEMPTS = 5
 
@@ -416,7 +418,7 @@ class FileSource:
 
     def _poll(self) -> tuple[int, tuple[KubeObject, ...]] | None:
         try:
-            result = self._refresh(force=False)
+            result = self._refresh(force=False, settle=True)
         except SourceError as exc:
             self._fail(f"{exc}; still serving what was loaded before")
             return None
@@ -442,12 +444,14 @@ class FileSource:
         with open(path, "rb") as f:
             return f.read()
 
-    def _refresh(self, force: bool) -> tuple[int, tuple[KubeObject, ...]] | None:
+    def _refresh(
+        self, force: bool, settle: bool = False
+    ) -> tuple[int, tuple[KubeObject, ...]] | None:
         with self._lock:
             changed = False
             for _ in range(_SETTLE_ATTEMPTS):
                 signatures, scan_problems = _scan(self.dirs)
-                read_any, changed_now = self._update(signatures)
+                read_any, changed_now = self._update(signatures, settle)
                 changed |= changed_now
                 if not read_any or _scan(self.dirs)[0] == signatures:
                     break
@@ -465,8 +469,12 @@ class FileSource:
             self._seq += 1
             return self._seq, assembly.objects
 
-    def _update(self, signatures: dict[str, _Signature]) -> tuple[bool, bool]:
-        """Bring `_files` up to date with `signatures`; return (read anything, content changed)."""
+    def _update(self, signatures: dict[str, _Signature], settle: bool) -> tuple[bool, bool]:
+        """Bring `_files` up to date with `signatures`; return (read anything, content changed).
+
+        With `settle` (the background polls; not an explicit load or reload), a file changed in
+        the last `_SETTLE_NS` keeps its previous content until a later poll.
+        """
         now = time.time_ns()
         read_any = changed = False
         files: dict[str, _File] = {}
@@ -491,6 +499,13 @@ class FileSource:
             racy = now - signature.mtime_ns < _RACY_NS
             if old is not None and old.digest == digest:
                 files[path] = dataclasses.replace(old, signature=signature, racy=racy)
+                continue
+            if settle and old is not None and now - signature.mtime_ns < _SETTLE_NS:
+                # Written a moment ago: perhaps only truncated so far, with the new content
+                # still to come (most editors and `>` redirections write in place). An empty
+                # file is valid YAML, and serving it would drop every name the file held; wait
+                # for the writes to settle (the next poll reads it again).
+                files[path] = dataclasses.replace(old, racy=True)
                 continue
             if parsed is None:
                 parsed = decode(data, path)

@@ -565,3 +565,26 @@ def test_shipped_zones_serve_what_the_comments_say() -> None:
     assert api.service.cluster_ips == ("10.96.100.10", "fd00:10:96::100")
     assert search.service.external_name == "www.example.com"
     assert {"default", "kube-system", "data", "shop"} <= store.namespaces()
+
+
+def test_a_file_caught_half_written_is_not_served_until_its_writes_settle(tmp_path: Path) -> None:
+    """Editors and `>` truncate a file, then write it: a poll between the two reads an empty
+    file, which is valid YAML. Serving it would drop every name the file held until the next
+    good version, and if the next version is broken, for good."""
+    store = new_store()
+    src = source(store, tmp_path)
+    write(tmp_path / "a.yaml", service("a", ip="10.96.0.80"))
+    src.load()
+    (tmp_path / "a.yaml").write_text("")  # truncated, the rest not written yet
+    assert src._poll() is None
+    assert ports(store, "default", "a") == [80]
+    (tmp_path / "a.yaml").write_bytes(b"\xff\xfe\x00garbage")  # and the rest is broken
+    time.sleep(0.2)
+    src._poll()
+    assert ports(store, "default", "a") == [80]  # the last good content, not the empty one
+    write(tmp_path / "a.yaml", service("a", ip="10.96.0.80", port=81))
+    time.sleep(0.2)
+    result = src._poll()
+    assert result is not None
+    src._apply(*result)
+    assert ports(store, "default", "a") == [81]
