@@ -148,6 +148,22 @@ def serve(
             "REFUSED.",
         ),
     ] = None,
+    upstream_timeout: Annotated[
+        float,
+        typer.Option(
+            "--upstream-timeout", min=0.05, help="Seconds to wait for an upstream's answer."
+        ),
+    ] = 2.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            max=64,
+            help="Answer from N processes fed by this one, which alone watches the API server "
+            "and reads zones/ (0: this process answers too).",
+        ),
+    ] = 0,
     tcp_idle_timeout: Annotated[
         float,
         typer.Option("--tcp-idle-timeout", min=0.1, help="Close TCP connections idle this long."),
@@ -178,6 +194,8 @@ def serve(
             clusters=[parse_cluster(c) for c in cluster or []],
             listen=listen_addrs,
             upstreams=upstreams,
+            upstream_timeout=upstream_timeout,
+            workers=workers,
             domain=normalize_domain(domain),
             ttl=ttl,
             pods=pods,  # type: ignore[arg-type]  # checked above

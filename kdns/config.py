@@ -45,6 +45,7 @@ class Config:
     http_explain: bool = False
     log_queries: bool = False
     upstreams: list[tuple[str, int]] = field(default_factory=list)
+    upstream_timeout: float = 2.0
     rrl: float = 0.0  # responses a second per client prefix; 0: off
     transfer_to: list[str] = field(default_factory=list)
     # wire limits
@@ -53,6 +54,8 @@ class Config:
     tcp_max_connections: int = 1000
     cache_size: int = 20000
     poll_interval: float = 0.25
+    #: Serving processes; 0: this process serves too (see `workers.py`).
+    workers: int = 0
 
     @property
     def uses_cluster(self) -> bool:

@@ -41,7 +41,7 @@ def route(server: DnsServer, target: str) -> bytes:
         from .metrics import CONTENT_TYPE, render_metrics
 
         ctype = CONTENT_TYPE.split(";", 1)[0]
-        return _response(200, "OK", render_metrics(server.metrics), ctype)
+        return _response(200, "OK", render_metrics(server.collector()), ctype)
     if path == "/explain" and not server.config.http_explain:
         return _response(404, "Not Found", b"/explain is off; start kdns with --http-explain\n")
     if path == "/explain":

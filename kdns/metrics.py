@@ -283,6 +283,7 @@ class KdnsCollector:
         watch: Callable[[], Iterable[WatchStats]] | None = None,
         programming: HistogramSource | None = None,
         forward: ForwardStats | None = None,
+        workers: Callable[[], tuple[int, int, Mapping[int, int]]] | None = None,
         version: str = __version__,
     ) -> None:
         self.queries = queries
@@ -292,6 +293,9 @@ class KdnsCollector:
         self.watch = watch
         self.programming = programming
         self.forward = forward
+        #: with --workers: (serving processes answering, restarts so far, requests answered by
+        #: each running serving process)
+        self.workers = workers
         self.version = version
 
     def collect(self) -> Iterator[Metric]:
@@ -302,6 +306,23 @@ class KdnsCollector:
             yield from self._watch(list(self.watch()))
         if self.forward is not None:
             yield from self._forward(self.forward)
+        if self.workers is not None:
+            ready, restarts, answered = self.workers()
+            yield GaugeMetricFamily(
+                "kdns_workers_ready", "Serving processes answering (--workers).", value=ready
+            )
+            per_worker = CounterMetricFamily(
+                "kdns_worker_requests",
+                "Requests answered by each running serving process (it restarts from 0).",
+                labels=["worker"],
+            )
+            for index, n in sorted(answered.items()):
+                per_worker.add_metric([str(index)], n)
+            yield per_worker
+            yield CounterMetricFamily(
+                "kdns_worker_restarts", "Serving processes started again after exiting.",
+                value=restarts,
+            )  # fmt: skip
         info = GaugeMetricFamily(
             "kdns_build_info", "A metric with a constant '1' value.", labels=["version", "python"]
         )

@@ -9,6 +9,10 @@ SIGINT (a person at a terminal) stops at once. SIGHUP reloads the zones director
 
 Everything that touches the store runs on the event loop thread; sources in threads hand their
 writes over through `LoopSink`.
+
+With `--workers N` the same class plays two parts: in the main process it binds, watches, serves
+HTTP and runs a `WorkerPool` instead of answering; in each serving process (`worker.py`) it
+inherits the sockets and fills its stores from the main process's pipe (`replica.py`).
 """
 
 from __future__ import annotations
@@ -17,19 +21,22 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .answers import Cluster, Engine
 from .config import Config, ConfigError
 from .metrics import KdnsCollector, LatencyHistogram, store_listener
+from .publish import Publisher
 from .ratelimit import RateLimiter
 from .responder import Responder
 from .stats import QueryCounters
-from .store import LoopSink, Store
+from .store import LoopSink, Sink, Store
 from .transfer import parse_networks, transfer
 from .transport import MAX_FORWARDS, TcpProtocol, UdpProtocol
 from .wire import servfail_for
@@ -40,6 +47,16 @@ log = logging.getLogger(__name__)
 UDP_RECEIVE_BUFFER = 4 << 20
 FILES_LAYER = "files"
 CLUSTER_LAYER = "cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class Inherited:
+    """What a serving process gets from the main process (see `workers.py`)."""
+
+    index: int
+    feed: int  # fd: frames from the main process
+    status: int  # fd: frames to it
+    sockets: tuple[int, ...]  # fds: (udp, tcp) for each listen address
 
 
 def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
@@ -68,8 +85,12 @@ def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
 class DnsServer:
     """A kdns server built from a `Config`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, inherited: Inherited | None = None) -> None:
         self.config = config
+        self.inherited = inherited
+        self.pool: Any = None  # WorkerPool, with --workers
+        self.replica: Any = None  # Replica, in a serving process
+        self._status: asyncio.WriteTransport | None = None  # pipe to the main process
         self.store = Store(serial_base=int(time.time()))
         # --cluster CONTEXT=ZONE: one more store, and zone, per further cluster.
         self.extra = [(ctx, Store(serial_base=int(time.time()))) for ctx, _ in config.clusters]
@@ -127,8 +148,7 @@ class DnsServer:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def startup(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _bind_all(self) -> list[tuple[socket.socket, socket.socket]]:
         sockets: list[tuple[socket.socket, socket.socket]] = []
         try:
             for host, port in self.config.listen:
@@ -143,12 +163,42 @@ class DnsServer:
                 for s in pair:
                     s.close()
             raise
-        if self.config.upstreams:
+        return sockets
+
+    def _adopt(self, inherited: Inherited) -> list[tuple[socket.socket, socket.socket]]:
+        fds = inherited.sockets
+        sockets = [
+            (socket.socket(fileno=fds[i]), socket.socket(fileno=fds[i + 1]))
+            for i in range(0, len(fds), 2)
+        ]
+        for udp, tcp in sockets:
+            udp.setblocking(False)
+            tcp.setblocking(False)
+            self.addresses.append(udp.getsockname()[:2])
+        return sockets
+
+    async def startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        inherited = self.inherited
+        sockets = self._adopt(inherited) if inherited is not None else self._bind_all()
+        if self.config.workers:
+            from .workers import WorkerPool
+
+            flat = [s for pair in sockets for s in pair]
+            self.pool = WorkerPool(self.config.workers, self.config, self.stores, flat)
+            self._closers.extend(s.close for s in flat)
+            self.metrics.workers = self.pool.status
+        elif self.config.upstreams:
             from .forward import Forwarder
 
-            self.forwarder = Forwarder(self.config.upstreams, own=self.addresses)
+            self.forwarder = Forwarder(
+                self.config.upstreams, timeout=self.config.upstream_timeout, own=self.addresses
+            )
             self.metrics.forward = self.forwarder
-        await self._start_sources(loop)
+        if self.inherited is not None:
+            await self._start_feed(loop, self.inherited)
+        else:
+            await self._start_sources(loop)
         if self.config.http is not None:
             from .http import start_http
 
@@ -166,6 +216,18 @@ class DnsServer:
         # propagation p99 away from it 91 -> 17 ms; memory at the end unchanged).
         gc.freeze()
         gc.set_threshold(50_000, 1000, 1000)
+        if self.pool is not None:
+            await self.pool.start(self._stop)
+            self.serving = True
+            for host, port in self.addresses:
+                log.info(
+                    "serving %s on %s port %d (udp, tcp) with %d workers",
+                    self.config.domain,
+                    host,
+                    port,
+                    self.pool.ready_count,
+                )
+            return
         for udp, tcp in sockets:
             transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self), sock=udp)
             self._closers.append(transport.close)
@@ -173,6 +235,10 @@ class DnsServer:
             server = await loop.create_server(lambda: TcpProtocol(self), sock=tcp)
             self._closers.append(server.close)
         self.serving = True
+        if self.inherited is not None:
+            self._report("ready")
+            self._spawn(self._report_stats())
+            return
         for host, port in self.addresses:
             log.info("serving %s on %s port %d (udp, tcp)", self.config.domain, host, port)
 
@@ -180,21 +246,21 @@ class DnsServer:
         from .files import FileSource
 
         cfg = self.config
-        clients: list[tuple[Store, str, Any]] = []
+        clients: list[tuple[int, str, Any]] = []
         if cfg.uses_cluster or cfg.clusters:
             from .cluster import load_api_client
 
             # Before anything starts, so a bad kubeconfig is the only thing the user sees.
             if cfg.uses_cluster:
                 client = load_api_client(cfg.kubeconfig, cfg.context, cfg.in_cluster)
-                clients.append((self.store, CLUSTER_LAYER, client))
-            for context, store in self.extra:
+                clients.append((0, CLUSTER_LAYER, client))
+            for i, (context, _) in enumerate(self.extra, start=1):
                 client = load_api_client(cfg.kubeconfig, context, False)
-                clients.append((store, f"{CLUSTER_LAYER}:{context}", client))
+                clients.append((i, f"{CLUSTER_LAYER}:{context}", client))
         # The files layer first: it wins over the cluster for a name both define.
         self.store.add_layer(FILES_LAYER, implicit_namespaces=True)
         files = FileSource(
-            self.store,
+            self._sink(0),
             FILES_LAYER,
             cfg.zone_dirs(),
             cfg.service_cidr,
@@ -206,10 +272,10 @@ class DnsServer:
         if clients:
             from .cluster import ClusterSource
 
-            for store, layer, client in clients:
-                store.add_layer(layer)
+            for index, layer, client in clients:
+                self.stores[index].add_layer(layer)
                 source = ClusterSource(
-                    LoopSink(store, loop),
+                    LoopSink(self._sink(index), loop),
                     layer,
                     client,
                     namespaces=cfg.namespaces or None,
@@ -221,6 +287,60 @@ class DnsServer:
                 self._closers.append(client.close)
             self.metrics.watch = self._watch_stats
 
+    def _sink(self, index: int) -> Sink:
+        """Where sources write into store `index`: the store, or with --workers a publisher."""
+        if self.pool is None:
+            return self.stores[index]
+        return Publisher(self.stores[index], index, self.pool)
+
+    async def _start_feed(self, loop: asyncio.AbstractEventLoop, inherited: Inherited) -> None:
+        from .replica import FeedProtocol, Replica
+
+        stop = lambda: self.request_stop(True)  # noqa: E731
+        self.replica = Replica(self.stores, stop)
+        feed = os.fdopen(inherited.feed, "rb", buffering=0)
+        await loop.connect_read_pipe(lambda: FeedProtocol(self.replica, stop), feed)
+        status = os.fdopen(inherited.status, "wb", buffering=0)
+        self._status, _ = await loop.connect_write_pipe(asyncio.Protocol, status)
+        self._closers.append(self._status.close)
+
+    def _report(self, *message: Any) -> None:
+        from .frames import pack
+
+        if self._status is not None and not self._status.is_closing():
+            self._status.write(pack(message))
+
+    def worker_stats(self) -> Any:
+        """This serving process's counters, for the main process's /metrics."""
+        from .workers import WorkerStats
+
+        r, fwd = self.responder, self.forwarder
+        stats = WorkerStats(self.stats.snapshot(), dict(r.rcodes), r.hits, r.misses, len(r))
+        if fwd is not None:
+            stats.upstreams = {
+                str(up): (up.requests, up.failures, dict(up.responses), up.looping)
+                for up in fwd.upstreams
+            }
+            stats.forward_hits, stats.forward_misses = fwd.hits, fwd.misses
+            stats.forward_entries = fwd.cache_entries
+        return stats
+
+    async def _report_stats(self) -> None:
+        from .workers import STATS_INTERVAL
+
+        while True:
+            self._report("stats", self.worker_stats())
+            await asyncio.sleep(STATS_INTERVAL)
+
+    def collector(self) -> KdnsCollector:
+        """The metrics, with the serving processes' counters summed in when there are some."""
+        if self.pool is not None:
+            queries, responses, forward = self.pool.totals()
+            self.metrics.queries, self.metrics.responses = queries, responses
+            if self.config.upstreams:
+                self.metrics.forward = forward
+        return self.metrics
+
     def _watch_stats(self) -> list[Any]:
         return [stat for source in self.sources for stat in source.stats()]
 
@@ -230,6 +350,17 @@ class DnsServer:
         return all(store.synced for store in self.stores)
 
     async def _wait_synced(self) -> None:
+        if self.replica is not None:
+            from .workers import READY_TIMEOUT
+
+            # The main process waited for the sources; here, wait for its snapshot (or a stop).
+            waits = [self._spawn(self.replica.ready.wait()), self._spawn(self._stop.wait())]
+            await asyncio.wait(waits, timeout=READY_TIMEOUT, return_when="FIRST_COMPLETED")
+            for task in waits:
+                task.cancel()
+            if not self.replica.ready.is_set() and not self._stop.is_set():
+                raise ConfigError(f"no snapshot from the main process in {READY_TIMEOUT:.0f}s")
+            return
         deadline = time.monotonic() + self.config.startup_timeout
         while not self.synced and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -299,10 +430,17 @@ class DnsServer:
     @property
     def ready(self) -> bool:
         """What /ready says: serving, synced and not shutting down."""
+        if self.pool is not None and not self.pool.ready_count:
+            return False
         return self.serving and self.synced and not self._stop.is_set()
 
     async def shutdown(self) -> None:
         self.serving = False
+        if self.pool is not None:
+            await self.pool.stop()
+        if self._status is not None:
+            # The last counts, so the main process's totals lose nothing at a restart.
+            self._report("stats", self.worker_stats())
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -320,9 +458,12 @@ class DnsServer:
     async def serve(self) -> None:
         """Start, run until SIGINT/SIGTERM (or `request_stop()`), then stop cleanly."""
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, self.request_stop, True)
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        # A serving process ignores signals (`worker.py`): a terminal's Ctrl-C, or systemd's
+        # SIGTERM, reaches every process of the group, and the main process decides for all.
+        if self.inherited is None:
+            loop.add_signal_handler(signal.SIGINT, self.request_stop, True)
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         started = False
         try:
             await self.startup()
@@ -345,11 +486,12 @@ class DnsServer:
             await asyncio.sleep(0.05)
 
 
-def run(config: Config) -> None:
+def run(config: Config, inherited: Inherited | None = None) -> None:
     """Run a server until it is told to stop (uvloop when installed)."""
+    server = DnsServer(config, inherited)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(DnsServer(config).serve())
+        asyncio.run(server.serve())
     else:
-        uvloop.run(DnsServer(config).serve())
+        uvloop.run(server.serve())

@@ -38,3 +38,17 @@ class QueryCounters:
             total += count
             out.append(total)
         return out
+
+    def snapshot(self) -> tuple[dict[tuple[str, int, int], int], list[int], float, int]:
+        """Everything counted so far, as plain data (a serving process reports it upstream)."""
+        return dict(self.requests), list(self._buckets), self.duration_sum, self.duration_count
+
+    def add(self, snap: tuple[dict[tuple[str, int, int], int], list[int], float, int]) -> None:
+        """Count what another process's `snapshot()` counted, too."""
+        requests, buckets, dsum, dcount = snap
+        for key, n in requests.items():
+            self.requests[key] = self.requests.get(key, 0) + n
+        for i, n in enumerate(buckets):
+            self._buckets[i] += n
+        self.duration_sum += dsum
+        self.duration_count += dcount

@@ -270,6 +270,21 @@ class Store:
         """True once every layer has completed its first full load."""
         return all(lay.synced for lay in self._layers.values())
 
+    def layer_states(self) -> list[tuple[str, bool, bool]]:
+        """(name, implicit namespaces, synced) of every layer, in precedence order."""
+        return [(lay.name, lay.implicit_namespaces, lay.synced) for lay in self._layers.values()]
+
+    def layer_objects(self, layer: str) -> list[KubeObject]:
+        """Everything `layer` holds: what a replica needs to start from (see `publish.py`)."""
+        lay = self._layers[layer]
+        objects = [lay.get(key) for key in lay.keys(None)]
+        return [obj for obj in objects if obj is not None]
+
+    def follow_serial(self, serial: int) -> None:
+        """Make `serial` the current SOA serial: a replica takes its publisher's numbering, so
+        every serving process gives the same serial for the same data."""
+        self._serial_base = (serial - self.generation) % (1 << 32)
+
     def subscribe(self, listener: Listener) -> None:
         """Call `listener(generation, received_at)` after every change."""
         self._listeners.append(listener)
@@ -485,14 +500,14 @@ class Sink(Protocol):
 
 
 class LoopSink:
-    """Hands writes from worker threads to the store on its event loop, one callback each.
+    """Hands writes from worker threads to a sink on its event loop, one callback each.
 
     The Kubernetes client blocks, so watches run in threads; the store belongs to the loop. Each
     call becomes one `call_soon_threadsafe` callback, so a batch (a relist, say) is applied
     between two queries, never across one.
     """
 
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, store: Sink, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
         self.loop = loop
 

@@ -1,0 +1,91 @@
+"""The watching side of `--workers`: every write to the store, repeated to the serving processes.
+
+With `--workers N` the main process runs the sources (the Kubernetes watch, the zones/ files)
+and keeps a store of its own, for /explain and for starting serving processes; the N serving
+processes keep replicas of it (`replica.py`). A `Publisher` is the sink the sources write to: it
+applies each write to the main store and, when it changed anything, sends the same write as one
+frame to every replica. A new replica first gets a `snapshot()` of the whole store, taken in the
+same event-loop callback in which it starts receiving writes, so it misses none and gets none twice.
+
+Each frame ends with the main store's SOA serial after the write, which the replica adopts:
+every process gives the same serial for the same data, also after a replica restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from itertools import islice
+from typing import Any, Protocol
+
+from .frames import pack
+from .model import KubeObject, ObjectKey
+from .store import Store
+
+#: Objects per frame of a snapshot: frames stay a few MB, however large the store.
+SNAPSHOT_BATCH = 2000
+
+
+class Subscribers(Protocol):
+    """Where frames go: the pool of serving processes."""
+
+    def send(self, frame: bytes) -> None: ...
+
+    def __bool__(self) -> bool: ...
+
+
+class Publisher:
+    """A sink for store `index` (0: the cluster domain, then each --cluster) that publishes."""
+
+    def __init__(self, store: Store, index: int, subscribers: Subscribers) -> None:
+        self.store = store
+        self.index = index
+        self.subscribers = subscribers
+
+    def apply(
+        self,
+        layer: str,
+        upserts: Iterable[KubeObject] = (),
+        deletes: Iterable[ObjectKey] = (),
+        received_at: float | None = None,
+    ) -> bool:
+        ups, dels = list(upserts), list(deletes)
+        changed = self.store.apply(layer, ups, dels, received_at)
+        if changed:
+            self._publish("apply", layer, ups, dels, received_at)
+        return changed
+
+    def replace(
+        self,
+        layer: str,
+        objects: Iterable[KubeObject],
+        kinds: Collection[str] | None = None,
+        received_at: float | None = None,
+    ) -> bool:
+        objs = list(objects)
+        changed = self.store.replace(layer, objs, kinds, received_at)
+        if changed:
+            self._publish("replace", layer, objs, kinds, received_at)
+        return changed
+
+    def set_synced(self, layer: str, synced: bool = True) -> None:
+        self.store.set_synced(layer, synced)
+        self._publish("synced", layer, synced)
+
+    def _publish(self, op: str, layer: str, *args: Any) -> None:
+        if self.subscribers:
+            self.subscribers.send(pack((op, self.index, layer, *args, self.store.serial)))
+
+
+def snapshot(stores: Sequence[Store]) -> list[bytes]:
+    """Frames that rebuild `stores` in a replica, ending with a "ready" frame."""
+    frames: list[bytes] = []
+    for index, store in enumerate(stores):
+        for name, implicit, synced in store.layer_states():
+            frames.append(pack(("layer", index, name, implicit)))
+            objects = iter(store.layer_objects(name))
+            while batch := list(islice(objects, SNAPSHOT_BATCH)):
+                frames.append(pack(("apply", index, name, batch, [], None, store.serial)))
+            if synced:
+                frames.append(pack(("synced", index, name, True, store.serial)))
+    frames.append(pack(("ready",)))
+    return frames

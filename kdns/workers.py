@@ -1,0 +1,341 @@
+"""`--workers N`: the serving processes, seen from the main process that watches.
+
+The main process binds the sockets, runs the sources and keeps the store; it starts N serving
+processes (`python -m kdns.worker`) that inherit the sockets and a pipe. Through the pipe each one
+gets its settings, a snapshot of the store and then every write (`publish.py`); through a second
+pipe it reports when it serves and, every second, its counters. The kernel spreads queries over
+the processes reading the shared sockets, so the API server sees one watch however many cores
+answer.
+
+A serving process that dies is started again (after a growing delay when it dies young), from a
+fresh snapshot; the others keep answering meanwhile. When the main process dies, the pipes close
+and the serving processes stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .forward import Upstream
+from .frames import FrameReader, pack
+from .publish import snapshot
+from .stats import QueryCounters
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two counter reports of a serving process.
+STATS_INTERVAL = 1.0
+#: A serving process this far behind (bytes of writes it has not read) is restarted instead.
+MAX_FEED_BACKLOG = 256 << 20
+#: Seconds a serving process gets to load its snapshot and start answering.
+READY_TIMEOUT = 60.0
+#: Seconds a serving process gets to stop before it is killed.
+STOP_TIMEOUT = 5.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """The counters of one serving process, as it last reported them."""
+
+    queries: tuple[dict[tuple[str, int, int], int], list[int], float, int]
+    rcodes: dict[int, int]
+    hits: int
+    misses: int
+    entries: int
+    #: upstream address -> (requests, failures, replies by rcode, looping)
+    upstreams: dict[str, tuple[int, int, dict[int, int], bool]] = field(default_factory=dict)
+    forward_hits: int = 0
+    forward_misses: int = 0
+    forward_entries: int = 0
+
+
+@dataclass(slots=True)
+class ResponseTotals:
+    """`ResponseStats` summed over the serving processes."""
+
+    rcodes: dict[int, int] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+    entries: int = 0
+
+    def __len__(self) -> int:
+        return self.entries
+
+
+@dataclass(slots=True)
+class ForwardTotals:
+    """`ForwardStats` summed over the serving processes."""
+
+    upstreams: list[Upstream] = field(default_factory=list)
+    hits: int = 0
+    misses: int = 0
+    cache_entries: int = 0
+
+
+@dataclass(slots=True)
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes]
+    started: float
+    #: frames written before the pipe's transport was ready, in order
+    pending: list[bytes] | None = field(default_factory=list)
+    feed: asyncio.WriteTransport | None = None
+    ready: bool = False
+    stats: WorkerStats | None = None
+
+
+class _StatusProtocol(asyncio.Protocol):
+    def __init__(self, pool: WorkerPool, worker: _Worker) -> None:
+        self.pool = pool
+        self.worker = worker
+        self.reader = FrameReader()
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (message := self.reader.next()) is not None:
+            if message[0] == "ready":
+                self.worker.ready = True
+            elif message[0] == "stats":
+                self.worker.stats = message[1]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.exited(self.worker)
+
+
+class WorkerPool:
+    """N serving processes fed from `stores`, answering on the inherited `sockets`."""
+
+    def __init__(
+        self,
+        count: int,
+        config: Config,
+        stores: Sequence[Store],
+        sockets: Sequence[socket.socket],
+    ) -> None:
+        self.count = count
+        # The main process handles the lame-duck period; serving processes stop when told.
+        self.config = replace(config, workers=0, lameduck=0.0, http=None)
+        self.stores = stores
+        self.sockets = sockets
+        self.restarts = 0
+        self.stopping = False
+        self._workers: dict[int, _Worker] = {}
+        self._retired = WorkerStats(({}, [], 0.0, 0), {}, 0, 0, 0)
+        self._failures: dict[int, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- what the publisher sees ----------------------------------------------------------------
+
+    def __bool__(self) -> bool:
+        return bool(self._workers)
+
+    def send(self, frame: bytes) -> None:
+        """Send one write to every serving process."""
+        for worker in list(self._workers.values()):
+            if worker.feed is None:
+                assert worker.pending is not None
+                worker.pending.append(frame)
+                continue
+            worker.feed.write(frame)
+            if worker.feed.get_write_buffer_size() > MAX_FEED_BACKLOG:
+                log.error(
+                    "worker %d: %d MB of updates unread; restarting it",
+                    worker.index,
+                    MAX_FEED_BACKLOG >> 20,
+                )
+                self._kill(worker)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, stop: asyncio.Event) -> None:
+        """Start every serving process; return once all answer, READY_TIMEOUT passed or `stop`."""
+        for index in range(self.count):
+            self._spawn(index)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while self.ready_count < self.count and time.monotonic() < deadline:
+            if stop.is_set():
+                return
+            await asyncio.sleep(0.02)
+        if self.ready_count < self.count:
+            log.warning("%d of %d workers serving after %.0fs", self.ready_count, self.count,
+                        READY_TIMEOUT)  # fmt: skip
+
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for w in self._workers.values() if w.ready)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers.values()]
+
+    def status(self) -> tuple[int, int, dict[int, int]]:
+        """(processes answering, restarts, requests answered by each), for the metrics."""
+        answered = {
+            w.index: w.stats.queries[3] for w in self._workers.values() if w.stats is not None
+        }
+        return self.ready_count, self.restarts, answered
+
+    def _spawn(self, index: int) -> None:
+        feed_r, feed_w = os.pipe()
+        status_r, status_w = os.pipe()
+        fds = [s.fileno() for s in self.sockets]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        argv = [sys.executable, "-m", "kdns.worker", str(index), str(feed_r), str(status_w)]
+        try:
+            proc = subprocess.Popen(
+                argv + [str(fd) for fd in fds],
+                pass_fds=[feed_r, status_w, *fds],
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            os.close(feed_r)
+            os.close(status_w)
+        worker = _Worker(index, proc, time.monotonic())
+        # The snapshot and the subscription happen in this one callback: nothing is missed.
+        level = logging.getLogger().getEffectiveLevel()
+        assert worker.pending is not None
+        worker.pending.append(pack(("hello", self.config, level)))
+        worker.pending.extend(snapshot(self.stores))
+        self._workers[index] = worker
+        self._spawn_task(self._connect(worker, feed_w, status_r))
+        log.info("worker %d: started, pid %d", index, proc.pid)
+
+    async def _connect(self, worker: _Worker, feed_w: int, status_r: int) -> None:
+        loop = asyncio.get_running_loop()
+        status = os.fdopen(status_r, "rb", buffering=0)
+        feed = os.fdopen(feed_w, "wb", buffering=0)
+        await loop.connect_read_pipe(lambda: _StatusProtocol(self, worker), status)
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, feed)
+        pending, worker.pending = worker.pending or [], None
+        worker.feed = transport
+        transport.writelines(pending)
+
+    def exited(self, worker: _Worker) -> None:
+        """The status pipe of `worker` closed: it is gone, or going."""
+        if self._workers.get(worker.index) is worker:
+            del self._workers[worker.index]
+        if worker.stats is not None:
+            _add(self._retired, worker.stats)
+        if worker.feed is not None:
+            worker.feed.close()
+        self._spawn_task(self._reap(worker))
+
+    async def _reap(self, worker: _Worker) -> None:
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while worker.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(1.0)
+        if self.stopping:
+            return
+        code = worker.proc.returncode
+        how = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
+        lived = time.monotonic() - worker.started
+        # Dying young again and again (a bug, memory): back off, up to 30 s, instead of spinning.
+        failures = self._failures.get(worker.index, 0) + 1 if lived < 10 else 0
+        self._failures[worker.index] = failures
+        delay = min(30.0, 0.25 * 2**failures) if failures else 0.0
+        log.error("worker %d (pid %d) exited with %s; restarting in %.1fs", worker.index,
+                  worker.proc.pid, how, delay)  # fmt: skip
+        await asyncio.sleep(delay)
+        if not self.stopping and worker.index not in self._workers:
+            self.restarts += 1
+            self._spawn(worker.index)
+
+    def _kill(self, worker: _Worker) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.kill()
+
+    async def stop(self) -> None:
+        """Stop every serving process ("stop" through the pipe, SIGKILL after STOP_TIMEOUT)."""
+        self.stopping = True
+        workers = list(self._workers.values())
+        for worker in workers:
+            if worker.feed is not None:
+                worker.feed.write(pack(("stop",)))
+            else:
+                self._kill(worker)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(w.proc.poll() is None for w in workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for worker in workers:
+            if worker.proc.poll() is None:
+                log.error("worker %d did not stop in %.0fs; killing it", worker.index, STOP_TIMEOUT)
+                self._kill(worker)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.proc.wait(1.0)
+            if worker.feed is not None:
+                worker.feed.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- counters -------------------------------------------------------------------------------
+
+    def totals(self) -> tuple[QueryCounters, ResponseTotals, ForwardTotals]:
+        """Counters of every serving process, the ones that exited included."""
+        total = WorkerStats(({}, [], 0.0, 0), {}, 0, 0, 0)
+        _add(total, self._retired)
+        for worker in self._workers.values():
+            if worker.stats is not None:
+                _add(total, worker.stats)
+        queries = QueryCounters()
+        queries.add(total.queries)
+        responses = ResponseTotals(total.rcodes, total.hits, total.misses, total.entries)
+        upstreams = []
+        for name, (requests, failures, replies, looping) in total.upstreams.items():
+            host, _, port = name.rpartition(":")
+            up = Upstream(host.strip("[]"), int(port), requests, failures, replies)
+            up.looping = looping
+            upstreams.append(up)
+        forward = ForwardTotals(
+            upstreams, total.forward_hits, total.forward_misses, total.forward_entries
+        )
+        return queries, responses, forward
+
+
+def _add(into: WorkerStats, stats: WorkerStats) -> None:
+    requests, buckets, dsum, dcount = into.queries
+    more_requests, more_buckets, more_sum, more_count = stats.queries
+    requests = dict(requests)
+    for key, n in more_requests.items():
+        requests[key] = requests.get(key, 0) + n
+    summed = [a + b for a, b in zip_longest(buckets, more_buckets, fillvalue=0)]
+    into.queries = (requests, summed, dsum + more_sum, dcount + more_count)
+    for rcode, n in stats.rcodes.items():
+        into.rcodes[rcode] = into.rcodes.get(rcode, 0) + n
+    into.hits += stats.hits
+    into.misses += stats.misses
+    into.entries += stats.entries
+    for name, (sent, failures, replies, looping) in stats.upstreams.items():
+        sent0, failures0, replies0, looping0 = into.upstreams.get(name, (0, 0, {}, False))
+        merged = dict(replies0)
+        for rcode, n in replies.items():
+            merged[rcode] = merged.get(rcode, 0) + n
+        into.upstreams[name] = (sent0 + sent, failures0 + failures, merged, looping0 or looping)
+    into.forward_hits += stats.forward_hits
+    into.forward_misses += stats.forward_misses
+    into.forward_entries += stats.forward_entries

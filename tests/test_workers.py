@@ -1,0 +1,256 @@
+"""`kdns serve --workers N`: one process watches, N processes answer from its snapshot and writes.
+
+Each test runs the real server as a subprocess and asks it over real sockets. Which serving
+process gets a UDP query is the kernel's choice, so the tests that must reach every process
+check the per-process request counters in /metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.apiserver import FakeApiServer, namespace, service, write_kubeconfig
+from tests.kdns_process import KdnsProcess, start_kdns
+
+ZONE = """
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}
+"""
+
+
+@pytest.fixture
+def zones(tmp_path: Path) -> Path:
+    d = tmp_path / "zones"
+    d.mkdir()
+    (d / "web.yaml").write_text(ZONE.format(ip="10.96.0.80"))
+    return d
+
+
+def ask(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype)
+    for attempt in range(3):
+        try:
+            if tcp:
+                return dns.query.tcp(q, "127.0.0.1", port=port, timeout=2)
+            return dns.query.udp(q, "127.0.0.1", port=port, timeout=1)
+        except dns.exception.Timeout:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def address(port: int, name: str = "web.default.svc.cluster.local") -> str | None:
+    r = ask(port, name)
+    return r.answer[0][0].address if r.answer else None
+
+
+def until(check, timeout: float = 5.0, step: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def metric(kp: KdnsProcess, name: str) -> dict[str, float]:
+    """Every sample of `name` in /metrics: labels text -> value."""
+    status, text = kp.http_get("/metrics")
+    assert status == 200
+    out = {}
+    for line in text.splitlines():
+        m = re.match(rf"{name}(\{{[^}}]*\}})? (\S+)$", line)
+        if m:
+            out[m.group(1) or ""] = float(m.group(2))
+    return out
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The kdns.worker children of `parent`, from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"kdns.worker" in cmdline:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_answer_over_udp_and_tcp_and_metrics_add_them_up(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "2"], http=True)
+    try:
+        assert len(worker_pids(kp.proc.pid)) == 2
+        assert kp.http_get("/ready")[0] == 200
+        for _ in range(20):
+            assert address(kp.port) == "10.96.0.80"
+        assert ask(kp.port, "web.default.svc.cluster.local", tcp=True).answer[0][0].address == (
+            "10.96.0.80"
+        )
+        nx = ask(kp.port, "nope.default.svc.cluster.local")
+        assert nx.rcode() == dns.rcode.NXDOMAIN
+        assert nx.authority[0][0].serial > 0
+        srv = ask(kp.port, "_http._tcp.web.default.svc.cluster.local", "SRV")
+        assert srv.answer[0][0].port == 80
+
+        def total() -> float:
+            return sum(metric(kp, "kdns_dns_requests_total").values())
+
+        # every serving process reports its counters each second; the sum is exact
+        assert until(lambda: total() == 23, 5), total()
+        assert metric(kp, "kdns_workers_ready") == {"": 2.0}
+        assert sum(metric(kp, "kdns_dns_responses_total").values()) == 23
+    finally:
+        kp.stop()
+    assert until(lambda: not worker_pids(kp.proc.pid), 3)
+
+
+def test_every_worker_follows_a_change_and_gives_the_same_serial(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "2"], http=True)
+    try:
+        before = metric(kp, "kdns_worker_requests_total")
+        (zones / "web.yaml").write_text(ZONE.format(ip="10.96.0.81"))
+        assert until(lambda: address(kp.port) == "10.96.0.81", 5)
+        # Ask until both processes have answered since the change; every answer must be new.
+        answers, serials = set(), set()
+
+        def both_answered() -> bool:
+            for _ in range(50):
+                answers.add(address(kp.port))
+                serials.add(ask(kp.port, "nope.default.svc.cluster.local").authority[0][0].serial)
+            now = metric(kp, "kdns_worker_requests_total")
+            return len(now) == 2 and all(now[k] > before.get(k, 0) + 10 for k in now)
+
+        assert until(both_answered, 10), metric(kp, "kdns_worker_requests_total")
+        assert answers == {"10.96.0.81"}
+        assert len(serials) == 1
+    finally:
+        kp.stop()
+
+
+def test_a_killed_worker_is_started_again_with_current_data(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "2"], http=True)
+    try:
+        first = worker_pids(kp.proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        # the other one keeps answering meanwhile, and a change made now reaches the new one
+        (zones / "web.yaml").write_text(ZONE.format(ip="10.96.0.82"))
+        assert until(lambda: address(kp.port) == "10.96.0.82", 5)
+        assert until(lambda: metric(kp, "kdns_worker_restarts_total") == {"": 1.0}, 5)
+        assert until(lambda: metric(kp, "kdns_workers_ready") == {"": 2.0}, 10)
+        now = worker_pids(kp.proc.pid)
+        assert len(now) == 2 and first[0] not in now and first[1] in now
+        for _ in range(100):
+            assert address(kp.port) == "10.96.0.82"
+        assert "exited with signal 9; restarting" in kp.log()
+    finally:
+        kp.stop()
+
+
+def test_sigterm_lame_duck_then_workers_stop_with_the_main_process(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "2", "--lameduck", "1.5"], http=True)
+    try:
+        pids = worker_pids(kp.proc.pid)
+        t0 = time.monotonic()
+        kp.proc.send_signal(signal.SIGTERM)
+        assert until(lambda: kp.http_get("/ready")[0] == 503, 1.0)
+        for _ in range(20):
+            assert address(kp.port) == "10.96.0.80"
+        assert kp.proc.wait(6) == 0
+        assert 1.4 < time.monotonic() - t0 < 4.5
+        assert not [p for p in pids if alive(p)]
+    finally:
+        kp.stop()
+
+
+def test_workers_ignore_a_signal_to_the_whole_group_until_the_main_process_decides(
+    zones: Path,
+) -> None:
+    # systemd's stop, or `timeout`, signals every process of the group at once: the serving
+    # processes must keep answering through the main process's lame-duck period.
+    kp = start_kdns(["--zones", str(zones), "--workers", "2", "--lameduck", "1"], http=True)
+    try:
+        pids = worker_pids(kp.proc.pid)
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        kp.proc.send_signal(signal.SIGTERM)
+        for _ in range(20):
+            assert address(kp.port) == "10.96.0.80"
+        assert all(alive(p) for p in pids)
+        assert "restarting" not in kp.log()
+        assert kp.proc.wait(6) == 0
+        assert until(lambda: not [p for p in pids if alive(p)], 2)
+    finally:
+        kp.stop()
+
+
+def test_workers_stop_when_the_main_process_dies(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "2"])
+    pids = worker_pids(kp.proc.pid)
+    assert len(pids) == 2
+    kp.proc.kill()
+    kp.proc.wait(5)
+    # the pipe from the main process closes: nothing is left answering stale data
+    assert until(lambda: not [p for p in pids if alive(p)], 5)
+
+
+def test_workers_share_one_watch_on_the_api_server(zones: Path, tmp_path: Path) -> None:
+    api = FakeApiServer().start()
+    try:
+        api.apply_all([namespace("shop"), service("cart", "shop", cluster_ip="10.96.1.1")])
+        kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+        args = ["--zones", str(zones), "--kubeconfig", str(kcfg)]
+        single = start_kdns(args)
+        try:
+            assert until(lambda: api.open_watches() > 0, 5)
+            time.sleep(0.3)
+            watches_single = api.open_watches()
+        finally:
+            single.stop()
+        assert until(lambda: api.open_watches() == 0, 5)
+        lists_before = len(api.requests(watch=False))
+        kp = start_kdns([*args, "--workers", "3"], http=True)
+        try:
+            assert len(worker_pids(kp.proc.pid)) == 3
+            assert address(kp.port, "cart.shop.svc.cluster.local") == "10.96.1.1"
+            assert api.open_watches() == watches_single
+            # one LIST per kind, as for one process
+            assert len(api.requests(watch=False)) - lists_before == lists_before
+            api.apply(service("new", "shop", cluster_ip="10.96.1.2"))
+            assert until(lambda: address(kp.port, "new.shop.svc.cluster.local") == "10.96.1.2", 3)
+            for _ in range(60):
+                assert address(kp.port, "new.shop.svc.cluster.local") == "10.96.1.2"
+            api.delete("Service", "cart", "shop")
+            assert until(
+                lambda: ask(kp.port, "cart.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN,
+                3,
+            )
+        finally:
+            kp.stop()
+    finally:
+        api.stop()
