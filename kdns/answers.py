@@ -13,6 +13,7 @@ in, then dispatches on the label count, as CoreDNS's parse.go does:
     _<port>._<proto>.<svc>.<ns>.svc.<zone>    SRV for a named port
     <a-b-c-d>.<ns>.pod.<zone>                 pod (mode insecure)
     <reversed IP>.in-addr.arpa / ip6.arpa     PTR
+    <reversed IP prefix>.<same zones>         NODATA when a PTR exists below, else NXDOMAIN
 
 Negative answers carry the zone's SOA so that caches downstream keep them only as long as the
 SOA minimum (RFC 2308). Answer owner names are the question's name object itself, so the case
@@ -22,7 +23,10 @@ the client asked with is what it gets back (and the encoder compresses them to t
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+import socket
+import weakref
+from bisect import bisect_left
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,6 +45,10 @@ SOA_TIMERS = (7200, 1800, 86400)
 REVERSE_ZONES = (("in-addr", "arpa"), ("ip6", "arpa"))
 #: How many in-zone CNAMEs (ExternalName services pointing at services) are followed.
 MAX_CHASE = 8
+
+#: The cache tag of answers that any change may alter: the response cache drops them on every
+#: change (kdns/responder.py spells it `_ANY`).
+ANY_TAG = ("*",)
 
 _ADDRESS_TYPES = {QTYPE.A: 4, QTYPE.AAAA: 6}
 
@@ -88,6 +96,7 @@ class Engine:
         self.ns_addresses = [a for a in ns_addresses if ip_family(a)]
         # Longest zone first, so that a zone nested in another one wins its names.
         self._by_suffix = sorted(self.clusters, key=lambda c: -len(c.labels))
+        self._ptrs = _PtrIndex([c.store for c in self.clusters])
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -119,7 +128,9 @@ class Engine:
     def cache_tag(self, raw: Sequence[bytes]) -> tuple[str, ...] | None:
         """What an answer for these (lower-case) labels depends on, besides namespaces and sync
         state: `(zone, namespace, service)` for names at or under a service, `("ip", address)`
-        for reverse names, None for the rest (the apex, namespaces, pods, other zones).
+        for full reverse names, `ANY_TAG` for partial reverse names (whether one is NODATA or
+        NXDOMAIN depends on every address under it, which no narrower tag can name), None for
+        the rest (the apex, namespaces, pods, other zones).
 
         The response cache drops an answer when a change touches its tag.
         """
@@ -134,8 +145,17 @@ class Engine:
         for zone in REVERSE_ZONES:
             if labels[-2:] == zone:
                 address = _reverse_address(zone, labels[:-2])
-                return ("ip", address) if address else None
+                if address:
+                    return ("ip", address)
+                return ANY_TAG if _reverse_span(zone, labels[:-2]) else None
         return None
+
+    def reverse_non_terminal(self, zone: tuple[str, str], rel: tuple[str, ...]) -> bool:
+        """True when `rel` (lower-case labels under the reverse zone `zone`) is part of the
+        reverse name of an address that has a PTR record: an empty non-terminal (RFC 4592), so
+        NODATA rather than NXDOMAIN, which says nothing exists below (RFC 8020)."""
+        span = _reverse_span(zone, rel)
+        return span is not None and self._ptrs.any_within(*span)
 
     def serial_of(self, zone: str) -> Callable[[], int]:
         """The current SOA serial of `zone` (a cluster domain or a reverse zone), as a function."""
@@ -396,6 +416,8 @@ class Engine:
             return self._apex(zone_name, soa, mname, qname, qtype)
         address = _reverse_address(zone, rel)
         if address is None:
+            if self.reverse_non_terminal(zone, rel):
+                return self._negative(RCODE.NOERROR, soa)
             return self._negative(RCODE.NXDOMAIN, soa)
         targets: list[str] = []
         for cluster in self.clusters:
@@ -485,3 +507,149 @@ def _reverse_address(zone: tuple[str, str], rel: tuple[str, ...]) -> str | None:
         return str(ipaddress.IPv6Address(int(nibbles, 16)))
     except ValueError:
         return None
+
+
+def _reverse_span(zone: tuple[str, str], rel: tuple[str, ...]) -> tuple[int, int, int] | None:
+    """(IP version, lowest, highest address) under a partial reverse name: one to three octets
+    in in-addr.arpa, one to 31 nibbles in ip6.arpa, spelled as `_reverse_address` takes them.
+    None for anything else, full names included."""
+    if zone[0] == "in-addr":
+        if not 0 < len(rel) < 4:
+            return None
+        value = 0
+        for label in reversed(rel):
+            if not (label.isascii() and label.isdigit()) or (label[0] == "0" and label != "0"):
+                return None
+            octet = int(label)
+            if octet > 255:
+                return None
+            value = value << 8 | octet
+        version, bits = 4, 8 * (4 - len(rel))
+    else:
+        if not 0 < len(rel) < 32 or not all(len(p) == 1 and p in _NIBBLES for p in rel):
+            return None
+        value = int("".join(reversed(rel)), 16)
+        version, bits = 6, 4 * (32 - len(rel))
+    low = value << bits
+    return version, low, low | ((1 << bits) - 1)
+
+
+_NIBBLES = frozenset("0123456789abcdef")
+
+
+def _ip_value(address: str) -> tuple[int, int] | None:
+    """(version, integer value) of an address, None when no reverse name reaches it (a scoped
+    IPv6 address: `_reverse_address` never spells the scope)."""
+    family, version = (socket.AF_INET6, 6) if ":" in address else (socket.AF_INET, 4)
+    try:
+        return version, int.from_bytes(socket.inet_pton(family, address))
+    except OSError:
+        return None
+
+
+class _PtrIndex:
+    """The addresses that have a PTR record in any of `stores`, as sorted integers per IP
+    version: whether anything exists under a partial reverse name is then one bisection.
+
+    Built on the first partial reverse name asked, so a server never asked one pays nothing.
+    From then on it follows the stores: each change only records the addresses it touched (a set
+    union, on the write path), and the next partial name applies them. A few are inserted or
+    removed one by one; many (a relist) are merged in one pass. When changes pile up unread the
+    index is dropped and built again when next needed, so that an index nobody asks keeps no
+    growing backlog.
+    """
+
+    #: Up to this many pending addresses are applied one by one (a list insert each).
+    ONE_BY_ONE = 64
+    #: More pending addresses than this, and more than the index holds: drop it.
+    BACKLOG = 4096
+
+    def __init__(self, stores: Sequence[Store]) -> None:
+        self._stores = list({id(s): s for s in stores}.values())
+        self._values: dict[int, list[int]] | None = None
+        self._pending: set[str] = set()
+        self._subscribed = False
+
+    def any_within(self, version: int, low: int, high: int) -> bool:
+        values = self._current()[version]
+        i = bisect_left(values, low)
+        return i < len(values) and values[i] <= high
+
+    def _current(self) -> dict[int, list[int]]:
+        if not self._subscribed:
+            self._subscribed = True
+            # A weak reference: an engine that is dropped leaves a listener that does nothing.
+            ref = weakref.ref(self)
+            for store in self._stores:
+                store.subscribe(_ptr_listener(ref, store))
+        values = self._values
+        if values is None:
+            self._pending.clear()
+            values = self._values = self._build()
+        elif self._pending:
+            self._apply(values)
+        return values
+
+    def _has_ptr(self, address: str) -> bool:
+        return any(
+            s.services_by_cluster_ip(address) or s.endpoints_by_ip(address) for s in self._stores
+        )
+
+    def _build(self) -> dict[int, list[int]]:
+        # The same addresses the store's PTR indexes hold: ClusterIPs and ready endpoints.
+        found: dict[int, set[int]] = {4: set(), 6: set()}
+        for store in self._stores:
+            for view in store.views():
+                for address in view.service.cluster_ips:
+                    parsed = _ip_value(address)
+                    if parsed is not None:
+                        found[parsed[0]].add(parsed[1])
+                for ep in view.ready:
+                    parsed = _ip_value(ep.address)
+                    if parsed is not None:
+                        found[parsed[0]].add(parsed[1])
+        return {version: sorted(values) for version, values in found.items()}
+
+    def _apply(self, values: dict[int, list[int]]) -> None:
+        pending = self._pending
+        changed: dict[int, dict[int, bool]] = {4: {}, 6: {}}
+        for address in pending:
+            parsed = _ip_value(address)
+            if parsed is not None:
+                changed[parsed[0]][parsed[1]] = self._has_ptr(address)
+        pending.clear()
+        for version, now in changed.items():
+            if not now:
+                continue
+            current = values[version]
+            if len(now) <= self.ONE_BY_ONE:
+                for value, present in now.items():
+                    i = bisect_left(current, value)
+                    there = i < len(current) and current[i] == value
+                    if present and not there:
+                        current.insert(i, value)
+                    elif there and not present:
+                        del current[i]
+            else:
+                merged = [v for v in current if v not in now]
+                merged.extend(v for v, present in now.items() if present)
+                merged.sort()
+                values[version] = merged
+
+    def changed(self, addresses: Collection[str]) -> None:
+        """Note the addresses a change touched (called by the stores' listeners)."""
+        if self._values is None or not addresses:
+            return
+        self._pending.update(addresses)
+        if len(self._pending) > max(self.BACKLOG, len(self._values[4]) + len(self._values[6])):
+            self._values = None
+            self._pending.clear()
+
+
+def _ptr_listener(ref: weakref.ref[_PtrIndex], store: Store) -> Callable[[int, float | None], None]:
+    def listener(generation: int, received_at: float | None) -> None:
+        index = ref()
+        if index is not None:
+            index.changed(store.last_change.addresses)
+
+    return listener

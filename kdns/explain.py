@@ -326,6 +326,11 @@ def _why_reverse(
         return f"the apex of zone {zone_name}: kdns's own SOA and NS records", []
     address = _reverse_address(zone, rel)
     if address is None:
+        if engine.reverse_non_terminal(zone, rel):
+            return (
+                f"NODATA: part of the reverse names in {zone_name} of addresses with PTR records",
+                [],
+            )
         return f"NXDOMAIN: not the full reverse name of an address in {zone_name}", []
     for cluster in engine.clusters:
         keys = cluster.store.services_by_cluster_ip(address)

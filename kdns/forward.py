@@ -7,6 +7,10 @@ One job: a query packet in, the upstream's answer out, cached. Design decisions:
   A random ID per upstream query makes a spoofed reply harder to land than the client's (often
   predictable) ID would, and every client then gets replies of one shape: the cache key is the
   lower-cased question plus the DO and CD bits, not the client's EDNS details.
+- **Without EDNS for servers that refuse it.** An upstream that answers FORMERR to our query
+  (which always carries an OPT) is asked once more without the OPT record, and that answer is
+  the one relayed: RFC 6891 section 7's fallback for servers that do not implement EDNS. The
+  client's own query was well formed, so passing the FORMERR on would blame it for our OPT.
 - **UDP, then TCP when TC=1.** Each UDP query uses a connected socket on a fresh ephemeral port
   (source-port randomisation); replies whose ID or question do not match are ignored, as are
   replies that are not well formed. A truncated reply is asked again over TCP.
@@ -75,6 +79,8 @@ from .wire import (
 
 log = logging.getLogger(__name__)
 
+#: How long one exchange with an upstream may take by default (UDP, and TCP each), in seconds.
+TIMEOUT = 2.0
 #: Longest time any forwarded answer is cached, and the largest TTL a cached negative answer gets.
 MAX_TTL = 3600
 #: How long an upstream that failed is tried only after the healthy ones.
@@ -261,11 +267,15 @@ def _error_reply(q: _Question, rcode: int) -> bytes:
     return _HEADER.pack(q.id, flags, 1, 0, 0, 1 if opt else 0) + q.question + opt
 
 
-def _upstream_query(q: _Question, qid: int, tag: bytes) -> bytes:
+def _upstream_query(q: _Question, qid: int, tag: bytes | None) -> bytes:
+    """Our query for `q`: with an OPT carrying the loop option `tag`, or none when `tag` is None
+    (the retry for a server that does not implement EDNS)."""
+    flags = _RD | (q.flags & _CD)
+    if tag is None:
+        return _HEADER.pack(qid, flags, 1, 0, 0, 0) + q.question
     option = struct.pack("!HH", LOOP_OPTION, len(tag)) + tag
     ttl = 0x8000 if q.do else 0
     opt = b"\x00" + struct.pack("!HHIH", OPT_TYPE, DEFAULT_MAX_UDP, ttl, len(option)) + option
-    flags = _RD | (q.flags & _CD)
     return _HEADER.pack(qid, flags, 1, 0, 0, 1) + q.question + opt
 
 
@@ -371,6 +381,8 @@ def _matches(data: bytes, qid: int, question: bytes) -> bool:
 class Forwarder:
     """Forwards queries for names outside kdns's zones to `upstreams`, with a cache.
 
+    `timeout`: seconds one exchange with an upstream may take (the UDP query, and the TCP one
+    after a truncated reply, each) before that upstream counts as failed and the next is tried.
     `own`: kdns's listen addresses; an upstream among them is a loop and refused at once (call
     `set_own()` again once port-0 listeners know their port). `cache_size` 0 turns the cache
     off. `clock` is for tests.
@@ -380,7 +392,7 @@ class Forwarder:
         self,
         upstreams: Sequence[tuple[str, int]],
         *,
-        timeout: float = 2.0,
+        timeout: float = TIMEOUT,
         cache_size: int = 10000,
         own: Sequence[tuple[str, int]] = (),
         clock: Callable[[], float] = time.monotonic,
@@ -502,39 +514,52 @@ class Forwarder:
         """Ask the upstreams in turn; the first usable reply, else the last REFUSED, else None."""
         refused: tuple[bytes, _Walk] | None = None
         for up in self._candidates():
-            qid = self._new_id(q.name.lower())
-            tag = self._nonce + struct.pack("!H", qid)
-            packet = _upstream_query(q, qid, tag)
-            flight = _Flight(up)
-            self._flights[(qid, q.name.lower())] = flight
-            up.requests += 1
-            try:
-                reply = await self._exchange(up, packet, qid, q.question)
-                walk = _walk(reply) if reply is not None else None
-            except _Malformed as err:
-                log.debug("unreadable reply from %s: %s", up, err)
-                reply, walk = None, None
-            finally:
-                del self._flights[(qid, q.name.lower())]
-            if walk is None or reply is None:
-                if flight.suspect:
-                    self._loop_confirmed(up)
-                else:
-                    up.failures += 1
-                    up.down_until = self.clock() + DOWN_FOR
+            result = await self._ask(up, q, edns=True)
+            if result is not None and result[1].rcode == _FORMERR:
+                # Only once: a server that cannot read a plain query either is relayed as is.
+                result = await self._ask(up, q, edns=False)
+            if result is None:
                 continue
-            up.responses[walk.rcode] = up.responses.get(walk.rcode, 0) + 1
-            if flight.suspect:
-                if walk.rcode == _SERVFAIL:
-                    self._loop_confirmed(up)
-                    continue
-                log.debug("query of %s matched one in flight by chance", _show(q.name))
-            up.down_until = 0.0
-            if walk.rcode == _REFUSED:
-                refused = (reply, walk)
+            if result[1].rcode == _REFUSED:
+                refused = result
                 continue
-            return reply, walk
+            return result
         return refused
+
+    async def _ask(self, up: Upstream, q: _Question, *, edns: bool) -> tuple[bytes, _Walk] | None:
+        """One transaction with `up`: its reply, or None when it gave none worth using (it is
+        then marked down, or as looping)."""
+        name = q.name.lower()
+        qid = self._new_id(name)
+        # Without EDNS there is no loop option: only the (ID, name) check guards that query.
+        tag = self._nonce + struct.pack("!H", qid) if edns else None
+        packet = _upstream_query(q, qid, tag)
+        flight = _Flight(up)
+        self._flights[(qid, name)] = flight
+        up.requests += 1
+        try:
+            reply = await self._exchange(up, packet, qid, q.question)
+            walk = _walk(reply) if reply is not None else None
+        except _Malformed as err:
+            log.debug("unreadable reply from %s: %s", up, err)
+            reply, walk = None, None
+        finally:
+            del self._flights[(qid, name)]
+        if walk is None or reply is None:
+            if flight.suspect:
+                self._loop_confirmed(up)
+            else:
+                up.failures += 1
+                up.down_until = self.clock() + DOWN_FOR
+            return None
+        up.responses[walk.rcode] = up.responses.get(walk.rcode, 0) + 1
+        if flight.suspect:
+            if walk.rcode == _SERVFAIL:
+                self._loop_confirmed(up)
+                return None
+            log.debug("query of %s matched one in flight by chance", _show(q.name))
+        up.down_until = 0.0
+        return reply, walk
 
     def _new_id(self, name: bytes) -> int:
         while True:

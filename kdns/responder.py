@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, DNSLabel
 
-from .answers import Answer, Engine
+from .answers import ANY_TAG, Answer, Engine
 from .bulk import encode_bulk
 from .store import Store
 from .wire import (
@@ -81,8 +81,9 @@ class _Entry:
 
 
 _SERIAL = struct.Struct("!I")
-#: The tag of answers that depend on any change (they followed a CNAME).
-_ANY = ("*",)
+#: The tag of answers that depend on any change (they followed a CNAME, or are partial reverse
+#: names).
+_ANY = ANY_TAG
 
 
 class Responder:

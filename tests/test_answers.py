@@ -57,6 +57,11 @@ def rev(address: str) -> str:
     return ipaddress.ip_address(address).reverse_pointer
 
 
+def above(address: str, n: int) -> str:
+    """The reverse name of `address` without its first `n` labels."""
+    return rev(address).split(".", n)[-1]
+
+
 def etcd_endpoints(namespace: str, name: str) -> EndpointSet:
     """The seed's hand-written Endpoints of an external etcd cluster."""
     return endpoints(
@@ -772,6 +777,24 @@ NEGATIVE_PTR_ROWS = [
     (rev("2001:db8::dead"), "PTR", "NXDOMAIN", "ip6.arpa"),
     ("100.0.96.10.in-addr.arpa", "A", "NOERROR", "in-addr.arpa"),
     (rev("fd00::12"), "TXT", "NOERROR", "ip6.arpa"),
+    # part of a reverse name: NODATA when a PTR exists below (an empty non-terminal, RFC 4592),
+    # NXDOMAIN only when nothing does (RFC 8020)
+    ("0.96.10.in-addr.arpa", "PTR", "NOERROR", "in-addr.arpa"),
+    ("96.10.in-addr.arpa", "PTR", "NOERROR", "in-addr.arpa"),
+    ("10.in-addr.arpa", "PTR", "NOERROR", "in-addr.arpa"),
+    ("163.104.178.in-addr.arpa", "ANY", "NOERROR", "in-addr.arpa"),
+    ("0.1.10.IN-ADDR.ARPA", "A", "NOERROR", "in-addr.arpa"),
+    (above("fd00::12", 1), "PTR", "NOERROR", "ip6.arpa"),
+    (above("2001:db8::", 16), "PTR", "NOERROR", "ip6.arpa"),
+    ("d.f.ip6.arpa", "PTR", "NOERROR", "ip6.arpa"),
+    ("1.96.10.in-addr.arpa", "PTR", "NXDOMAIN", "in-addr.arpa"),
+    ("11.in-addr.arpa", "PTR", "NXDOMAIN", "in-addr.arpa"),
+    ("4.10.in-addr.arpa", "PTR", "NXDOMAIN", "in-addr.arpa"),  # only a not-ready endpoint
+    ("1.0.10.in-addr.arpa", "PTR", "NXDOMAIN", "in-addr.arpa"),  # only a not-ready endpoint
+    ("010.in-addr.arpa", "PTR", "NXDOMAIN", "in-addr.arpa"),  # not how an octet is spelled
+    ("x.100.0.96.10.in-addr.arpa", "PTR", "NXDOMAIN", "in-addr.arpa"),  # below a PTR
+    ("e.f.ip6.arpa", "PTR", "NXDOMAIN", "ip6.arpa"),
+    ("d.ff.ip6.arpa", "PTR", "NXDOMAIN", "ip6.arpa"),  # not a nibble
 ]
 
 
@@ -789,6 +812,13 @@ def test_reverse_apex_soa(engine: Engine) -> None:
     ans = ask(engine, "in-addr.arpa", "SOA")
     assert rcode(ans) == "NOERROR"
     assert [(str(r.rname), QTYPE[r.rtype]) for r in ans.answer] == [("in-addr.arpa.", "SOA")]
+
+
+@pytest.mark.parametrize("zone", ["in-addr.arpa", "ip6.arpa"])
+def test_reverse_apex_other_types_are_nodata_even_with_nothing_below(zone: str) -> None:
+    for engine in (make_engine(WORLD), make_engine()):
+        check(engine, zone, "PTR", "NOERROR", [], [], True)
+        assert rcode(ask(engine, zone, "SOA")) == "NOERROR"
 
 
 # -- refused ------------------------------------------------------------------------------------

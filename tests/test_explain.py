@@ -247,6 +247,8 @@ SHAPES = [
     ("shop.pod.cluster.local", "A"),
     ("9.9.9.9.in-addr.arpa", "PTR"),
     ("9.9.in-addr.arpa", "PTR"),
+    ("0.0.10.in-addr.arpa", "PTR"),
+    ("10.in-addr.arpa", "A"),
     ("in-addr.arpa", "SOA"),
     ("1.0.0.10.in-addr.arpa", "A"),
     ("example.org", "A"),

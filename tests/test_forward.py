@@ -14,11 +14,15 @@ import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSRecord, EDNSOption
 
 from kdns.config import ConfigError
-from kdns.forward import MAX_TTL, Forwarder, cache_ttl, parse_upstream
+from kdns.forward import MAX_TTL, TIMEOUT, Forwarder, cache_ttl, parse_upstream
 
 Reply = DNSRecord | bytes | None
 Handler = Callable[[DNSRecord, str], Awaitable[Reply]]
@@ -719,3 +723,125 @@ def test_zone_transfers_are_not_forwarded() -> None:
         up.close()
 
     run(main)
+
+
+# -- upstreams without EDNS ----------------------------------------------------------------------
+
+
+class NoEdnsUpstream(asyncio.DatagramProtocol):
+    """A UDP server on 127.0.0.1 that does not implement EDNS, written with dnspython (a second
+    parser, so what kdns sends is read by code other than its own): FORMERR without an OPT, as
+    such servers answer, to every query carrying one; to plain queries, what `plain` says:
+    "answer" (one A record), "formerr" or "silent"."""
+
+    def __init__(self, plain: str = "answer") -> None:
+        self.plain = plain
+        self.queries: list[dns.message.Message] = []
+
+    async def start(self) -> NoEdnsUpstream:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0)
+        )
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return (host, port)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        self.queries.append(query)
+        reply = dns.message.make_response(query)
+        reply.use_edns(False)
+        if query.edns >= 0 or self.plain == "formerr":
+            reply.set_rcode(dns.rcode.FORMERR)
+        elif self.plain == "answer":
+            reply.answer.append(
+                dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "192.0.2.7")
+            )
+        else:
+            return
+        self.transport.sendto(reply.to_wire(), addr)
+
+
+def test_formerr_to_edns_is_asked_again_without_opt_and_that_answer_relayed() -> None:
+    async def main() -> None:
+        up = await NoEdnsUpstream().start()
+        fwd = Forwarder([up.address], timeout=1.0)
+        reply = await fwd.forward(query("old.example.test", qid=321).pack())
+        parsed = dns.message.from_wire(reply or b"")
+        assert (parsed.id, parsed.rcode(), parsed.edns) == (321, dns.rcode.NOERROR, -1)
+        assert [rrset.to_text() for rrset in parsed.answer] == [
+            "old.example.test. 60 IN A 192.0.2.7"
+        ]
+        first, second = up.queries
+        assert first.edns == 0 and second.edns == -1 and not second.additional
+        assert first.question == second.question
+        assert second.flags & dns.flags.RD
+        assert second.id != first.id  # a fresh ID for the second query, as for any other
+        # the answer is cached like any other: no third query
+        again = await fwd.forward(query("old.example.test", qid=322).pack())
+        assert dns.message.from_wire(again or b"").rcode() == dns.rcode.NOERROR
+        assert len(up.queries) == 2
+        assert fwd.upstreams[0].failures == 0
+        up.close()
+
+    run(main)
+
+
+def test_edns_client_gets_an_opt_back_from_an_upstream_without_edns() -> None:
+    async def main() -> None:
+        up = await NoEdnsUpstream().start()
+        fwd = Forwarder([up.address], timeout=1.0)
+        reply = await fwd.forward(query("old.example.test", edns=True).pack())
+        parsed = dns.message.from_wire(reply or b"")
+        assert parsed.rcode() == dns.rcode.NOERROR and parsed.edns == 0  # RFC 6891 6.1.1
+        assert len(parsed.answer) == 1
+        assert [q.edns for q in up.queries] == [0, -1]
+        up.close()
+
+    run(main)
+
+
+def test_formerr_is_retried_once_only_and_then_relayed() -> None:
+    async def main() -> None:
+        up = await NoEdnsUpstream(plain="formerr").start()
+        fwd = Forwarder([up.address], timeout=1.0)
+        reply = await fwd.forward(query(qid=11).pack())
+        parsed = dns.message.from_wire(reply or b"")
+        assert (parsed.id, parsed.rcode()) == (11, dns.rcode.FORMERR)
+        assert [q.edns for q in up.queries] == [0, -1]
+        await fwd.forward(query(qid=12).pack())  # FORMERR is never cached: asked again
+        assert [q.edns for q in up.queries] == [0, -1, 0, -1]
+        up.close()
+
+    run(main)
+
+
+def test_upstream_silent_without_edns_fails_over() -> None:
+    async def main() -> None:
+        mute = await NoEdnsUpstream(plain="silent").start()
+        good = await NoEdnsUpstream().start()
+        fwd = Forwarder([mute.address, good.address], timeout=0.2)
+        reply = await fwd.forward(query("old.example.test").pack())
+        assert dns.message.from_wire(reply or b"").rcode() == dns.rcode.NOERROR
+        assert [q.edns for q in mute.queries] == [0, -1]
+        assert [q.edns for q in good.queries] == [0, -1]
+        assert fwd.upstreams[0].failures == 1
+        mute.close()
+        good.close()
+
+    run(main)
+
+
+def test_upstream_timeout_is_a_constructor_parameter() -> None:
+    assert TIMEOUT == 2.0
+    assert Forwarder([("192.0.2.1", 53)]).timeout == TIMEOUT
+    assert Forwarder([("192.0.2.1", 53)], timeout=0.5).timeout == 0.5
+    with pytest.raises(ConfigError, match="positive"):
+        Forwarder([("192.0.2.1", 53)], timeout=0)
