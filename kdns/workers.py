@@ -128,8 +128,9 @@ class WorkerPool:
         sockets: Sequence[socket.socket],
     ) -> None:
         self.count = count
-        # The main process handles the lame-duck period; serving processes stop when told.
-        self.config = replace(config, workers=0, lameduck=0.0, http=None)
+        # The main process handles the lame-duck period; serving processes stop when told. A
+        # client's queries spread over the processes, so each limits it to its share of --rrl.
+        self.config = replace(config, workers=0, lameduck=0.0, http=None, rrl=config.rrl / count)
         self.stores = stores
         self.sockets = sockets
         self.restarts = 0

@@ -563,6 +563,11 @@ def make_workload(cp: ControlPlane, node: str) -> Workload:
     for ip in [*cips, *ips, "10.96.250.250", "10.99.1.2"]:
         rev = ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
         names.append((rev, "PTR"))
+    # partial reverse names: above the first ClusterIP (empty non-terminals), and above nothing
+    octets = cips[0].split(".")
+    for keep in (1, 2, 3):
+        names.append((".".join(reversed(octets[:keep])) + ".in-addr.arpa", "PTR"))
+    names.append(("250.250.in-addr.arpa", "PTR"))
     settle = [
         (a, "web", 2),
         (a, "unnamed", 1),
@@ -600,6 +605,11 @@ KNOWN_DIFFERENCES: dict[str, str] = {
         "<zone> NS: CoreDNS derives its NS record from the kube-dns service whose endpoints hold "
         "its own pod IP, which does not exist when it runs outside a cluster (here), so it answers "
         "NODATA; kdns always answers ns.dns.<zone>. as the specification describes."
+    ),
+    "reverse-empty-non-terminal": (
+        "A partial reverse name above addresses that have PTR records (10.in-addr.arpa): CoreDNS "
+        "parses only whole addresses and says NXDOMAIN; kdns says NODATA, since the name exists "
+        "as an empty non-terminal (RFC 4592) and NXDOMAIN would deny every PTR below it (RFC 8020)."
     ),
     "srv-target-case": (
         "Same SRV records up to letter case of the target: CoreDNS copies the question's case into "
@@ -639,6 +649,13 @@ def classify(name: str, qtype: str, k: Reply, c: Reply) -> str | None:
         return "nxdomain-means-no-name"
     if lname == ZONE and qtype == "NS" and c.rcode == k.rcode == "NOERROR" and not c.answer:
         return "zone-ns-outside-cluster"
+    if (
+        lname.endswith(".in-addr.arpa")
+        and len(lname.split(".")) < 6
+        and (k.rcode, c.rcode) == ("NOERROR", "NXDOMAIN")
+        and not k.answer
+    ):
+        return "reverse-empty-non-terminal"
     return None
 
 
