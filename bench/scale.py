@@ -121,6 +121,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def children(pid: int) -> list[int]:
+    """The direct child processes of `pid` (the serving processes of --workers)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return sorted(out)
+
+
+def pin_threads(pid: int, cpu: int) -> None:
+    """Move every thread of `pid` (the watch threads too) to `cpu`."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), {cpu})
+
+
 def memory(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM of a process, in MB."""
     out = {}
@@ -269,6 +287,9 @@ class Results:
     load_qps_target: float = 0.0
     load: dict[str, Any] = field(default_factory=dict)
     kdns_busy: float = 0.0
+    #: with --workers: CPU share of the main (watching) process during the churn
+    watch_busy: float = 0.0
+    workers: list[int] = field(default_factory=list)
     cpu1_busy: dict[str, float] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
     max_lost: float = 0.0
@@ -564,6 +585,8 @@ def run(args: argparse.Namespace, res: Results) -> None:
             cmd += ["--zones", str(zones), "--listen", f"127.0.0.1:{port}"]
             cmd += ["--http", f"127.0.0.1:{http_port}", "--log-level", "warning"]
             cmd += ["--startup-timeout", str(args.startup_timeout)]
+            if args.workers:
+                cmd += ["--workers", str(args.workers)]
             stderr = stack.enter_context((work / "kdns.log").open("wb"))
             since = time.monotonic()
             started = time.monotonic()
@@ -606,8 +629,17 @@ def run(args: argparse.Namespace, res: Results) -> None:
             )
             if "ready" not in sync:
                 raise RuntimeError("kdns did not become ready")
+            main_pid = kdns.pid
+            serving = [main_pid]
+            if args.workers:
+                # The serving processes stay on the kdns CPU; the watching one moves next to the
+                # double, as it would sit on another core of a real node.
+                serving = res.workers = children(main_pid)
+                pin_threads(main_pid, args.watch_cpu)
             time.sleep(1.0)
             res.mem["after sync"] = memory(kdns.pid)
+            for i, pid in enumerate(res.workers):
+                res.mem[f"after sync, worker {i}"] = memory(pid)
             print(f"memory after sync: {res.mem['after sync']}", flush=True)
             if args.sync_only:
                 return
@@ -621,7 +653,7 @@ def run(args: argparse.Namespace, res: Results) -> None:
                 res.max_qps = args.max_qps
                 res.notes.append(f"maximum rate given (--max-qps {args.max_qps:g}), not measured")
             else:
-                before = cpu_seconds(kdns.pid)
+                before = sum(cpu_seconds(p) for p in serving)
                 drops = udp_rcvbuf_errors()
                 out = subprocess.run(
                     dnsperf_cmd(args.load_cpu, port, queries, args.seconds, None),
@@ -629,7 +661,7 @@ def run(args: argparse.Namespace, res: Results) -> None:
                     text=True,
                     timeout=args.seconds + 60,
                 ).stdout
-                used = cpu_seconds(kdns.pid) - before
+                used = sum(cpu_seconds(p) for p in serving) - before
                 res.drops["max rate"] = udp_rcvbuf_errors() - drops
                 top = dnsperf_stats(out)
                 res.max_lost = top["lost"]
@@ -661,7 +693,8 @@ def run(args: argparse.Namespace, res: Results) -> None:
             others = {"double": double.proc.pid or 0, "probe": os.getpid()}
             if load is not None:
                 others["dnsperf"] = load.pid
-            cpu0, wall0 = cpu_seconds(kdns.pid), time.monotonic()
+            cpu0, wall0 = sum(cpu_seconds(p) for p in serving), time.monotonic()
+            watch0 = cpu_seconds(main_pid)
             drops = udp_rcvbuf_errors()
             cpu_before = {name: cpu_seconds(pid) for name, pid in others.items()}
             rng = random.Random(2)
@@ -685,7 +718,9 @@ def run(args: argparse.Namespace, res: Results) -> None:
                 profiler.wait(30)
             wall = time.monotonic() - wall0
             res.drops["churn"] = udp_rcvbuf_errors() - drops
-            res.kdns_busy = (cpu_seconds(kdns.pid) - cpu0) / wall
+            res.kdns_busy = (sum(cpu_seconds(p) for p in serving) - cpu0) / wall
+            if args.workers:
+                res.watch_busy = (cpu_seconds(main_pid) - watch0) / wall
             for name, pid in others.items():
                 with contextlib.suppress(OSError):
                     res.cpu1_busy[name] = (cpu_seconds(pid) - cpu_before[name]) / wall
@@ -694,6 +729,8 @@ def run(args: argparse.Namespace, res: Results) -> None:
                 load = None
                 res.load = dnsperf_stats(out)
             res.mem["end"] = memory(kdns.pid)
+            for i, pid in enumerate(res.workers):
+                res.mem[f"end, worker {i}"] = memory(pid)
             summarise(raw, double, res, args.dump)
         finally:
             if load is not None:
@@ -863,7 +900,10 @@ def render(args: argparse.Namespace, res: Results) -> str:
     if ld.get("series"):
         series = " ".join(f"{q / 1000:.0f}" for q in ld["series"])
         rows.append(("dnsperf q/s each second during churn (thousands)", series, "", ""))
-    rows.append(("kdns CPU busy during churn", f"{res.kdns_busy * 100:.0f}%", "", ""))
+    busy = "kdns serving processes' CPU" if args.workers else "kdns CPU busy"
+    rows.append((f"{busy} during churn", f"{res.kdns_busy * 100:.0f}%", "", ""))
+    if args.workers:
+        rows.append(("kdns main (watching) process CPU", f"{res.watch_busy * 100:.0f}%", "", ""))
     if res.cpu1_busy:
         rows.append(
             (
@@ -951,8 +991,14 @@ def render(args: argparse.Namespace, res: Results) -> str:
         f"{args.headless:,} headless), {args.slices:,} EndpointSlices of "
         f"{args.endpoints_per_slice} endpoints ({args.slices * args.endpoints_per_slice:,} "
         f"endpoints), {args.namespaces} namespaces; API double in its own process"
-        f"{' (stock copying)' if args.stock_double else ''}. kdns on CPU {args.kdns_cpu}; "
-        f"double, dnsperf and probe on CPU {args.load_cpu}. Load average before "
+        f"{' (stock copying)' if args.stock_double else ''}. "
+        + (
+            f"kdns --workers {args.workers}: serving processes on CPU {args.kdns_cpu}, the main "
+            f"(watching) process moved to CPU {args.watch_cpu} after the sync; "
+            if args.workers
+            else f"kdns on CPU {args.kdns_cpu}; "
+        )
+        + f"double, dnsperf and probe on CPU {args.load_cpu}. Load average before "
         f"{' '.join(f'{x:.2f}' for x in res.load_before)}, after "
         f"{' '.join(f'{x:.2f}' for x in res.load_after)}.",
         "",
@@ -993,6 +1039,8 @@ def main() -> None:
     parser.add_argument("--probe-timeout", type=float, default=2.0, help="a probe query is lost")
     parser.add_argument("--kdns-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="kdns serve --workers N")
+    parser.add_argument("--watch-cpu", type=int, default=1, help="with --workers: main's CPU")
     parser.add_argument("--stock-double", action="store_true", help="the double's own copying")
     parser.add_argument(
         "--kdns-src",
