@@ -152,6 +152,8 @@ class WorkerPool:
                 assert worker.pending is not None
                 worker.pending.append(frame)
                 continue
+            if worker.feed.is_closing():
+                continue  # it exited: `exited()` is about to run
             worker.feed.write(frame)
             if worker.feed.get_write_buffer_size() > MAX_FEED_BACKLOG:
                 log.error(
