@@ -73,8 +73,8 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, its threads and its descendants (nsd forks), in seconds."""
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (nsd forks its server processes)."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -82,18 +82,32 @@ def cpu_seconds(pid: int) -> float:
                 parents[int(entry.name)] = int(_stat(int(entry.name))[1])
             except (OSError, IndexError):
                 continue
-    total = 0
+    tree = []
     for p in parents:
         q = p
         while q > 1 and q != pid:
             q = parents.get(q, 0)
         if q == pid:
-            try:
-                fields = _stat(p)
-                total += int(fields[11]) + int(fields[12])
-            except OSError:
-                continue
-    return total / TICKS
+            tree.append(p)
+    return tree
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU of a process, its threads and its descendants, in seconds."""
+    user = system = 0
+    for p in process_tree(pid):
+        try:
+            fields = _stat(p)
+            user += int(fields[11])
+            system += int(fields[12])
+        except OSError:
+            continue
+    return user / TICKS, system / TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, its threads and its descendants (nsd forks), in seconds."""
+    return sum(cpu_times(pid))
 
 
 def wait_answering(port: int, timeout: float = 30.0) -> None:

@@ -14,6 +14,13 @@ cluster with 200 endpoint changes a second answer nearly every query from scratc
 
 The one thing every negative answer shares is the SOA serial, which moves with every change; it
 is patched into the cached bytes when a hit finds it stale, rather than dropping the answer.
+
+Before all that, a UDP query is looked up in a memo by its bytes after the ID: clients ask the
+same names, spelled the same way, again and again, and everything in a response but the ID is a
+function of those bytes. A memo hit costs a slice, a dict lookup and a concatenation instead of
+walking the question and assembling the response (bench/RESULTS.md, "where the time goes": 5.7
+-> 4.4 µs of CPU per query). It serves an entry only while that entry is still in the cache and
+its bytes unchanged.
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ class _Entry:
     serial_of: Callable[[], int] | None = None
     #: What the answer depends on (see `Engine.cache_tag`); None: only namespaces and sync.
     tag: tuple[str, ...] | None = None
+    #: False once dropped from the cache (a change, or eviction): the memo must not serve it.
+    live: bool = True
 
     def refresh_serial(self) -> None:
         """Patch the current serial in, if it moved since the response was encoded."""
@@ -103,6 +112,9 @@ class Responder:
         self.max_udp = max_udp
         self.cache_size = cache_size
         self._cache: dict[bytes, _Entry] = {}
+        #: UDP query bytes after the ID -> (cache entry, its response bytes then, the response
+        #: sent after the ID, qtype), for queries `_fast` answered; emptied when it fills up.
+        self._memo: dict[bytes, tuple[_Entry, bytes, bytes, int]] = {}
         #: cache tag -> keys of the cached answers that carry it
         self._tags: dict[tuple[str, ...], set[bytes]] = {}
         #: The type of the last question answered (for the request counters).
@@ -124,6 +136,7 @@ class Responder:
             if change.full:
                 self._cache.clear()
                 self._tags.clear()
+                self._memo.clear()
                 return
             tags = self._tags
             drop: set[bytes] = tags.pop(_ANY, set())
@@ -133,7 +146,9 @@ class Responder:
                 drop |= tags.pop(("ip", address), set())
             cache = self._cache
             for key in drop:
-                cache.pop(key, None)
+                entry = cache.pop(key, None)
+                if entry is not None:
+                    entry.live = False
 
         return invalidate
 
@@ -147,6 +162,21 @@ class Responder:
         forward the query upstream (`FORWARD`, only with a forwarder) or stream a zone transfer
         (`TRANSFER`, only over TCP to allowed clients, which the transport checks).
         """
+        if udp:
+            # The memo first (see the module's docstring): the same bytes but for the ID as a
+            # query `_fast` answered, whose entry is still cached and unchanged.
+            hit = self._memo.get(data[2:])
+            if hit is not None:
+                cached, encoded, tail, qtype = hit
+                if cached.live:
+                    if cached.serial_at >= 0:
+                        cached.refresh_serial()
+                    if cached.response is encoded:
+                        self.hits += 1
+                        self.qtype = qtype
+                        rcodes = self.rcodes
+                        rcodes[cached.rcode] = rcodes.get(cached.rcode, 0) + 1
+                        return data[:2] + tail
         response = self._fast(data, udp)
         if response is not None:
             self.hits += 1
@@ -187,6 +217,8 @@ class Responder:
         Accepts exactly what `parse_query` accepts and nothing more: one question, nothing in
         the answer and authority sections, at most one OPT record (version 0, well-formed
         options). Anything else takes the full path.
+
+        Over UDP, what it answers goes into the memo that `respond` looks at first.
         """
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
@@ -232,11 +264,18 @@ class Responder:
         entry = self._cache.get(key)
         if entry is None:
             return None
-        self.qtype = data[qend - 4] << 8 | data[qend - 3]
+        self.qtype = qtype = data[qend - 4] << 8 | data[qend - 3]
         self.count(entry.rcode)
         if entry.serial_at >= 0:
             entry.refresh_serial()
-        return _assemble(data, entry, qend, limit if udp else 65535, ar == 1)
+        if not udp:
+            return _assemble(data, entry, qend, 65535, ar == 1)
+        out = _assemble(data, entry, qend, limit, ar == 1)
+        memo = self._memo
+        if len(memo) >= self.cache_size:
+            memo.clear()
+        memo[data[2:]] = (entry, entry.response, out[2:], qtype)
+        return out
 
     def _uncached(self, query: Query, answer: Answer, udp: bool) -> bytes:
         self.count(answer.rcode)
@@ -270,6 +309,7 @@ class Responder:
             # would have been inserted again only after a change, so age is a fair guess.
             for key in list(itertools.islice(cache, self.cache_size // 10 + 1)):
                 old = cache.pop(key)
+                old.live = False
                 if old.tag is not None:
                     self._tags.get(old.tag, set()).discard(key)
         cache[query.key] = entry

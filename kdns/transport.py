@@ -88,7 +88,8 @@ class UdpProtocol(asyncio.DatagramProtocol):
                 # RRL slip: a truncated answer makes a real client retry over TCP, where
                 # spoofing does not work, while a reflected victim gets only a tiny packet.
                 response = slipped(response)
-            self._send(response, addr)
+            if self.transport is not None:  # _send, inlined: this runs for every query
+                self.transport.sendto(response, addr)
         elif response is FORWARD:
             self.server.forward(data, lambda r: self._send(r, addr), udp=True, family=self.family)
             return
