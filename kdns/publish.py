@@ -13,8 +13,7 @@ every process gives the same serial for the same data, also after a replica rest
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from itertools import islice
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from .frames import pack
@@ -76,16 +75,30 @@ class Publisher:
             self.subscribers.send(pack((op, self.index, layer, *args, self.store.serial)))
 
 
-def snapshot(stores: Sequence[Store]) -> list[bytes]:
-    """Frames that rebuild `stores` in a replica, ending with a "ready" frame."""
-    frames: list[bytes] = []
-    for index, store in enumerate(stores):
-        for name, implicit, synced in store.layer_states():
-            frames.append(pack(("layer", index, name, implicit)))
-            objects = iter(store.layer_objects(name))
-            while batch := list(islice(objects, SNAPSHOT_BATCH)):
-                frames.append(pack(("apply", index, name, batch, [], None, store.serial)))
-            if synced:
-                frames.append(pack(("synced", index, name, True, store.serial)))
-    frames.append(pack(("ready",)))
-    return frames
+_Layer = tuple[int, str, bool, bool, list[KubeObject], int]
+
+
+def snapshot(stores: Sequence[Store]) -> Iterator[bytes]:
+    """Frames that rebuild `stores` in a replica, ending with a "ready" frame.
+
+    The content is taken when this is called: lists of the records, which are immutable, so
+    later writes do not show. The frames are pickled as they are consumed, so that a large store
+    never sits in memory twice while a replica reads it.
+    """
+    layers: list[_Layer] = [
+        (index, name, implicit, synced, store.layer_objects(name), store.serial)
+        for index, store in enumerate(stores)
+        for name, implicit, synced in store.layer_states()
+    ]
+    return _frames(layers)
+
+
+def _frames(layers: list[_Layer]) -> Iterator[bytes]:
+    for index, name, implicit, synced, objects, serial in layers:
+        yield pack(("layer", index, name, implicit))
+        for start in range(0, len(objects), SNAPSHOT_BATCH):
+            batch = objects[start : start + SNAPSHOT_BATCH]
+            yield pack(("apply", index, name, batch, [], None, serial))
+        if synced:
+            yield pack(("synced", index, name, True, serial))
+    yield pack(("ready",))

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import zip_longest
 from pathlib import Path
@@ -97,6 +97,26 @@ class _Worker:
     feed: asyncio.WriteTransport | None = None
     ready: bool = False
     stats: WorkerStats | None = None
+
+
+class _FeedWriter(asyncio.Protocol):
+    """Flow control of the pipe to a serving process."""
+
+    def __init__(self) -> None:
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()
+
+    async def writable(self) -> None:
+        await self._writable.wait()
 
 
 class _StatusProtocol(asyncio.Protocol):
@@ -211,21 +231,30 @@ class WorkerPool:
             os.close(feed_r)
             os.close(status_w)
         worker = _Worker(index, proc, time.monotonic())
-        # The snapshot and the subscription happen in this one callback: nothing is missed.
+        # The snapshot is taken and the subscription starts in this one callback: nothing is
+        # missed, nothing comes twice. Writes published meanwhile wait in `pending`.
         level = logging.getLogger().getEffectiveLevel()
-        assert worker.pending is not None
-        worker.pending.append(pack(("hello", self.config, level)))
-        worker.pending.extend(snapshot(self.stores))
+        frames = snapshot(self.stores)
         self._workers[index] = worker
-        self._spawn_task(self._connect(worker, feed_w, status_r))
+        hello = pack(("hello", self.config, level))
+        self._spawn_task(self._connect(worker, feed_w, status_r, hello, frames))
         log.info("worker %d: started, pid %d", index, proc.pid)
 
-    async def _connect(self, worker: _Worker, feed_w: int, status_r: int) -> None:
+    async def _connect(
+        self, worker: _Worker, feed_w: int, status_r: int, hello: bytes, frames: Iterator[bytes]
+    ) -> None:
         loop = asyncio.get_running_loop()
         status = os.fdopen(status_r, "rb", buffering=0)
         feed = os.fdopen(feed_w, "wb", buffering=0)
         await loop.connect_read_pipe(lambda: _StatusProtocol(self, worker), status)
-        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, feed)
+        transport, writer = await loop.connect_write_pipe(_FeedWriter, feed)
+        transport.write(hello)
+        # The snapshot, as fast as the process reads it: a few frames in memory at a time.
+        for frame in frames:
+            if transport.is_closing():
+                return
+            transport.write(frame)
+            await writer.writable()
         pending, worker.pending = worker.pending or [], None
         worker.feed = transport
         transport.writelines(pending)

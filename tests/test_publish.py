@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
 
 import pytest
 from dnslib import QTYPE, DNSLabel
@@ -93,13 +94,15 @@ def test_a_replica_started_anywhere_ends_equal_to_the_main_store(seed: int) -> N
     publisher.apply("cluster", namespaces("a", "b"))
     publisher.set_synced("files")
     start = rng.randrange(1, 150)
-    replica_frames: list[bytes] = []
+    snap: Iterator[bytes] = iter(())
     for step in range(200):
         if step == start:
-            # A serving process starts here: its snapshot, then what follows.
+            # A serving process starts here: its snapshot, then what follows. The snapshot's
+            # frames are made only at the end, as a slow reader would take them: they must
+            # still say what the store held here.
             subs.on = True
-            replica_frames = snapshot([main])
-            subs.frames = replica_frames
+            snap = snapshot([main])
+            subs.frames = []
         _, ups, dels = random_write(rng)
         layer = "cluster" if rng.random() < 0.8 else "files"
         if rng.random() < 0.1:
@@ -114,7 +117,7 @@ def test_a_replica_started_anywhere_ends_equal_to_the_main_store(seed: int) -> N
         stopped = []
         replica = Replica([replica_store], lambda: stopped.append(True))
         reader = FrameReader()
-        reader.feed(b"".join(replica_frames))
+        reader.feed(b"".join([*snap, *subs.frames]))
         while (m := reader.next()) is not None:
             replica.handle(m)
         assert replica.ready.is_set() and not stopped

@@ -232,7 +232,7 @@ class ControlPlane:
             if not self.ca_file.exists():
                 return False
             self._ssl = None
-            return self.request("GET", "/readyz", raw=True) == "ok"
+            return bool(self.request("GET", "/readyz", raw=True) == "ok")
 
         wait_for("kube-apiserver /readyz", ready, 90, 0.2)
         if not self.admin_kubeconfig.name:
