@@ -40,6 +40,7 @@ bench: $(STAMP)
 	@command -v dnsperf >/dev/null && command -v nsd >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf nsd)
 	$(BIN)/python bench/run.py --append bench/RESULTS.md
+	$(BIN)/python bench/cores.py --append bench/RESULTS.md
 	$(BIN)/python bench/propagation.py
 
 # The long fuzz run (make test runs 5,000 packets of it).

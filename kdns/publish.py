@@ -20,8 +20,9 @@ from .frames import pack
 from .model import KubeObject, ObjectKey
 from .store import Store
 
-#: Objects per frame of a snapshot: frames stay a few MB, however large the store.
-SNAPSHOT_BATCH = 2000
+#: Objects per frame of a snapshot: frames stay small (200 slices of 100 endpoints: about 2 MB),
+#: however large the store.
+SNAPSHOT_BATCH = 200
 
 
 class Subscribers(Protocol):
