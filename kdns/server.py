@@ -401,7 +401,7 @@ class DnsServer:
                 answer = servfail_for(query)
             if answer is not None:
                 self.responder.count(answer[3] & 0xF)
-            self.stats.record("udp" if udp else "tcp", family, qtype, started)
+            self.stats.record(self.stats.counter("udp" if udp else "tcp", family), qtype, started)
             reply(answer)
 
         self._spawn(run())

@@ -18,6 +18,7 @@ import logging
 import socket
 import struct
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from .ratelimit import SLIP, RateLimiter
@@ -66,13 +67,15 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.log_queries = server.config.log_queries
         self.transport: asyncio.DatagramTransport | None = None
         self.family = 4
+        self.counts = self.stats.counter("udp", 4)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.family = _family(transport)
+        self.counts = self.stats.counter("udp", self.family)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        started = time.perf_counter()
+        started = perf_counter()
         verdict: bool | str = True
         if self.limiter is not None:
             verdict = self.limiter.allow(addr[0])
@@ -96,7 +99,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
         elif isinstance(response, Action):
             response = servfail_for(data)  # AXFR over UDP never gets here: REFUSED by then
             self._send(response, addr)
-        self.stats.record("udp", self.family, self.responder.qtype, started)
+        self.stats.record(self.counts, self.responder.qtype, started)
         if self.log_queries:
             _log_query(addr[0], "udp", data, response if type(response) is bytes else None, started)
 
@@ -210,7 +213,7 @@ class TcpProtocol(asyncio.Protocol):
                 self._write(part)
         elif isinstance(response, bytes):
             self._write(response)
-        self.stats.record("tcp", self.family, self.responder.qtype, started)
+        self.stats.record(self.stats.counter("tcp", self.family), self.responder.qtype, started)
         if self.server.config.log_queries:
             _log_query(
                 self.peer, "tcp", message, response if type(response) is bytes else None, started

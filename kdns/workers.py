@@ -32,7 +32,7 @@ from .config import Config
 from .forward import Upstream
 from .frames import FrameReader, pack
 from .publish import snapshot
-from .stats import QueryCounters
+from .stats import QueryCounters, Snapshot
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 class WorkerStats:
     """The counters of one serving process, as it last reported them."""
 
-    queries: tuple[dict[tuple[str, int, int], int], list[int], float, int]
+    queries: Snapshot
     rcodes: dict[int, int]
     hits: int
     misses: int
@@ -156,7 +156,7 @@ class WorkerPool:
         self.restarts = 0
         self.stopping = False
         self._workers: dict[int, _Worker] = {}
-        self._retired = WorkerStats(({}, [], 0.0, 0), {}, 0, 0, 0)
+        self._retired = WorkerStats(({}, [], 0.0), {}, 0, 0, 0)
         self._failures: dict[int, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -209,7 +209,7 @@ class WorkerPool:
     def status(self) -> tuple[int, int, dict[int, int]]:
         """(processes answering, restarts, requests answered by each), for the metrics."""
         answered = {
-            w.index: w.stats.queries[3] for w in self._workers.values() if w.stats is not None
+            w.index: sum(w.stats.queries[1]) for w in self._workers.values() if w.stats is not None
         }
         return self.ready_count, self.restarts, answered
 
@@ -329,7 +329,7 @@ class WorkerPool:
 
     def totals(self) -> tuple[QueryCounters, ResponseTotals, ForwardTotals]:
         """Counters of every serving process, the ones that exited included."""
-        total = WorkerStats(({}, [], 0.0, 0), {}, 0, 0, 0)
+        total = WorkerStats(({}, [], 0.0), {}, 0, 0, 0)
         _add(total, self._retired)
         for worker in self._workers.values():
             if worker.stats is not None:
@@ -350,13 +350,13 @@ class WorkerPool:
 
 
 def _add(into: WorkerStats, stats: WorkerStats) -> None:
-    requests, buckets, dsum, dcount = into.queries
-    more_requests, more_buckets, more_sum, more_count = stats.queries
+    requests, buckets, dsum = into.queries
+    more_requests, more_buckets, more_sum = stats.queries
     requests = dict(requests)
     for key, n in more_requests.items():
         requests[key] = requests.get(key, 0) + n
     summed = [a + b for a, b in zip_longest(buckets, more_buckets, fillvalue=0)]
-    into.queries = (requests, summed, dsum + more_sum, dcount + more_count)
+    into.queries = (requests, summed, dsum + more_sum)
     for rcode, n in stats.rcodes.items():
         into.rcodes[rcode] = into.rcodes.get(rcode, 0) + n
     into.hits += stats.hits

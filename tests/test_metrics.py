@@ -248,7 +248,7 @@ def test_known_queries_through_the_real_counters() -> None:
         started = time.perf_counter()
         packet = bytes(DNSRecord.question(name, qtype).pack())
         assert isinstance(responder.respond(packet, udp=proto == "udp"), bytes)
-        counters.record(proto, 4, responder.qtype, started)
+        counters.record(counters.counter(proto, 4), responder.qtype, started)
 
     for _ in range(3):
         ask("web.default.svc.cluster.local", "A")  # 1 miss, then 2 hits
