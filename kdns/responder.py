@@ -122,13 +122,18 @@ class Responder:
         self.hits = 0
         self.misses = 0
         self.dropped = 0
-        #: responses sent, by rcode
-        self.rcodes: dict[int, int] = {}
+        #: responses sent, by (extended, 12-bit) rcode: a list, the cheapest to count into
+        self._rcodes = [0] * 4096
         for cluster in engine.clusters:
             cluster.store.subscribe(self._invalidator(cluster.domain, cluster.store))
 
     def count(self, rcode: int) -> None:
-        self.rcodes[rcode] = self.rcodes.get(rcode, 0) + 1
+        self._rcodes[rcode] += 1
+
+    @property
+    def rcodes(self) -> dict[int, int]:
+        """Responses sent, by rcode."""
+        return {rcode: n for rcode, n in enumerate(self._rcodes) if n}
 
     def _invalidator(self, domain: str, store: Store) -> Callable[[int, float | None], None]:
         def invalidate(generation: int, received_at: float | None) -> None:
@@ -155,7 +160,7 @@ class Responder:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def respond(self, data: bytes, *, udp: bool) -> bytes | Action | None:
+    def respond(self, data: bytes, udp: bool) -> bytes | Action | None:
         """The response to one query packet, or None when it gets no answer.
 
         An `Action` instead of bytes asks the transport to do what a single response cannot:
@@ -174,8 +179,7 @@ class Responder:
                     if cached.response is encoded:
                         self.hits += 1
                         self.qtype = qtype
-                        rcodes = self.rcodes
-                        rcodes[cached.rcode] = rcodes.get(cached.rcode, 0) + 1
+                        self._rcodes[cached.rcode] += 1
                         return data[:2] + tail
         response = self._fast(data, udp)
         if response is not None:

@@ -73,6 +73,28 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
         self.family = _family(transport)
         self.counts = self.stats.counter("udp", self.family)
+        if self.limiter is None and not self.log_queries:
+            # The usual case gets a shorter path: this runs for every query.
+            self._sendto = self.transport.sendto  # type: ignore[union-attr]
+            self.datagram_received = self._received_plain  # type: ignore[method-assign]
+
+    def _received_plain(self, data: bytes, addr: tuple[str, int]) -> None:
+        """`datagram_received` without rate limiting and query logging."""
+        started = perf_counter()
+        try:
+            response = self.responder.respond(data, True)
+        except Exception:
+            log.exception("failed to answer a query from %s", addr[0])
+            response = servfail_for(data)
+        if type(response) is bytes:
+            self._sendto(response, addr)
+            self.stats.record(self.counts, self.responder.qtype, started)
+        elif response is FORWARD:
+            self.server.forward(data, lambda r: self._send(r, addr), udp=True, family=self.family)
+        else:
+            if isinstance(response, Action):
+                self._send(servfail_for(data), addr)  # AXFR over UDP: REFUSED before this
+            self.stats.record(self.counts, self.responder.qtype, started)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         started = perf_counter()
@@ -82,7 +104,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
             if not verdict:
                 return
         try:
-            response = self.responder.respond(data, udp=True)
+            response = self.responder.respond(data, True)
         except Exception:
             log.exception("failed to answer a query from %s", addr[0])
             response = servfail_for(data)
