@@ -503,14 +503,7 @@ def main() -> None:
             kdns = [python, "-m", "kdns", "serve", "--zones", str(zones), "--log-level", "warning"]
             servers.append(("kdns", lambda port: [*kdns, "--listen", f"127.0.0.1:{port}"], True))
         if "nsd" not in args.skip:
-            zonefile = work / "records.zone"
-            records = subprocess.run(
-                [python, "-m", "kdns", "records", "--zones", str(zones)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            zonefile.write_text(records.stdout)
+            zonefile = run.write_zonefile(zones, work / "records.zone")
 
             def nsd(port: int) -> list[str] | None:
                 conf = run.nsd_config(work, zonefile, port)

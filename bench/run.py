@@ -279,6 +279,18 @@ def measure(
     return result
 
 
+def write_zonefile(zones: Path, path: Path) -> Path:
+    """`kdns records` of `zones`, as the zone file nsd serves."""
+    records = subprocess.run(
+        [sys.executable, "-m", "kdns", "records", "--zones", str(zones)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    path.write_text(records.stdout)
+    return path
+
+
 def nsd_config(work: Path, zonefile: Path, port: int) -> Path | None:
     """An nsd configuration serving the same records, or None when nsd is not installed."""
     if not shutil.which("nsd"):
@@ -357,14 +369,7 @@ def main() -> None:
         queries = work / "queries.txt"
         queries.write_text("\n".join(lines) + "\n")
         sample = list(dict.fromkeys(lines))[:SAMPLE]
-        zonefile = work / "records.zone"
-        records = subprocess.run(
-            [python, "-m", "kdns", "records", "--zones", str(zones)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        zonefile.write_text(records.stdout)
+        zonefile = write_zonefile(zones, work / "records.zone")
         results: list[Result] = []
 
         def run(name: str, key: str, cmd: list[str], port: int, **kw: Any) -> None:

@@ -15,13 +15,25 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 SERVING = re.compile(r"serving \S+ on (\S+) port (\d+)")
 HTTP = re.compile(r"http on (\S+) port (\d+)")
 KDNS = [sys.executable, "-m", "kdns"]
+_T = TypeVar("_T")
+
+
+def until(check: Callable[[], _T], timeout: float = 5.0, step: float = 0.02) -> _T:
+    """Call `check` until it returns something true or `timeout` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
 
 
 @dataclass

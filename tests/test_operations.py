@@ -7,6 +7,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -16,7 +17,7 @@ import dns.rdatatype
 import pytest
 
 from tests.apiserver import FakeApiServer, endpoint_slice, namespace, service, write_kubeconfig
-from tests.kdns_process import start_kdns
+from tests.kdns_process import start_kdns, until
 
 ZONE = """
 apiVersion: v1
@@ -38,15 +39,6 @@ def query(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.mes
     q = dns.message.make_query(name, rdtype)
     send = dns.query.tcp if tcp else dns.query.udp
     return send(q, "127.0.0.1", port=port, timeout=2)
-
-
-def until(check, timeout: float = 5.0, step: float = 0.02):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 def test_sigterm_lame_duck_reports_not_ready_but_keeps_answering(zones: Path) -> None:
@@ -195,7 +187,7 @@ def test_client_that_never_reads_does_not_grow_memory_without_bound(zones: Path)
 
 
 @pytest.fixture
-def api() -> FakeApiServer:
+def api() -> Iterator[FakeApiServer]:
     server = FakeApiServer().start()
     server.apply_all(
         [
@@ -213,7 +205,7 @@ def api() -> FakeApiServer:
             service("web", "default", cluster_ip="10.96.9.9"),
         ]
     )
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 

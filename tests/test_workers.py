@@ -19,7 +19,7 @@ import dns.rcode
 import pytest
 
 from tests.apiserver import FakeApiServer, namespace, service, write_kubeconfig
-from tests.kdns_process import KdnsProcess, start_kdns
+from tests.kdns_process import KdnsProcess, start_kdns, until
 
 ZONE = """
 apiVersion: v1
@@ -53,15 +53,6 @@ def ask(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.messa
 def address(port: int, name: str = "web.default.svc.cluster.local") -> str | None:
     r = ask(port, name)
     return r.answer[0][0].address if r.answer else None
-
-
-def until(check, timeout: float = 5.0, step: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 def metric(kp: KdnsProcess, name: str) -> dict[str, float]:
