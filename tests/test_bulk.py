@@ -13,15 +13,18 @@ TCP, UDP and SCTP, publishNotReadyAddresses, several and nested zones) are asked
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import struct
 from collections import Counter
 
 import pytest
-from dnslib import QTYPE, RCODE
+from dnslib import AAAA, QTYPE, RCODE, A
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kdns.answers import Cluster, Engine
-from kdns.bulk import encode_bulk
+from kdns.bulk import _rdata, encode_bulk
 from kdns.model import (
     Endpoint,
     EndpointPort,
@@ -31,6 +34,7 @@ from kdns.model import (
     Service,
     ServicePort,
     Subset,
+    ip_family,
 )
 from kdns.responder import Responder, _fit
 from kdns.store import Store
@@ -344,3 +348,29 @@ def test_responder_serves_and_invalidates_direct_answers() -> None:
     second = responder.respond(data, udp=False)
     assert second != first
     assert second == encode(query, responder.resolve(query))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.ip_addresses().map(str),
+        st.ip_addresses(v=6).map(lambda a: a.exploded),
+        st.ip_addresses(v=6).map(lambda a: f"::ffff:{ipaddress.IPv4Address(int(a) & 0xFFFFFFFF)}"),
+        st.from_regex(r"\A[0-9a-fA-F:.%]{1,20}\Z"),
+    )
+)
+def test_address_rdata_is_dnslibs(address: str) -> None:
+    """The fast rdata (inet_pton) is byte for byte dnslib's, and refuses what dnslib refuses;
+    the family is `ip_family`'s."""
+    family, rdata = _rdata(address)
+    assert family == ip_family(address)
+    try:
+        if family == 4:
+            expected: bytes | None = bytes(A(address).data)
+        elif family == 6:
+            expected = bytes(AAAA(address).data)
+        else:
+            expected = None
+    except Exception:
+        expected = None
+    assert rdata == expected
