@@ -372,24 +372,36 @@ class Store:
         if old == view:
             return
         self._changed_services.add(skey)
-        if old is not None:
-            self._index(skey, old, remove=True)
+        self._reindex(skey, old, view)
         if view is None:
             self._views.pop(skey, None)
             self._owner.pop(skey, None)
         else:
             self._views[skey] = view
             self._owner[skey] = owner or ""
-            self._index(skey, view, remove=False)
 
-    def _index(self, skey: ServiceKey, view: ServiceView, *, remove: bool) -> None:
+    def _reindex(self, skey: ServiceKey, old: ServiceView | None, new: ServiceView | None) -> None:
+        """Update the PTR indexes from `old` to `new`, touching (and reporting as changed) only
+        the addresses whose entries differ: when one endpoint of a hundred moves, the cached
+        PTR answers of the other 99 stay."""
         changed = self._changed_addresses
-        for ip in view.service.cluster_ips:
-            _edit(self._cluster_ptr, ip, skey, remove)
+        ns, name = skey
+        before = set(old.service.cluster_ips) if old is not None else set()
+        after = set(new.service.cluster_ips) if new is not None else set()
+        for ip in before - after:
+            _edit(self._cluster_ptr, ip, skey, True)
             changed.add(ip)
-        for ep in view.ready:
-            _edit(self._endpoint_ptr, ep.address, (skey[0], skey[1], ep.name), remove)
-            changed.add(ep.address)
+        for ip in after - before:
+            _edit(self._cluster_ptr, ip, skey, False)
+            changed.add(ip)
+        was = {(ep.address, ep.name) for ep in old.ready} if old is not None else set()
+        now = {(ep.address, ep.name) for ep in new.ready} if new is not None else set()
+        for address, label in was - now:
+            _edit(self._endpoint_ptr, address, (ns, name, label), True)
+            changed.add(address)
+        for address, label in sorted(now - was):
+            _edit(self._endpoint_ptr, address, (ns, name, label), False)
+            changed.add(address)
 
     def _bump(self, received_at: float | None) -> None:
         self.generation += 1

@@ -473,3 +473,29 @@ def test_a_service_change_recomputes_its_view() -> None:
     assert ready(store, "default", "peers") == [("10-7-0-1", "10.7.0.1")]
     assert store.services_by_cluster_ip("10.96.0.7") == [("default", "peers")]
     assert store.endpoints_by_ip("10.7.0.2") == []
+
+
+def test_a_change_reports_only_the_addresses_whose_ptr_entries_moved() -> None:
+    store = Store()
+    store.add_layer("c")
+    seen: list[frozenset[str]] = []
+    store.subscribe(lambda generation, at: seen.append(store.last_change.addresses))
+    svc = headless("ns", "db")
+    three = [ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")]
+    store.apply("c", [svc, endpoint_slice("ns", "db-x", "db", three)])
+    assert seen[-1] == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+    # one endpoint moves: its old and new address change, the other two keep their answers
+    moved = [ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.4")]
+    store.apply("c", [endpoint_slice("ns", "db-x", "db", moved)])
+    assert seen[-1] == {"10.0.0.3", "10.0.0.4"}
+    assert store.endpoints_by_ip("10.0.0.3") == []
+    assert store.endpoints_by_ip("10.0.0.4") == [("ns", "db", "10-0-0-4")]
+    # a hostname given to one endpoint renames its PTR target
+    named = [ep("10.0.0.1", hostname="a"), ep("10.0.0.2"), ep("10.0.0.4")]
+    store.apply("c", [endpoint_slice("ns", "db-x", "db", named)])
+    assert seen[-1] == {"10.0.0.1"}
+    assert store.endpoints_by_ip("10.0.0.1") == [("ns", "db", "a")]
+    # the service goes: every address it held changes
+    store.apply("c", deletes=[("Service", "ns", "db")])
+    assert seen[-1] == {"10.0.0.1", "10.0.0.2", "10.0.0.4"}
+    assert store.endpoints_by_ip("10.0.0.2") == []
