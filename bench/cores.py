@@ -63,12 +63,7 @@ def measure(
             "processes": float(len(run.process_tree(proc.pid))),
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        run.stop(proc, 15)
         print(f"{label}: done", flush=True)
 
 

@@ -384,11 +384,7 @@ def profile_server(
             dnsperf_run(port, queries, args.profile_seconds, args.rate)
         classify(prof, data, main_tids)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        run.stop(proc)
     return prof
 
 

@@ -271,12 +271,18 @@ def measure(
             result.p99_us = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6
         result.lost = int(stat(out, "Queries lost"))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     return result
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def write_zonefile(zones: Path, path: Path) -> Path:
