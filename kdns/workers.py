@@ -45,6 +45,9 @@ MAX_FEED_BACKLOG = 256 << 20
 READY_TIMEOUT = 60.0
 #: Seconds a serving process gets to stop before it is killed.
 STOP_TIMEOUT = 5.0
+#: A serving process that has said nothing (it reports every STATS_INTERVAL) for this long is
+#: stuck (stopped, deadlocked, swapping): it is killed and started again.
+SILENCE_TIMEOUT = 5.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -97,6 +100,8 @@ class _Worker:
     feed: asyncio.WriteTransport | None = None
     ready: bool = False
     stats: WorkerStats | None = None
+    #: time.monotonic() of its last frame
+    heard: float = 0.0
 
 
 class _FeedWriter(asyncio.Protocol):
@@ -126,6 +131,7 @@ class _StatusProtocol(asyncio.Protocol):
         self.reader = FrameReader()
 
     def data_received(self, data: bytes) -> None:
+        self.worker.heard = time.monotonic()
         self.reader.feed(data)
         while (message := self.reader.next()) is not None:
             if message[0] == "ready":
@@ -189,6 +195,7 @@ class WorkerPool:
         """Start every serving process; return once all answer, READY_TIMEOUT passed or `stop`."""
         for index in range(self.count):
             self._spawn(index)
+        self._spawn_task(self._watchdog())
         deadline = time.monotonic() + READY_TIMEOUT
         while self.ready_count < self.count and time.monotonic() < deadline:
             if stop.is_set():
@@ -198,9 +205,34 @@ class WorkerPool:
             log.warning("%d of %d workers serving after %.0fs", self.ready_count, self.count,
                         READY_TIMEOUT)  # fmt: skip
 
+    async def _watchdog(self) -> None:
+        last = time.monotonic()
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            now, late = time.monotonic(), time.monotonic() - last > 2.0
+            last = now
+            if late:
+                # This process was busy: what the pipes hold may not have been read yet (uvloop
+                # runs timers before it polls), so silence now proves nothing.
+                continue
+            for worker in list(self._workers.values()):
+                if worker.ready and now - worker.heard > SILENCE_TIMEOUT:
+                    why = f"silent for {now - worker.heard:.0f}s"
+                elif not worker.ready and now - worker.started > READY_TIMEOUT:
+                    why = f"not serving after {READY_TIMEOUT:.0f}s"
+                else:
+                    continue
+                log.error("worker %d (pid %d) %s; killing it", worker.index, worker.proc.pid, why)
+                worker.ready = False
+                self._kill(worker)
+
     @property
     def ready_count(self) -> int:
-        return sum(1 for w in self._workers.values() if w.ready)
+        """Serving processes answering: ready, and heard from lately."""
+        now = time.monotonic()
+        return sum(
+            1 for w in self._workers.values() if w.ready and now - w.heard <= SILENCE_TIMEOUT
+        )
 
     @property
     def pids(self) -> list[int]:

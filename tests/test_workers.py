@@ -245,3 +245,23 @@ def test_workers_share_one_watch_on_the_api_server(zones: Path, tmp_path: Path) 
             kp.stop()
     finally:
         api.stop()
+
+
+def test_a_stuck_worker_is_killed_and_started_again(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "2"], http=True)
+    try:
+        first = worker_pids(kp.proc.pid)
+        os.kill(first[0], signal.SIGSTOP)  # alive, but answering nothing and saying nothing
+        t0 = time.monotonic()
+        # the other one answers meanwhile
+        for _ in range(30):
+            assert address(kp.port) == "10.96.0.80"
+        assert until(lambda: first[0] not in worker_pids(kp.proc.pid), 15)
+        assert time.monotonic() - t0 < 12
+        assert until(lambda: metric(kp, "kdns_workers_ready") == {"": 2.0}, 10)
+        assert metric(kp, "kdns_worker_restarts_total") == {"": 1.0}
+        assert "silent for" in kp.log()
+        for _ in range(30):
+            assert address(kp.port) == "10.96.0.80"
+    finally:
+        kp.stop()
