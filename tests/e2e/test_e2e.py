@@ -765,6 +765,76 @@ def test_stub_domain_through_coredns(cluster: ControlPlane, coredns: CoreDNS, no
         assert dig_reply(via, fqdn("missing", ns, z), tcp=tcp).rcode == "NXDOMAIN"
 
 
+# --------------------------------------------------------------------------- 5. --workers
+
+
+def _watches_now(cp: ControlPlane) -> dict[str, float]:
+    text = cp.request("GET", "/metrics", raw=True)
+    out: dict[str, float] = {}
+    for line in str(text).splitlines():
+        if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line:
+            labels, value = line.rsplit(" ", 1)
+            resource = labels.split('resource="', 1)[1].split('"', 1)[0]
+            out[resource] = out.get(resource, 0.0) + float(value)
+    return out
+
+
+def _watches(cp: ControlPlane, timeout: float = 20.0) -> dict[str, float]:
+    """Open WATCH requests by resource, from kube-apiserver's own /metrics, once they have held
+    still for a second (other clients, the controllers among them, come and go)."""
+    deadline = time.monotonic() + timeout
+    last = _watches_now(cp)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = _watches_now(cp)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"kube-apiserver's watches never held still: {last}")
+
+
+def test_workers_share_one_watch_of_the_real_apiserver(
+    cluster: ControlPlane, node: str, tmp_path: Path
+) -> None:
+    """kdns --workers 2: one watch per kind on kube-apiserver, every process follows changes."""
+    before = _watches(cluster)
+    kp = start_kdns_for(cluster, tmp_path, cluster.admin_kubeconfig, "--workers", "2")
+    try:
+        ns = "workers"
+        cluster.create_namespace(ns)
+        svc = cluster.create_service(ns, "web", selector={"app": "web"}, ports=[("http", 80, 80)])
+        cluster.create_service(
+            ns, "web-hl", selector={"app": "web"}, ports=[("http", 80, 80)], headless=True
+        )
+        cluster.run_pod(ns, "web-0", node, {"app": "web"}, "10.7.0.1")
+        wait_slices(cluster, ns, "web-hl", {"10.7.0.1"})
+        until_dig(kp, fqdn("web-hl", ns), "A", {"10.7.0.1"})
+        # Whichever process the kernel hands a query to answers the same.
+        for _ in range(40):
+            assert ask(kp.port, fqdn("web", ns)).answer == {
+                f"{fqdn('web', ns)}. A {svc['spec']['clusterIP']}"
+            }
+            assert ask(kp.port, fqdn("web-hl", ns)).answer == {f"{fqdn('web-hl', ns)}. A 10.7.0.1"}
+        after = _watches(cluster)
+        added = {r: after.get(r, 0.0) - before.get(r, 0.0) for r in after}
+        # services, endpointslices, endpoints, namespaces: one watch each, not one per process
+        assert {r: n for r, n in added.items() if n} == {
+            "services": 1.0,
+            "endpointslices": 1.0,
+            "endpoints": 1.0,
+            "namespaces": 1.0,
+        }, added
+        status, metrics = kp.http_get("/metrics")
+        assert status == 200 and "kdns_workers_ready 2.0" in metrics
+        # A headless service without ready endpoints is NXDOMAIN, in every process at once.
+        cluster.delete_pod(ns, "web-0")
+        until_dig(kp, fqdn("web-hl", ns), "A", set(), "NXDOMAIN")
+        for _ in range(20):
+            assert ask(kp.port, fqdn("web-hl", ns)).rcode == "NXDOMAIN"
+    finally:
+        kp.stop()
+
+
 # --------------------------------------------------------------------------- 6. apiserver restart
 
 
@@ -815,60 +885,3 @@ def test_watch_survives_apiserver_restart(
         f"dig saw it {time.monotonic() - t_slice:.2f}s later"
     )
     cluster.delete_pod(ns, "x-0")
-
-
-# --------------------------------------------------------------------------- 7. --workers
-
-
-def _watches(cp: ControlPlane) -> dict[str, float]:
-    """Open WATCH requests by resource, from kube-apiserver's own /metrics."""
-    text = cp.request("GET", "/metrics", raw=True)
-    out: dict[str, float] = {}
-    for line in str(text).splitlines():
-        if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line:
-            labels, value = line.rsplit(" ", 1)
-            resource = labels.split('resource="', 1)[1].split('"', 1)[0]
-            out[resource] = out.get(resource, 0.0) + float(value)
-    return out
-
-
-def test_workers_share_one_watch_of_the_real_apiserver(
-    cluster: ControlPlane, node: str, tmp_path: Path
-) -> None:
-    """kdns --workers 2: one watch per kind on kube-apiserver, every process follows changes."""
-    before = _watches(cluster)
-    kp = start_kdns_for(cluster, tmp_path, cluster.admin_kubeconfig, "--workers", "2")
-    try:
-        ns = "workers"
-        cluster.create_namespace(ns)
-        svc = cluster.create_service(ns, "web", selector={"app": "web"}, ports=[("http", 80, 80)])
-        cluster.create_service(
-            ns, "web-hl", selector={"app": "web"}, ports=[("http", 80, 80)], headless=True
-        )
-        cluster.run_pod(ns, "web-0", node, {"app": "web"}, "10.7.0.1")
-        wait_slices(cluster, ns, "web-hl", {"10.7.0.1"})
-        until_dig(kp, fqdn("web-hl", ns), "A", {"10.7.0.1"})
-        # Whichever process the kernel hands a query to answers the same.
-        for _ in range(40):
-            assert ask(kp.port, fqdn("web", ns)).answer == {
-                f"{fqdn('web', ns)}. A {svc['spec']['clusterIP']}"
-            }
-            assert ask(kp.port, fqdn("web-hl", ns)).answer == {f"{fqdn('web-hl', ns)}. A 10.7.0.1"}
-        after = _watches(cluster)
-        added = {r: after.get(r, 0.0) - before.get(r, 0.0) for r in after}
-        # services, endpointslices, endpoints, namespaces: one watch each, not one per process
-        assert {r: n for r, n in added.items() if n} == {
-            "services": 1.0,
-            "endpointslices": 1.0,
-            "endpoints": 1.0,
-            "namespaces": 1.0,
-        }, added
-        status, metrics = kp.http_get("/metrics")
-        assert status == 200 and "kdns_workers_ready 2.0" in metrics
-        # A headless service without ready endpoints is NXDOMAIN, in every process at once.
-        cluster.delete_pod(ns, "web-0")
-        until_dig(kp, fqdn("web-hl", ns), "A", set(), "NXDOMAIN")
-        for _ in range(20):
-            assert ask(kp.port, fqdn("web-hl", ns)).rcode == "NXDOMAIN"
-    finally:
-        kp.stop()
