@@ -35,9 +35,14 @@ def main(argv: list[str]) -> int:
     index, feed, status = (int(a) for a in argv[:3])
     sockets = tuple(int(a) for a in argv[3:])
     # Read the settings frame and nothing after it: the event loop reads the rest.
-    header = _read_exactly(feed, 4)
+    try:
+        header = _read_exactly(feed, 4)
+        body = _read_exactly(feed, struct.unpack("!I", header)[0])
+    except EOFError as err:
+        print(f"kdns worker {index}: {err}", file=sys.stderr)
+        return 1
     reader = FrameReader()
-    reader.feed(header + _read_exactly(feed, struct.unpack("!I", header)[0]))
+    reader.feed(header + body)
     hello = reader.next()
     if not hello or hello[0] != "hello":
         print(f"kdns worker {index}: unexpected first message", file=sys.stderr)
