@@ -144,7 +144,7 @@ class Engine:
                 return None
         for zone in REVERSE_ZONES:
             if labels[-2:] == zone:
-                address = _reverse_address(zone, labels[:-2])
+                address = reverse_address(zone, labels[:-2])
                 if address:
                     return ("ip", address)
                 return ANY_TAG if _reverse_span(zone, labels[:-2]) else None
@@ -414,7 +414,7 @@ class Engine:
         soa = self._soa(zone_name, self._reverse_serial(), mname)
         if not rel:
             return self._apex(zone_name, soa, mname, qname, qtype)
-        address = _reverse_address(zone, rel)
+        address = reverse_address(zone, rel)
         if address is None:
             if self.reverse_non_terminal(zone, rel):
                 return self._negative(RCODE.NOERROR, soa)
@@ -494,14 +494,14 @@ def pod_address(label: str) -> str | None:
     return None
 
 
-def _reverse_address(zone: tuple[str, str], rel: tuple[str, ...]) -> str | None:
+def reverse_address(zone: tuple[str, str], rel: tuple[str, ...]) -> str | None:
     """The address a full reverse name stands for, in canonical form; None otherwise."""
     try:
         if zone[0] == "in-addr":
             if len(rel) != 4 or not all(p.isdigit() and str(int(p)) == p for p in rel):
                 return None
             return str(ipaddress.IPv4Address(".".join(reversed(rel))))
-        if len(rel) != 32 or not all(len(p) == 1 and p in "0123456789abcdef" for p in rel):
+        if len(rel) != 32 or not all(len(p) == 1 and p in _NIBBLES for p in rel):
             return None
         nibbles = "".join(reversed(rel))
         return str(ipaddress.IPv6Address(int(nibbles, 16)))
@@ -511,7 +511,7 @@ def _reverse_address(zone: tuple[str, str], rel: tuple[str, ...]) -> str | None:
 
 def _reverse_span(zone: tuple[str, str], rel: tuple[str, ...]) -> tuple[int, int, int] | None:
     """(IP version, lowest, highest address) under a partial reverse name: one to three octets
-    in in-addr.arpa, one to 31 nibbles in ip6.arpa, spelled as `_reverse_address` takes them.
+    in in-addr.arpa, one to 31 nibbles in ip6.arpa, spelled as `reverse_address` takes them.
     None for anything else, full names included."""
     if zone[0] == "in-addr":
         if not 0 < len(rel) < 4:
@@ -539,7 +539,7 @@ _NIBBLES = frozenset("0123456789abcdef")
 
 def _ip_value(address: str) -> tuple[int, int] | None:
     """(version, integer value) of an address, None when no reverse name reaches it (a scoped
-    IPv6 address: `_reverse_address` never spells the scope)."""
+    IPv6 address: `reverse_address` never spells the scope)."""
     family, version = (socket.AF_INET6, 6) if ":" in address else (socket.AF_INET, 4)
     try:
         return version, int.from_bytes(socket.inet_pton(family, address))

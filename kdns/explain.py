@@ -18,12 +18,19 @@ One job: a few lines of prose about one question, followed by the answer itself.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
-from .answers import REVERSE_ZONES, SCHEMA_VERSION, Answer, Cluster, Engine, pod_address
+from .answers import (
+    REVERSE_ZONES,
+    SCHEMA_VERSION,
+    Answer,
+    Cluster,
+    Engine,
+    pod_address,
+    reverse_address,
+)
 from .model import EndpointSet, ObjectKey, ip_family
 from .store import ServiceView, Store
 
@@ -324,7 +331,7 @@ def _why_reverse(
     zone_name = ".".join(zone)
     if not rel:
         return f"the apex of zone {zone_name}: kdns's own SOA and NS records", []
-    address = _reverse_address(zone, rel)
+    address = reverse_address(zone, rel)
     if address is None:
         if engine.reverse_non_terminal(zone, rel):
             return (
@@ -349,16 +356,3 @@ def _why_reverse(
     if found:
         return f"PTR for {address}: {_join(found)}", []
     return f"NXDOMAIN: no service or ready endpoint has the address {address}", []
-
-
-def _reverse_address(zone: tuple[str, str], rel: tuple[str, ...]) -> str | None:
-    try:
-        if zone[0] == "in-addr":
-            if len(rel) != 4 or not all(p.isdigit() and str(int(p)) == p for p in rel):
-                return None
-            return str(ipaddress.IPv4Address(".".join(reversed(rel))))
-        if len(rel) != 32 or not all(len(p) == 1 and p in "0123456789abcdef" for p in rel):
-            return None
-        return str(ipaddress.IPv6Address(int("".join(reversed(rel)), 16)))
-    except ValueError:
-        return None

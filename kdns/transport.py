@@ -88,13 +88,18 @@ class UdpProtocol(asyncio.DatagramProtocol):
             response = servfail_for(data)
         if type(response) is bytes:
             self._sendto(response, addr)
-            self.stats.record(self.counts, self.responder.qtype, started)
-        elif response is FORWARD:
+        elif self._not_bytes(data, addr, response):
+            return
+        self.stats.record(self.counts, self.responder.qtype, started)
+
+    def _not_bytes(self, data: bytes, addr: tuple[str, int], response: object) -> bool:
+        """Act on a response that is not bytes; True when it is answered later (forwarded)."""
+        if response is FORWARD:
             self.server.forward(data, lambda r: self._send(r, addr), udp=True, family=self.family)
-        else:
-            if isinstance(response, Action):
-                self._send(servfail_for(data), addr)  # AXFR over UDP: REFUSED before this
-            self.stats.record(self.counts, self.responder.qtype, started)
+            return True
+        if isinstance(response, Action):
+            self._send(servfail_for(data), addr)  # AXFR over UDP never gets here: REFUSED
+        return False
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         started = perf_counter()
@@ -113,14 +118,9 @@ class UdpProtocol(asyncio.DatagramProtocol):
                 # RRL slip: a truncated answer makes a real client retry over TCP, where
                 # spoofing does not work, while a reflected victim gets only a tiny packet.
                 response = slipped(response)
-            if self.transport is not None:  # _send, inlined: this runs for every query
-                self.transport.sendto(response, addr)
-        elif response is FORWARD:
-            self.server.forward(data, lambda r: self._send(r, addr), udp=True, family=self.family)
-            return
-        elif isinstance(response, Action):
-            response = servfail_for(data)  # AXFR over UDP never gets here: REFUSED by then
             self._send(response, addr)
+        elif self._not_bytes(data, addr, response):
+            return
         self.stats.record(self.counts, self.responder.qtype, started)
         if self.log_queries:
             _log_query(addr[0], "udp", data, response if type(response) is bytes else None, started)

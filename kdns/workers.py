@@ -234,10 +234,6 @@ class WorkerPool:
             1 for w in self._workers.values() if w.ready and now - w.heard <= SILENCE_TIMEOUT
         )
 
-    @property
-    def pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers.values()]
-
     def status(self) -> tuple[int, int, dict[int, int]]:
         """(processes answering, restarts, requests answered by each), for the metrics."""
         answered = {
