@@ -164,6 +164,14 @@ def serve(
             "and reads zones/ (0: this process answers too).",
         ),
     ] = 0,
+    zones_watch: Annotated[
+        str,
+        typer.Option(
+            "--zones-watch",
+            help="How a changed zones/ file is known to be complete: inotify (when its writer "
+            "closes it), poll (two equal reads 0.3 s apart), or auto (inotify where it works).",
+        ),
+    ] = "auto",
     tcp_idle_timeout: Annotated[
         float,
         typer.Option("--tcp-idle-timeout", min=0.1, help="Close TCP connections idle this long."),
@@ -196,6 +204,7 @@ def serve(
             upstreams=upstreams,
             upstream_timeout=upstream_timeout,
             workers=workers,
+            zones_watch=zones_watch,
             domain=normalize_domain(domain),
             ttl=ttl,
             pods=pods,  # type: ignore[arg-type]  # checked above

@@ -54,6 +54,8 @@ class Config:
     tcp_max_connections: int = 1000
     cache_size: int = 20000
     poll_interval: float = 0.25
+    #: How a changed zones/ file is known to be complete (`files.WATCH_MODES`).
+    zones_watch: str = "auto"
     #: Serving processes; 0: this process serves too (see `workers.py`).
     workers: int = 0
 

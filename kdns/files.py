@@ -20,6 +20,26 @@ Two details keep polling exact:
   After reading, the directories are listed again; if anything moved meanwhile, the changed
   files are read once more before the result is used, so kdns does not serve half of a swap.
 
+When new content is applied. A file being written is not a file that was written: the shell
+truncates `f` for `kubectl get svc -o yaml > f` at once, and kubectl writes only after its API
+round trip; an empty file is valid YAML, and serving it would answer NXDOMAIN for every name the
+file held. No timer tells the two apart on a loaded machine, so the watch asks who is writing
+(`kdns.writers`, inotify):
+
+- a file whose writer closed it (IN_CLOSE_WRITE), or that was renamed into place (IN_MOVED_TO),
+  is applied at once;
+- a file written to since its last close is left alone, its previous content still served, until
+  its writer closes it, however long that takes;
+- a file that changed while it was being read is read again at the next poll;
+- a file about whose writer inotify said nothing (no inotify, a network filesystem, a directory
+  created a moment ago, a ConfigMap swap) is applied once two reads at least `_STABLE_NS` apart
+  gave the same content.
+
+And whatever the writer: a change that takes a file from N objects to none, or removes more than
+half of them, or a file that disappears, is applied only once the file has held still for
+`_SHRINK_NS`; the wait is logged with its reason. `load()` at startup and `reload()` (SIGHUP, an
+explicit request) apply what they read at once.
+
 How changes are applied: the complete new set of objects, built from every file, goes to the
 store in ONE `replace` call. The store diffs it against what the layer holds, so a query sees
 either the old state or the new one, and unchanged names never blink.
@@ -43,6 +63,7 @@ without one (`kdns.allocate`) and endpoints from Pod manifests (`kdns.pods`). It
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -57,14 +78,20 @@ from .manifests import SUFFIXES, Origin, Parsed, Problem, Record, Severity, deco
 from .model import EndpointSet, KubeObject, Namespace, Service
 from .pods import Pod, ServiceTargets, endpoints_for, resolve_port, selects
 from .store import Sink
+from .writers import WriteState, WriteTracker, inotify_available
 
 log = logging.getLogger(__name__)
+
+#: How the watch learns that a writer is done: inotify where it works, else two equal reads.
+WATCH_MODES = ("auto", "inotify", "poll")
 
 #: A file modified less than this long before it was read may change again without its
 #: signature changing (mtime granularity), so it is re-read until it is older than this.
 _RACY_NS = 2_000_000_000
-#: A changed file is read only once its last write is this old (see `_update`).
-_SETTLE_NS = 150_000_000
+#: Without word from inotify, new content is applied once two reads this far apart agree.
+_STABLE_NS = 300_000_000
+#: A change that removes all, or more than half, of a file's objects waits this long.
+_SHRINK_NS = 1_000_000_000
 #: How many times one reload re-reads files that kept changing while they were read.
 _SETTLE_ATTEMPTS = 5
 
@@ -95,6 +122,19 @@ class _File:
     #: The records of the last content without errors; None if it never had any.
     good: tuple[Record, ...] | None
     racy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """Content of a file that was read but is not served yet."""
+
+    digest: bytes
+    since_ns: int  # monotonic time of the first read that gave this content
+
+
+def _shrinks(served: int, kept: int) -> bool:
+    """True when a change from `served` objects to `kept` drops all, or more than half."""
+    return served > 0 and (kept == 0 or (served - kept) * 2 > served)
 
 
 def _signature(path: str) -> _Signature:
@@ -348,7 +388,14 @@ class FileSource:
         dirs: Sequence[str | os.PathLike[str]],
         service_cidr: str = DEFAULT_SERVICE_CIDR,
         poll_interval: float = 0.25,
+        watch_mode: str = "auto",
     ) -> None:
+        if watch_mode not in WATCH_MODES:
+            raise SourceError(
+                "--zones-watch", f"expected one of {', '.join(WATCH_MODES)}, not {watch_mode!r}"
+            )
+        if watch_mode == "inotify" and not inotify_available():
+            raise SourceError("--zones-watch inotify", "inotify is not available here")
         try:
             self._network = parse_cidr(service_cidr)
         except AllocationError as exc:
@@ -366,6 +413,13 @@ class FileSource:
         self._apply_lock = threading.Lock()
         self._seq = 0
         self._applied = 0
+        self.watch_mode = watch_mode
+        self._tracker: WriteTracker | None = None
+        #: Content read but not applied yet, by path: waiting for its writer or to hold still.
+        self._pending: dict[str, _Pending] = {}
+        #: Files gone from disk whose objects are still served, by path: since when (monotonic).
+        self._removing: dict[str, int] = {}
+        self._waits_logged: set[tuple[str, str]] = set()
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -399,11 +453,26 @@ class FileSource:
 
     async def watch(self) -> None:
         """Poll for changes until cancelled, applying each on the running loop."""
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            result = await asyncio.to_thread(self._poll)
-            if result is not None:
-                self._apply(*result)
+        if self.watch_mode != "poll":
+            await asyncio.to_thread(self._start_tracking)
+        log.info(
+            "watching %s for changes (%s)",
+            ", ".join(self.dirs),
+            "inotify: applied when the writer closes a file"
+            if self._tracker is not None
+            else "polling: applied when two reads agree",
+        )
+        try:
+            while True:
+                await asyncio.sleep(self.poll_interval)
+                result = await asyncio.to_thread(self._poll)
+                if result is not None:
+                    self._apply(*result)
+        finally:
+            with self._lock:
+                if self._tracker is not None:
+                    self._tracker.close()
+                    self._tracker = None
 
     @property
     def problems(self) -> list[Problem]:
@@ -415,6 +484,14 @@ class FileSource:
         return out
 
     # -- reading -------------------------------------------------------------------------------
+
+    def _start_tracking(self) -> None:
+        # Before the first poll: a write that starts from now on is seen by its events.
+        with self._lock:
+            self._tracker = WriteTracker.create()
+            if self._tracker is not None:
+                with contextlib.suppress(SourceError):  # the polls report it
+                    self._tracker.watch(self._directories(_scan(self.dirs)[0]))
 
     def _poll(self) -> tuple[int, tuple[KubeObject, ...]] | None:
         try:
@@ -451,6 +528,8 @@ class FileSource:
             changed = False
             for _ in range(_SETTLE_ATTEMPTS):
                 signatures, scan_problems = _scan(self.dirs)
+                if settle and self._tracker is not None:
+                    self._tracker.watch(self._directories(signatures))
                 read_any, changed_now = self._update(signatures, settle)
                 changed |= changed_now
                 if not read_any or _scan(self.dirs)[0] == signatures:
@@ -469,25 +548,47 @@ class FileSource:
             self._seq += 1
             return self._seq, assembly.objects
 
+    def _directories(self, signatures: dict[str, _Signature]) -> set[str]:
+        """The real directories whose events concern these manifests (and the top ones)."""
+        out = {os.path.realpath(d) for d in self.dirs if os.path.isdir(d)}
+        for path, signature in signatures.items():
+            out.add(os.path.realpath(os.path.dirname(path)))
+            out.add(os.path.dirname(signature.target))
+        return out
+
     def _update(self, signatures: dict[str, _Signature], settle: bool) -> tuple[bool, bool]:
         """Bring `_files` up to date with `signatures`; return (read anything, content changed).
 
-        With `settle` (the background polls; not an explicit load or reload), a file changed in
-        the last `_SETTLE_NS` keeps its previous content until a later poll.
+        With `settle` (the background polls; not an explicit load or reload), new content waits
+        until `_ready` says its writer is done, and a file that vanished until `_gone` does.
         """
         now = time.time_ns()
+        tick = time.monotonic_ns()
         read_any = changed = False
         files: dict[str, _File] = {}
+        tracker = self._tracker if settle else None
         for path, signature in signatures.items():
             old = self._files.get(path)
-            if old is not None and old.signature == signature and not old.racy:
+            self._removing.pop(path, None)
+            if (
+                old is not None
+                and old.signature == signature
+                and not old.racy
+                and path not in self._pending
+            ):
                 files[path] = old
                 continue
             read_any = True
+            before = 0
+            if tracker is not None:
+                tracker.drain()
+                before = tracker.seq
             try:
                 data = self._read_file(path)
             except FileNotFoundError:
-                continue  # gone since the scan: the next scan settles it
+                if old is not None:
+                    files[path] = old  # gone since the scan: the next scan settles it
+                continue
             except OSError as exc:
                 # The digest of an unreadable file is its error, so the error is logged once.
                 reason = f"cannot read: {exc.strerror or exc}"
@@ -499,25 +600,100 @@ class FileSource:
             racy = now - signature.mtime_ns < _RACY_NS
             if old is not None and old.digest == digest:
                 files[path] = dataclasses.replace(old, signature=signature, racy=racy)
-                continue
-            if settle and old is not None and now - signature.mtime_ns < _SETTLE_NS:
-                # Written a moment ago: perhaps only truncated so far, with the new content
-                # still to come (most editors and `>` redirections write in place). An empty
-                # file is valid YAML, and serving it would drop every name the file held; wait
-                # for the writes to settle (the next poll reads it again).
-                files[path] = dataclasses.replace(old, racy=True)
+                self._pending.pop(path, None)
                 continue
             if parsed is None:
                 parsed = decode(data, path)
+            if settle and not self._ready(path, signature, digest, parsed, old, tick, before):
+                if old is not None:
+                    files[path] = dataclasses.replace(old, racy=True)  # read again next poll
+                continue
             good = parsed.records if parsed.ok else (old.good if old is not None else None)
             files[path] = _File(signature, digest, parsed, good, racy)
             self._log_file(path, parsed, old)
             changed = True
         for path in self._files.keys() - files.keys():
+            old = self._files[path]
+            if settle and path in signatures:
+                files[path] = old  # read failed or deferred above: keep what is served
+                continue
+            if settle and not self._gone(path, old, tick):
+                files[path] = old
+                continue
+            self._removing.pop(path, None)
+            self._pending.pop(path, None)
             log.info("%s: removed; its objects are no longer served", path)
             changed = True
         self._files = files
         return read_any, changed
+
+    def _ready(
+        self,
+        path: str,
+        signature: _Signature,
+        digest: bytes,
+        parsed: Parsed,
+        old: _File | None,
+        tick: int,
+        before: int,
+    ) -> bool:
+        """May new content of `path`, just read, be applied now? (see the module docstring)"""
+        tracker = self._tracker
+        state = WriteState.UNKNOWN
+        if tracker is not None:
+            tracker.drain()
+            if tracker.last_event(signature.target) > before:
+                return False  # it changed while it was read: what was read may be half of it
+            state = tracker.state(signature.target)
+        if state is WriteState.WRITING:
+            self._log_wait(
+                path,
+                "writing",
+                "%s: changed, but its writer has not closed it yet; "
+                "still serving its previous content",
+            )
+            return False
+        pending = self._pending.get(path)
+        if pending is None or pending.digest != digest:
+            pending = self._pending[path] = _Pending(digest, tick)
+        need = 0 if state is WriteState.DONE else _STABLE_NS
+        served = len(old.good or ()) if old is not None else 0
+        kept = len(parsed.records) if parsed.ok else served
+        if _shrinks(served, kept):
+            need = _SHRINK_NS
+            self._log_wait(
+                path,
+                "shrink",
+                f"%s: the new content would remove {served - kept} of its {served} objects; "
+                f"applying it once the file has held still for {_SHRINK_NS / 1e9:g} s",
+            )
+        if tick - pending.since_ns < need:
+            return False
+        del self._pending[path]
+        self._waits_logged.discard((path, "writing"))
+        self._waits_logged.discard((path, "shrink"))
+        return True
+
+    def _gone(self, path: str, old: _File, tick: int) -> bool:
+        """May a file that vanished stop being served? Only once it has been gone a while."""
+        if not old.good:
+            return True  # it served nothing
+        since = self._removing.setdefault(path, tick)
+        if tick - since >= _SHRINK_NS:
+            self._waits_logged.discard((path, "removed"))
+            return True
+        self._log_wait(
+            path,
+            "removed",
+            f"%s: gone from disk; its {len(old.good)} objects stay served until it has been "
+            f"gone for {_SHRINK_NS / 1e9:g} s",
+        )
+        return False
+
+    def _log_wait(self, path: str, reason: str, message: str) -> None:
+        if (path, reason) not in self._waits_logged:
+            self._waits_logged.add((path, reason))
+            log.info(message, path)
 
     def _log_file(self, path: str, parsed: Parsed, old: _File | None) -> None:
         for problem in parsed.problems:

@@ -265,6 +265,7 @@ class DnsServer:
             cfg.zone_dirs(),
             cfg.service_cidr,
             poll_interval=cfg.poll_interval,
+            watch_mode=cfg.zones_watch,
         )
         files.load()
         self._file_source = files

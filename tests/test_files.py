@@ -17,7 +17,7 @@ import pytest
 from kdns.allocate import allocate, needs_address
 from kdns.files import FileSource, SourceError, check
 from kdns.manifests import read
-from kdns.model import EndpointSet, Service
+from kdns.model import EndpointSet, KubeObject, Service
 from kdns.store import Store
 
 LAYER = "files"
@@ -410,21 +410,194 @@ def test_files_changing_while_read_are_read_again_before_anything_is_served(
 # -- watching ----------------------------------------------------------------------------------
 
 
-def test_watch_applies_edits_within_a_second(tmp_path: Path) -> None:
+class CountingSource(FileSource):
+    """A FileSource that counts its background polls, so a test can wait for the next ones."""
+
+    polls = 0
+
+    def _poll(self) -> tuple[int, tuple[KubeObject, ...]] | None:
+        try:
+            return super()._poll()
+        finally:
+            self.polls += 1
+
+
+def watched(store: Store, directory: Path, mode: str) -> CountingSource:
+    return CountingSource(store, LAYER, [directory], poll_interval=0.02, watch_mode=mode)
+
+
+async def more_polls(src: CountingSource, count: int = 3) -> None:
+    """Wait until `src` has polled `count` more times (each poll saw what was on disk)."""
+    target = src.polls + count
+    await eventually(lambda: src.polls >= target, timeout=30)
+
+
+MODES = ["inotify", "poll"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_watch_applies_edits_additions_and_removals(tmp_path: Path, mode: str) -> None:
     write(tmp_path / "a.yaml", service("a", port=1))
     store = new_store()
-    src = source(store, tmp_path)
+    src = watched(store, tmp_path, mode)
     src.load()
 
     async def body() -> None:
         write(tmp_path / "a.yaml", service("a", port=2))
-        assert await eventually(lambda: ports(store, "default", "a") == [2]) < 1.0
+        await eventually(lambda: ports(store, "default", "a") == [2], timeout=30)
         write(tmp_path / "b.yaml", service("b"))
-        assert await eventually(lambda: ports(store, "default", "b") == [80]) < 1.0
+        await eventually(lambda: ports(store, "default", "b") == [80], timeout=30)
+        # A file that disappears drops all its names: only once it has been gone a while
+        # (editors that save by removing and writing again must not blank the names).
+        gone = time.monotonic()
         (tmp_path / "a.yaml").unlink()
-        assert await eventually(lambda: store.service("default", "a") is None) < 1.0
+        await eventually(lambda: store.service("default", "a") is None, timeout=30)
+        assert time.monotonic() - gone >= 1.0
 
     run_with_watch(src, body)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_file_truncated_and_written_late_never_drops_its_names(tmp_path: Path, mode: str) -> None:
+    """`kubectl get svc -o yaml > f`: the shell truncates f at once, kubectl writes it after its
+    API round trip. Meanwhile f is empty, which is valid YAML that defines nothing."""
+    path = tmp_path / "a.yaml"
+    write(path, service("a", ip="10.96.0.80") + "---\n" + service("b", ip="10.96.0.81"))
+    store = new_store()
+    seen: list[dict[str, list[int]]] = []
+    store.subscribe(lambda *_: seen.append(services(store)))
+    src = watched(store, tmp_path, mode)
+    src.load()
+
+    async def body() -> None:
+        await more_polls(src, 1)  # watching
+        with path.open("w") as f:  # truncated; the writer is still at work
+            await more_polls(src)
+            f.write(service("a", ip="10.96.0.80", port=81)[:20])  # part of it
+            f.flush()
+            await more_polls(src)
+            assert services(store) == {"default/a": [80], "default/b": [80]}
+            f.write(service("a", ip="10.96.0.80", port=81)[20:])
+            f.write("---\n" + service("b", ip="10.96.0.81", port=81))
+        await eventually(lambda: ports(store, "default", "b") == [81], timeout=30)
+
+    run_with_watch(src, body)
+    for state in seen:  # every state the store went through had both names
+        assert set(state) == {"default/a", "default/b"}, seen
+
+
+def test_a_writer_still_at_work_keeps_the_old_content_however_long_it_takes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With inotify, no timer decides: content is applied when its writer closes the file."""
+    path = tmp_path / "a.yaml"
+    write(path, service("a", port=1))
+    store = new_store()
+    src = watched(store, tmp_path, "inotify")
+    src.load()
+
+    async def body() -> None:
+        await more_polls(src, 1)  # watching
+        with path.open("w") as f:
+            f.write(service("a", port=2))  # complete, and valid, but not closed yet
+            f.flush()
+            start = src.polls
+            # Longer than the polling rule's two reads, and than the shrink delay.
+            await eventually(lambda: src.polls >= start + 10, timeout=30)
+            await asyncio.sleep(1.2)
+            assert ports(store, "default", "a") == [1]
+        await eventually(lambda: ports(store, "default", "a") == [2], timeout=30)
+
+    with caplog.at_level(logging.INFO, logger="kdns.files"):
+        run_with_watch(src, body)
+    waits = [r for r in caplog.records if "writer has not closed it yet" in r.getMessage()]
+    assert len(waits) == 1  # logged once, not at every poll
+
+
+def test_without_inotify_new_content_waits_for_two_equal_reads(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", service("a", port=1))
+    store = new_store()
+    src = watched(store, tmp_path, "poll")
+    src.load()
+
+    async def body() -> None:
+        written = time.monotonic()
+        write(tmp_path / "a.yaml", service("a", port=2))
+        await eventually(lambda: ports(store, "default", "a") == [2], timeout=30)
+        # The first read of the new content came after the write, the second 0.3 s after it.
+        assert time.monotonic() - written >= 0.3
+
+    run_with_watch(src, body)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_change_that_drops_most_of_a_file_waits_until_it_holds_still(
+    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "a.yaml"
+    write(path, "---\n".join(service(n) for n in "abcd"))
+    store = new_store()
+    src = watched(store, tmp_path, mode)
+    src.load()
+
+    async def body() -> None:
+        written = time.monotonic()
+        write(path, service("a"))  # closed by its writer: complete, but 3 of 4 names go
+        await eventually(lambda: sorted(services(store)) == ["default/a"], timeout=30)
+        assert time.monotonic() - written >= 1.0
+        write(path, "---\n".join(service(n) for n in "abcdef"))  # growing: no such wait
+        await eventually(lambda: len(services(store)) == 6, timeout=30)
+
+    with caplog.at_level(logging.INFO, logger="kdns.files"):
+        run_with_watch(src, body)
+    waits = [r.getMessage() for r in caplog.records if "would remove" in r.getMessage()]
+    assert waits == [
+        f"{path}: the new content would remove 3 of its 4 objects; "
+        "applying it once the file has held still for 1 s"
+    ]
+
+
+def test_content_that_changed_while_it_was_read_is_read_again(tmp_path: Path) -> None:
+    """A writer can truncate, write and close between the poll's look at the events and its
+    read: the events tell, and what was read is not used."""
+    path = tmp_path / "a.yaml"
+    write(path, service("a", port=1))
+    store = new_store()
+    seen: list[dict[str, list[int]]] = []
+    store.subscribe(lambda *_: seen.append(services(store)))
+
+    class WriterDuringRead(CountingSource):
+        armed = False
+
+        def _read_file(self, name: str) -> bytes:
+            data = super()._read_file(name)
+            if self.armed:
+                self.armed = False
+                # After the read, so what was read is old; same size and mtime (as on a
+                # filesystem with coarse timestamps), so only the events can tell.
+                st = os.stat(path)
+                path.write_text(service("a", port=3))
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            return data
+
+    src = WriterDuringRead(store, LAYER, [tmp_path], poll_interval=0.02, watch_mode="inotify")
+    src.load()
+
+    async def body() -> None:
+        await more_polls(src)
+        src.armed = True
+        path.write_text(service("a", port=2))
+        await eventually(lambda: not src.armed, timeout=30)
+        await eventually(lambda: ports(store, "default", "a") == [3], timeout=30)
+
+    run_with_watch(src, body)
+    # Port 2 was read (the write during the read came after it), but was never served.
+    assert [2] not in [state["default/a"] for state in seen], seen
+
+
+def test_unknown_watch_mode_is_a_source_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="--zones-watch"):
+        FileSource(new_store(), LAYER, [tmp_path], watch_mode="sometimes")
 
 
 def test_watch_follows_a_configmap_swap(tmp_path: Path) -> None:
@@ -565,26 +738,3 @@ def test_shipped_zones_serve_what_the_comments_say() -> None:
     assert api.service.cluster_ips == ("10.96.100.10", "fd00:10:96::100")
     assert search.service.external_name == "www.example.com"
     assert {"default", "kube-system", "data", "shop"} <= store.namespaces()
-
-
-def test_a_file_caught_half_written_is_not_served_until_its_writes_settle(tmp_path: Path) -> None:
-    """Editors and `>` truncate a file, then write it: a poll between the two reads an empty
-    file, which is valid YAML. Serving it would drop every name the file held until the next
-    good version, and if the next version is broken, for good."""
-    store = new_store()
-    src = source(store, tmp_path)
-    write(tmp_path / "a.yaml", service("a", ip="10.96.0.80"))
-    src.load()
-    (tmp_path / "a.yaml").write_text("")  # truncated, the rest not written yet
-    assert src._poll() is None
-    assert ports(store, "default", "a") == [80]
-    (tmp_path / "a.yaml").write_bytes(b"\xff\xfe\x00garbage")  # and the rest is broken
-    time.sleep(0.2)
-    src._poll()
-    assert ports(store, "default", "a") == [80]  # the last good content, not the empty one
-    write(tmp_path / "a.yaml", service("a", ip="10.96.0.80", port=81))
-    time.sleep(0.2)
-    result = src._poll()
-    assert result is not None
-    src._apply(*result)
-    assert ports(store, "default", "a") == [81]
