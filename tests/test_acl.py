@@ -182,3 +182,17 @@ def test_a_response_from_outside_is_never_answered() -> None:
     response = dns.message.make_response(query).to_wire()
     assert refused_for(response) is None
     assert refused_for(b"\x00\x01") is None
+
+
+def test_refused_on_the_logging_path_too(zones: Path) -> None:
+    # --log-queries (like --rrl) takes UDP's general path, which checks the ACL on its own.
+    kp = start_kdns(["--zones", str(zones), "--log-queries", *ALLOW], http=True)
+    try:
+        assert ask(kp.port, OUTSIDE).rcode() == dns.rcode.REFUSED
+        assert ask(kp.port, INSIDE).answer[0][0].address == "10.96.0.80"
+        assert until(lambda: any("client=127.0.0.1" in line for line in kp.lines), 5), kp.log()
+        logged = next(line for line in kp.lines if "client=127.0.0.1" in line)
+        assert "proto=udp" in logged and "rcode=REFUSED" in logged
+        assert acl_metrics(kp)["refused/udp"] == 1
+    finally:
+        kp.stop()
