@@ -139,6 +139,18 @@ def serve(
         list[str] | None,
         typer.Option("--transfer-to", help="CIDR allowed to AXFR the zone over TCP (repeatable)."),
     ] = None,
+    allow_query: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-query",
+            help="Answer only sources in this CIDR or address (repeatable; DNS and /explain); "
+            "others get REFUSED [default: everyone].",
+        ),
+    ] = None,
+    allow_query_drop: Annotated[
+        bool,
+        typer.Option("--allow-query-drop", help="Send nothing, not REFUSED, to the others."),
+    ] = False,
     upstream: Annotated[
         list[str] | None,
         typer.Option(
@@ -189,8 +201,11 @@ def serve(
     try:
         if pods not in ("insecure", "disabled"):
             raise ConfigError(f"--pods must be insecure or disabled, not {pods!r}")
+        if allow_query_drop and not allow_query:
+            raise ConfigError("--allow-query-drop needs --allow-query (everyone may query now)")
         if not kubeconfig and not in_cluster and os.environ.get("KUBERNETES_SERVICE_HOST"):
             in_cluster = True
+        from .acl import parse_allow
         from .forward import parse_upstream
 
         listen_addrs = [parse_hostport(a) for a in (listen or ["127.0.0.1:1053"])]
@@ -221,6 +236,8 @@ def serve(
             log_queries=log_queries,
             rrl=rrl,
             transfer_to=list(transfer_to or []),
+            allow_query=parse_allow(allow_query or []),
+            allow_query_drop=allow_query_drop,
             tcp_idle_timeout=tcp_idle_timeout,
             tcp_max_connections=tcp_max_connections,
         )

@@ -48,6 +48,10 @@ class Config:
     upstream_timeout: float = 2.0
     rrl: float = 0.0  # responses a second per client prefix; 0: off
     transfer_to: list[str] = field(default_factory=list)
+    #: Networks allowed to query (DNS and /explain); empty: everyone (see `acl.py`).
+    allow_query: list[str] = field(default_factory=list)
+    #: Send nothing to the others, instead of REFUSED.
+    allow_query_drop: bool = False
     # wire limits
     max_udp: int = 1232
     tcp_idle_timeout: float = 10.0

@@ -34,8 +34,12 @@ def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain") 
     return head.encode() + body
 
 
-def route(server: DnsServer, target: str) -> bytes:
-    """The full HTTP response for a GET of `target` (path and query string)."""
+def route(server: DnsServer, target: str, peer: str = "") -> bytes:
+    """The full HTTP response for a GET of `target` (path and query string) from `peer`.
+
+    --allow-query covers /explain (it tells what DNS tells, and more), not the probes and
+    /metrics, which the kubelet and Prometheus fetch from addresses DNS clients need not share.
+    """
     path, _, query = target.partition("?")
     if path == "/metrics":
         from .metrics import CONTENT_TYPE, render_metrics
@@ -44,6 +48,9 @@ def route(server: DnsServer, target: str) -> bytes:
         return _response(200, "OK", render_metrics(server.collector()), ctype)
     if path == "/explain" and not server.config.http_explain:
         return _response(404, "Not Found", b"/explain is off; start kdns with --http-explain\n")
+    if path == "/explain" and server.acl is not None and not server.acl.allows(peer):
+        server.acl.refuse("http")
+        return _response(403, "Forbidden", b"/explain: this address is not in --allow-query\n")
     if path == "/explain":
         from .explain import ExplainError, explain
 
@@ -79,7 +86,8 @@ async def start_http(server: DnsServer, host: str, port: int) -> asyncio.Server:
             if method not in ("GET", "HEAD"):
                 writer.write(_response(405, "Method Not Allowed", b"GET only\n"))
             else:
-                reply = route(server, path)
+                peer = writer.get_extra_info("peername")
+                reply = route(server, path, peer[0] if peer else "")
                 if method == "HEAD":
                     reply = reply.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
                 writer.write(reply)

@@ -28,7 +28,10 @@ One job: turn the counters the server already keeps into the Prometheus text for
   `ReflectorStats` (`kdns_kubernetes_watch_events_total{kind,type}`,
   `kdns_kubernetes_relists_total{kind}`, `kdns_kubernetes_errors_total{kind}`,
   `kdns_kubernetes_synced{kind}`, `kdns_kubernetes_objects{kind}`), and the forwarder's
-  (`kdns_forward_*`, as CoreDNS's `forward` plugin names them, labelled `to`).
+  (`kdns_forward_*`, as CoreDNS's `forward` plugin names them, labelled `to`), and with
+  `--allow-query` the queries it turned away, `kdns_acl_refused_total{proto}` and
+  `kdns_acl_dropped_total{proto}` (proto "udp", "tcp", or "http" for /explain; CoreDNS's `acl`
+  counts `coredns_acl_blocked_requests_total` per server and zone instead).
 - The collector is read on the event loop thread (the HTTP handler runs there), so it sees the
   counters between two queries; the watch statistics come from `ClusterSource.stats()`, which
   returns copies, so a scrape never reads a reflector's counters half-updated by its thread.
@@ -57,6 +60,7 @@ __all__ = [
     "CONTENT_TYPE",
     "DURATION_BOUNDS",
     "PROGRAMMING_BOUNDS",
+    "AclStats",
     "ForwardStats",
     "HistogramSource",
     "KdnsCollector",
@@ -218,6 +222,16 @@ class ForwardStats(Protocol):
     def upstreams(self) -> Sequence[UpstreamStats]: ...
 
 
+class AclStats(Protocol):
+    """The `--allow-query` counters (`kdns.acl.QueryAcl`), by proto."""
+
+    @property
+    def refused(self) -> Mapping[str, int]: ...
+
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
+
+
 class LatencyHistogram:
     """A histogram that costs one bisect and three additions per observation."""
 
@@ -284,6 +298,7 @@ class KdnsCollector:
         programming: HistogramSource | None = None,
         forward: ForwardStats | None = None,
         workers: Callable[[], tuple[int, int, Mapping[int, int]]] | None = None,
+        acl: AclStats | None = None,
         version: str = __version__,
     ) -> None:
         self.queries = queries
@@ -296,6 +311,7 @@ class KdnsCollector:
         #: with --workers: (serving processes answering, restarts so far, requests answered by
         #: each running serving process)
         self.workers = workers
+        self.acl = acl
         self.version = version
 
     def collect(self) -> Iterator[Metric]:
@@ -323,6 +339,8 @@ class KdnsCollector:
                 "kdns_worker_restarts", "Serving processes started again after exiting.",
                 value=restarts,
             )  # fmt: skip
+        if self.acl is not None:
+            yield from self._acl(self.acl)
         info = GaugeMetricFamily(
             "kdns_build_info", "A metric with a constant '1' value.", labels=["version", "python"]
         )
@@ -434,6 +452,24 @@ class KdnsCollector:
             synced.add_metric([kind], 1 if all(s.lists > 0 for s in group) else 0)
             objects.add_metric([kind], sum(s.objects for s in group))
         yield from (events, relists, errors, synced, objects)
+
+    @staticmethod
+    def _acl(acl: AclStats) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "kdns_acl_refused",
+            "Queries from sources --allow-query leaves out, answered REFUSED (HTTP: 403).",
+            labels=["proto"],
+        )
+        dropped = CounterMetricFamily(
+            "kdns_acl_dropped",
+            "Queries (TCP: connections) from sources --allow-query leaves out, not answered.",
+            labels=["proto"],
+        )
+        for proto in ("udp", "tcp", "http"):
+            refused.add_metric([proto], acl.refused.get(proto, 0))
+        for proto in ("udp", "tcp"):  # /explain gets its 403 with --allow-query-drop too
+            dropped.add_metric([proto], acl.dropped.get(proto, 0))
+        yield from (refused, dropped)
 
     # -- forwarding ---------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .acl import acl_from
 from .answers import Cluster, Engine
 from .config import Config, ConfigError
 from .metrics import KdnsCollector, LatencyHistogram, store_listener
@@ -129,6 +130,9 @@ class DnsServer:
             programming=self.programming,
         )
         self.limiter = RateLimiter(config.rrl) if config.rrl else None
+        #: None when everyone may query: the transports then check nothing.
+        self.acl = acl_from(config.allow_query, config.allow_query_drop)
+        self.metrics.acl = self.acl
         try:
             self.transfer_networks = parse_networks(config.transfer_to)
         except ValueError as err:
@@ -317,6 +321,8 @@ class DnsServer:
 
         r, fwd = self.responder, self.forwarder
         stats = WorkerStats(self.stats.snapshot(), dict(r.rcodes), r.hits, r.misses, len(r))
+        if self.acl is not None:
+            stats.acl_refused, stats.acl_dropped = dict(self.acl.refused), dict(self.acl.dropped)
         if fwd is not None:
             stats.upstreams = {
                 str(up): (up.requests, up.failures, dict(up.responses), up.looping)
@@ -340,6 +346,9 @@ class DnsServer:
             self.metrics.queries, self.metrics.responses = queries, responses
             if self.config.upstreams:
                 self.metrics.forward = forward
+            if self.acl is not None:
+                # This process refuses only /explain; the serving processes refuse DNS.
+                self.metrics.acl = self.pool.acl_totals(self.acl)
         return self.metrics
 
     def _watch_stats(self) -> list[Any]:

@@ -21,10 +21,11 @@ import time
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from .acl import QueryAcl
 from .ratelimit import SLIP, RateLimiter
 from .responder import FORWARD, TRANSFER, Action
 from .stats import QueryCounters
-from .wire import describe_packet, servfail_for, slipped
+from .wire import describe_packet, refused_for, servfail_for, slipped
 
 if TYPE_CHECKING:
     from .server import DnsServer
@@ -64,6 +65,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.responder = server.responder
         self.stats: QueryCounters = server.stats
         self.limiter: RateLimiter | None = server.limiter
+        self.acl: QueryAcl | None = server.acl
         self.log_queries = server.config.log_queries
         self.transport: asyncio.DatagramTransport | None = None
         self.family = 4
@@ -76,7 +78,30 @@ class UdpProtocol(asyncio.DatagramProtocol):
         if self.limiter is None and not self.log_queries:
             # The usual case gets a shorter path: this runs for every query.
             self._sendto = self.transport.sendto  # type: ignore[union-attr]
-            self.datagram_received = self._received_plain  # type: ignore[method-assign]
+            if self.acl is None:
+                self.datagram_received = self._received_plain  # type: ignore[method-assign]
+            else:
+                self._verdict = self.acl.verdicts.get
+                self._allows = self.acl.allows
+                self.datagram_received = self._received_allowed  # type: ignore[method-assign]
+
+    def _received_allowed(self, data: bytes, addr: tuple[str, int]) -> None:
+        """`_received_plain` behind --allow-query."""
+        # A source seen before costs one dict lookup, in C; the rest ask the ACL.
+        if self._verdict(addr[0]) or self._allows(addr[0]):
+            self._received_plain(data, addr)
+        else:
+            self._deny(data, addr)
+
+    def _deny(self, data: bytes, addr: tuple[str, int]) -> bytes | None:
+        """Turn away a query from a source not allowed; the REFUSED sent, if any."""
+        assert self.acl is not None
+        self.acl.deny("udp")
+        if self.acl.drop:
+            return None
+        response = refused_for(data)
+        self._send(response, addr)
+        return response
 
     def _received_plain(self, data: bytes, addr: tuple[str, int]) -> None:
         """`datagram_received` without rate limiting and query logging."""
@@ -103,6 +128,11 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         started = perf_counter()
+        if self.acl is not None and not self.acl.allows(addr[0]):
+            refused = self._deny(data, addr)
+            if self.log_queries:
+                _log_query(addr[0], "udp", data, refused, started)
+            return
         verdict: bool | str = True
         if self.limiter is not None:
             verdict = self.limiter.allow(addr[0])
@@ -157,6 +187,14 @@ class TcpProtocol(asyncio.Protocol):
         self.family = _family(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
+        acl = self.server.acl
+        if acl is not None and not acl.allows(self.peer):
+            # Decided once per connection: the source cannot change within it.
+            if acl.drop:
+                acl.deny("tcp")
+                transport.abort()  # type: ignore[attr-defined]
+                return
+            self._answer = self._refuse  # type: ignore[method-assign]
         conns = self.server.connections
         if len(conns) >= self.server.config.tcp_max_connections:
             # Full: close the connection that has been quiet longest rather than refuse this
@@ -241,6 +279,17 @@ class TcpProtocol(asyncio.Protocol):
                 self.peer, "tcp", message, response if type(response) is bytes else None, started
             )
         return True
+
+    def _refuse(self, message: bytes) -> bool:
+        """`_answer` for a source --allow-query leaves out: REFUSED, then close."""
+        assert self.server.acl is not None and self.transport is not None
+        self.server.acl.deny("tcp")
+        refused = refused_for(message)
+        self._write(refused)
+        self.transport.close()  # after the REFUSED is written
+        if self.server.config.log_queries:
+            _log_query(self.peer, "tcp", message, refused, time.perf_counter())
+        return False
 
     def _write(self, response: bytes | None) -> None:
         if response is not None and self.transport is not None and not self.transport.is_closing():

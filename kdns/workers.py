@@ -28,6 +28,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+from .acl import QueryAcl
 from .config import Config
 from .forward import Upstream
 from .frames import FrameReader, pack
@@ -65,6 +66,17 @@ class WorkerStats:
     forward_hits: int = 0
     forward_misses: int = 0
     forward_entries: int = 0
+    #: --allow-query: queries refused and dropped, by transport
+    acl_refused: dict[str, int] = field(default_factory=dict)
+    acl_dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AclTotals:
+    """`AclStats` summed over the serving processes and the main process (/explain)."""
+
+    refused: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -355,6 +367,15 @@ class WorkerPool:
 
     # -- counters -------------------------------------------------------------------------------
 
+    def acl_totals(self, own: QueryAcl) -> AclTotals:
+        """The --allow-query counters of every serving process, plus `own` (the main process's)."""
+        total = AclTotals(dict(own.refused), dict(own.dropped))
+        for stats in [self._retired, *(w.stats for w in self._workers.values())]:
+            if stats is not None:
+                _merge(total.refused, stats.acl_refused)
+                _merge(total.dropped, stats.acl_dropped)
+        return total
+
     def totals(self) -> tuple[QueryCounters, ResponseTotals, ForwardTotals]:
         """Counters of every serving process, the ones that exited included."""
         total = WorkerStats(({}, [], 0.0), {}, 0, 0, 0)
@@ -396,6 +417,13 @@ def _add(into: WorkerStats, stats: WorkerStats) -> None:
         for rcode, n in replies.items():
             merged[rcode] = merged.get(rcode, 0) + n
         into.upstreams[name] = (sent0 + sent, failures0 + failures, merged, looping0 or looping)
+    _merge(into.acl_refused, stats.acl_refused)
+    _merge(into.acl_dropped, stats.acl_dropped)
     into.forward_hits += stats.forward_hits
     into.forward_misses += stats.forward_misses
     into.forward_entries += stats.forward_entries
+
+
+def _merge(into: dict[str, int], counts: dict[str, int]) -> None:
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n

@@ -40,6 +40,8 @@ def test_version_and_help() -> None:
         "--namespace",
         "--label-selector",
         "--startup-timeout",
+        "--allow-query",
+        "--allow-query-drop",
     ):
         assert flag in out.stdout, flag
 
@@ -55,6 +57,9 @@ def test_version_and_help() -> None:
         (["serve", "--listen", "127.0.0.1:99999"], 1, "bad port"),
         (["serve", "--domain", "a..b"], 1, "bad domain"),
         (["serve", "--service-cidr", "10.0.0.0/99"], 1, "bad --service-cidr"),
+        (["serve", "--allow-query", "10.0.0.0/33"], 1, "bad --allow-query '10.0.0.0/33'"),
+        (["serve", "--allow-query", "foo"], 1, "bad --allow-query 'foo'"),
+        (["serve", "--allow-query-drop"], 1, "--allow-query-drop needs --allow-query"),
         (["serve", "--zones", "/nonexistent/zones", "--listen", "127.0.0.1:0"], 1, "/nonexistent"),
         (
             ["serve", "--kubeconfig", "/nonexistent/kubeconfig", "--listen", "127.0.0.1:0"],
