@@ -40,7 +40,7 @@ import dns.message
 import dns.query
 import dns.rcode
 
-SERVING = re.compile(r"serving udp on \S+ port (\d+)")
+SERVING = re.compile(r"serving \S+ on \S+ port (\d+)")
 FILES = 4
 SERVICES_PER_FILE = 3
 
@@ -182,7 +182,7 @@ def main() -> int:
             stop_busy.set()
             for loader in loaders:
                 loader.join(5)
-            proc.terminate()
+            proc.kill()  # SIGTERM would wait out the lame-duck period
             proc.wait(10)
     latencies.sort()
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
