@@ -59,6 +59,9 @@ from tests.apiserver import (
 from tests.kdns_process import KdnsProcess, start_kdns
 
 ZONE = "cluster.local"
+#: The bound of every wait for something that must happen: generous, because a loaded 2-core
+#: machine can be slow, and a wait on a condition ends as soon as it holds.
+WAIT = 30.0
 
 #: `kdns serve` with the reflector's timings shrunk (read timeout 1 s, a quiet watch reopened
 #: after 1.5 s, backoff from 50 ms up to 0.5 s). Passed as `python -c LAUNCHER serve ...`.
@@ -81,7 +84,7 @@ def answer(port: int, name: str) -> tuple[str, frozenset[str]]:
     q = dns.message.make_query(name, "A")
     for attempt in range(2):
         try:
-            r = dns.query.udp(q, "127.0.0.1", port=port, timeout=1.0)
+            r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2.5)
         except dns.exception.Timeout:
             if attempt:
                 return "TIMEOUT", frozenset()
@@ -189,15 +192,41 @@ def test_malformed_manifest_keeps_the_last_good_data(tmp_path: Path, broken: str
         with Prober(kp.port, allowed) as prober:
             prober.wait_probes(10)
             (zones / "a.yaml").write_bytes(broken.encode("latin-1"))
-            until(lambda: "still serving its previous content" in kp.log(), 3, "the error")
+            until(lambda: "still serving its previous content" in kp.log(), WAIT, "the error")
             prober.wait_probes(40)  # more than a second of polls of the broken file
             assert not prober.bad, prober.bad
             # Fixed again: the new content is served (the watch did not give up on the file).
             (zones / "a.yaml").write_text(SERVICE.format(name="a", ip="10.96.0.82"))
             prober.allow(f"a.default.svc.{ZONE}", {"10.96.0.82"})
-            until(answers(kp.port, f"a.default.svc.{ZONE}", {"10.96.0.82"}), 3, "the fix")
+            until(answers(kp.port, f"a.default.svc.{ZONE}", {"10.96.0.82"}), WAIT, "the fix")
         assert not prober.bad, prober.bad
         assert kp.proc.poll() is None
+    finally:
+        kp.stop()
+
+
+def test_a_file_truncated_and_written_seconds_later_keeps_its_names(tmp_path: Path) -> None:
+    """`kubectl get svc -o yaml > a.yaml`: the shell truncates the file at once, kubectl writes it
+    after its API round trip. For all that time the file is empty (valid YAML, no objects); kdns
+    (inotify, the default on Linux) keeps serving the old content until the writer closes it."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "a.yaml").write_text(SERVICE.format(name="a", ip="10.96.0.80"))
+    kp = start_kdns(["--zones", str(zones)])
+    try:
+        allowed = {f"a.default.svc.{ZONE}": [{"10.96.0.80"}]}
+        with Prober(kp.port, allowed) as prober:
+            prober.wait_probes(10)
+            for version in range(3):
+                with (zones / "a.yaml").open("w") as f:  # truncated
+                    deadline = time.monotonic() + 1.5  # longer than any delay kdns applies
+                    while time.monotonic() < deadline:
+                        prober.wait_probes(5)
+                    new = f"10.96.0.{90 + version}"
+                    prober.allow(f"a.default.svc.{ZONE}", {new})
+                    f.write(SERVICE.format(name="a", ip=new))
+                until(answers(kp.port, f"a.default.svc.{ZONE}", {new}), WAIT, "the new content")
+        assert not prober.bad, prober.bad
     finally:
         kp.stop()
 
@@ -246,9 +275,9 @@ def serve(api: FakeApiServer, tmp_path: Path) -> KdnsProcess:
     kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
     kp = start_kdns(["--zones", str(zones), "--kubeconfig", str(kcfg)], http=True)
     try:
-        until(lambda: kp.http_get("/ready")[0] == 200, 10, "kdns to be ready")
+        until(lambda: kp.http_get("/ready")[0] == 200, WAIT, "kdns to be ready")
         for name, sets in ALLOWED.items():
-            until(answers(kp.port, name, sets[0]), 3, name)
+            until(answers(kp.port, name, sets[0]), WAIT, name)
     except BaseException:
         kp.stop()
         raise
@@ -268,11 +297,11 @@ def test_api_errors_500_keep_every_name(api: FakeApiServer, tmp_path: Path) -> N
             api.cut_watches()
             api.apply(service("cart", "shop", cluster_ip="10.96.1.11"))  # while kdns is away
             prober.allow(CART, {"10.96.1.11"})
-            until(lambda: statuses(api).count(500) >= 8, 5, "failed requests")
+            until(lambda: statuses(api).count(500) >= 8, WAIT, "failed requests")
             prober.wait_probes(30)
             assert answer(kp.port, CART) == ("NOERROR", frozenset({"10.96.1.1"})), "last good"
             api.remove(fault)
-            until(answers(kp.port, CART, {"10.96.1.11"}), 5, "the change after recovery")
+            until(answers(kp.port, CART, {"10.96.1.11"}), WAIT, "the change after recovery")
         assert not prober.bad, prober.bad
         assert "500" in kp.log() and "keeping the last data" in kp.log()
     finally:
@@ -292,14 +321,14 @@ def test_410_expired_relists_without_losing_a_name(
             # Keep kdns away while the cluster changes and its history is compacted.
             block = api.inject(Fault(503, times=None, watch=True))
             api.cut_watches()
-            until(lambda: statuses(api).count(503) >= 4, 5, "blocked watches")
+            until(lambda: statuses(api).count(503) >= 4, WAIT, "blocked watches")
             api.apply(service("cart", "shop", cluster_ip="10.96.1.11"))
             api.delete("Service", "gone", "shop")
             api.apply(service("new", "shop", cluster_ip="10.96.1.4"))
             prober.allow(CART, {"10.96.1.11"})
             api.compact()
             api.remove(block)
-            until(answers(kp.port, f"new.shop.svc.{ZONE}", {"10.96.1.4"}), 5, "the relist")
+            until(answers(kp.port, f"new.shop.svc.{ZONE}", {"10.96.1.4"}), WAIT, "the relist")
             assert answer(kp.port, CART) == ("NOERROR", frozenset({"10.96.1.11"}))
             assert answer(kp.port, f"gone.shop.svc.{ZONE}")[0] == "NXDOMAIN"  # really deleted
             prober.wait_probes(20)
@@ -319,10 +348,12 @@ def test_outage_503_keeps_every_name(api: FakeApiServer, tmp_path: Path) -> None
             api.cut_watches()
             api.apply(endpoint_slice("db-a", "db", "shop", endpoints=["10.1.0.1", "10.1.0.3"]))
             prober.allow(f"db.shop.svc.{ZONE}", {"10.1.0.1", "10.1.0.3"})
-            until(lambda: statuses(api).count(503) >= 8, 5, "503s")
+            until(lambda: statuses(api).count(503) >= 8, WAIT, "503s")
             prober.wait_probes(30)
             db = f"db.shop.svc.{ZONE}"
-            until(answers(kp.port, db, {"10.1.0.1", "10.1.0.3"}), 8, "the change after the outage")
+            until(
+                answers(kp.port, db, {"10.1.0.1", "10.1.0.3"}), WAIT, "the change after the outage"
+            )
         assert not prober.bad, prober.bad
         assert "503" in kp.log()
     finally:
@@ -348,7 +379,7 @@ def test_slow_api_beyond_the_read_timeout_keeps_every_name(
             assert answer(kp.port, CART) == ("NOERROR", frozenset({"10.96.1.1"})), "last good"
             assert "read timeout" in kp.log()
             api.remove(slow)
-            until(answers(kp.port, CART, {"10.96.1.11"}), 8, "the change once the API is fast")
+            until(answers(kp.port, CART, {"10.96.1.11"}), WAIT, "the change once the API is fast")
         assert not prober.bad, prober.bad
     finally:
         kp.stop()
@@ -422,12 +453,12 @@ def test_apiserver_restart_with_reset_versions_relists_and_loses_no_name(
             new.apply_all(cluster_objects())
             assert new.resource_version < old_version
             new.apply(service("fresh", "shop", cluster_ip="10.96.1.7"))
-            until(lambda: len(new.requests()) >= 6, 5, "kdns to reconnect")
+            until(lambda: len(new.requests()) >= 6, WAIT, "kdns to reconnect")
             prober.wait_probes(40)
         assert not prober.bad, prober.bad  # no name lost, whatever the reflector does
         assert kp.proc.poll() is None
         try:
-            until(answers(kp.port, f"fresh.shop.svc.{ZONE}", {"10.96.1.7"}), 6, "a relist")
+            until(answers(kp.port, f"fresh.shop.svc.{ZONE}", {"10.96.1.7"}), WAIT, "a relist")
         except AssertionError as exc:
             codes = sorted({r.status for r in new.requests()})
             raise RelistMissing(f"{exc}; the restarted apiserver answered {codes}") from None
