@@ -212,6 +212,12 @@ def serve(
         upstreams = list(
             dict.fromkeys(u for t in upstream or [] for u in parse_upstream(t, own=listen_addrs))
         )
+        from .files import WATCH_MODES
+
+        if zones_watch not in WATCH_MODES:
+            raise ConfigError(
+                f"--zones-watch must be one of {', '.join(WATCH_MODES)}, not {zones_watch!r}"
+            )
         config = Config(
             zones=list(zones or []),
             clusters=[parse_cluster(c) for c in cluster or []],

@@ -59,6 +59,7 @@ def test_version_and_help() -> None:
         (["serve", "--service-cidr", "10.0.0.0/99"], 1, "bad --service-cidr"),
         (["serve", "--allow-query", "10.0.0.0/33"], 1, "bad --allow-query '10.0.0.0/33'"),
         (["serve", "--allow-query", "foo"], 1, "bad --allow-query 'foo'"),
+        (["serve", "--zones-watch", "sometimes"], 1, "--zones-watch must be one of"),
         (["serve", "--allow-query-drop"], 1, "--allow-query-drop needs --allow-query"),
         (["serve", "--zones", "/nonexistent/zones", "--listen", "127.0.0.1:0"], 1, "/nonexistent"),
         (
