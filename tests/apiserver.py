@@ -1184,9 +1184,10 @@ class LoopStore:
 
 
 def wait_for(
-    predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition"
+    predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
 ) -> None:
-    """Poll `predicate` until it is true; fail after `timeout` seconds."""
+    """Poll `predicate` until it is true; fail after `timeout` seconds (generous by default:
+    only a failing test waits that long, and a loaded 2-core machine is slow)."""
     deadline = time.monotonic() + timeout
     while True:
         if predicate():
