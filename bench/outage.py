@@ -121,7 +121,8 @@ def main() -> None:
             deadline = back + 60
 
             def all_watching(before: list[int] = before) -> bool:
-                return all(r.stats.watches > b for r, b in zip(source.reflectors, before))
+                now = [r.stats.watches for r in source.reflectors]
+                return all(w > b for w, b in zip(now, before, strict=True))
 
             def in_store(n: int = n, ip: str = ip) -> bool:
                 return store.endpoint_addresses(f"db-{n}", f"ns-{n}") == [ip]
@@ -153,7 +154,8 @@ def main() -> None:
             return f"| {name} | n/a | < 2 s | **no** |"
         p50, p99, top = pct(values, 0.5), pct(values, 0.99), max(values)
         ok = "yes" if top < 2.0 and not failed else "**no**"
-        return f"| {name} | {p50 * 1000:.0f} / {p99 * 1000:.0f} / {top * 1000:.0f} ms | < 2 s | {ok} |"
+        times = f"{p50 * 1000:.0f} / {p99 * 1000:.0f} / {top * 1000:.0f} ms"
+        return f"| {name} | {times} | < 2 s | {ok} |"
 
     command = "python bench/outage.py " + " ".join(
         f"--{k} {v}" for k, v in (("runs", args.runs), ("min", args.min), ("max", args.max))
