@@ -147,7 +147,7 @@ def main() -> None:
         source.stop(5)
         api.stop()
         store.close()
-        client.close()
+        client.close()  # type: ignore[no-untyped-call]
 
     def row(name: str, values: list[float]) -> str:
         if not values:
