@@ -125,6 +125,17 @@ class ScaleApiServer(FakeApiServer):
             self._record(res.plural, "MODIFIED" if old else "ADDED", new, old)
             return new
 
+    def recreate(self) -> int:
+        """Every object re-created, as after a restart on a wiped etcd that was refilled with the
+        same content: the watches are cut, and every object comes back with a new uid and
+        resourceVersion (above every old one), so a relist finds none of them unchanged."""
+        with self._cond:  # a reentrant lock: no list sees the cluster half re-created
+            objects = [o for by_key in self._state.objects.values() for o in by_key.values()]
+            self.wipe(self._state.rv + 1)
+            for obj in objects:
+                self.apply(obj)
+            return self._state.rv
+
     def force_relist(self) -> int:
         """Make every watcher list again: move the resourceVersion past what anyone has seen,
         forget the history (as an etcd compaction does) and cut the open watches, which then
@@ -277,6 +288,7 @@ def serve(commands: Connection, events: Connection, cpu: int, shape: Shape, stoc
     api = cls(record_writes=True, bookmark_interval=1.0, retain=20000)
     if stock:
         api.force_relist = ScaleApiServer.force_relist.__get__(api)  # type: ignore[attr-defined]
+        api.recreate = ScaleApiServer.recreate.__get__(api)  # type: ignore[attr-defined]
     api.start()
     cluster = Cluster(api, shape)
     try:
@@ -299,6 +311,8 @@ def serve(commands: Connection, events: Connection, cpu: int, shape: Shape, stoc
                 rate, seconds, relist_after = args
                 cluster.start_churn(events, rate, seconds, relist_after)
                 commands.send("started")
+            elif cmd in ("force_relist", "recreate"):
+                commands.send(getattr(api, cmd)())
             elif cmd == "written":
                 commands.send({rv: api.written.get(rv) for rv in args[0]})
             elif cmd == "stop":

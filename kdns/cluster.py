@@ -41,7 +41,7 @@ from kubernetes.config import ConfigException, load_incluster_config, load_kube_
 
 from .config import ClusterConfigError
 from .model import Namespace, ObjectKey
-from .reflector import Reflector, ReflectorStats, WatchSettings, backoff_delay
+from .reflector import Recovery, Reflector, ReflectorStats, WatchSettings, backoff_delay
 from .store import Sink
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,9 @@ class ClusterSource:
         self.reflectors: list[Reflector] = []
         self._probe: NamespaceProbe | None = None
         scopes: list[str | None] = [*self.namespaces] if self.namespaces else [None]
+        # One for all kinds: one probe a cluster while the API is away, and every kind back as
+        # soon as any finds it answering.
+        recovery = Recovery(self.settings.probe_interval)
         for kind in KINDS if self.namespaces is None else NAMESPACED_KINDS:
             for ns in scopes:
                 self.reflectors.append(
@@ -133,6 +136,7 @@ class ClusterSource:
                         label_selector=self.label_selector if kind == "Service" else None,
                         settings=self.settings,
                         on_synced=self._part_synced,
+                        recovery=recovery,
                     )
                 )
         if self.namespaces is not None:

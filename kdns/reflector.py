@@ -7,10 +7,22 @@ A `Reflector` does what client-go's reflector does, for one kind (in one namespa
 2. WATCH from the list's resourceVersion with `allowWatchBookmarks=true` and a randomised
    `timeoutSeconds`, applying each event as it arrives and remembering the newest
    resourceVersion seen, bookmarks included.
-3. When the server ends the watch (its timeout, a clean close, a broken connection), watch again
-   from that resourceVersion: nothing is missed and nothing is listed again.
+3. When the server ends the watch cleanly (its `timeoutSeconds`, the empty last chunk), watch
+   again from that resourceVersion: nothing is missed and nothing is listed again.
 4. When the server says that resourceVersion is gone (410 Expired, as an ERROR event in the
-   stream or as the HTTP status), list again and hand the store the difference.
+   stream or as the HTTP status), and after any failure (a broken stream, an unreachable or
+   failing API, a watch silent for `idle_timeout`), list again and hand the store the
+   difference.
+
+Why list again after any failure, as client-go does. A resourceVersion only means something in
+the history of the etcd that issued it. An apiserver restarted on a wiped etcd, or on a restored
+older backup, has another history: our resourceVersion may be in its future (once its own
+overtake it, a watch from there "works" and misses everything before) or name a different state
+in its past. Watching from it again would keep removed objects answering and never show new
+ones, with no error ever. A failure is where such a restart hides, and nothing cheaper than a
+list proves the resourceVersion still means what it did (comparing it with a fresh list's fails
+once the new history has overtaken the old). The relist is a diff, so it costs the list's
+transfer and parsing but no store churn; a clean end of the watch needs no proof.
 
 Why raw HTTP. The client's `watch.Watch` helper cannot be trusted with a 410 (it retries with the
 same resourceVersion, then raises; with `deserialize=False` it fails with a KeyError and resumes
@@ -44,7 +56,8 @@ must replace what it holds. Clearing and refilling would make every name answer 
 moment (and caches keep NXDOMAIN); instead the reflector remembers the resourceVersion of every
 object it handed to the store. Listed items with the same resourceVersion are unchanged (a
 resourceVersion changes with every write of the object): they are neither trimmed nor sent
-again. New and changed items are trimmed and sent, keys no longer listed are deleted, and all of
+again (the uid is compared too: a re-created object can reuse an old resourceVersion after a
+restore). New and changed items are trimmed and sent, keys no longer listed are deleted, and all of
 it goes to the sink in `apply` calls of at most `batch_size` objects each, because each call is
 one callback on the event loop and diffing 100k endpoints in one callback stalls every query
 behind it. Deletes touch only keys this reflector handed over, so a reflector for one namespace
@@ -56,7 +69,12 @@ list. The first list goes the same way (everything is new).
 Failures. Any error (API unreachable, 5xx, 403, a broken stream, bad JSON) keeps the store as it
 is, is counted, and is retried after an exponential backoff with full jitter (a random wait
 between 0 and min(cap, base * 2**n)) so that many replicas restarting together do not hammer a
-recovering apiserver. The first error of a streak is logged as one warning line saying what to
+recovering apiserver. But a backoff alone keeps a kind away long after the API is back (each
+kind drawing its own wait, up to the cap): so when the failure says the API was away (refused,
+reset, 502/503/504), the wait is a `Recovery` wait, shared by the kinds of one cluster, which
+sends a one-item list every second or so and ends every kind's wait as soon as one answers (or
+any kind recovers). Refusals a retry would not change (401, 403, 429, 500, read timeouts) keep
+their whole backoff. The first error of a streak is logged as one warning line saying what to
 do; the recovery is logged too; the rest go to debug.
 
 Threads. Each reflector runs in its own daemon thread because the client blocks. It never touches
@@ -160,6 +178,10 @@ class WatchSettings:
     #: First backoff ceiling and the cap, in seconds (full jitter: wait is uniform in [0, ceiling]).
     backoff_base: float = 0.8
     backoff_cap: float = 30.0
+    #: While backing off because the API was away, a one-item list is tried every
+    #: [probe_interval / 2, probe_interval] seconds (one prober per cluster); when it answers,
+    #: every waiting reflector retries at once (see `Recovery`).
+    probe_interval: float = 1.0
     connect_timeout: float = 10.0
     #: Read timeout of a list page.
     read_timeout: float = 60.0
@@ -177,6 +199,73 @@ def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) ->
         return 0.0
     ceiling = min(cap, base * 2 ** min(failures - 1, 30))
     return rng.uniform(0, ceiling)
+
+
+class Recovery:
+    """Ends the backoff waits of one cluster's reflectors as soon as the API answers again.
+
+    Backoff protects a struggling apiserver from the expensive calls (full lists, new watches),
+    but with each kind drawing its own jittered wait, a kind could sit out up to the cap long
+    after the API was back. So a reflector whose failure says the API was away waits here: one
+    waiter at a time (one per cluster, whichever kinds are waiting) sends the cheap probe it is
+    given, every [interval / 2, interval] seconds, and the first answer, or any reflector of the
+    cluster recovering (`success`), ends every wait at once. Share one instance per cluster.
+    """
+
+    def __init__(self, interval: float = 1.0, rng: random.Random | None = None) -> None:
+        self.interval = interval
+        self._rng = rng or random.Random()
+        self._cond = threading.Condition()
+        self._epoch = 0  # moves on every sign of life; a wait that saw it move ends
+        self._probing = False
+        self._next_probe = 0.0
+
+    def success(self) -> None:
+        """The API answered: end every wait."""
+        with self._cond:
+            self._epoch += 1
+            self._cond.notify_all()
+
+    def interrupt(self) -> None:
+        """Wake every waiter to look at its stop flag."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait(self, delay: float, probe: Callable[[], bool], stop: threading.Event) -> bool:
+        """Wait up to `delay` seconds, probing meanwhile; True if it ended because the API
+        answered, False at the end of `delay` or on `stop`."""
+        deadline = time.monotonic() + delay
+        with self._cond:
+            epoch = self._epoch
+            if not self._probing and self._next_probe < time.monotonic():
+                # None planned: the first comes one jittered interval from now. One planned
+                # stays planned, or waiters coming and going would keep pushing it away.
+                self._next_probe = time.monotonic() + self._gap()
+            while True:
+                if self._epoch != epoch:
+                    return True
+                now = time.monotonic()
+                if stop.is_set() or now >= deadline:
+                    return False
+                if self._probing or now < self._next_probe:
+                    until = deadline if self._probing else min(deadline, self._next_probe)
+                    self._cond.wait(until - now)
+                    continue
+                self._probing = True
+                self._cond.release()
+                answered = False
+                try:
+                    answered = probe()
+                finally:
+                    self._cond.acquire()
+                    self._probing = False
+                    self._next_probe = time.monotonic() + self._gap()
+                    if answered:
+                        self._epoch += 1
+                    self._cond.notify_all()  # the others end too, or one takes the next probe
+
+    def _gap(self) -> float:
+        return self._rng.uniform(self.interval / 2, self.interval)
 
 
 @dataclass(slots=True)
@@ -214,6 +303,7 @@ class _WatchError(Exception):
 class _End(Enum):
     EXPIRED = "expired"  # 410: the resourceVersion is gone, list again
     CLOSED = "closed"  # the server ended the stream cleanly
+    IDLE = "idle"  # nothing for `idle_timeout`: perhaps a dead connection, so list again
 
 
 class Reflector:
@@ -222,6 +312,7 @@ class Reflector:
     `namespace`: watch only that namespace (None: all namespaces, or a cluster-scoped kind).
     `label_selector`: passed to the API as is. `on_synced(reflector)` is called once, from the
     reflector's thread, right after the first complete list has been handed to the sink.
+    `recovery`: shared by the reflectors of one cluster (see `Recovery`); by default its own.
     """
 
     def __init__(
@@ -235,6 +326,7 @@ class Reflector:
         label_selector: str | None = None,
         settings: WatchSettings | None = None,
         on_synced: Callable[[Reflector], None] | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         if kind not in RESOURCES:
             raise ValueError(f"cannot watch kind {kind!r}; one of {', '.join(RESOURCES)}")
@@ -257,9 +349,12 @@ class Reflector:
         self.name = self.resource.plural + (f" in {namespace}" if namespace else "")
         self.stats = ReflectorStats(kind, namespace or "")
         self._rv = ""
-        #: key -> resourceVersion of every object handed to the sink and not deleted since.
+        #: key -> `_version` (resourceVersion and uid) of every object handed to the sink and
+        #: not deleted since.
         self._versions: dict[ObjectKey, str] = {}
         self._failures = 0
+        self._away = False  # the last failure said the API was unreachable or unavailable
+        self._recovery = recovery or Recovery(self.settings.probe_interval)
         self._rng = random.Random()
         self._stop = threading.Event()
         self._synced = threading.Event()
@@ -282,6 +377,7 @@ class Reflector:
     def request_stop(self) -> None:
         """Ask the thread to end, without waiting: wakes it from any wait or read."""
         self._stop.set()
+        self._recovery.interrupt()
         # Under the lock, so the response cannot be closed by the thread in between. Failing to
         # shut it down means it was already closed or released: nobody is reading it.
         with self._lock, contextlib.suppress(Exception):
@@ -326,16 +422,23 @@ class Reflector:
                 if need_list:
                     self._list()
                     need_list = False
-                if self._watch() is _End.EXPIRED:
+                end = self._watch()
+                if end is _End.EXPIRED:
                     log.info("%s: resourceVersion %s expired, listing again", self.name, self._rv)
                     need_list = True
                     continue
+                if end is _End.IDLE:
+                    need_list = True  # a silent, perhaps dead, connection: see the module doc
             except _Stopped:
                 break
             except Exception as exc:
                 if self._stop.is_set():
                     break
                 self._failed(exc)
+                # Whatever broke, the apiserver behind it may have been replaced by one with
+                # another history (a restore, a wiped etcd) in which our resourceVersion names
+                # a different state: only a list proves what holds (see the module doc).
+                need_list = True
             self._pause()
         log.debug("%s: stopped", self.name)
 
@@ -343,11 +446,33 @@ class Reflector:
         delay = backoff_delay(
             self._failures, self.settings.backoff_base, self.settings.backoff_cap, self._rng
         )
-        if delay:
-            self._stop.wait(delay)  # returns early on stop(); the loop condition then ends it
+        if not delay:
+            return
+        # Both return early on stop(); the loop condition then ends it.
+        if self._away:
+            self._recovery.wait(delay, self._probe, self._stop)
+        else:  # the API answered, with a refusal a quick retry would not change (403, 429...)
+            self._stop.wait(delay)
+
+    def _probe(self) -> bool:
+        """The cheap question of `Recovery`: does a one-item list of our kind succeed?"""
+        if self._stop.is_set():
+            return False
+        params: dict[str, Any] = {"limit": 1}
+        if self.label_selector:
+            params["label_selector"] = self.label_selector
+        timeout = min(self.settings.connect_timeout, 2.0), min(self.settings.read_timeout, 5.0)
+        try:
+            response = self._call(_preload_content=False, _request_timeout=timeout, **params)
+            response.read()
+            response.release_conn()
+        except Exception:
+            return False
+        return True
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
+        self._away = _api_away(exc)
         self.stats.errors += 1
         message = _describe(exc, self)
         self.stats.last_error = message
@@ -368,7 +493,10 @@ class Reflector:
         if self._complaint:
             log.info("%s: working again after %d failures", self.name, self._failures)
             self._complaint = ""
+        if self._failures:
+            self._recovery.success()  # the other kinds need not wait out their backoff
         self._failures = 0
+        self._away = False
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -469,13 +597,13 @@ class Reflector:
         """Note one listed item: unchanged since handed over (same resourceVersion), or trimmed
         into `changed`. Either way it lands in `versions` unless trim refuses it."""
         key = self._key(item) if isinstance(item, dict) else None
-        rv = _resource_version(item)
-        if key is not None and rv and held.get(key) == rv:
-            versions[key] = rv
+        version = _version(item)
+        if key is not None and version and held.get(key) == version:
+            versions[key] = version
             return
         record = self._trim(item)
         if record is not None:
-            versions[record.key] = rv
+            versions[record.key] = version
             changed.append(record)
 
     def _hand_over(
@@ -554,9 +682,9 @@ class Reflector:
             if self._stop.is_set():
                 raise _Stopped from None
             log.debug(
-                "%s: watch idle for %ss, watching again", self.name, self.settings.idle_timeout
+                "%s: watch idle for %ss, listing again", self.name, self.settings.idle_timeout
             )
-            return _End.CLOSED
+            return _End.IDLE
         finally:
             self._close(response, consumed=consumed)
         if not seen and time.monotonic() - started < MIN_HEALTHY_WATCH:
@@ -584,7 +712,7 @@ class Reflector:
         if kind in ("ADDED", "MODIFIED"):
             record = self._trim(obj)
             if record is not None:
-                self._versions[record.key] = rv
+                self._versions[record.key] = _version(obj)
                 self._sink.apply(self.layer, (record,), (), received_at)
             else:  # no longer of use to DNS (a slice turned FQDN, say): drop what we had
                 self._delete(self._key(obj), received_at)
@@ -797,6 +925,30 @@ class _Dechunker:
                 state = self._DONE
         self._state = state
         self._wire = wire[pos:] if pos < size else b""
+
+
+def _version(obj: Any) -> str:
+    """What says an object is the one handed over before: its resourceVersion and its uid
+    ("" without a resourceVersion: never taken as unchanged). The uid matters after a restore or
+    a wiped etcd, where re-created objects can get the resourceVersions old ones had."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return ""
+    rv = meta.get("resourceVersion")
+    if not isinstance(rv, str) or not rv:
+        return ""
+    uid = meta.get("uid")
+    return f"{rv} {uid}" if isinstance(uid, str) and uid else rv
+
+
+def _api_away(exc: BaseException) -> bool:
+    """Whether a failure says the API was unreachable or unavailable, so that a cheap probe
+    answering means it is back. Not so for answers a quick retry would not change (401, 403,
+    429, 500: an apiserver that fails big lists may well answer a one-item one) nor for a read
+    timeout (an overloaded apiserver): those keep their whole backoff."""
+    if isinstance(exc, ApiException):
+        return exc.status in (502, 503, 504)
+    return not isinstance(exc, _WatchError | ValueError | ReadTimeoutError)
 
 
 def _resource_version(obj: Any) -> str:

@@ -21,9 +21,11 @@ apiserver where the watch depends on it, and it does:
   endpoints.
 
 Faults are injected by `inject(Fault(...))` (a status for some requests, a delay, a dropped
-connection), `outage()`, `cut_watches()` (connections closed mid-stream), `truncate_next_event()`
+connection, a request held until released), `outage()`, `cut_watches()` (connections closed
+mid-stream), `end_watches()` (a clean end, as at `timeoutSeconds`), `truncate_next_event()`
 (half an event, then the connection dies), `compact()` (history lost: old resourceVersions get
-410), `go_down()`/`come_up()` (connection refused). `requests()` tells what clients asked for.
+410), `wipe()` (a new etcd: objects and history gone, resourceVersions start again lower),
+`go_down()`/`come_up()` (connection refused). `requests()` tells what clients asked for.
 
 The module also holds `LoopStore`, the harness on the other side: a real `kdns.store.Store` owned
 by an asyncio loop in a thread and fed through the real `LoopSink`, as the server runs it.
@@ -380,7 +382,8 @@ class Fault:
     """A misbehaviour for matching requests.
 
     `status`: the HTTP status to answer with (a Status body); None answers normally (after
-    `delay`); 0 closes the connection without answering. `times`: how many requests it hits
+    `delay`, and after `gate` is set, if given: a request held until the test lets it go, at
+    most 60 s); 0 closes the connection without answering. `times`: how many requests it hits
     (None: until removed or until `until`, a time.monotonic() deadline).
     """
 
@@ -391,6 +394,7 @@ class Fault:
     path: str | None = None  # exact request path
     delay: float = 0.0
     until: float | None = None
+    gate: threading.Event | None = None
     hits: int = 0
 
     def matches(self, path: str, plural: str | None, watch: bool, now: float) -> bool:
@@ -439,6 +443,7 @@ class _State:
     compacted: int = 0  # a watch from a resourceVersion below this gets 410
     snapshots: dict[int, list[Obj]] = field(default_factory=dict)
     cut_gen: int = 0
+    end_gen: int = 0
     truncate_gen: int = 0
     bookmark_gen: int = 0
     stopping: bool = False
@@ -606,6 +611,22 @@ class FakeApiServer:
             st.snapshots.clear()
             return st.rv
 
+    def wipe(self, rv: int = 1) -> None:
+        """Forget every object, all history and continue tokens, as an apiserver restarted on a
+        wiped etcd does: resourceVersions count again from `rv`, which may be below what clients
+        have seen. Open watches are cut. (Re-create objects with `apply` afterwards.)"""
+        with self._cond:
+            st = self._state
+            st.rv = rv
+            for objects in st.objects.values():
+                objects.clear()
+            st.history.clear()
+            st.history_rvs.clear()
+            st.snapshots.clear()
+            st.compacted = 0
+            st.cut_gen += 1
+            self._cond.notify_all()
+
     def send_bookmarks(self) -> None:
         """Make every watch that allows bookmarks send one now."""
         with self._cond:
@@ -616,6 +637,12 @@ class FakeApiServer:
         """Close every open watch mid-stream (half a chunk, then the connection dies)."""
         with self._cond:
             self._state.cut_gen += 1
+            self._cond.notify_all()
+
+    def end_watches(self) -> None:
+        """End every open watch cleanly (the empty last chunk), as `timeoutSeconds` does."""
+        with self._cond:
+            self._state.end_gen += 1
             self._cond.notify_all()
 
     def truncate_next_event(self) -> None:
@@ -809,6 +836,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
+            if fault.gate is not None:
+                fault.gate.wait(60)
             if fault.status == 0:
                 log(0)
                 self._abort()
@@ -891,6 +920,7 @@ class _Handler(BaseHTTPRequestHandler):
                 expired = cursor < st.compacted
             compacted = st.compacted
             cut_gen, truncate_gen, bookmark_gen = st.cut_gen, st.truncate_gen, st.bookmark_gen
+            end_gen = st.end_gen
         if cursor < 0:
             log(400)
             self._send_status(400, f"invalid resource version: {rv_param!r}")
@@ -916,7 +946,13 @@ class _Handler(BaseHTTPRequestHandler):
             for obj in initial:
                 self._write_event({"type": "ADDED", "object": obj})
             self._stream(
-                res, ns, selector, cursor, timeout, bookmarks, cut_gen, truncate_gen, bookmark_gen
+                res,
+                ns,
+                selector,
+                cursor,
+                timeout,
+                bookmarks,
+                (cut_gen, end_gen, truncate_gen, bookmark_gen),
             )
         except OSError:
             self.close_connection = True
@@ -941,11 +977,10 @@ class _Handler(BaseHTTPRequestHandler):
         cursor: int,
         timeout: float,
         bookmarks: bool,
-        cut_gen: int,
-        truncate_gen: int,
-        bookmark_gen: int,
+        gens: tuple[int, int, int, int],
     ) -> None:
         api = self.api
+        cut_gen, end_gen, truncate_gen, bookmark_gen = gens
         deadline = time.monotonic() + timeout
         interval = api.bookmark_interval
         next_bookmark = time.monotonic() + interval if interval else float("inf")
@@ -960,6 +995,9 @@ class _Handler(BaseHTTPRequestHandler):
                         return
                     if st.cut_gen != cut_gen:
                         self._abort(b'{"type":"MODIFIED","object":{"kind":')
+                        return
+                    if st.end_gen != end_gen:
+                        self._chunk(b"")
                         return
                     start = bisect.bisect_right(st.history_rvs, cursor)
                     pending = any(e.plural == res.plural for e in st.history[start:])
@@ -1146,9 +1184,10 @@ class LoopStore:
 
 
 def wait_for(
-    predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition"
+    predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
 ) -> None:
-    """Poll `predicate` until it is true; fail after `timeout` seconds."""
+    """Poll `predicate` until it is true; fail after `timeout` seconds (generous by default:
+    only a failing test waits that long, and a loaded 2-core machine is slow)."""
     deadline = time.monotonic() + timeout
     while True:
         if predicate():
