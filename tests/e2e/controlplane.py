@@ -291,10 +291,11 @@ class ControlPlane:
         if proc:
             proc.stop(grace)
 
-    def start_controller_manager(self) -> None:
+    def start_controller_manager(self, kubeconfig: Path | None = None) -> None:
+        """Start kube-controller-manager (with the admin kubeconfig unless told otherwise)."""
         argv = [
             str(self.bins / "kube-controller-manager"),
-            f"--kubeconfig={self.admin_kubeconfig}",
+            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
             f"--controllers={CONTROLLERS}",
             "--leader-elect=false",
             "--secure-port=0",
@@ -326,7 +327,8 @@ class ControlPlane:
 
     # ---------------------------------------------------------------- kubeconfig
 
-    def write_kubeconfig(self, name: str, token: str) -> Path:
+    def write_kubeconfig(self, name: str, token: str, port: int | None = None) -> Path:
+        """A kubeconfig for the apiserver on `port` (default: `api_port`) with `token`."""
         path = self.workdir / f"{name}.kubeconfig"
         cfg = {
             "apiVersion": "v1",
@@ -335,7 +337,7 @@ class ControlPlane:
                 {
                     "name": "e2e",
                     "cluster": {
-                        "server": f"https://127.0.0.1:{self.api_port}",
+                        "server": f"https://127.0.0.1:{port or self.api_port}",
                         "certificate-authority": str(self.ca_file),
                     },
                 }

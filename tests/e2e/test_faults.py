@@ -23,7 +23,7 @@ import pytest
 
 from kdns.reflector import WatchSettings
 from tests.e2e.conftest import skip_or_fail, start_kdns_for, unavailable
-from tests.e2e.controlplane import ApiError, ControlPlane, free_port, wait_for
+from tests.e2e.controlplane import ADMIN_TOKEN, ApiError, ControlPlane, free_port, wait_for
 from tests.e2e.probe import NXDOMAIN, Probe, api_state
 from tests.kdns_process import KdnsProcess
 
@@ -274,10 +274,15 @@ def test_restore_on_wiped_etcd(fault_cp: ControlPlane, fault_kdns: KdnsProcess) 
         cp.kill(name)
     cp.wipe_etcd()
     cp.start_etcd()
-    cp.start_apiserver(port=free_port())  # out of kdns's reach while the backup is restored
+    aside = free_port()  # out of kdns's reach while the backup is restored
+    cp.start_apiserver(port=aside)
     fresh = _revision(cp)
     _restore(cp, stable_ip, hl_before)
     cp.create_service(NS, "newcomer", selector={"app": "none"}, ports=[("p", 80, 80)])
+    # The slices are part of what is restored: let the controllers write them now.
+    cp.start_controller_manager(cp.write_kubeconfig("aside", ADMIN_TOKEN, aside))
+    wait_for("hl's restored slice", lambda: cp.slice_addresses(NS, "hl") == hl_before, 60)
+    cp.kill("kube-controller-manager")
     below = _pad_to(cp, ghost_rv - 30)
     cp.stop_apiserver()
     cp.start_apiserver()
@@ -285,7 +290,6 @@ def test_restore_on_wiped_etcd(fault_cp: ControlPlane, fault_kdns: KdnsProcess) 
     at_start = _revision(cp)
     beyond = _pad_to(cp, old + 60)
     cp.start_controller_manager()
-    wait_for("hl's slice", lambda: cp.slice_addresses(NS, "hl") == hl_before, 60)
     print(
         f"restore: kdns's Service watch at >= {ghost_rv} (history at {old}); the wiped etcd at "
         f"{fresh} after start-up, {below} once restored, {at_start} when the apiserver was back "
