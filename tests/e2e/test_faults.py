@@ -108,7 +108,7 @@ def finish(p: Probe, what: str, timeout: float = BOUND + 15) -> float:
         recovered = p.wait_current(timeout)
     finally:
         p.stop()
-    print(f"{what}: everything current {recovered:.2f}s after the recovery; {p.report()}")
+    print(f"{what}: all current {recovered:.2f}s after the recovery or last change; {p.report()}")
     assert p.counts.wrong == 0, f"{what}: {p.report()}\n" + "\n".join(p.wrong)
     return recovered
 
