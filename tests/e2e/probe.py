@@ -7,7 +7,8 @@ itself uses) right before and right after each round of questions. Every answer 
 - current: it matches what the API held before or after the round (a change in flight is
   allowed either way);
 - stale while down: the API could not be read (by us, on kdns's own port), and the answer is a
-  state the name had earlier: kdns keeps serving the last known data, as it must;
+  state the name had earlier, or has when we next read the API (kdns may see a change first):
+  kdns keeps serving the last known data, as it must;
 - stale while up: a state the name had earlier, the API readable, within `bound` seconds of the
   name's last change or of the API's last recovery (propagation, and kdns's reconnect backoff);
   how long after the recovery the last of these came is measured and printed (target 2 s);
@@ -111,6 +112,8 @@ class Probe:
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _last: dict[str, State] = field(default_factory=dict)
+    #: (name, answer, when) given while the API was unreadable, judged at the next reading
+    _pending: list[tuple[str, State, float]] = field(default_factory=list)
 
     def allow(self, name: str, *states: State) -> None:
         """Declare states `name` may pass through too briefly for the prober to see them."""
@@ -133,6 +136,10 @@ class Probe:
         self._stop.set()
         if self._thread:
             self._thread.join(30)
+        with self._lock:
+            for name, got, _ in self._pending:  # never confirmed by a reading of the API
+                self._wrong(name, got, set(), "a state the API never had, before the API returned")
+            self._pending.clear()
 
     def answer(self, name: str) -> State:
         reply = ask(self.kp.port, f"{name}.{self.ns}.svc.{self.zone}", "A", timeout=2.0)
@@ -177,6 +184,15 @@ class Probe:
                     self.changed[name] = now
                 self.history.setdefault(name, set()).add(state)
             self._last = after
+            # Answers given while the API was unreadable, of a state we had not seen then: kdns
+            # may have seen a change before we could read it. Judged now, against what we know.
+            for name, got, at in self._pending:
+                if got in self.history.get(name, ()):
+                    c.stale_while_down += 1
+                else:
+                    why = f"a state the API never had ({now - at:.1f}s ago)"
+                    self._wrong(name, got, set(), why)
+            self._pending.clear()
         readable = before is not None and after is not None
         all_current = readable
         for name, got in answers.items():
@@ -186,6 +202,9 @@ class Probe:
                 c.current += 1
                 continue
             all_current = False
+            if not readable and got not in self.history.get(name, ()):
+                self._pending.append((name, got, now))
+                continue
             if got in self.history.get(name, ()):
                 if not readable:
                     c.stale_while_down += 1
@@ -199,14 +218,17 @@ class Probe:
                 why = f"stale {now - since:.1f}s after the API was back"
             else:
                 why = "a state the API never had"
-            c.wrong += 1
-            if len(self.wrong) < 20:
-                want = " or ".join(_show(t) for t in truths) or "(API unreadable)"
-                self.wrong.append(f"{name}: {_show(got)}, the API says {want}: {why}")
+            self._wrong(name, got, truths, why)
         if all_current and self._all_current_since is None:
             self._all_current_since = now
         elif not all_current:
             self._all_current_since = None
+
+    def _wrong(self, name: str, got: State, truths: set[State], why: str) -> None:
+        self.counts.wrong += 1
+        if len(self.wrong) < 20:
+            want = " or ".join(_show(t) for t in truths) or "(API unreadable)"
+            self.wrong.append(f"{name}: {_show(got)}, the API says {want}: {why}")
 
     def wait_current(self, timeout: float, hold: float = 1.0) -> float:
         """Wait until every answer has been current for `hold` seconds with the API readable;
