@@ -58,17 +58,14 @@ def fault_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]
         cp.stop()
 
 
-def _workload(cp: ControlPlane, stable_ip: str | None = None) -> dict[str, str]:
+def _workload(cp: ControlPlane) -> None:
     cp.create_namespace(NS)
     cp.create_node(NODE)
-    svc = cp.create_service(
-        NS, "stable", selector={"app": "stable"}, ports=[("p", 80, 80)], cluster_ip=stable_ip
-    )
+    cp.create_service(NS, "stable", selector={"app": "stable"}, ports=[("p", 80, 80)])
     cp.create_service(NS, "hl", selector={"app": "hl"}, ports=[("p", 80, 80)], headless=True)
     cp.run_pod(NS, "stable-0", NODE, {"app": "stable"}, "10.9.0.1")
     cp.run_pod(NS, "hl-0", NODE, {"app": "hl"}, "10.9.1.1")
     wait_for("hl's slice", lambda: cp.slice_addresses(NS, "hl") == {"10.9.1.1"}, 30)
-    return {"stable": svc["spec"]["clusterIP"]}
 
 
 @pytest.fixture(scope="module")
