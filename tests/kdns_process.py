@@ -77,10 +77,17 @@ class KdnsProcess:
 
 
 def start_kdns(
-    args: Sequence[str], *, http: bool = False, timeout: float = 15.0, cwd: Path | None = None
+    args: Sequence[str],
+    *,
+    http: bool = False,
+    timeout: float = 15.0,
+    cwd: Path | None = None,
+    command: Sequence[str] = KDNS,
 ) -> KdnsProcess:
-    """Start `kdns serve ARGS` on a free port and wait until it serves (or raise)."""
-    cmd = [*KDNS, "serve", "--listen", "127.0.0.1:0", *args]
+    """Start `kdns serve ARGS` on a free port and wait until it serves (or raise).
+
+    `command` replaces `python -m kdns` (a launcher that adjusts a knob kdns has no flag for)."""
+    cmd = [*command, "serve", "--listen", "127.0.0.1:0", *args]
     if http:
         cmd += ["--http", "127.0.0.1:0"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")

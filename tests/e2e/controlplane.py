@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -98,12 +99,25 @@ class Proc:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGTERM)
+                os.kill(self.proc.pid, signal.SIGCONT)  # a paused process acts on it only now
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout)
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the process, by PID (SIGSTOP/SIGCONT freeze and thaw it)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL, by PID, and reap it: no chance to flush or to say goodbye to clients."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout)
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -131,21 +145,23 @@ class ControlPlane:
     bins: Path = field(default_factory=bin_dir)
     procs: dict[str, Proc] = field(default_factory=dict)
     etcd_port: int = 0
+    etcd_peer_port: int = 0
     api_port: int = 0
     ca_file: Path = Path()
     admin_kubeconfig: Path = Path()
     limited_kubeconfig: Path = Path()
     _ssl: ssl.SSLContext | None = None
+    _port: int = 0  # where the harness's requests go: api_port, or start_apiserver's `port`
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         try:
-            self._start_etcd()
+            self.start_etcd()
             self._write_auth()
             self.api_port = free_port()
             self.start_apiserver()
-            self._start_controller_manager()
+            self.start_controller_manager()
             self._wait_controllers()
         except BaseException:
             self.stop()
@@ -162,9 +178,34 @@ class ControlPlane:
             f"--- {p.name} ({p.proc.pid}) ---\n{p.tail()}" for p in self.procs.values()
         )
 
-    def _start_etcd(self) -> None:
-        self.etcd_port, peer = free_port(), free_port()
-        client, peer_url = f"http://127.0.0.1:{self.etcd_port}", f"http://127.0.0.1:{peer}"
+    def pause(self, name: str) -> None:
+        """SIGSTOP `name`: its sockets stay open and the kernel still accepts connections, but
+        nothing is answered (a hung peer, not a dead one)."""
+        self.procs[name].signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT `name` after `pause`."""
+        self.procs[name].signal(signal.SIGCONT)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL `name` (by PID) and forget it; `start_etcd`, `start_apiserver` or
+        `start_controller_manager` bring it back."""
+        proc = self.procs.pop(name, None)
+        if proc:
+            proc.kill()
+
+    def wipe_etcd(self) -> None:
+        """Delete etcd's data folder (etcd must be stopped): the next `start_etcd` starts empty,
+        its revisions (the resourceVersions) counting from 1 again."""
+        assert "etcd" not in self.procs, "stop etcd before wiping it"
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+
+    def start_etcd(self) -> None:
+        """Start etcd, or start it again on the same ports and data folder."""
+        if not self.etcd_port:
+            self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
         argv = [
             str(self.bins / "etcd"),
             "--name=e2e",
@@ -201,15 +242,19 @@ class ControlPlane:
                 timeout=60,
             )
 
-    def start_apiserver(self) -> None:
-        """Start (or restart, on the same port, certificate and etcd) kube-apiserver."""
+    def start_apiserver(self, port: int | None = None) -> None:
+        """Start (or restart, on the same port, certificate and etcd) kube-apiserver.
+
+        `port`: serve on another port for a while (clients configured with `api_port` cannot
+        reach it); the harness's own requests follow it until the next start."""
         cert_dir = self.workdir / "certs"
+        self._port = port or self.api_port
         argv = [
             str(self.bins / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
-            f"--secure-port={self.api_port}",
+            f"--secure-port={self._port}",
             f"--cert-dir={cert_dir}",
             f"--token-auth-file={self.workdir / 'tokens.csv'}",
             "--authorization-mode=RBAC",
@@ -246,10 +291,11 @@ class ControlPlane:
         if proc:
             proc.stop(grace)
 
-    def _start_controller_manager(self) -> None:
+    def start_controller_manager(self, kubeconfig: Path | None = None) -> None:
+        """Start kube-controller-manager (with the admin kubeconfig unless told otherwise)."""
         argv = [
             str(self.bins / "kube-controller-manager"),
-            f"--kubeconfig={self.admin_kubeconfig}",
+            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
             f"--controllers={CONTROLLERS}",
             "--leader-elect=false",
             "--secure-port=0",
@@ -281,7 +327,8 @@ class ControlPlane:
 
     # ---------------------------------------------------------------- kubeconfig
 
-    def write_kubeconfig(self, name: str, token: str) -> Path:
+    def write_kubeconfig(self, name: str, token: str, port: int | None = None) -> Path:
+        """A kubeconfig for the apiserver on `port` (default: `api_port`) with `token`."""
         path = self.workdir / f"{name}.kubeconfig"
         cfg = {
             "apiVersion": "v1",
@@ -290,7 +337,7 @@ class ControlPlane:
                 {
                     "name": "e2e",
                     "cluster": {
-                        "server": f"https://127.0.0.1:{self.api_port}",
+                        "server": f"https://127.0.0.1:{port or self.api_port}",
                         "certificate-authority": str(self.ca_file),
                     },
                 }
@@ -319,8 +366,10 @@ class ControlPlane:
         content_type: str = "application/json",
         raw: bool = False,
         timeout: float = 15.0,
+        port: int | None = None,
     ) -> Any:
-        url = f"https://127.0.0.1:{self.api_port}{path}"
+        """One API request (JSON); `port`: ask that apiserver port rather than the current one."""
+        url = f"https://127.0.0.1:{port or self._port or self.api_port}{path}"
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Authorization", f"Bearer {token}")
@@ -391,9 +440,13 @@ class ControlPlane:
         labels: dict[str, str] | None = None,
         publish_not_ready: bool = False,
         protocols: dict[str, str] | None = None,
+        cluster_ip: str | None = None,
     ) -> Obj:
-        """ports: (name, port, targetPort); an empty name makes an unnamed port."""
+        """ports: (name, port, targetPort); an empty name makes an unnamed port. `cluster_ip`:
+        that address rather than an allocated one (as a restore from backup does)."""
         spec: Obj = {}
+        if cluster_ip:
+            spec["clusterIP"] = cluster_ip
         if external_name:
             spec = {"type": "ExternalName", "externalName": external_name}
         if selector is not None:
