@@ -82,12 +82,13 @@ def start_kdns(
     http: bool = False,
     timeout: float = 15.0,
     cwd: Path | None = None,
-    command: Sequence[str] = KDNS,
+    command: Sequence[str] | None = None,
 ) -> KdnsProcess:
     """Start `kdns serve ARGS` on a free port and wait until it serves (or raise).
 
     `command` replaces `python -m kdns` (a launcher that adjusts a knob kdns has no flag for)."""
-    cmd = [*command, "serve", "--listen", "127.0.0.1:0", *args]
+    # KDNS is read at each call, not bound as a default: tests replace it (a launcher).
+    cmd = [*(command or KDNS), "serve", "--listen", "127.0.0.1:0", *args]
     if http:
         cmd += ["--http", "127.0.0.1:0"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
