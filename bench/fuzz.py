@@ -65,6 +65,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVING = re.compile(r"serving \S+ on (\S+) port (\d+)")
@@ -479,6 +480,84 @@ def _question_span(data: bytes) -> int:
             return 0
         i += 1 + data[i]
     return i + 5 if i + 5 <= len(data) else 0
+
+
+#: The UDP payload kdns advertises and sends at most (its default --max-udp).
+MAX_UDP = 1232
+
+
+def udp_limit(query: dns.message.Message, max_udp: int = MAX_UDP) -> int:
+    """The largest UDP reply `query` may get (RFC 6891 6.2.3 and 6.2.5; 512 without EDNS)."""
+    return min(max(512, query.payload), max_udp) if query.edns >= 0 else 512
+
+
+def reference_reply(
+    query: dns.message.Message,
+    answer: Sequence[dns.rrset.RRset],
+    additional: Sequence[dns.rrset.RRset] = (),
+    *,
+    udp: bool,
+    max_udp: int = MAX_UDP,
+) -> tuple[dns.message.Message, bool]:
+    """The reply `query` must get when its answer is these records, built by dnspython alone
+    (none of kdns's encoder): (the full reply, whether it must go out truncated instead)."""
+    reply = dns.message.make_response(query)
+    reply.flags |= dns.flags.AA
+    if query.edns >= 0:
+        reply.use_edns(0, query.ednsflags & dns.flags.DO, max_udp)
+    reply.answer = [*answer]
+    reply.additional = [*additional]
+    size = len(reply.to_wire(max_size=65535))
+    return reply, udp and size > udp_limit(query, max_udp)
+
+
+def judge_reply(
+    query: dns.message.Message,
+    wire: bytes,
+    answer: Sequence[dns.rrset.RRset],
+    additional: Sequence[dns.rrset.RRset] = (),
+    *,
+    udp: bool,
+    max_udp: int = MAX_UDP,
+) -> list[str]:
+    """What is wrong with `wire` as the reply to `query` whose answer is `answer` (+ additional):
+    TC exactly when the reference reply does not fit the client's limit, and then no records;
+    otherwise every expected record, and the same size as the reference (same compression)."""
+    full, must_truncate = reference_reply(query, answer, additional, udp=udp, max_udp=max_udp)
+    try:
+        got = dns.message.from_wire(wire)
+    except dns.exception.DNSException as exc:
+        return [f"unreadable reply: {exc!r}"]
+    problems = []
+    if got.id != query.id or not got.flags & dns.flags.QR or got.rcode() != dns.rcode.NOERROR:
+        problems.append(f"header: id {got.id}, flags {got.flags:#x}, rcode {got.rcode()}")
+    if udp and len(wire) > udp_limit(query, max_udp):
+        problems.append(f"{len(wire)} bytes over UDP, limit {udp_limit(query, max_udp)}")
+    if (got.edns >= 0) != (query.edns >= 0):
+        problems.append(f"EDNS {got.edns} in the reply to a query with EDNS {query.edns}")
+    truncated = bool(got.flags & dns.flags.TC)
+    if truncated != must_truncate:
+        size = len(full.to_wire(max_size=65535))
+        problems.append(f"TC={int(truncated)}, reference {size} bytes, limit {udp_limit(query)}")
+    elif truncated:
+        if got.answer or got.authority or got.additional:
+            problems.append("a truncated reply that carries records")
+    else:
+
+        def content(sections: Sequence[dns.rrset.RRset]) -> set[tuple[str, int, str]]:
+            return {
+                (rrset.name.to_text().lower(), rrset.rdtype, rd.to_text())
+                for rrset in sections
+                for rd in rrset
+            }
+
+        if content(got.answer) != content(full.answer):
+            problems.append(f"answer {got.answer} instead of {full.answer}")
+        if content(got.additional) != content(full.additional):
+            problems.append(f"additional {got.additional} instead of {full.additional}")
+        if len(wire) != len(full.to_wire(max_size=65535)):
+            problems.append(f"{len(wire)} bytes, reference {len(full.to_wire(max_size=65535))}")
+    return problems
 
 
 def check_reply(query: bytes, reply: bytes, udp: bool) -> tuple[str, list[str]]:

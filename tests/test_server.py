@@ -234,9 +234,7 @@ def test_reload_on_edit(tmp_path: Path) -> None:
         (tmp_path / "a.yaml").write_text("kind: Service\nmetadata: [broken")
         # Only a reload that read the broken file writes this line (startup logs "loaded N
         # objects"); waiting for it proves the reload ran before the answer is checked.
-        assert until(lambda: "a.yaml: not reloaded because of the errors" in kp.log(), 30), (
-            kp.log()
-        )
+        assert until(lambda: "a.yaml: not reloaded because of the errors" in kp.log(), 30), kp.log()
         assert answers(kp.dig("+short", "my-service.default.svc.cluster.local")) == ["10.96.0.51"]
     finally:
         kp.stop()
