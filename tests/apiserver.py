@@ -1146,7 +1146,7 @@ class LoopStore:
 
 
 def wait_for(
-    predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition"
+    predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"
 ) -> None:
     """Poll `predicate` until it is true; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
