@@ -38,7 +38,7 @@ def zones(tmp_path: Path) -> Path:
 def query(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
     q = dns.message.make_query(name, rdtype)
     send = dns.query.tcp if tcp else dns.query.udp
-    return send(q, "127.0.0.1", port=port, timeout=2)
+    return send(q, "127.0.0.1", port=port, timeout=5)
 
 
 def test_sigterm_lame_duck_reports_not_ready_but_keeps_answering(zones: Path) -> None:

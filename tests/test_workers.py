@@ -43,7 +43,7 @@ def ask(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.messa
         try:
             if tcp:
                 return dns.query.tcp(q, "127.0.0.1", port=port, timeout=2)
-            return dns.query.udp(q, "127.0.0.1", port=port, timeout=1)
+            return dns.query.udp(q, "127.0.0.1", port=port, timeout=5)
         except dns.exception.Timeout:
             if attempt == 2:
                 raise
