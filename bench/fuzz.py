@@ -65,6 +65,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVING = re.compile(r"serving \S+ on (\S+) port (\d+)")
@@ -481,6 +482,84 @@ def _question_span(data: bytes) -> int:
     return i + 5 if i + 5 <= len(data) else 0
 
 
+#: The UDP payload kdns advertises and sends at most (its default --max-udp).
+MAX_UDP = 1232
+
+
+def udp_limit(query: dns.message.Message, max_udp: int = MAX_UDP) -> int:
+    """The largest UDP reply `query` may get (RFC 6891 6.2.3 and 6.2.5; 512 without EDNS)."""
+    return min(max(512, query.payload), max_udp) if query.edns >= 0 else 512
+
+
+def reference_reply(
+    query: dns.message.Message,
+    answer: Sequence[dns.rrset.RRset],
+    additional: Sequence[dns.rrset.RRset] = (),
+    *,
+    udp: bool,
+    max_udp: int = MAX_UDP,
+) -> tuple[dns.message.Message, bool]:
+    """The reply `query` must get when its answer is these records, built by dnspython alone
+    (none of kdns's encoder): (the full reply, whether it must go out truncated instead)."""
+    reply = dns.message.make_response(query)
+    reply.flags |= dns.flags.AA
+    if query.edns >= 0:
+        reply.use_edns(0, query.ednsflags & dns.flags.DO, max_udp)
+    reply.answer = [*answer]
+    reply.additional = [*additional]
+    size = len(reply.to_wire(max_size=65535))
+    return reply, udp and size > udp_limit(query, max_udp)
+
+
+def judge_reply(
+    query: dns.message.Message,
+    wire: bytes,
+    answer: Sequence[dns.rrset.RRset],
+    additional: Sequence[dns.rrset.RRset] = (),
+    *,
+    udp: bool,
+    max_udp: int = MAX_UDP,
+) -> list[str]:
+    """What is wrong with `wire` as the reply to `query` whose answer is `answer` (+ additional):
+    TC exactly when the reference reply does not fit the client's limit, and then no records;
+    otherwise every expected record, and the same size as the reference (same compression)."""
+    full, must_truncate = reference_reply(query, answer, additional, udp=udp, max_udp=max_udp)
+    try:
+        got = dns.message.from_wire(wire)
+    except dns.exception.DNSException as exc:
+        return [f"unreadable reply: {exc!r}"]
+    problems = []
+    if got.id != query.id or not got.flags & dns.flags.QR or got.rcode() != dns.rcode.NOERROR:
+        problems.append(f"header: id {got.id}, flags {got.flags:#x}, rcode {got.rcode()}")
+    if udp and len(wire) > udp_limit(query, max_udp):
+        problems.append(f"{len(wire)} bytes over UDP, limit {udp_limit(query, max_udp)}")
+    if (got.edns >= 0) != (query.edns >= 0):
+        problems.append(f"EDNS {got.edns} in the reply to a query with EDNS {query.edns}")
+    truncated = bool(got.flags & dns.flags.TC)
+    if truncated != must_truncate:
+        size = len(full.to_wire(max_size=65535))
+        problems.append(f"TC={int(truncated)}, reference {size} bytes, limit {udp_limit(query)}")
+    elif truncated:
+        if got.answer or got.authority or got.additional:
+            problems.append("a truncated reply that carries records")
+    else:
+
+        def content(sections: Sequence[dns.rrset.RRset]) -> set[tuple[str, int, str]]:
+            return {
+                (rrset.name.to_text().lower(), rrset.rdtype, rd.to_text())
+                for rrset in sections
+                for rd in rrset
+            }
+
+        if content(got.answer) != content(full.answer):
+            problems.append(f"answer {got.answer} instead of {full.answer}")
+        if content(got.additional) != content(full.additional):
+            problems.append(f"additional {got.additional} instead of {full.additional}")
+        if len(wire) != len(full.to_wire(max_size=65535)):
+            problems.append(f"{len(wire)} bytes, reference {len(full.to_wire(max_size=65535))}")
+    return problems
+
+
 def check_reply(query: bytes, reply: bytes, udp: bool) -> tuple[str, list[str]]:
     """(outcome, problems) for one reply to `query`."""
     problems: list[str] = []
@@ -600,21 +679,44 @@ class Kdns:
 Expected = dict[tuple[str, str], set[str]]
 
 
+#: The headless service `prepare_zones` adds: its port is 8080, its endpoints listen on 8081.
+BIG_PORT, BIG_TARGET_PORT = 8080, 8081
+
+
+def big_address(i: int) -> str:
+    return f"10.77.{i // 250}.{i % 250 + 1}"
+
+
 def prepare_zones(source: Path, into: Path, headless: int) -> Path:
     zones = into / "zones"
     shutil.copytree(source, zones)
     if headless:
-        addresses = "\n".join(
-            f"      - ip: 10.77.{i // 250}.{i % 250 + 1}" for i in range(headless)
-        )
+        addresses = "\n".join(f"      - ip: {big_address(i)}" for i in range(headless))
         (zones / "zz-fuzz-big.yaml").write_text(
             "apiVersion: v1\nkind: Service\nmetadata: {name: big, namespace: fuzz}\n"
-            "spec:\n  clusterIP: None\n  ports: [{name: http, port: 8080, protocol: TCP}]\n"
+            f"spec:\n  clusterIP: None\n  ports: [{{name: http, port: {BIG_PORT},"
+            f" targetPort: {BIG_TARGET_PORT}, protocol: TCP}}]\n"
             "---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: big, namespace: fuzz}\n"
             f"subsets:\n  - addresses:\n{addresses}\n"
-            "    ports: [{name: http, port: 8080, protocol: TCP}]\n"
+            f"    ports: [{{name: http, port: {BIG_TARGET_PORT}, protocol: TCP}}]\n"
         )
     return zones
+
+
+def big_records(headless: int) -> Expected:
+    """The records of `big.fuzz`, written out from the spec and the data `prepare_zones` wrote,
+    with no help from kdns (whose `kdns records` uses the engine being tested)."""
+    base = "big.fuzz.svc.cluster.local."
+    expected: Expected = {}
+    for i in range(headless):
+        address = big_address(i)
+        label = address.replace(".", "-")
+        expected[(f"{label}.{base}", "A")] = {address}
+        srv = f"0 {max(1, 100 // headless)} {BIG_TARGET_PORT} {label}.{base}"
+        for owner in (base, f"_http._tcp.{base}"):
+            expected.setdefault((owner, "SRV"), set()).add(srv)
+        expected.setdefault((base, "A"), set()).add(address)
+    return expected
 
 
 def _normal(rdtype: str, text: str) -> str:
@@ -643,21 +745,43 @@ def expected_records(zones: Path) -> Expected:
     return expected
 
 
-def ask(port: int, name: str, rdtype: str, edns: bool) -> tuple[dns.message.Message, int, int]:
-    """Ask over UDP (TCP when truncated): (answer, query size, UDP response size)."""
-    q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False, payload=1232)
-    wire = q.to_wire()
+def _sections(
+    expected: Expected, name: str, rdtype: str, ttl: int
+) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset]]:
+    """The answer and additional sections a reply must carry, from `expected` alone: the
+    records, plus the addresses of SRV targets, or the glue of the NS (the address kdns listens
+    on here) (dns-behaviour.md)."""
+    answer = [dns.rrset.from_text_list(name, ttl, "IN", rdtype, sorted(expected[(name, rdtype)]))]
+    additional = []
+    if rdtype == "NS":
+        for target in sorted(expected[(name, rdtype)]):
+            additional.append(dns.rrset.from_text(target, ttl, "IN", "A", "127.0.0.1"))
+    if rdtype == "SRV":
+        for target in sorted({text.split()[-1].lower() for text in expected[(name, rdtype)]}):
+            for family in ("A", "AAAA"):
+                if (target, family) in expected:
+                    rdatas = sorted(expected[(target, family)])
+                    additional.append(dns.rrset.from_text_list(target, ttl, "IN", family, rdatas))
+    return answer, additional
+
+
+def ask(port: int, q: dns.message.Message, tcp: bool) -> bytes:
+    """The reply to `q` over UDP or TCP, as bytes (a lost datagram is retried, not counted)."""
     last: Exception | None = None
-    for _ in range(3):  # a lost datagram is retried, not counted
+    for _ in range(3):
         try:
-            r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2, ignore_trailing=False)
-            size = len(r.to_wire())
-            if r.flags & dns.flags.TC:
-                r = dns.query.tcp(q, "127.0.0.1", port=port, timeout=2)
-            return r, len(wire), size
-        except dns.exception.Timeout as exc:
+            if tcp:
+                return dns.query.tcp(q, "127.0.0.1", port=port, timeout=5).to_wire()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(2)
+                sock.sendto(q.to_wire(), ("127.0.0.1", port))
+                while True:
+                    data, _ = sock.recvfrom(65535)
+                    if data[:2] == q.to_wire()[:2]:
+                        return data
+        except (TimeoutError, dns.exception.Timeout) as exc:
             last = exc
-    raise RuntimeError(f"no answer for {name} {rdtype}: {last!r}")
+    raise RuntimeError(f"no answer for {q.question[0]}: {last!r}")
 
 
 @dataclass
@@ -668,42 +792,41 @@ class Amplification:
 
 
 def check_known(
-    port: int, expected: Expected, amp: dict[str, Amplification] | None = None
+    port: int, expected: Expected, amp: dict[str, Amplification] | None = None, ttl: int = 5
 ) -> list[str]:
-    """Every known name answers as expected; measure amplification when `amp` is given."""
+    """Every known name answers as expected: over UDP, TC=1 exactly when the reply built by
+    dnspython from the expected records does not fit the client's limit, and then the whole
+    answer over TCP. Measures amplification when `amp` is given."""
     problems = []
-    for (name, rdtype), want in sorted(expected.items()):
+    for (name, rdtype), _want in sorted(expected.items()):
+        answer, additional = _sections(expected, name, rdtype, ttl)
         for edns in (False, True) if amp is not None else (True,):
+            q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False, payload=1232)
             try:
-                r, qsize, rsize = ask(port, name, rdtype, edns)
-            except RuntimeError as exc:
-                problems.append(str(exc))
+                wire = ask(port, q, tcp=False)
+                found = judge_reply(q, wire, answer, additional, udp=True)
+                if dns.message.from_wire(wire).flags & dns.flags.TC:
+                    found += judge_reply(q, ask(port, q, tcp=True), answer, additional, udp=False)
+            except (RuntimeError, dns.exception.DNSException) as exc:
+                problems.append(f"{name} {rdtype}: {exc!r}")
                 continue
-            owner = dns.name.from_text(name)
-            got = {
-                rd.to_text()
-                for rrset in r.answer
-                if rrset.name == owner and dns.rdatatype.to_text(rrset.rdtype) == rdtype
-                for rd in rrset
-            }
-            if r.rcode() != dns.rcode.NOERROR or got != want:
-                problems.append(
-                    f"{name} {rdtype}: {dns.rcode.to_text(r.rcode())} {sorted(got)}"
-                    f" instead of {sorted(want)}"
-                )
+            problems += [f"{name} {rdtype} (EDNS {edns}): {p}" for p in found]
             if amp is not None:
                 key = "edns" if edns else "plain"
+                qsize, rsize = len(q.to_wire()), len(wire)
                 if rsize / qsize > amp[key].ratio:
                     amp[key] = Amplification(rsize / qsize, f"{name} {rdtype}", (qsize, rsize))
     if amp is not None:  # ANY for every name, too
         for name in sorted({n for n, _ in expected}):
             for edns in (False, True):
+                q = dns.message.make_query(name, "ANY", use_edns=0 if edns else False, payload=1232)
                 try:
-                    _, qsize, rsize = ask(port, name, "ANY", edns)
+                    wire = ask(port, q, tcp=False)
                 except RuntimeError as exc:
                     problems.append(str(exc))
                     continue
                 key = "edns" if edns else "plain"
+                qsize, rsize = len(q.to_wire()), len(wire)
                 if rsize / qsize > amp[key].ratio:
                     amp[key] = Amplification(rsize / qsize, f"{name} ANY", (qsize, rsize))
     return problems
@@ -1018,6 +1141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kdns-fuzz-") as tmp:
         zones = prepare_zones(args.zones, Path(tmp), args.headless)
         expected = expected_records(zones)
+        # big.fuzz is judged by what this script wrote, not by `kdns records` (the engine).
+        independent = big_records(args.headless)
+        failures += [
+            f"kdns records: {key} {sorted(expected.get(key, set()))} instead of {sorted(want)}"
+            for key, want in sorted(independent.items())
+            if expected.get(key) != want
+        ]
+        expected.update(independent)
         names = sorted({n for n, _ in expected} | set(FIXED_NAMES))
         extra = ["--tcp-idle-timeout", str(args.idle_timeout)]
         if args.log_queries:

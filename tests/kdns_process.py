@@ -26,7 +26,7 @@ KDNS = [sys.executable, "-m", "kdns"]
 _T = TypeVar("_T")
 
 
-def until(check: Callable[[], _T], timeout: float = 5.0, step: float = 0.02) -> _T:
+def until(check: Callable[[], _T], timeout: float = 15.0, step: float = 0.02) -> _T:
     """Call `check` until it returns something true or `timeout` passes; its last value."""
     deadline = time.monotonic() + timeout
     while True:

@@ -27,6 +27,7 @@ from kdns.answers import Cluster, Engine
 from kdns.bulk import _rdata, encode_bulk
 from kdns.model import (
     Endpoint,
+    EndpointKind,
     EndpointPort,
     EndpointSet,
     KubeObject,
@@ -374,3 +375,41 @@ def test_address_rdata_is_dnslibs(address: str) -> None:
     except Exception:
         expected = None
     assert rdata == expected
+
+
+def mapped_ports(kind: EndpointKind, headless: bool) -> list[KubeObject]:
+    """A service on ports 80 (http) and 81 (unnamed) whose 40 endpoints listen on 8080 and 8081,
+    from an EndpointSlice or from manual Endpoints."""
+    endpoints = tuple(Endpoint((f"10.8.0.{i + 1}",)) for i in range(40))
+    ports = (ServicePort("http", 80), ServicePort("", 81))
+    eports = (EndpointPort("http", 8080), EndpointPort("", 8081))
+    ips = () if headless else ("10.96.8.1",)
+    name = "db-1" if kind == "EndpointSlice" else "db"
+    return [
+        Service("ns", "db", headless=headless, cluster_ips=ips, ports=ports),
+        EndpointSet(kind, "ns", name, "db", (Subset(endpoints, eports),)),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["EndpointSlice", "Endpoints"])
+@pytest.mark.parametrize(
+    ("headless", "name", "ports"),
+    [
+        (True, "_http._tcp.db.ns.svc.cluster.local", {8080}),  # the endpoint's (target) port
+        (True, "db.ns.svc.cluster.local", {8080, 8081}),  # named and unnamed
+        (False, "_http._tcp.db.ns.svc.cluster.local", {80}),  # the service's port
+        (False, "db.ns.svc.cluster.local", {80, 81}),
+    ],
+)
+def test_srv_ports_when_service_and_target_ports_differ(
+    kind: EndpointKind, headless: bool, name: str, ports: set[int]
+) -> None:
+    import dns.message
+
+    engine, responder = one_service(mapped_ports(kind, headless))
+    query = parse_query(wire(random.Random(2), name, QTYPE.SRV, edns=True))
+    direct = encode_bulk(engine, query)
+    assert direct is not None and direct == encode(query, responder.resolve(query))
+    srv = [rd for rrset in dns.message.from_wire(direct).answer for rd in rrset]
+    assert {rd.port for rd in srv} == ports
+    assert len(srv) == (40 * len(ports) if headless else len(ports))

@@ -1,11 +1,13 @@
 """The kustomize base in deploy/: every manifest parsed with PyYAML and checked for what matters
 to running kdns safely (RBAC, probes, ports, security context, the zones mount), plus the
-Dockerfile's essentials. With kubectl installed, `kubectl kustomize` must also build the base.
+Dockerfile's essentials. `kubectl kustomize` must also build the base: skipped without kubectl,
+except under KDNS_E2E_REQUIRE=1 (CI, whose .ci/run installs it), where that fails.
 A dry run against a real API server belongs to the e2e harness.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -225,10 +227,15 @@ def test_dockerfile() -> None:
     assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in froms)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_kubectl_kustomize_builds() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        # .ci/run installs it (Debian's kubernetes-client); there a skip would hide the check.
+        if os.environ.get("KDNS_E2E_REQUIRE") == "1":
+            pytest.fail("kubectl not installed, and KDNS_E2E_REQUIRE=1")
+        pytest.skip("kubectl not installed")
     out = subprocess.run(
-        ["kubectl", "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=60
+        [kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]

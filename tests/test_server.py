@@ -17,7 +17,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.kdns_process import KDNS, KdnsProcess, start_kdns
+from tests.kdns_process import KDNS, KdnsProcess, start_kdns, until
 
 ZONE = """
 apiVersion: v1
@@ -196,7 +196,7 @@ def test_tcp_pipelined_queries_on_one_connection(server: KdnsProcess) -> None:
 
 def test_garbage_does_not_stop_the_server(server: KdnsProcess) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(1)
+    sock.settimeout(10)
     # FORMERR when the header can be read
     sock.sendto(b"\x12\x34\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00", ("127.0.0.1", server.port))
     data, _ = sock.recvfrom(512)
@@ -229,27 +229,24 @@ def test_reload_on_edit(tmp_path: Path) -> None:
     try:
         assert answers(kp.dig("+short", "my-service.default.svc.cluster.local")) == ["10.96.0.50"]
         (tmp_path / "a.yaml").write_text(ZONE.replace("10.96.0.50", "10.96.0.51"))
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            out = kp.dig("+short", "my-service.default.svc.cluster.local")
-            if answers(out) == ["10.96.0.51"]:
-                break
-            time.sleep(0.05)
-        assert answers(out) == ["10.96.0.51"]
+        name = "my-service.default.svc.cluster.local"
+        assert until(lambda: answers(kp.dig("+short", name)) == ["10.96.0.51"], 30), kp.log()
         (tmp_path / "a.yaml").write_text("kind: Service\nmetadata: [broken")
-        time.sleep(1.0)
+        # Only a reload that read the broken file writes this line (startup logs "loaded N
+        # objects"); waiting for it proves the reload ran before the answer is checked.
+        assert until(lambda: "a.yaml: not reloaded because of the errors" in kp.log(), 30), kp.log()
         assert answers(kp.dig("+short", "my-service.default.svc.cluster.local")) == ["10.96.0.51"]
-        assert "a.yaml" in kp.log()
     finally:
         kp.stop()
 
 
-def test_sigterm_stops_within_a_second(zones: Path) -> None:
+def test_sigint_stops_at_once(zones: Path) -> None:
     kp = start_kdns(["--zones", str(zones)])
     t0 = time.monotonic()
-    code = kp.stop()
-    assert time.monotonic() - t0 < 1.5
-    assert code == 0
+    # Exits 0 by itself (stop() kills after its timeout, which gives -9), before the default
+    # lame-duck period of 5 s would have ended: SIGINT skips it.
+    assert kp.stop(timeout=4.5) == 0
+    print(f"SIGINT: stopped {time.monotonic() - t0:.2f} s after the signal")
 
 
 def test_port_in_use_is_one_clear_line(zones: Path) -> None:
