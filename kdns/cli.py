@@ -176,6 +176,15 @@ def serve(
             "and reads zones/ (0: this process answers too).",
         ),
     ] = 0,
+    watch_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--watch-idle-timeout",
+            min=1.0,
+            help="Give up a watch that sent nothing, not even a bookmark, this long (a dead "
+            "connection, a frozen API server), and list again.",
+        ),
+    ] = 120.0,
     zones_watch: Annotated[
         str,
         typer.Option(
@@ -226,6 +235,7 @@ def serve(
             upstream_timeout=upstream_timeout,
             workers=workers,
             zones_watch=zones_watch,
+            watch_idle_timeout=watch_idle_timeout,
             domain=normalize_domain(domain),
             ttl=ttl,
             pods=pods,  # type: ignore[arg-type]  # checked above

@@ -33,6 +33,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -112,10 +113,13 @@ class ClusterSource:
         namespaces: Iterable[str] | None = None,
         label_selector: str | None = None,
         settings: WatchSettings | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.sink = sink
         self.layer = layer
         self.settings = settings or WatchSettings()
+        if idle_timeout is not None:  # --watch-idle-timeout
+            self.settings = replace(self.settings, idle_timeout=idle_timeout)
         self.namespaces = list(dict.fromkeys(ns for ns in namespaces or () if ns)) or None
         self.label_selector = label_selector or None
         self.reflectors: list[Reflector] = []

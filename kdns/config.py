@@ -39,6 +39,8 @@ class Config:
     clusters: list[tuple[str, str]] = field(default_factory=list)
     label_selector: str | None = None
     startup_timeout: float = 5.0
+    #: A watch silent this long (not even a bookmark) is given up and the kind listed again.
+    watch_idle_timeout: float = 120.0
     # operations
     lameduck: float = 5.0
     #: Serve /explain on the HTTP port (it shows more than DNS does: off by default).

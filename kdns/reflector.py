@@ -186,8 +186,8 @@ class WatchSettings:
     #: Read timeout of a list page.
     read_timeout: float = 60.0
     #: A watch with no byte (not even a bookmark, which the apiserver sends about every minute)
-    #: for this long is presumed dead (a half-open connection) and is reopened from the last
-    #: resourceVersion. Cheap if wrong: nothing is listed again.
+    #: for this long is presumed dead (a half-open connection, a frozen apiserver) and is given
+    #: up; what follows is a list, as after any broken watch (`kdns serve --watch-idle-timeout`).
     idle_timeout: float = 120.0
     #: How often the listed namespaces are checked again when namespaces are not watched.
     namespace_recheck: float = 300.0

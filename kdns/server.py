@@ -285,6 +285,7 @@ class DnsServer:
                     client,
                     namespaces=cfg.namespaces or None,
                     label_selector=cfg.label_selector,
+                    idle_timeout=cfg.watch_idle_timeout,
                 )
                 source.start()
                 self.sources.append(source)

@@ -63,13 +63,13 @@ ZONE = "cluster.local"
 #: machine can be slow, and a wait on a condition ends as soon as it holds.
 WAIT = 30.0
 
-#: `kdns serve` with the reflector's timings shrunk (read timeout 1 s, a quiet watch reopened
-#: after 1.5 s, backoff from 50 ms up to 0.5 s). Passed as `python -c LAUNCHER serve ...`.
+#: `kdns serve` with the reflector's timings shrunk (read timeout 1 s, backoff from 50 ms up to
+#: 0.5 s); `serve()` sets the idle timeout by flag. Passed as `python -c LAUNCHER serve ...`.
 LAUNCHER = """
 import functools, sys
 import kdns.cluster, kdns.reflector
 kdns.cluster.WatchSettings = functools.partial(
-    kdns.reflector.WatchSettings, connect_timeout=1.0, read_timeout=1.0, idle_timeout=1.5,
+    kdns.reflector.WatchSettings, connect_timeout=1.0, read_timeout=1.0,
     backoff_base=0.05, backoff_cap=0.5, watch_timeout=(20, 30))
 from kdns.cli import main
 main()
@@ -268,12 +268,14 @@ def api() -> Iterator[FakeApiServer]:
     server.stop()
 
 
-def serve(api: FakeApiServer, tmp_path: Path) -> KdnsProcess:
-    """kdns watching `api` (through the launcher), ready: every kind listed."""
+def serve(api: FakeApiServer, tmp_path: Path, idle: float = 1.5) -> KdnsProcess:
+    """kdns watching `api` (through the launcher), ready: every kind listed. A watch silent for
+    `idle` seconds is given up (and the kind listed again)."""
     zones = tmp_path / "zones"
     zones.mkdir(exist_ok=True)
     kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-    kp = start_kdns(["--zones", str(zones), "--kubeconfig", str(kcfg)], http=True)
+    args = ["--zones", str(zones), "--kubeconfig", str(kcfg), "--watch-idle-timeout", str(idle)]
+    kp = start_kdns(args, http=True)
     try:
         until(lambda: kp.http_get("/ready")[0] == 200, WAIT, "kdns to be ready")
         for name, sets in ALLOWED.items():
@@ -308,21 +310,17 @@ def test_api_errors_500_keep_every_name(api: FakeApiServer, tmp_path: Path) -> N
         kp.stop()
 
 
+@pytest.mark.usefixtures("launcher")
 @pytest.mark.parametrize("as_http", [False, True], ids=["error-event", "http-410"])
 def test_410_expired_relists_without_losing_a_name(
-    api: FakeApiServer, tmp_path: Path, as_http: bool, monkeypatch: pytest.MonkeyPatch
+    api: FakeApiServer, tmp_path: Path, as_http: bool
 ) -> None:
-    # A quiet watch is not listed again on its own here (idle 30 s), and bookmarks keep every
-    # watch visibly alive: the only way back in is the watch from the old resourceVersion.
-    monkeypatch.setattr(
-        kdns_process,
-        "KDNS",
-        [sys.executable, "-c", LAUNCHER.replace("idle_timeout=1.5", "idle_timeout=30.0")],
-    )
     api.expired_as_http = as_http
     api.bookmark_interval = 0.2
     api.apply(service("gone", "shop", cluster_ip="10.96.1.3"))
-    kp = serve(api, tmp_path)
+    # A quiet watch is not given up here (idle 30 s), and bookmarks keep every watch visibly
+    # alive: the only way back in is the watch from the old resourceVersion.
+    kp = serve(api, tmp_path, idle=30)
     try:
         with Prober(kp.port, {k: list(v) for k, v in ALLOWED.items()}) as prober:
             # The services watch ends cleanly (as at its timeoutSeconds) and kdns's next one is

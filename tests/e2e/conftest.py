@@ -20,7 +20,7 @@ from tests.e2e.controlplane import (
     missing_binaries,
     wait_for,
 )
-from tests.kdns_process import KDNS, KdnsProcess, start_kdns
+from tests.kdns_process import KdnsProcess, start_kdns
 
 REQUIRED = os.environ.get("KDNS_E2E_REQUIRE") == "1"
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def start_kdns_for(
     kubeconfig: Path,
     *extra: str,
     ready_timeout: float = 30,
-    command: Sequence[str] = KDNS,
+    command: Sequence[str] | None = None,
 ) -> KdnsProcess:
     """kdns watching the control plane (empty --zones folder), once /ready says 200."""
     zones = tmp / "empty-zones"
