@@ -420,7 +420,7 @@ class KdnsCollector:
         )
         relists = CounterMetricFamily(
             "kdns_kubernetes_relists",
-            "Lists after the first one (after 410 Expired), by kind.",
+            "Lists after the first one (after 410 Expired, a broken or idle watch), by kind.",
             labels=["kind"],
         )
         errors = CounterMetricFamily(

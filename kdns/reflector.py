@@ -277,7 +277,7 @@ class ReflectorStats:
     #: Watch events applied, by type (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR).
     events: dict[str, int] = field(default_factory=dict)
     lists: int = 0  # completed lists, the first one included
-    relists: int = 0  # completed lists after the first (410 Expired)
+    relists: int = 0  # completed lists after the first (410, a broken or idle watch)
     watches: int = 0  # watch requests that got a stream
     errors: int = 0  # failed requests and broken streams
     invalid: int = 0  # objects trim refused (TrimError)
