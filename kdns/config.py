@@ -21,8 +21,7 @@ class ClusterConfigError(ConfigError):
 class Config:
     """Settings of `kdns serve`. Defaults match the CLI's."""
 
-    #: Directories of manifests. Empty: ./zones when it exists (so `kdns serve --kubeconfig` works
-    #: anywhere), no files otherwise.
+    #: Directories of manifests. Empty: ./zones, unless a cluster is served (see `zone_dirs`).
     zones: list[Path] = field(default_factory=list)
     listen: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 1053)])
     domain: str = "cluster.local"
@@ -70,11 +69,12 @@ class Config:
         return bool(self.kubeconfig or self.in_cluster)
 
     def zone_dirs(self) -> list[Path]:
-        """The manifest directories to load."""
+        """The manifest directories to load: those named, else ./zones unless a cluster is
+        served (then files are served only when named, so that a checkout's sample zones/ never
+        mixes into a cluster's answers unasked)."""
         if self.zones:
             return list(self.zones)
-        default = Path("zones")
-        return [default] if default.is_dir() or not (self.uses_cluster or self.clusters) else []
+        return [] if self.uses_cluster or self.clusters else [Path("zones")]
 
 
 def parse_cluster(text: str) -> tuple[str, str]:

@@ -493,3 +493,37 @@ def test_kubeconfig_without_zones_directory_serves_the_cluster(
         assert query(kp.port, "cart.shop.svc.cluster.local").answer[0][0].address == "10.96.1.1"
     finally:
         kp.stop()
+
+
+CART_IN_FILES = """\
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.77.77
+  ports: [{name: http, port: 80}]
+"""
+
+
+def test_a_checkout_s_zones_folder_is_not_mixed_into_a_cluster_unasked(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    """`kdns serve --kubeconfig` started where a zones/ folder happens to be (the checkout
+    itself) serves the cluster alone, and says so; --zones serves both, and says that too."""
+    (tmp_path / "zones").mkdir()
+    (tmp_path / "zones" / "cart.yaml").write_text(CART_IN_FILES)
+    kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+    kp = start_kdns(["--kubeconfig", str(kcfg)], cwd=tmp_path)
+    try:
+        assert query(kp.port, "cart.shop.svc.cluster.local").answer[0][0].address == "10.96.1.1"
+        assert "./zones is not served alongside the cluster" in kp.log()
+    finally:
+        kp.stop()
+    kp = start_kdns(["--kubeconfig", str(kcfg), "--zones", "zones"], cwd=tmp_path)
+    try:
+        # The files win for a service both define (a local override), and both are named.
+        assert query(kp.port, "cart.shop.svc.cluster.local").answer[0][0].address == "10.96.77.77"
+        assert until(lambda: "defined by both files and cluster; files wins" in kp.log())
+        assert "cluster.local is served from two sources: the files in zones" in kp.log()
+    finally:
+        kp.stop()

@@ -266,3 +266,18 @@ def test_port_in_use_is_one_clear_line(zones: Path) -> None:
         rf"kdns: error: cannot listen on 127\.0\.0\.1:{port}/(udp|tcp): Address already in use",
         lines[0],
     )
+
+
+def test_the_startup_log_names_the_event_loop_and_the_udp_path(tmp_path: Path) -> None:
+    """What a query costs depends on both: a user must be able to see them."""
+    (tmp_path / "z.yaml").write_text(ZONE)
+    kp = start_kdns(["--zones", str(tmp_path)])
+    try:
+        assert "event loop: uvloop" in kp.log() and "UDP fast path on" in kp.log(), kp.log()
+    finally:
+        kp.stop()
+    kp = start_kdns(["--zones", str(tmp_path), "--log-queries"])
+    try:
+        assert "UDP fast path off (--log-queries)" in kp.log(), kp.log()
+    finally:
+        kp.stop()
