@@ -33,6 +33,7 @@ from typing import Literal
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
 
 from .model import ip_family
+from .names import NIBBLES, Grammar, Request, Shape
 from .store import ServiceView, Store
 
 PodsMode = Literal["insecure", "disabled"]
@@ -42,7 +43,6 @@ SCHEMA_VERSION = "1.1.0"
 SCHEMA_TTL = 28800
 #: SOA timers, as CoreDNS sets them: refresh, retry, expire.
 SOA_TIMERS = (7200, 1800, 86400)
-REVERSE_ZONES = (("in-addr", "arpa"), ("ip6", "arpa"))
 #: How many in-zone CNAMEs (ExternalName services pointing at services) are followed.
 MAX_CHASE = 8
 
@@ -94,61 +94,46 @@ class Engine:
         self.ttl = ttl
         self.pods = pods
         self.ns_addresses = [a for a in ns_addresses if ip_family(a)]
-        # Longest zone first, so that a zone nested in another one wins its names.
-        self._by_suffix = sorted(self.clusters, key=lambda c: -len(c.labels))
+        #: The one parser of names for these zones (longest zone first, see `kdns.names`).
+        self.grammar: Grammar[Cluster] = Grammar([(c.labels, c) for c in self.clusters])
         self._ptrs = _PtrIndex([c.store for c in self.clusters])
 
     # -- entry point -------------------------------------------------------------------------
 
+    def parse(self, raw: Sequence[bytes]) -> Request[Cluster]:
+        """The request a name's labels make (`kdns.names`), case folded."""
+        return self.grammar.parse([_text(label).lower() for label in raw])
+
     def resolve(self, qname: DNSLabel, qtype: int) -> Answer:
         """Answer one question. `qname` is used as the owner of the answer records."""
-        labels = tuple(_text(label).lower() for label in qname.label)
-        for cluster in self._by_suffix:
-            zl = cluster.labels
-            if labels[len(labels) - len(zl) :] == zl:
-                ans = self._forward(cluster, labels[: len(labels) - len(zl)], qname, qtype, 0)
-                return self._unsynced(ans, [cluster])
-        for zone in REVERSE_ZONES:
-            if labels[-2:] == zone:
-                ans = self._reverse(zone, labels[:-2], qname, qtype)
-                return self._unsynced(ans, self.clusters)
+        return self.answer(self.parse(qname.label), qname, qtype)
+
+    def answer(self, req: Request[Cluster], qname: DNSLabel, qtype: int) -> Answer:
+        """Answer the question `req` (parsed from `qname`) asks, for type `qtype`."""
+        if req.zone is not None:
+            return self._unsynced(self._forward(req, qname, qtype, 0), [req.zone])
+        if req.reverse_zone is not None:
+            return self._unsynced(self._reverse(req, qname, qtype), self.clusters)
         return Answer(RCODE.REFUSED, authoritative=False)
 
     def is_local(self, qname: DNSLabel) -> bool:
         """True when `qname` falls in a zone kdns answers for."""
-        return self.is_local_labels([label.lower() for label in qname.label])
+        return self.parse(qname.label).is_local
 
     def is_local_labels(self, raw: Sequence[bytes]) -> bool:
-        """True when the name of these (lower-case) labels is in a zone kdns answers for."""
-        labels = tuple(_text(label) for label in raw)
-        if labels[-2:] in REVERSE_ZONES:
-            return True
-        return any(labels[len(labels) - len(c.labels) :] == c.labels for c in self.clusters)
+        """True when the name of these labels is in a zone kdns answers for."""
+        return self.parse(raw).is_local
 
     def cache_tag(self, raw: Sequence[bytes]) -> tuple[str, ...] | None:
-        """What an answer for these (lower-case) labels depends on, besides namespaces and sync
-        state: `(zone, namespace, service)` for names at or under a service, `("ip", address)`
-        for full reverse names, `ANY_TAG` for partial reverse names (whether one is NODATA or
+        """What an answer for these labels depends on, besides namespaces and sync state:
+        `(zone, namespace, service)` for names at or under a service, `("ip", address)` for
+        full reverse names, `ANY_TAG` for partial reverse names (whether one is NODATA or
         NXDOMAIN depends on every address under it, which no narrower tag can name), None for
         the rest (the apex, namespaces, pods, other zones).
 
         The response cache drops an answer when a change touches its tag.
         """
-        labels = tuple(_text(label) for label in raw)
-        for cluster in self._by_suffix:
-            zl = cluster.labels
-            if labels[len(labels) - len(zl) :] == zl:
-                rel = labels[: len(labels) - len(zl)]
-                if len(rel) >= 3 and rel[-1] == "svc":
-                    return (cluster.domain, rel[-2], rel[-3])
-                return None
-        for zone in REVERSE_ZONES:
-            if labels[-2:] == zone:
-                address = reverse_address(zone, labels[:-2])
-                if address:
-                    return ("ip", address)
-                return ANY_TAG if _reverse_span(zone, labels[:-2]) else None
-        return None
+        return tag_of(self.parse(raw))
 
     def reverse_non_terminal(self, zone: tuple[str, str], rel: tuple[str, ...]) -> bool:
         """True when `rel` (lower-case labels under the reverse zone `zone`) is part of the
@@ -170,9 +155,8 @@ class Engine:
         return sum(c.store.serial for c in self.clusters) % (1 << 32)
 
     def is_apex(self, raw: Sequence[bytes]) -> bool:
-        """True when these (lower-case) labels name a cluster zone (what AXFR may ask for)."""
-        labels = tuple(_text(label) for label in raw)
-        return any(labels == c.labels for c in self.clusters)
+        """True when these labels name a cluster zone (what AXFR may ask for)."""
+        return self.parse(raw).shape is Shape.APEX
 
     @staticmethod
     def _unsynced(ans: Answer, clusters: Sequence[Cluster]) -> Answer:
@@ -214,54 +198,48 @@ class Engine:
 
     # -- forward zone ----------------------------------------------------------------------
 
-    def _forward(
-        self, cluster: Cluster, rel: tuple[str, ...], qname: DNSLabel, qtype: int, depth: int
-    ) -> Answer:
+    def _forward(self, req: Request[Cluster], qname: DNSLabel, qtype: int, depth: int) -> Answer:
+        cluster = req.zone
+        assert cluster is not None
         zone = cluster.domain
         store = cluster.store
         mname = f"ns.dns.{zone}"
         soa = self._soa(zone, store.serial, mname)
-
-        def nodata() -> Answer:
-            return self._negative(RCODE.NOERROR, soa)
-
-        def nxdomain() -> Answer:
-            return self._negative(RCODE.NXDOMAIN, soa)
-
-        if not rel:
+        nodata = self._negative(RCODE.NOERROR, soa)
+        nxdomain = self._negative(RCODE.NXDOMAIN, soa)
+        shape = req.shape
+        if shape is Shape.APEX:
             return self._apex(zone, soa, mname, qname, qtype)
-        if rel == ("dns-version",):
+        if shape is Shape.DNS_VERSION:
             if qtype in (QTYPE.TXT, QTYPE.ANY):
                 return Answer(
                     answer=[RR(qname, QTYPE.TXT, ttl=SCHEMA_TTL, rdata=TXT(SCHEMA_VERSION))]
                 )
-            return nodata()
-        if rel == ("ns", "dns"):
+            return nodata
+        if shape is Shape.NAMESERVER:
             if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
-                return nodata()
+                return nodata
             records = self._address_records(qname, self.ns_addresses, qtype)
-            return Answer(answer=records) if records else nodata()
-        if rel == ("dns",):
-            return nodata()  # empty non-terminal above ns.dns
-        kind = rel[-1]
-        parts = rel[:-1]
-        if kind == "svc":
-            return self._svc(cluster, parts, qname, qtype, soa, depth)
-        if kind == "pod":
-            if not parts:
-                return nodata()
-            if self.pods == "disabled" or len(parts) > 2 or not store.has_namespace(parts[-1]):
-                return nxdomain()
-            if len(parts) == 1:
-                return nodata()
-            address = pod_address(parts[0])
+            return Answer(answer=records) if records else nodata
+        if shape in (Shape.NAMESERVER_PARENT, Shape.SVC_ROOT, Shape.POD_ROOT):
+            return nodata  # empty non-terminals
+        if shape is Shape.NAMESPACE:
+            return nodata if store.has_namespace(req.namespace) else nxdomain
+        if shape in (Shape.SERVICE, Shape.ENDPOINT, Shape.PORT_SERVICE):
+            return self._svc(req, qname, qtype, nodata, nxdomain, depth)
+        if shape in (Shape.POD_NAMESPACE, Shape.POD):
+            if self.pods == "disabled" or not store.has_namespace(req.namespace):
+                return nxdomain
+            if shape is Shape.POD_NAMESPACE:
+                return nodata
+            address = pod_address(req.pod)
             if address is None:
-                return nxdomain()
+                return nxdomain
             records = self._address_records(qname, [address], qtype)
             if records and qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
                 return Answer(answer=records)
-            return nodata()
-        return nxdomain()
+            return nodata
+        return nxdomain
 
     def _apex(self, zone: str, soa: RR, mname: str, qname: DNSLabel, qtype: int) -> Answer:
         if qtype in (QTYPE.SOA, QTYPE.ANY):
@@ -276,38 +254,30 @@ class Engine:
 
     def _svc(
         self,
-        cluster: Cluster,
-        parts: tuple[str, ...],
+        req: Request[Cluster],
         qname: DNSLabel,
         qtype: int,
-        soa: RR,
+        nodata: Answer,
+        nxdomain: Answer,
         depth: int,
     ) -> Answer:
-        store = cluster.store
-        nodata = self._negative(RCODE.NOERROR, soa)
-        nxdomain = self._negative(RCODE.NXDOMAIN, soa)
-        if not parts:
-            return nodata
-        ns = parts[-1]
-        if len(parts) == 1:
-            return nodata if store.has_namespace(ns) else nxdomain
-        if len(parts) > 4:
-            return nxdomain
-        view = store.service(ns, parts[-2])
+        cluster = req.zone
+        assert cluster is not None
+        view = cluster.store.service(req.namespace, req.service)
         if view is None:
             return nxdomain
         svc = view.service
         fqdn = f"{svc.name}.{svc.namespace}.svc.{cluster.domain}."
         if svc.type == "ExternalName":
-            if len(parts) > 2 or ip_family(svc.external_name):
+            if req.shape is not Shape.SERVICE or ip_family(svc.external_name):
                 return nxdomain
-            return self._external_name(cluster, svc.external_name, qname, qtype, nodata, depth)
+            return self._external_name(svc.external_name, qname, qtype, nodata, depth)
         if svc.headless and not view.ready:
             return nxdomain  # the spec's one explicit negative rule
-        if len(parts) == 2:
+        if req.shape is Shape.SERVICE:
             return self._service(view, fqdn, qname, qtype, nodata, cluster.domain)
-        if len(parts) == 3:
-            label = parts[0]
+        if req.shape is Shape.ENDPOINT:
+            label = req.endpoint
             addresses = view.named(label)
             if addresses:
                 records = self._address_records(qname, addresses, qtype)
@@ -317,10 +287,9 @@ class Engine:
             if label.startswith("_") and label[1:] in _protocols(view):
                 return nodata  # empty non-terminal above _port._proto
             return nxdomain
-        port, proto = parts[0], parts[1]
-        if not (port.startswith("_") and proto.startswith("_")):
+        if not req.port_form:
             return nxdomain
-        srv = self._srv(view, fqdn, qname, cluster.domain, port[1:], proto[1:].upper())
+        srv = self._srv(view, fqdn, qname, cluster.domain, req.port, req.protocol.upper())
         if srv is None:
             return nxdomain
         if qtype in (QTYPE.SRV, QTYPE.ANY):
@@ -379,7 +348,6 @@ class Engine:
 
     def _external_name(
         self,
-        cluster: Cluster,
         target: str,
         qname: DNSLabel,
         qtype: int,
@@ -393,30 +361,27 @@ class Engine:
         cname = RR(qname, QTYPE.CNAME, ttl=self.ttl, rdata=CNAME(target + "."))
         if qtype not in (QTYPE.A, QTYPE.AAAA) or depth >= MAX_CHASE:
             return Answer(answer=[cname])
-        labels = tuple(target.split("."))
-        for other in self._by_suffix:
-            zl = other.labels
-            if labels[len(labels) - len(zl) :] == zl:
-                rel = labels[: len(labels) - len(zl)]
-                chased = self._forward(other, rel, DNSLabel(target), qtype, depth + 1)
-                chased.answer.insert(0, cname)
-                return chased
+        chase = self.grammar.parse(target.lower().split("."))
+        if chase.zone is not None:
+            chased = self._forward(chase, DNSLabel(target), qtype, depth + 1)
+            chased.answer.insert(0, cname)
+            return chased
         return Answer(answer=[cname])
 
     # -- reverse zones -----------------------------------------------------------------------
 
-    def _reverse(
-        self, zone: tuple[str, str], rel: tuple[str, ...], qname: DNSLabel, qtype: int
-    ) -> Answer:
+    def _reverse(self, req: Request[Cluster], qname: DNSLabel, qtype: int) -> Answer:
+        zone = req.reverse_zone
+        assert zone is not None
         first = self.clusters[0]
         zone_name = ".".join(zone)
         mname = f"ns.dns.{first.domain}"
         soa = self._soa(zone_name, self._reverse_serial(), mname)
-        if not rel:
+        if req.shape is Shape.REVERSE_APEX:
             return self._apex(zone_name, soa, mname, qname, qtype)
-        address = reverse_address(zone, rel)
-        if address is None:
-            if self.reverse_non_terminal(zone, rel):
+        address = req.address
+        if req.shape is Shape.REVERSE_PARTIAL:
+            if self.reverse_non_terminal(zone, req.rel):
                 return self._negative(RCODE.NOERROR, soa)
             return self._negative(RCODE.NXDOMAIN, soa)
         targets: list[str] = []
@@ -435,6 +400,19 @@ class Engine:
         if qtype not in (QTYPE.PTR, QTYPE.ANY):
             return self._negative(RCODE.NOERROR, soa)
         return Answer(answer=[RR(qname, QTYPE.PTR, ttl=self.ttl, rdata=PTR(t)) for t in targets])
+
+
+def tag_of(req: Request[Cluster]) -> tuple[str, ...] | None:
+    """The cache tag of a request's answers (see `Engine.cache_tag`)."""
+    if req.zone is not None:
+        if len(req.rel) >= 3 and req.rel[-1] == "svc":
+            return (req.zone.domain, req.rel[-2], req.rel[-3])
+        return None
+    if req.shape is Shape.REVERSE:
+        return ("ip", req.address)
+    if req.shape is Shape.REVERSE_PARTIAL and req.reverse_zone is not None:
+        return ANY_TAG if _reverse_span(req.reverse_zone, req.rel) else None
+    return None
 
 
 def srv_targets(
@@ -494,21 +472,6 @@ def pod_address(label: str) -> str | None:
     return None
 
 
-def reverse_address(zone: tuple[str, str], rel: tuple[str, ...]) -> str | None:
-    """The address a full reverse name stands for, in canonical form; None otherwise."""
-    try:
-        if zone[0] == "in-addr":
-            if len(rel) != 4 or not all(p.isdigit() and str(int(p)) == p for p in rel):
-                return None
-            return str(ipaddress.IPv4Address(".".join(reversed(rel))))
-        if len(rel) != 32 or not all(len(p) == 1 and p in _NIBBLES for p in rel):
-            return None
-        nibbles = "".join(reversed(rel))
-        return str(ipaddress.IPv6Address(int(nibbles, 16)))
-    except ValueError:
-        return None
-
-
 def _reverse_span(zone: tuple[str, str], rel: tuple[str, ...]) -> tuple[int, int, int] | None:
     """(IP version, lowest, highest address) under a partial reverse name: one to three octets
     in in-addr.arpa, one to 31 nibbles in ip6.arpa, spelled as `reverse_address` takes them.
@@ -526,15 +489,12 @@ def _reverse_span(zone: tuple[str, str], rel: tuple[str, ...]) -> tuple[int, int
             value = value << 8 | octet
         version, bits = 4, 8 * (4 - len(rel))
     else:
-        if not 0 < len(rel) < 32 or not all(len(p) == 1 and p in _NIBBLES for p in rel):
+        if not 0 < len(rel) < 32 or not all(len(p) == 1 and p in NIBBLES for p in rel):
             return None
         value = int("".join(reversed(rel)), 16)
         version, bits = 6, 4 * (32 - len(rel))
     low = value << bits
     return version, low, low | ((1 << bits) - 1)
-
-
-_NIBBLES = frozenset("0123456789abcdef")
 
 
 def _ip_value(address: str) -> tuple[int, int] | None:

@@ -18,8 +18,9 @@ answers, ExternalName services, endpoint names, other types and names that would
 raise (odd address spellings, over-long targets) are all left to the engine.
 
 How equality is guaranteed: the engine (`answers.Engine`) and `wire.encode` stay the definition of
-the answer. This module mirrors `Engine._svc`, `_service`, `_srv` and
-`_address_records` (zone choice, record order, deduplication, SRV weights, glue) and the way
+the answer. It takes the engine's own parse of the name (`Engine.parse`, `kdns.names`), and
+mirrors `Engine._svc`, `_service`, `_srv` and `_address_records` (record order,
+deduplication, SRV weights, glue) and the way
 dnslib packs the message: the header of `encode`, the lower-cased question, owners equal to the
 question as pointers to offset 12, SRV targets uncompressed, glue owners compressed through
 dnslib's case-sensitive table of every name suffix it wrote (including its 14-bit pointer
@@ -39,8 +40,9 @@ from functools import lru_cache
 
 from dnslib import AAAA, A
 
-from .answers import Cluster, Engine, srv_targets
+from .answers import Engine, srv_targets
 from .model import ip_family
+from .names import Shape
 from .store import ServiceView
 from .wire import CD, DEFAULT_MAX_UDP, HEADER, RD, Query, opt_record
 
@@ -67,15 +69,12 @@ def encode_bulk(engine: Engine, query: Query, max_udp: int = DEFAULT_MAX_UDP) ->
     if query.qclass != 1 or qtype not in _TYPES:
         return None
     raw = query.labels
-    labels = tuple(label.decode("latin-1").lower() for label in raw)  # as Engine.resolve
-    cluster = _zone_of(engine.clusters, labels)
-    if cluster is None:
+    req = engine.parse(raw)  # the engine's own parse: the same zone, the same shape
+    shape = req.shape
+    cluster = req.zone
+    if cluster is None or shape not in (Shape.SERVICE, Shape.PORT_SERVICE):
         return None
-    rel = labels[: len(labels) - len(cluster.labels)]
-    depth = len(rel)
-    if depth not in (3, 5) or rel[-1] != "svc":
-        return None
-    view = cluster.store.service(rel[-2], rel[-3])
+    view = cluster.store.service(req.namespace, req.service)
     if view is None:
         return None
     svc = view.service
@@ -85,21 +84,19 @@ def encode_bulk(engine: Engine, query: Query, max_udp: int = DEFAULT_MAX_UDP) ->
     if not 0 <= ttl <= 0xFFFFFFFF:
         return None
     ttl_bytes = _TTL.pack(ttl)
-    if depth == 3 and qtype != _SRV:
+    if shape is Shape.SERVICE and qtype != _SRV:
         addresses = view.addresses() if svc.headless else list(svc.cluster_ips)
         records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
         if not records:
             return None
         body = b"".join(records)
         an, ar = len(records), 0
-    elif qtype == _SRV or (depth == 5 and qtype == _ANY):
-        if depth == 5:
-            port, proto = rel[0], rel[1]
-            if not (port.startswith("_") and proto.startswith("_")):
+    elif qtype == _SRV or (shape is Shape.PORT_SERVICE and qtype == _ANY):
+        if shape is Shape.PORT_SERVICE:
+            if not req.port_form:
                 return None
-            srv = _srv(
-                view, cluster.domain, raw, len(query.name), ttl_bytes, port[1:], proto[1:].upper()
-            )
+            port, proto = req.port, req.protocol.upper()
+            srv = _srv(view, cluster.domain, raw, len(query.name), ttl_bytes, port, proto)
         else:
             srv = _srv(view, cluster.domain, raw, len(query.name), ttl_bytes, None, None)
         if srv is None:
@@ -119,16 +116,6 @@ def encode_bulk(engine: Engine, query: Query, max_udp: int = DEFAULT_MAX_UDP) ->
         )
     )
     return out if len(out) <= _MAX_MESSAGE else None
-
-
-def _zone_of(clusters: Sequence[Cluster], labels: tuple[str, ...]) -> Cluster | None:
-    """The zone `Engine.resolve` picks: the longest one the name falls in (first on a tie)."""
-    best: Cluster | None = None
-    for cluster in clusters:
-        zl = cluster.labels
-        if labels[len(labels) - len(zl) :] == zl and (best is None or len(zl) > len(best.labels)):
-            best = cluster
-    return best
 
 
 @lru_cache(maxsize=32768)

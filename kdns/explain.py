@@ -5,9 +5,9 @@ One job: a few lines of prose about one question, followed by the answer itself.
 - **The answer is the engine's.** The records printed are `engine.resolve()`'s own, so the
   explanation can never show something queries do not get. The prose is derived separately,
   from the store's views (`store.service()`, `ServiceView.not_ready`/`sources`,
-  `store.endpoint_sets()`, `store.owner()`), following the same dispatch on the shape of the
-  name as `kdns.answers` (zone, then `svc`/`pod`, then label count). Where the two could
-  disagree in principle, the rcode printed is always the engine's.
+  `store.endpoint_sets()`, `store.owner()`), dispatched on the same parsed request
+  (`kdns.names`) as the engine's. Where the two could disagree in principle, the rcode printed
+  is always the engine's.
 - **Plain text, first line self-contained:** `NAME TYPE: reason`, e.g. `web.shop.svc.cluster.local
   A: headless service shop/web; 3 endpoints, 1 not ready; answered from EndpointSlices web-abc
   and web-def`, then details (the owning layer, endpoints left out and why, objects ignored),
@@ -22,16 +22,9 @@ from collections.abc import Iterable, Sequence
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
-from .answers import (
-    REVERSE_ZONES,
-    SCHEMA_VERSION,
-    Answer,
-    Cluster,
-    Engine,
-    pod_address,
-    reverse_address,
-)
+from .answers import SCHEMA_VERSION, Answer, Cluster, Engine, pod_address
 from .model import EndpointSet, ObjectKey, ip_family
+from .names import REVERSE_ZONES, Request, Shape
 from .store import ServiceView, Store
 
 #: How the server's layers are described (other names are shown as they are).
@@ -53,9 +46,10 @@ def explain(engine: Engine, name: str, qtype: str = "A") -> str:
     shown = name.strip().rstrip(".")
     if not shown or any(not label or len(label) > 63 for label in shown.split(".")):
         raise ExplainError(f"bad name {name!r}")
-    answer = engine.resolve(DNSLabel(shown + "."), number)
-    labels = tuple(label.lower() for label in shown.split("."))
-    reason, details = _why(engine, labels, tname)
+    qname = DNSLabel(shown + ".")
+    req = engine.parse(qname.label)
+    answer = engine.answer(req, qname, number)
+    reason, details = _why(engine, req, tname)
     if answer.rcode == RCODE.SERVFAIL:
         reason = "SERVFAIL: the sources have not finished their first load yet; then: " + reason
     elif answer.rcode == RCODE.NOERROR and not answer.answer and not reason.startswith("NODATA"):
@@ -97,22 +91,11 @@ def _join(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _zone_of(engine: Engine, labels: tuple[str, ...]) -> tuple[Cluster, tuple[str, ...]] | None:
-    for cluster in sorted(engine.clusters, key=lambda c: -len(c.labels)):
-        zl = cluster.labels
-        if labels[len(labels) - len(zl) :] == zl:
-            return cluster, labels[: len(labels) - len(zl)]
-    return None
-
-
-def _why(engine: Engine, labels: tuple[str, ...], qtype: str) -> tuple[str, list[str]]:
-    found = _zone_of(engine, labels)
-    if found is not None:
-        cluster, rel = found
-        return _why_zone(engine, cluster, rel, qtype)
-    for zone in REVERSE_ZONES:
-        if labels[-2:] == zone:
-            return _why_reverse(engine, zone, labels[:-2])
+def _why(engine: Engine, req: Request[Cluster], qtype: str) -> tuple[str, list[str]]:
+    if req.zone is not None:
+        return _why_zone(engine, req, qtype)
+    if req.reverse_zone is not None:
+        return _why_reverse(engine, req)
     zones = [c.domain for c in engine.clusters] + [".".join(z) for z in REVERSE_ZONES]
     return (
         f"REFUSED: not in kdns's zones ({', '.join(zones)}); forwarded instead with --upstream",
@@ -120,45 +103,53 @@ def _why(engine: Engine, labels: tuple[str, ...], qtype: str) -> tuple[str, list
     )
 
 
-def _why_zone(
-    engine: Engine, cluster: Cluster, rel: tuple[str, ...], qtype: str
-) -> tuple[str, list[str]]:
-    zone = cluster.domain
-    store = cluster.store
-    if not rel:
+def _why_zone(engine: Engine, req: Request[Cluster], qtype: str) -> tuple[str, list[str]]:
+    assert req.zone is not None
+    zone = req.zone.domain
+    store = req.zone.store
+    shape = req.shape
+    if shape is Shape.APEX:
         return f"the apex of zone {zone}: kdns's own SOA and NS records", []
-    if rel == ("dns-version",):
+    if shape is Shape.DNS_VERSION:
         return (
             f"the version of the Kubernetes DNS specification kdns implements, {SCHEMA_VERSION}",
             [],
         )
-    if rel == ("ns", "dns"):
+    if shape is Shape.NAMESERVER:
         return f"the address of kdns itself, the name server of {zone}", []
-    if rel == ("dns",):
+    if shape is Shape.NAMESERVER_PARENT:
         return "NODATA: an empty name above ns.dns", []
-    kind, parts = rel[-1], rel[:-1]
+    if shape is Shape.SVC_ROOT:
+        return "NODATA: the svc subdomain holds no records of its own", []
+    if shape is Shape.NAMESPACE:
+        if store.has_namespace(req.namespace):
+            return f"NODATA: namespace {req.namespace} exists but has no records of its own", []
+        return f"NXDOMAIN: no namespace {req.namespace!r}", []
+    if shape in (Shape.SERVICE, Shape.ENDPOINT, Shape.PORT_SERVICE):
+        return _why_svc(engine, req, qtype)
+    if shape in (Shape.POD_ROOT, Shape.POD_NAMESPACE, Shape.POD):
+        return _why_pod(engine, store, req), []
+    kind = req.rel[-1]
     if kind == "svc":
-        return _why_svc(engine, cluster, parts, qtype)
+        return "NXDOMAIN: too many labels for a service name", []
     if kind == "pod":
-        return _why_pod(engine, store, parts), []
+        return "NXDOMAIN: a pod name is <a-b-c-d>.<namespace>.pod.<zone>", []
     return f"NXDOMAIN: {kind!r} is neither 'svc' nor 'pod', the two kinds of names under {zone}", []
 
 
-def _why_pod(engine: Engine, store: Store, parts: tuple[str, ...]) -> str:
-    if not parts:
+def _why_pod(engine: Engine, store: Store, req: Request[Cluster]) -> str:
+    if req.shape is Shape.POD_ROOT:
         return "NODATA: the pod subdomain holds no records of its own"
     if engine.pods == "disabled":
         return "NXDOMAIN: pod records are disabled (--pods disabled)"
-    if len(parts) > 2:
-        return "NXDOMAIN: a pod name is <a-b-c-d>.<namespace>.pod.<zone>"
-    ns = parts[-1]
+    ns = req.namespace
     if not store.has_namespace(ns):
         return f"NXDOMAIN: no namespace {ns!r}"
-    if len(parts) == 1:
+    if req.shape is Shape.POD_NAMESPACE:
         return f"NODATA: namespace {ns} exists but has no records of its own"
-    address = pod_address(parts[0])
+    address = pod_address(req.pod)
     if address is None:
-        return f"NXDOMAIN: {parts[0]!r} does not spell an IP address (a-b-c-d, or dashes for IPv6)"
+        return f"NXDOMAIN: {req.pod!r} does not spell an IP address (a-b-c-d, or dashes for IPv6)"
     return (
         f"pod record: the address {address} spelled in the name, in namespace {ns} "
         "(--pods insecure answers any such name without checking that the pod exists)"
@@ -230,20 +221,10 @@ def _unready(sets: Iterable[EndpointSet]) -> list[str]:
     return out
 
 
-def _why_svc(
-    engine: Engine, cluster: Cluster, parts: tuple[str, ...], qtype: str
-) -> tuple[str, list[str]]:
-    store = cluster.store
-    if not parts:
-        return "NODATA: the svc subdomain holds no records of its own", []
-    ns = parts[-1]
-    if len(parts) == 1:
-        if store.has_namespace(ns):
-            return f"NODATA: namespace {ns} exists but has no records of its own", []
-        return f"NXDOMAIN: no namespace {ns!r}", []
-    name = parts[-2]
-    if len(parts) > 4:
-        return "NXDOMAIN: too many labels for a service name", []
+def _why_svc(engine: Engine, req: Request[Cluster], qtype: str) -> tuple[str, list[str]]:
+    assert req.zone is not None
+    store = req.zone.store
+    ns, name = req.namespace, req.service
     view = store.service(ns, name)
     if view is None:
         if not store.has_namespace(ns):
@@ -253,10 +234,10 @@ def _why_svc(
     desc = _describe(view)
     details = _details(store, view)
     if svc.type == "ExternalName":
-        return _why_external(engine, view, parts, qtype), details
+        return _why_external(engine, view, req, qtype), details
     if svc.headless and not view.ready:
         return f"NXDOMAIN: {desc} has no ready endpoints ({_counts(view)})", details
-    if len(parts) == 2:
+    if req.shape is Shape.SERVICE:
         if svc.headless:
             reason = f"{desc}; {_counts(view)}; answered from {_sources(view.sources)}"
         else:
@@ -271,8 +252,8 @@ def _why_svc(
             ports = _ports(view)
             reason += f"; SRV for ports {_join(ports)}" if ports else "; no ports for SRV"
         return reason, details
-    if len(parts) == 3:
-        label = parts[0]
+    if req.shape is Shape.ENDPOINT:
+        label = req.endpoint
         addresses = view.named(label)
         if addresses:
             return f"endpoint {label!r} of {desc}: {', '.join(addresses)}", details
@@ -285,14 +266,13 @@ def _why_svc(
             f" (ready: {', '.join(names) or 'none'})",
             details,
         )
-    port, proto = parts[0], parts[1]
     ports = _ports(view)
-    wanted = f"{port[1:]}/{proto[1:].upper()}"
-    if not (port.startswith("_") and proto.startswith("_")):
+    wanted = f"{req.port}/{req.protocol.upper()}"
+    if not req.port_form:
         return "NXDOMAIN: an SRV name is _<port>._<proto>.<service>...", details
     if wanted not in ports:
         return (
-            f"NXDOMAIN: {desc} has no port named {port[1:]!r} over {proto[1:].upper()}"
+            f"NXDOMAIN: {desc} has no port named {req.port!r} over {req.protocol.upper()}"
             f" (named ports: {', '.join(ports) or 'none'})",
             details,
         )
@@ -309,31 +289,31 @@ def _ports(view: ServiceView) -> list[str]:
     return [f"{name}/{proto}" for name, proto in sorted(found)]
 
 
-def _why_external(engine: Engine, view: ServiceView, parts: tuple[str, ...], qtype: str) -> str:
+def _why_external(engine: Engine, view: ServiceView, req: Request[Cluster], qtype: str) -> str:
     svc = view.service
     desc = _describe(view)
     target = svc.external_name
-    if len(parts) > 2:
+    if req.shape is not Shape.SERVICE:
         return f"NXDOMAIN: {desc} has no endpoint or port names"
     if ip_family(target):
         return f"NXDOMAIN: {desc} has an IP address, {target}, as externalName"
     reason = f"{desc} -> {target}"
     if qtype not in (*_ADDRESS_TYPES, "CNAME"):
         return reason + f"; a CNAME answers only A, AAAA and CNAME questions (NODATA for {qtype})"
-    if qtype in _ADDRESS_TYPES and _zone_of(engine, tuple(target.lower().split("."))):
+    if qtype in _ADDRESS_TYPES and engine.grammar.zone_of(target.lower().split(".")):
         reason += " (inside kdns's zones: followed)"
     return reason
 
 
-def _why_reverse(
-    engine: Engine, zone: tuple[str, str], rel: tuple[str, ...]
-) -> tuple[str, list[str]]:
+def _why_reverse(engine: Engine, req: Request[Cluster]) -> tuple[str, list[str]]:
+    zone = req.reverse_zone
+    assert zone is not None
     zone_name = ".".join(zone)
-    if not rel:
+    if req.shape is Shape.REVERSE_APEX:
         return f"the apex of zone {zone_name}: kdns's own SOA and NS records", []
-    address = reverse_address(zone, rel)
-    if address is None:
-        if engine.reverse_non_terminal(zone, rel):
+    address = req.address
+    if req.shape is Shape.REVERSE_PARTIAL:
+        if engine.reverse_non_terminal(zone, req.rel):
             return (
                 f"NODATA: part of the reverse names in {zone_name} of addresses with PTR records",
                 [],

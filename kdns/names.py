@@ -1,0 +1,197 @@
+"""The name grammar: a question's name, turned once into a typed request.
+
+Every consumer of a name (the answer engine, the large-answer encoder, `kdns explain`, the cache
+tags of the response cache, AXFR) reads the `Request` that `Grammar.parse` makes, so that the
+grammar is written once. It is CoreDNS's `parse.go` and `recordRequest` in spirit: the zone is
+found first (the longest served zone the name falls in), then the labels in front of it decide
+the shape, by count and by the `svc`/`pod` label, before anything is looked up:
+
+    <zone>                                    APEX
+    dns-version.<zone>                        DNS_VERSION
+    ns.dns.<zone>, dns.<zone>                 NAMESERVER, NAMESERVER_PARENT
+    svc.<zone>, pod.<zone>                    SVC_ROOT, POD_ROOT
+    <ns>.svc.<zone>                           NAMESPACE
+    <svc>.<ns>.svc.<zone>                     SERVICE
+    <label>.<svc>.<ns>.svc.<zone>             ENDPOINT (a hostname, a dashed IP, or `_<proto>`)
+    <a>.<b>.<svc>.<ns>.svc.<zone>             PORT_SERVICE (`_<port>._<proto>` when both start
+                                              with "_"; the lookup decides what else means)
+    <ns>.pod.<zone>, <a-b-c-d>.<ns>.pod.<zone>  POD_NAMESPACE, POD
+    <reverse zone>                            REVERSE_APEX (in-addr.arpa, ip6.arpa)
+    <reversed IP>.<reverse zone>              REVERSE (a whole address)
+    <reversed prefix>.<reverse zone>          REVERSE_PARTIAL
+    anything else in a zone                   UNKNOWN (NXDOMAIN)
+    anything outside every zone               OUTSIDE (REFUSED, or forwarded)
+
+The parser looks nothing up: whether a namespace, service or endpoint exists is the resolver's
+business. Labels are compared in lower case; the question's own spelling stays with the caller.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Generic, TypeVar
+
+REVERSE_ZONES = (("in-addr", "arpa"), ("ip6", "arpa"))
+
+Z = TypeVar("Z")
+
+
+class Shape(Enum):
+    APEX = "apex"
+    DNS_VERSION = "dns-version"
+    NAMESERVER = "nameserver"
+    NAMESERVER_PARENT = "nameserver-parent"
+    SVC_ROOT = "svc-root"
+    NAMESPACE = "namespace"
+    SERVICE = "service"
+    ENDPOINT = "endpoint"
+    PORT_SERVICE = "port-service"
+    POD_ROOT = "pod-root"
+    POD_NAMESPACE = "pod-namespace"
+    POD = "pod"
+    REVERSE_APEX = "reverse-apex"
+    REVERSE = "reverse"
+    REVERSE_PARTIAL = "reverse-partial"
+    UNKNOWN = "unknown"
+    OUTSIDE = "outside"
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Generic[Z]):
+    """What a name asks for, before any lookup.
+
+    `zone` is the served zone the name falls in (None for the reverse zones and outside);
+    `rel` the lower-case labels in front of the zone (or of the reverse zone). The other fields
+    are set for the shapes that have them.
+    """
+
+    shape: Shape
+    zone: Z | None = None
+    rel: tuple[str, ...] = ()
+    namespace: str = ""
+    service: str = ""
+    #: ENDPOINT: the first label; PORT_SERVICE: the two labels in front of the service.
+    endpoint: str = ""
+    port: str = ""
+    protocol: str = ""
+    #: POD: the dashed address label.
+    pod: str = ""
+    #: REVERSE, REVERSE_PARTIAL, REVERSE_APEX: which reverse zone.
+    reverse_zone: tuple[str, str] | None = None
+    #: REVERSE: the address the name spells.
+    address: str = ""
+
+    @property
+    def is_local(self) -> bool:
+        """True when the name falls in a zone kdns answers for."""
+        return self.shape is not Shape.OUTSIDE
+
+    @property
+    def under_service(self) -> bool:
+        """True for names at or under `<svc>.<ns>.svc.<zone>` (their answers depend on it)."""
+        return bool(self.service)
+
+    @property
+    def port_form(self) -> bool:
+        """PORT_SERVICE with both labels spelled `_<name>`: a port question."""
+        return bool(self.port) and bool(self.protocol)
+
+
+class Grammar(Generic[Z]):
+    """Parses names for a set of zones. `zones` pairs each zone's labels with its value."""
+
+    def __init__(self, zones: Sequence[tuple[tuple[str, ...], Z]]) -> None:
+        # Longest zone first, so that a zone nested in another one wins its names; on a tie
+        # the first given.
+        self._zones = sorted(zones, key=lambda z: -len(z[0]))
+
+    def parse(self, labels: Sequence[str]) -> Request[Z]:
+        """The request of a name given as its lower-case labels (no trailing empty label)."""
+        labels = tuple(labels)
+        for zone_labels, zone in self._zones:
+            if labels[len(labels) - len(zone_labels) :] == zone_labels:
+                return _forward(zone, labels[: len(labels) - len(zone_labels)])
+        for reverse in REVERSE_ZONES:
+            if labels[-2:] == reverse:
+                return _reverse(reverse, labels[:-2])
+        return Request(Shape.OUTSIDE, rel=labels)
+
+    def zone_of(self, labels: Sequence[str]) -> Z | None:
+        """The served zone `labels` falls in, if any (the reverse zones are not served zones)."""
+        return self.parse(labels).zone
+
+
+def _forward(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
+    if not rel:
+        return Request(Shape.APEX, zone)
+    if rel == ("dns-version",):
+        return Request(Shape.DNS_VERSION, zone, rel)
+    if rel == ("ns", "dns"):
+        return Request(Shape.NAMESERVER, zone, rel)
+    if rel == ("dns",):
+        return Request(Shape.NAMESERVER_PARENT, zone, rel)
+    kind, parts = rel[-1], rel[:-1]
+    if kind == "svc":
+        if not parts:
+            return Request(Shape.SVC_ROOT, zone, rel)
+        ns = parts[-1]
+        if len(parts) == 1:
+            return Request(Shape.NAMESPACE, zone, rel, namespace=ns)
+        if len(parts) > 4:
+            return Request(Shape.UNKNOWN, zone, rel)
+        svc = parts[-2]
+        if len(parts) == 2:
+            return Request(Shape.SERVICE, zone, rel, namespace=ns, service=svc)
+        if len(parts) == 3:
+            return Request(Shape.ENDPOINT, zone, rel, namespace=ns, service=svc, endpoint=parts[0])
+        first, second = parts[0], parts[1]
+        if first.startswith("_") and second.startswith("_"):
+            return Request(
+                Shape.PORT_SERVICE,
+                zone,
+                rel,
+                namespace=ns,
+                service=svc,
+                port=first[1:],
+                protocol=second[1:],
+            )
+        return Request(Shape.PORT_SERVICE, zone, rel, namespace=ns, service=svc)
+    if kind == "pod":
+        if not parts:
+            return Request(Shape.POD_ROOT, zone, rel)
+        if len(parts) > 2:
+            return Request(Shape.UNKNOWN, zone, rel)
+        if len(parts) == 1:
+            return Request(Shape.POD_NAMESPACE, zone, rel, namespace=parts[0])
+        return Request(Shape.POD, zone, rel, namespace=parts[1], pod=parts[0])
+    return Request(Shape.UNKNOWN, zone, rel)
+
+
+def _reverse(reverse: tuple[str, str], rel: tuple[str, ...]) -> Request[Z]:
+    if not rel:
+        return Request(Shape.REVERSE_APEX, rel=rel, reverse_zone=reverse)
+    address = reverse_address(reverse, rel)
+    if address is not None:
+        return Request(Shape.REVERSE, rel=rel, reverse_zone=reverse, address=address)
+    return Request(Shape.REVERSE_PARTIAL, rel=rel, reverse_zone=reverse)
+
+
+def reverse_address(zone: tuple[str, str], rel: tuple[str, ...]) -> str | None:
+    """The address a full reverse name stands for, in canonical form; None otherwise."""
+    try:
+        if zone[0] == "in-addr":
+            if len(rel) != 4 or not all(p.isdigit() and str(int(p)) == p for p in rel):
+                return None
+            return str(ipaddress.IPv4Address(".".join(reversed(rel))))
+        if len(rel) != 32 or not all(len(p) == 1 and p in NIBBLES for p in rel):
+            return None
+        nibbles = "".join(reversed(rel))
+        return str(ipaddress.IPv6Address(int(nibbles, 16)))
+    except ValueError:
+        return None
+
+
+NIBBLES = frozenset("0123456789abcdef")
