@@ -280,6 +280,8 @@ class Engine:
             label = req.endpoint
             addresses = view.named(label)
             if addresses:
+                if qtype == QTYPE.SRV:
+                    return self._endpoint_srv(view, label, fqdn, qname) or nodata
                 records = self._address_records(qname, addresses, qtype)
                 if records and qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
                     return Answer(answer=records)
@@ -289,12 +291,39 @@ class Engine:
             return nxdomain
         if not req.port_form:
             return nxdomain
-        srv = self._srv(view, fqdn, qname, cluster.domain, req.port, req.protocol.upper())
-        if srv is None:
+        found = srv_targets(view, req.port, req.protocol.upper())
+        if not found:
             return nxdomain
         if qtype in (QTYPE.SRV, QTYPE.ANY):
-            return srv
+            srv = self._srv(view, fqdn, qname, cluster.domain, req.port, req.protocol.upper())
+            return srv or nodata
+        if qtype in (QTYPE.A, QTYPE.AAAA):
+            # The addresses the SRV records lead to (CoreDNS answers these; the spec is silent):
+            # the ClusterIPs, or the ready endpoints that have the port.
+            addresses = list(dict.fromkeys(a for found_ in found.values() for a in found_))
+            records = self._address_records(qname, addresses, qtype)
+            return Answer(answer=records) if records else nodata
         return nodata
+
+    def _endpoint_srv(
+        self, view: ServiceView, label: str, fqdn: str, qname: DNSLabel
+    ) -> Answer | None:
+        """SRV at an endpoint's own name: one record per port of the endpoints of that name,
+        named or not, targeting that name, its addresses as glue (as CoreDNS answers)."""
+        endpoints = [ep for ep in view.ready if ep.name.lower() == label]
+        ports = list(dict.fromkeys(p.port for ep in endpoints for p in ep.ports))
+        if not ports:
+            return None
+        target = f"{endpoints[0].name}.{fqdn}"
+        weight = max(1, 100 // len(ports))
+        addresses = list(dict.fromkeys(ep.address for ep in endpoints))
+        return Answer(
+            answer=[
+                RR(qname, QTYPE.SRV, ttl=self.ttl, rdata=SRV(0, weight, port, target))
+                for port in ports
+            ],
+            additional=self._address_records(target, addresses, QTYPE.ANY),
+        )
 
     def _service(
         self,

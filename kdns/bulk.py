@@ -12,6 +12,7 @@ What it covers, and only this (everything else returns None and takes the engine
     A, AAAA, ANY at <svc>.<ns>.svc.<zone>             the service's addresses
     SRV at <svc>.<ns>.svc.<zone>                      every port (the compat form)
     SRV, ANY at _<port>._<proto>.<svc>.<ns>.svc.<zone>  one named port
+    A, AAAA at _<port>._<proto>.<svc>.<ns>.svc.<zone>   the addresses its SRV records lead to
 
 for headless and ClusterIP services that have at least one record to give, in class IN. Negative
 answers, ExternalName services, endpoint names, other types and names that would make dnslib
@@ -86,6 +87,17 @@ def encode_bulk(engine: Engine, query: Query, max_udp: int = DEFAULT_MAX_UDP) ->
     ttl_bytes = _TTL.pack(ttl)
     if shape is Shape.SERVICE and qtype != _SRV:
         addresses = view.addresses() if svc.headless else list(svc.cluster_ips)
+        records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
+        if not records:
+            return None
+        body = b"".join(records)
+        an, ar = len(records), 0
+    elif shape is Shape.PORT_SERVICE and qtype in (_A, _AAAA):
+        # The addresses the port's SRV records lead to, as `Engine._svc` gives them.
+        if not req.port_form:
+            return None
+        found = srv_targets(view, req.port, req.protocol.upper())
+        addresses = list(dict.fromkeys(a for targets in found.values() for a in targets))
         records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
         if not records:
             return None

@@ -96,11 +96,7 @@ def records(objects: Objects, zone: str, name: str, qtype: int) -> Expected | No
     if not prefix or (len(prefix) == 2 and all(p.startswith("_") for p in prefix)):
         port_name = prefix[0][1:] if prefix else None
         proto = prefix[1][1:].upper() if prefix else None
-        if qtype != dns.rdatatype.SRV:
-            if prefix:
-                # dns-behaviour.md gives these the service's addresses (CoreDNS); kdns and its
-                # answer table (tests/test_answers.py) say NODATA. Not judged here.
-                return None
+        if qtype != dns.rdatatype.SRV and not prefix:
             if service.headless:
                 found = _addresses(owner, [a for e, _ in ready for a in e.addresses], [qtype])
             else:
@@ -126,12 +122,33 @@ def records(objects: Objects, zone: str, name: str, qtype: int) -> Expected | No
                 extra.setdefault(base, set()).update(service.cluster_ips)
         if not targets:
             return None
+        if qtype != dns.rdatatype.SRV:
+            # A/AAAA at a port name: the addresses the SRV records lead to (dns-behaviour.md).
+            addresses = sorted({a for t in extra.values() for a in t})
+            found = _addresses(owner, addresses, [qtype])
+            return Expected(found, []) if found else None
         weight = max(1, 100 // len(targets))
         srv = _rrset(owner, 33, (f"0 {weight} {port} {target}" for target, port in targets))
         additional = [rr for t in sorted(extra) for rr in _addresses(t, extra[t])]
         return Expected([srv], additional)
-    if len(prefix) != 1 or qtype == dns.rdatatype.SRV:
+    if len(prefix) != 1:
         return None
+    if qtype == dns.rdatatype.SRV:
+        # At an endpoint's name: one SRV per port of the endpoints of that name (CoreDNS).
+        named = [
+            (e, ports)
+            for e, ports in ready
+            for a in e.addresses
+            if (e.hostname or _dashed(a)) == prefix[0]
+        ]
+        port_numbers = {port for _, ports in named for _, port, _ in ports}
+        if not port_numbers:
+            return None
+        target = f"{prefix[0]}.{base}"
+        weight = max(1, 100 // len(port_numbers))
+        srv = _rrset(owner, 33, (f"0 {weight} {port} {target}" for port in port_numbers))
+        glue = {a for e, _ in named for a in e.addresses if (e.hostname or _dashed(a)) == prefix[0]}
+        return Expected([srv], _addresses(target, sorted(glue)))
     found = _addresses(
         owner,
         [a for e, _ in ready for a in e.addresses if (e.hostname or _dashed(a)) == prefix[0]],

@@ -357,8 +357,12 @@ SRV_CLUSTERIP_ROWS = [
     # unnamed ports have no _name form
     row("_._tcp.single~", "SRV", "NXDOMAIN"),
     row("_8080._tcp.single~", "SRV", "NXDOMAIN"),
+    # A/AAAA at an SRV name: the addresses the SRV records lead to (CoreDNS; the spec is silent)
+    row("_http._tcp.web~", "A", "NOERROR", ["_http._tcp.web~ 5 A 10.96.0.100"]),
+    row("_http._tcp.web~", "AAAA", "NOERROR"),  # none of that family: NODATA
+    row("_https._tcp.dual~", "AAAA", "NOERROR", ["_https._tcp.dual~ 5 AAAA fd00::12"]),
+    row("_nope._tcp.web~", "A", "NXDOMAIN"),
     # other types at an SRV name: NODATA
-    row("_http._tcp.web~", "A", "NOERROR"),
     row("_http._tcp.web~", "TXT", "NOERROR"),
     # the protocol label above an SRV name is an empty non-terminal (RFC 8020): NODATA
     row("_tcp.web~", "SRV", "NOERROR"),
@@ -519,7 +523,6 @@ SRV_HEADLESS_ROWS = [
             "10-7-0-1.hl-map~ 5 SRV 0 50 8081 10-7-0-1.hl-map~",
         ],
         ["10-7-0-1.hl-map~ 5 A 10.7.0.1"],
-        xfail="dns-behaviour.md's endpoint-name SRV (CoreDNS) is not built: kdns says NODATA",
     ),
     row("_81._tcp.hl-map~", "SRV", "NXDOMAIN"),
     # ... and from manual Endpoints
