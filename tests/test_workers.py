@@ -112,12 +112,12 @@ def test_workers_answer_over_udp_and_tcp_and_metrics_add_them_up(zones: Path) ->
             return sum(metric(kp, "kdns_dns_requests_total").values())
 
         # every serving process reports its counters each second; the sum is exact
-        assert until(lambda: total() == 23, 5), total()
+        assert until(lambda: total() == 23, 30), total()
         assert metric(kp, "kdns_workers_ready") == {"": 2.0}
         assert sum(metric(kp, "kdns_dns_responses_total").values()) == 23
     finally:
         kp.stop()
-    assert until(lambda: not worker_pids(kp.proc.pid), 3)
+    assert until(lambda: not worker_pids(kp.proc.pid), 30)
 
 
 def test_every_worker_follows_a_change_and_gives_the_same_serial(zones: Path) -> None:
@@ -125,7 +125,7 @@ def test_every_worker_follows_a_change_and_gives_the_same_serial(zones: Path) ->
     try:
         before = metric(kp, "kdns_worker_requests_total")
         (zones / "web.yaml").write_text(ZONE.format(ip="10.96.0.81"))
-        assert until(lambda: address(kp.port) == "10.96.0.81", 5)
+        assert until(lambda: address(kp.port) == "10.96.0.81", 30)
         # Ask until both processes have answered since the change; every answer must be new.
         answers, serials = set(), set()
 
@@ -150,8 +150,8 @@ def test_a_killed_worker_is_started_again_with_current_data(zones: Path) -> None
         os.kill(first[0], signal.SIGKILL)
         # the other one keeps answering meanwhile, and a change made now reaches the new one
         (zones / "web.yaml").write_text(ZONE.format(ip="10.96.0.82"))
-        assert until(lambda: address(kp.port) == "10.96.0.82", 5)
-        assert until(lambda: metric(kp, "kdns_worker_restarts_total") == {"": 1.0}, 5)
+        assert until(lambda: address(kp.port) == "10.96.0.82", 30)
+        assert until(lambda: metric(kp, "kdns_worker_restarts_total") == {"": 1.0}, 30)
         assert until(lambda: metric(kp, "kdns_workers_ready") == {"": 2.0}, 10)
         now = worker_pids(kp.proc.pid)
         assert len(now) == 2 and first[0] not in now and first[1] in now
@@ -211,7 +211,7 @@ def test_workers_stop_when_the_main_process_dies(zones: Path) -> None:
     kp.proc.kill()
     kp.proc.wait(5)
     # the pipe from the main process closes: nothing is left answering stale data
-    assert until(lambda: not [p for p in pids if alive(p)], 5)
+    assert until(lambda: not [p for p in pids if alive(p)], 30)
 
 
 def test_workers_share_one_watch_on_the_api_server(zones: Path, tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_workers_share_one_watch_on_the_api_server(zones: Path, tmp_path: Path) 
             watches_single = api.open_watches()
         finally:
             single.stop()
-        assert until(lambda: api.open_watches() == 0, 5)
+        assert until(lambda: api.open_watches() == 0, 30)
         lists_before = len(api.requests(watch=False))
         kp = start_kdns([*args, "--workers", "3"], http=True)
         try:
