@@ -356,6 +356,12 @@ def test_event_cut_in_half_is_received_by_the_relist_after_the_break(
     assert reflector.stats.errors == 1
     assert "broke" in reflector.stats.last_error
     wait_for(lambda: reflector.stats.relists == 1, what="the relist after the break")
+    # A cut reaches only the watches open at that moment: wait for the one after the relist,
+    # the second watch (it flaked on a loaded machine when the cut came first and cut nothing).
+    wait_for(
+        lambda: reflector.stats.watches == 2 and api.open_watches() == 1,
+        what="the watch after the relist",
+    )
 
     api.cut_watches()  # and a connection dying while idle
     wait_for(lambda: reflector.stats.relists == 2, what="the relist after the second cut")
