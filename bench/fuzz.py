@@ -65,6 +65,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.renderer
 import dns.rrset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -507,8 +508,33 @@ def reference_reply(
         reply.use_edns(0, query.ednsflags & dns.flags.DO, max_udp)
     reply.answer = [*answer]
     reply.additional = [*additional]
-    size = len(reply.to_wire(max_size=65535))
+    size = len(reference_wire(reply))
     return reply, udp and size > udp_limit(query, max_udp)
+
+
+def reference_wire(reply: dns.message.Message) -> bytes:
+    """`reply.to_wire()`, except that glue named like an SRV target points to that target
+    (the target itself is written whole, RFC 2782): so glue spells exactly the target it
+    supports, whatever case the question was asked in. dnspython's own `to_wire` would point
+    the glue into the question instead."""
+    out = dns.renderer.Renderer(reply.id, reply.flags, 65535)
+    question = reply.question[0]
+    out.add_question(question.name, question.rdtype, question.rdclass)
+    for rrset in reply.answer:
+        for rd in rrset:
+            out.add_rrset(dns.renderer.ANSWER, dns.rrset.from_rdata(rrset.name, rrset.ttl, rd))
+            if rd.rdtype == dns.rdatatype.SRV:
+                at = out.output.tell() - len(rd.target.to_wire())
+                if at < 0x4000:
+                    out.compress.setdefault(rd.target, at)
+    for rrset in reply.authority:
+        out.add_rrset(dns.renderer.AUTHORITY, rrset)
+    for rrset in reply.additional:
+        out.add_rrset(dns.renderer.ADDITIONAL, rrset)
+    if reply.edns >= 0:
+        out.add_edns(reply.edns, reply.ednsflags, reply.payload, reply.options)
+    out.write_header()
+    return out.get_wire()
 
 
 def judge_reply(
@@ -537,7 +563,7 @@ def judge_reply(
         problems.append(f"EDNS {got.edns} in the reply to a query with EDNS {query.edns}")
     truncated = bool(got.flags & dns.flags.TC)
     if truncated != must_truncate:
-        size = len(full.to_wire(max_size=65535))
+        size = len(reference_wire(full))
         problems.append(f"TC={int(truncated)}, reference {size} bytes, limit {udp_limit(query)}")
     elif truncated:
         if got.answer or got.authority or got.additional:
@@ -555,8 +581,20 @@ def judge_reply(
             problems.append(f"answer {got.answer} instead of {full.answer}")
         if content(got.additional) != content(full.additional):
             problems.append(f"additional {got.additional} instead of {full.additional}")
-        if len(wire) != len(full.to_wire(max_size=65535)):
-            problems.append(f"{len(wire)} bytes, reference {len(full.to_wire(max_size=65535))}")
+        targets = {
+            rd.target.to_text() for rrset in got.answer if rrset.rdtype == 33 for rd in rrset
+        }
+        misspelled = [
+            rrset.name.to_text()
+            for rrset in got.additional
+            if rrset.name in {dns.name.from_text(t) for t in targets}
+            and rrset.name.to_text() not in targets
+        ]
+        if misspelled:
+            problems.append(f"glue {misspelled} not spelled as its SRV target")
+        size = len(reference_wire(full))
+        if len(wire) != size:
+            problems.append(f"{len(wire)} bytes, reference {size}")
     return problems
 
 
@@ -771,7 +809,7 @@ def ask(port: int, q: dns.message.Message, tcp: bool) -> bytes:
     for _ in range(3):
         try:
             if tcp:
-                return dns.query.tcp(q, "127.0.0.1", port=port, timeout=5).to_wire()
+                return _ask_tcp(port, q.to_wire())
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.settimeout(2)
                 sock.sendto(q.to_wire(), ("127.0.0.1", port))
@@ -782,6 +820,20 @@ def ask(port: int, q: dns.message.Message, tcp: bool) -> bytes:
         except (TimeoutError, dns.exception.Timeout) as exc:
             last = exc
     raise RuntimeError(f"no answer for {q.question[0]}: {last!r}")
+
+
+def _ask_tcp(port: int, query: bytes) -> bytes:
+    """The reply's own bytes over TCP (dns.query.tcp would hand back dnspython's re-encoding
+    of it, whose size and compression are dnspython's, not kdns's)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(struct.pack("!H", len(query)) + query)
+        data = b""
+        while len(data) < 2 or len(data) < 2 + struct.unpack_from("!H", data)[0]:
+            chunk = sock.recv(65537)
+            if not chunk:
+                raise RuntimeError(f"TCP connection closed after {len(data)} bytes")
+            data += chunk
+        return data[2 : 2 + struct.unpack_from("!H", data)[0]]
 
 
 @dataclass

@@ -221,6 +221,10 @@ def _srv(
     # endpoint name -> (its one label, or None), the target's labels, its uncompressed form
     targets: dict[str | None, _Target] = {None: (None, fq_labels, fq_wire)}
     head = _OWNER + b"\x00\x21\x00\x01" + ttl
+    # Where each target is written whole: glue named like it points there
+    # (`wire._Buffer.encode_name_nocompress`).
+    written: dict[tuple[bytes, ...], int] = {}
+    offset = 12 + qlen + 4
     answers = []
     for name, port in found:
         target = targets.get(name)
@@ -233,10 +237,16 @@ def _srv(
         if not 0 <= port <= 0xFFFF:
             return None
         wire = target[2]
-        answers.append(head + _SRV_RDATA.pack(6 + len(wire), 0, weight, port) + wire)
+        record = head + _SRV_RDATA.pack(6 + len(wire), 0, weight, port) + wire
+        start = offset + 18  # owner 2, type, class 4, ttl 4, rdlength 2, priority, weight, port 6
+        if start < 0x4000:
+            written.setdefault(target[1], start)
+        answers.append(record)
+        offset += len(record)
     # dnslib's compression table as the question left it: every suffix of the lower-cased
     # question name, at its offset. Answer owners are the question itself (a pointer, nothing
-    # new); SRV targets are written uncompressed and never enter the table.
+    # new); SRV targets are written uncompressed and never enter the table (glue named like a
+    # target points to it, above).
     table: dict[tuple[bytes, ...], int] = {}
     offset = 12
     qtuple = tuple(qlabels)
@@ -263,7 +273,7 @@ def _srv(
                 continue
             if rdata is None:
                 return None
-            at = table.get(labels)
+            at = written.get(labels, table.get(labels))
             if at is not None:
                 owner = _LENGTH.pack(0xC000 | at)
             elif first is not None:

@@ -214,12 +214,24 @@ class _Buffer(DNSBuffer):  # type: ignore[misc]
     compression: a pointer has 14 bits, and dnslib would silently cut the offset (answers over
     16 KiB, such as SRV for hundreds of endpoints with hostnames, came out corrupt)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: Where each SRV target was written whole, and whether the additional section (the
+        #: glue) is being written: see `encode_name_nocompress`.
+        self.targets: dict[tuple[bytes, ...], int] = {}
+        self.glue = False
+
     def encode_name(self, name: DNSLabel | str) -> None:
         if not isinstance(name, DNSLabel):
             name = DNSLabel(name)
         if len(name) > 253:
             raise DNSLabelError(f"Domain label too long: {name!r}")
         labels = list(name.label)
+        if self.glue:
+            at = self.targets.get(tuple(labels))
+            if at is not None:
+                self.pack("!H", 0xC000 | at)
+                return
         while labels:
             key = tuple(labels)
             if key in self.names:
@@ -234,15 +246,31 @@ class _Buffer(DNSBuffer):  # type: ignore[misc]
             self.append(element)
         self.append(b"\x00")
 
+    def encode_name_nocompress(self, name: DNSLabel | str) -> None:
+        """An SRV target, written out whole (RFC 2782); glue records named like it then point
+        to it. Otherwise the glue of target `web.ns.svc.cluster.local` would point into the
+        question `_http._tcp.WEB.ns...` and, once the asked spelling is copied over the
+        question, be named `WEB.ns...`: no longer the spelling of the target it supports.
+        Only glue does this: answer owners keep pointing to the question, which is how they
+        take the client's spelling."""
+        if not isinstance(name, DNSLabel):
+            name = DNSLabel(name)
+        if self.offset < 0x4000:
+            self.targets.setdefault(tuple(name.label), self.offset)
+        super().encode_name_nocompress(name)
+
 
 def _pack(record: DNSRecord) -> bytes:
     """`record.pack()` with `_Buffer`."""
     record.set_header_qa()
     buffer = _Buffer()
     record.header.pack(buffer)
-    for section in (record.questions, record.rr, record.auth, record.ar):
+    for section in (record.questions, record.rr, record.auth):
         for item in section:
             item.pack(buffer)
+    buffer.glue = True
+    for item in record.ar:
+        item.pack(buffer)
     return bytes(buffer.data)
 
 

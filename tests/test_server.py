@@ -126,6 +126,27 @@ def test_dig_headless_and_srv(server: KdnsProcess) -> None:
     assert "db-0.db.data.svc.cluster.local. 5 IN A 10.2.0.1" in out
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "_PG._Tcp.DB.data.svc.cluster.local",
+        "DB.Data.SVC.cluster.local",
+        "dB-0.db.DATA.svc.cluster.local",
+        "_Http._TCP.My-Service.default.SVC.cluster.LOCAL",
+        "MY-SERVICE.default.svc.cluster.local",
+    ],
+)
+def test_glue_is_spelled_as_the_target_it_supports(server: KdnsProcess, name: str) -> None:
+    # The answer owners take the question's spelling; an SRV target is the service's own
+    # (lower-case) name, and its glue must spell exactly that, whatever case was asked.
+    query = dns.message.make_query(name, "SRV")
+    reply = dns.query.udp(query, "127.0.0.1", port=server.port, timeout=5)
+    targets = {rd.target.to_text() for rrset in reply.answer for rd in rrset}
+    assert targets and all(rrset.name.to_text() == name + "." for rrset in reply.answer)
+    glue = {rrset.name.to_text() for rrset in reply.additional}
+    assert glue and glue <= targets, (targets, glue)
+
+
 def test_dig_nxdomain_has_soa_and_aa(server: KdnsProcess) -> None:
     out = flat(server.dig("nope.default.svc.cluster.local"))
     assert "status: NXDOMAIN" in out
