@@ -513,13 +513,17 @@ def reference_reply(
 
 
 def reference_wire(reply: dns.message.Message) -> bytes:
-    """`reply.to_wire()`, except that glue named like an SRV target points to that target
-    (the target itself is written whole, RFC 2782): so glue spells exactly the target it
-    supports, whatever case the question was asked in. dnspython's own `to_wire` would point
-    the glue into the question instead."""
+    """`reply.to_wire()`, except that no name points into the question but owners equal to it,
+    and glue named like an SRV target points to that target (the target itself is written
+    whole, RFC 2782): so targets and glue keep their own spelling whatever case the question
+    was asked in. dnspython's own `to_wire` would point them into the question instead."""
     out = dns.renderer.Renderer(reply.id, reply.flags, 65535)
     question = reply.question[0]
     out.add_question(question.name, question.rdtype, question.rdclass)
+    # Only owners equal to the question point to it; every other name is written in its own
+    # spelling (kdns/wire.py), so the question's suffixes are not offered for compression.
+    for name in [n for n in out.compress if n != question.name]:
+        del out.compress[name]
     for rrset in reply.answer:
         for rd in rrset:
             out.add_rrset(dns.renderer.ANSWER, dns.rrset.from_rdata(rrset.name, rrset.ttl, rd))

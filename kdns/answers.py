@@ -28,6 +28,7 @@ import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Literal
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
@@ -75,6 +76,90 @@ class Answer:
     answer: list[RR] = field(default_factory=list)
     authority: list[RR] = field(default_factory=list)
     additional: list[RR] = field(default_factory=list)
+    #: The decision these records come from (None only for answers made outside the engine).
+    resolution: Resolution | None = None
+    #: The decisions of the in-zone CNAME targets followed, in order.
+    followed: list[Resolution | None] = field(default_factory=list)
+    #: SERVFAIL because a source has not finished its first load (the rule said NXDOMAIN).
+    unsynced: bool = False
+
+
+class Rule(Enum):
+    """The rule that decided an answer: one per way a name can resolve (`Engine.decide`)."""
+
+    OUTSIDE = "outside"  # REFUSED (or forwarded)
+    APEX = "apex"  # SOA, NS (cluster and reverse zones)
+    DNS_VERSION = "dns-version"  # TXT
+    NAMESERVER = "nameserver"  # kdns's own addresses
+    EMPTY = "empty"  # an empty non-terminal: dns., svc., pod.
+    NAMESPACE = "namespace"  # NODATA
+    NO_NAMESPACE = "no-namespace"
+    NO_SERVICE = "no-service"
+    UNKNOWN = "unknown"  # a shape the specification has no name for
+    EXTERNAL_NAME = "external-name"  # CNAME
+    EXTERNAL_NAME_LEAF = "external-name-leaf"  # a name below an ExternalName service
+    EXTERNAL_NAME_IP = "external-name-ip"  # an IP address as externalName
+    NO_READY_ENDPOINTS = "no-ready-endpoints"  # headless, nothing ready
+    SERVICE = "service"
+    ENDPOINT = "endpoint"
+    PROTOCOL_LABEL = "protocol-label"  # `_tcp.<svc>`: NODATA above `_port._tcp.<svc>`
+    NO_ENDPOINT = "no-endpoint"
+    NOT_PORT_FORM = "not-port-form"
+    NO_PORT = "no-port"
+    PORT = "port"
+    PODS_DISABLED = "pods-disabled"
+    NOT_AN_ADDRESS = "not-an-address"  # a pod label that spells no address
+    POD = "pod"
+    REVERSE_PREFIX = "reverse-prefix"  # NODATA: part of a reverse name that has a PTR
+    PTR_SERVICE = "ptr-service"
+    PTR_ENDPOINT = "ptr-endpoint"
+    NO_PTR = "no-ptr"
+
+
+#: The rules whose answer is NXDOMAIN, whatever the type asked.
+NXDOMAIN_RULES = frozenset(
+    {
+        Rule.NO_NAMESPACE,
+        Rule.NO_SERVICE,
+        Rule.UNKNOWN,
+        Rule.EXTERNAL_NAME_LEAF,
+        Rule.EXTERNAL_NAME_IP,
+        Rule.NO_READY_ENDPOINTS,
+        Rule.NO_ENDPOINT,
+        Rule.NOT_PORT_FORM,
+        Rule.NO_PORT,
+        Rule.PODS_DISABLED,
+        Rule.NOT_AN_ADDRESS,
+        Rule.NO_PTR,
+    }
+)
+
+#: The shapes whose rule the shape alone decides.
+_SIMPLE_RULES = {
+    Shape.APEX: Rule.APEX,
+    Shape.DNS_VERSION: Rule.DNS_VERSION,
+    Shape.NAMESERVER: Rule.NAMESERVER,
+    Shape.NAMESERVER_PARENT: Rule.EMPTY,
+    Shape.SVC_ROOT: Rule.EMPTY,
+    Shape.POD_ROOT: Rule.EMPTY,
+    Shape.UNKNOWN: Rule.UNKNOWN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What a request resolves to before any record is made: the rule, and what it read."""
+
+    rule: Rule
+    request: Request[Cluster]
+    #: The service the name is at or under.
+    view: ServiceView | None = None
+    #: ENDPOINT: its addresses; POD: the address; PTR_*: the names; EXTERNAL_NAME: the target.
+    values: tuple[str, ...] = ()
+    #: PORT: the SRV targets, as `srv_targets` gives them.
+    srv: dict[tuple[str | None, int], list[str]] | None = None
+    #: PTR_*: the objects that have the address, the one answered first.
+    owners: tuple[str, ...] = ()
 
 
 class Engine:
@@ -109,12 +194,21 @@ class Engine:
         return self.answer(self.parse(qname.label), qname, qtype)
 
     def answer(self, req: Request[Cluster], qname: DNSLabel, qtype: int) -> Answer:
-        """Answer the question `req` (parsed from `qname`) asks, for type `qtype`."""
-        if req.zone is not None:
-            return self._unsynced(self._forward(req, qname, qtype, 0), [req.zone])
-        if req.reverse_zone is not None:
-            return self._unsynced(self._reverse(req, qname, qtype), self.clusters)
-        return Answer(RCODE.REFUSED, authoritative=False)
+        """Answer the question `req` (parsed from `qname`) asks, for type `qtype`: the one
+        resolution (`decide`), then its records (`build`). The answer carries the resolution,
+        which is what `kdns explain` prints and the large-answer encoder encodes."""
+        return self.respond(self.decide(req), qname, qtype)
+
+    def respond(self, res: Resolution, qname: DNSLabel, qtype: int) -> Answer:
+        """The answer to `qtype` at `qname` that the decision `res` (for that name) gives."""
+        ans = self.build(res, qname, qtype)
+        if ans.rcode == RCODE.NXDOMAIN:
+            # A cache downstream would keep an NXDOMAIN given before the data arrived.
+            zone = res.request.zone
+            clusters = [zone] if zone is not None else self.clusters
+            if not all(c.store.synced for c in clusters):
+                return Answer(RCODE.SERVFAIL, resolution=res, unsynced=True)
+        return ans
 
     def is_local(self, qname: DNSLabel) -> bool:
         """True when `qname` falls in a zone kdns answers for."""
@@ -158,13 +252,6 @@ class Engine:
         """True when these labels name a cluster zone (what AXFR may ask for)."""
         return self.parse(raw).shape is Shape.APEX
 
-    @staticmethod
-    def _unsynced(ans: Answer, clusters: Sequence[Cluster]) -> Answer:
-        # A cache downstream would keep an NXDOMAIN given before the data arrived.
-        if ans.rcode == RCODE.NXDOMAIN and not all(c.store.synced for c in clusters):
-            return Answer(RCODE.SERVFAIL)
-        return ans
-
     # -- helpers -------------------------------------------------------------------------------
 
     def _soa(self, zone: str, serial: int, mname: str) -> RR:
@@ -180,9 +267,6 @@ class Engine:
             ),
         )
 
-    def _negative(self, rcode: int, soa: RR) -> Answer:
-        return Answer(rcode, authority=[soa])
-
     def _address_records(
         self, owner: DNSLabel | str, addresses: Sequence[str], qtype: int
     ) -> list[RR]:
@@ -196,239 +280,242 @@ class Engine:
                 out.append(RR(owner, QTYPE.AAAA, ttl=self.ttl, rdata=AAAA(address)))
         return out
 
-    # -- forward zone ----------------------------------------------------------------------
+    # -- the decision: a request and the store -> the rule that answers it ----------------------
 
-    def _forward(self, req: Request[Cluster], qname: DNSLabel, qtype: int, depth: int) -> Answer:
+    def decide(self, req: Request[Cluster]) -> Resolution:
+        """The rule that answers `req`, and the objects it read. Looks up, builds no record:
+        the record types asked for only matter to `build`."""
         cluster = req.zone
-        assert cluster is not None
-        zone = cluster.domain
-        store = cluster.store
-        mname = f"ns.dns.{zone}"
-        soa = self._soa(zone, store.serial, mname)
-        nodata = self._negative(RCODE.NOERROR, soa)
-        nxdomain = self._negative(RCODE.NXDOMAIN, soa)
         shape = req.shape
-        if shape is Shape.APEX:
-            return self._apex(zone, soa, mname, qname, qtype)
-        if shape is Shape.DNS_VERSION:
-            if qtype in (QTYPE.TXT, QTYPE.ANY):
-                return Answer(
-                    answer=[RR(qname, QTYPE.TXT, ttl=SCHEMA_TTL, rdata=TXT(SCHEMA_VERSION))]
-                )
-            return nodata
-        if shape is Shape.NAMESERVER:
-            if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
-                return nodata
-            records = self._address_records(qname, self.ns_addresses, qtype)
-            return Answer(answer=records) if records else nodata
-        if shape in (Shape.NAMESERVER_PARENT, Shape.SVC_ROOT, Shape.POD_ROOT):
-            return nodata  # empty non-terminals
+        if cluster is None:
+            if req.reverse_zone is None:
+                return Resolution(Rule.OUTSIDE, req)
+            return self._decide_reverse(req)
+        store = cluster.store
+        if shape in _SIMPLE_RULES:
+            return Resolution(_SIMPLE_RULES[shape], req)
         if shape is Shape.NAMESPACE:
-            return nodata if store.has_namespace(req.namespace) else nxdomain
-        if shape in (Shape.SERVICE, Shape.ENDPOINT, Shape.PORT_SERVICE):
-            return self._svc(req, qname, qtype, nodata, nxdomain, depth)
+            rule = Rule.NAMESPACE if store.has_namespace(req.namespace) else Rule.NO_NAMESPACE
+            return Resolution(rule, req)
         if shape in (Shape.POD_NAMESPACE, Shape.POD):
-            if self.pods == "disabled" or not store.has_namespace(req.namespace):
-                return nxdomain
+            if self.pods == "disabled":
+                return Resolution(Rule.PODS_DISABLED, req)
+            if not store.has_namespace(req.namespace):
+                return Resolution(Rule.NO_NAMESPACE, req)
             if shape is Shape.POD_NAMESPACE:
-                return nodata
+                return Resolution(Rule.NAMESPACE, req)
             address = pod_address(req.pod)
             if address is None:
-                return nxdomain
-            records = self._address_records(qname, [address], qtype)
-            if records and qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
-                return Answer(answer=records)
-            return nodata
-        return nxdomain
-
-    def _apex(self, zone: str, soa: RR, mname: str, qname: DNSLabel, qtype: int) -> Answer:
-        if qtype in (QTYPE.SOA, QTYPE.ANY):
-            return Answer(answer=[RR(qname, QTYPE.SOA, ttl=soa.ttl, rdata=soa.rdata)])
-        if qtype == QTYPE.NS:
-            glue = self._address_records(mname + ".", self.ns_addresses, QTYPE.ANY)
-            return Answer(
-                answer=[RR(qname, QTYPE.NS, ttl=self.ttl, rdata=NS(mname + "."))],
-                additional=glue,
-            )
-        return self._negative(RCODE.NOERROR, soa)
-
-    def _svc(
-        self,
-        req: Request[Cluster],
-        qname: DNSLabel,
-        qtype: int,
-        nodata: Answer,
-        nxdomain: Answer,
-        depth: int,
-    ) -> Answer:
-        cluster = req.zone
-        assert cluster is not None
-        view = cluster.store.service(req.namespace, req.service)
+                return Resolution(Rule.NOT_AN_ADDRESS, req)
+            return Resolution(Rule.POD, req, values=(address,))
+        if shape not in (Shape.SERVICE, Shape.ENDPOINT, Shape.PORT_SERVICE):
+            return Resolution(Rule.UNKNOWN, req)
+        view = store.service(req.namespace, req.service)
         if view is None:
-            return nxdomain
+            rule = Rule.NO_SERVICE if store.has_namespace(req.namespace) else Rule.NO_NAMESPACE
+            return Resolution(rule, req)
         svc = view.service
-        fqdn = f"{svc.name}.{svc.namespace}.svc.{cluster.domain}."
         if svc.type == "ExternalName":
-            if req.shape is not Shape.SERVICE or ip_family(svc.external_name):
-                return nxdomain
-            return self._external_name(svc.external_name, qname, qtype, nodata, depth)
+            if shape is not Shape.SERVICE:
+                return Resolution(Rule.EXTERNAL_NAME_LEAF, req, view)
+            if ip_family(svc.external_name):
+                return Resolution(Rule.EXTERNAL_NAME_IP, req, view)
+            return Resolution(Rule.EXTERNAL_NAME, req, view, values=(svc.external_name,))
         if svc.headless and not view.ready:
-            return nxdomain  # the spec's one explicit negative rule
-        if req.shape is Shape.SERVICE:
-            return self._service(view, fqdn, qname, qtype, nodata, cluster.domain)
-        if req.shape is Shape.ENDPOINT:
+            return Resolution(Rule.NO_READY_ENDPOINTS, req, view)  # the spec's explicit negative
+        if shape is Shape.SERVICE:
+            return Resolution(Rule.SERVICE, req, view)
+        if shape is Shape.ENDPOINT:
             label = req.endpoint
             addresses = view.named(label)
             if addresses:
-                if qtype == QTYPE.SRV:
-                    return self._endpoint_srv(view, label, fqdn, qname) or nodata
-                records = self._address_records(qname, addresses, qtype)
-                if records and qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
-                    return Answer(answer=records)
-                return nodata
+                return Resolution(Rule.ENDPOINT, req, view, values=tuple(addresses))
             if label.startswith("_") and label[1:] in _protocols(view):
-                return nodata  # empty non-terminal above _port._proto
-            return nxdomain
+                return Resolution(Rule.PROTOCOL_LABEL, req, view)  # above _port._proto
+            return Resolution(Rule.NO_ENDPOINT, req, view)
         if not req.port_form:
-            return nxdomain
+            return Resolution(Rule.NOT_PORT_FORM, req, view)
         found = srv_targets(view, req.port, req.protocol.upper())
         if not found:
-            return nxdomain
-        if qtype in (QTYPE.SRV, QTYPE.ANY):
-            srv = self._srv(view, fqdn, qname, cluster.domain, req.port, req.protocol.upper())
-            return srv or nodata
-        if qtype in (QTYPE.A, QTYPE.AAAA):
+            return Resolution(Rule.NO_PORT, req, view)
+        return Resolution(Rule.PORT, req, view, srv=found)
+
+    def _decide_reverse(self, req: Request[Cluster]) -> Resolution:
+        zone = req.reverse_zone
+        assert zone is not None
+        if req.shape is Shape.REVERSE_APEX:
+            return Resolution(Rule.APEX, req)
+        if req.shape is Shape.REVERSE_PARTIAL:
+            if self.reverse_non_terminal(zone, req.rel):
+                return Resolution(Rule.REVERSE_PREFIX, req)
+            return Resolution(Rule.NO_PTR, req)
+        address = req.address
+        for cluster in self.clusters:
+            keys = cluster.store.services_by_cluster_ip(address)
+            if keys:
+                # One name per address: the first service that has it (others are listed).
+                owners = tuple(f"service {ns}/{name}" for ns, name in keys)
+                ns, name = keys[0]
+                target = f"{name}.{ns}.svc.{cluster.domain}."
+                return Resolution(Rule.PTR_SERVICE, req, values=(target,), owners=owners)
+        targets: list[str] = []
+        owners_: list[str] = []
+        for cluster in self.clusters:
+            for ns, svc, ep in cluster.store.endpoints_by_ip(address):
+                targets.append(f"{ep}.{svc}.{ns}.svc.{cluster.domain}.")
+                owners_.append(f"endpoint {ep!r} of service {ns}/{svc}")
+        if targets:
+            return Resolution(Rule.PTR_ENDPOINT, req, values=tuple(targets), owners=tuple(owners_))
+        return Resolution(Rule.NO_PTR, req)
+
+    # -- the records: a decision and a type -> the sections ------------------------------------
+
+    def build(self, res: Resolution, qname: DNSLabel, qtype: int, depth: int = 0) -> Answer:
+        """The sections that answer `qtype` at `qname` (the name `res` was decided for)."""
+        rule = res.rule
+        req = res.request
+        if rule is Rule.OUTSIDE:
+            return Answer(RCODE.REFUSED, authoritative=False, resolution=res)
+        if req.zone is not None:
+            zone = req.zone.domain
+            serial = req.zone.store.serial
+            mname = f"ns.dns.{zone}"
+        else:
+            assert req.reverse_zone is not None
+            zone = ".".join(req.reverse_zone)
+            serial = self._reverse_serial()
+            mname = f"ns.dns.{self.clusters[0].domain}"
+        ans = self._records(res, qname, qtype, depth, mname)
+        if ans is None:  # NXDOMAIN or NODATA: the zone's SOA says how long to keep it
+            rcode = RCODE.NXDOMAIN if rule in NXDOMAIN_RULES else RCODE.NOERROR
+            ans = Answer(rcode, authority=[self._soa(zone, serial, mname)])
+        elif rule is Rule.APEX and qtype in (QTYPE.SOA, QTYPE.ANY):
+            soa = self._soa(zone, serial, mname)
+            ans.answer.append(RR(qname, QTYPE.SOA, ttl=soa.ttl, rdata=soa.rdata))
+        ans.resolution = res
+        return ans
+
+    def _records(
+        self, res: Resolution, qname: DNSLabel, qtype: int, depth: int, mname: str
+    ) -> Answer | None:
+        """The positive answer, or None for a negative one (NXDOMAIN when the rule says so)."""
+        rule = res.rule
+        if rule in NXDOMAIN_RULES:
+            return None
+        if rule is Rule.APEX:
+            if qtype in (QTYPE.SOA, QTYPE.ANY):
+                return Answer()  # `build` adds the SOA, which it makes anyway
+            if qtype == QTYPE.NS:
+                glue = self._address_records(mname + ".", self.ns_addresses, QTYPE.ANY)
+                ns = RR(qname, QTYPE.NS, ttl=self.ttl, rdata=NS(mname + "."))
+                return Answer(answer=[ns], additional=glue)
+            return None
+        if rule is Rule.DNS_VERSION:
+            if qtype in (QTYPE.TXT, QTYPE.ANY):
+                txt = RR(qname, QTYPE.TXT, ttl=SCHEMA_TTL, rdata=TXT(SCHEMA_VERSION))
+                return Answer(answer=[txt])
+            return None
+        if rule is Rule.NAMESERVER:
+            return self._addresses(qname, self.ns_addresses, qtype)
+        if rule is Rule.POD:
+            return self._addresses(qname, res.values, qtype)
+        if rule is Rule.SERVICE:
+            assert res.view is not None
+            svc = res.view.service
+            if qtype == QTYPE.SRV:
+                return self._srv(res, qname, srv_targets(res.view, None, None))
+            addresses = res.view.addresses() if svc.headless else svc.cluster_ips
+            return self._addresses(qname, addresses, qtype)
+        if rule is Rule.ENDPOINT:
+            if qtype == QTYPE.SRV:
+                return self._endpoint_srv(res, qname)
+            return self._addresses(qname, res.values, qtype)
+        if rule is Rule.PORT:
+            assert res.srv is not None
+            if qtype in (QTYPE.SRV, QTYPE.ANY):
+                return self._srv(res, qname, res.srv)
             # The addresses the SRV records lead to (CoreDNS answers these; the spec is silent):
             # the ClusterIPs, or the ready endpoints that have the port.
-            addresses = list(dict.fromkeys(a for found_ in found.values() for a in found_))
-            records = self._address_records(qname, addresses, qtype)
-            return Answer(answer=records) if records else nodata
-        return nodata
+            addresses = list(dict.fromkeys(a for found in res.srv.values() for a in found))
+            if qtype in (QTYPE.A, QTYPE.AAAA):
+                return self._addresses(qname, addresses, qtype)
+            return None
+        if rule in (Rule.PTR_SERVICE, Rule.PTR_ENDPOINT):
+            if qtype not in (QTYPE.PTR, QTYPE.ANY):
+                return None
+            return Answer(
+                answer=[RR(qname, QTYPE.PTR, ttl=self.ttl, rdata=PTR(t)) for t in res.values]
+            )
+        if rule is Rule.EXTERNAL_NAME:
+            return self._external_name(res.values[0], qname, qtype, depth)
+        return None  # the names that exist and hold nothing of this kind: NODATA
 
-    def _endpoint_srv(
-        self, view: ServiceView, label: str, fqdn: str, qname: DNSLabel
-    ) -> Answer | None:
+    def _addresses(self, owner: DNSLabel, addresses: Sequence[str], qtype: int) -> Answer | None:
+        if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+            return None
+        records = self._address_records(owner, addresses, qtype)
+        return Answer(answer=records) if records else None
+
+    def _endpoint_srv(self, res: Resolution, qname: DNSLabel) -> Answer | None:
         """SRV at an endpoint's own name: one record per port of the endpoints of that name,
         named or not, targeting that name, its addresses as glue (as CoreDNS answers)."""
+        view = res.view
+        assert view is not None and res.request.zone is not None
+        label = res.request.endpoint
         endpoints = [ep for ep in view.ready if ep.name.lower() == label]
         ports = list(dict.fromkeys(p.port for ep in endpoints for p in ep.ports))
         if not ports:
             return None
-        target = f"{endpoints[0].name}.{fqdn}"
-        weight = max(1, 100 // len(ports))
-        addresses = list(dict.fromkeys(ep.address for ep in endpoints))
+        svc = view.service
+        target = f"{endpoints[0].name}.{svc.name}.{svc.namespace}.svc.{res.request.zone.domain}."
+        weight = srv_weight(len(ports))
         return Answer(
             answer=[
                 RR(qname, QTYPE.SRV, ttl=self.ttl, rdata=SRV(0, weight, port, target))
                 for port in ports
             ],
-            additional=self._address_records(target, addresses, QTYPE.ANY),
+            additional=self._address_records(target, res.values, QTYPE.ANY),
         )
 
-    def _service(
-        self,
-        view: ServiceView,
-        fqdn: str,
-        qname: DNSLabel,
-        qtype: int,
-        nodata: Answer,
-        domain: str,
-    ) -> Answer:
-        svc = view.service
-        if qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
-            addresses = view.addresses() if svc.headless else list(svc.cluster_ips)
-            records = self._address_records(qname, addresses, qtype)
-            return Answer(answer=records) if records else nodata
-        if qtype == QTYPE.SRV:
-            srv = self._srv(view, fqdn, qname, domain, None, None)
-            return srv if srv is not None else nodata
-        return nodata
-
     def _srv(
-        self,
-        view: ServiceView,
-        fqdn: str,
-        qname: DNSLabel,
-        domain: str,
-        port_name: str | None,
-        proto: str | None,
+        self, res: Resolution, qname: DNSLabel, found: dict[tuple[str | None, int], list[str]]
     ) -> Answer | None:
-        """SRV records for the named port (every port when `port_name` is None).
-
-        None when nothing matches: for the `_port._proto` form that means NXDOMAIN.
-        """
-        found = {
-            (f"{name}.{fqdn}" if name is not None else fqdn, port): addresses
-            for (name, port), addresses in srv_targets(view, port_name, proto).items()
-        }
+        """SRV records for the (name, port) pairs of `srv_targets`, with their glue."""
         if not found:
             return None
-        weight = max(1, 100 // len(found))
+        view = res.view
+        assert view is not None and res.request.zone is not None
+        svc = view.service
+        fqdn = f"{svc.name}.{svc.namespace}.svc.{res.request.zone.domain}."
+        weight = srv_weight(len(found))
         ans = Answer()
-        glued: set[str] = set()
-        for (target, port), addresses in found.items():
+        glued: set[str | None] = set()
+        for (name, port), addresses in found.items():
+            target = f"{name}.{fqdn}" if name is not None else fqdn
             ans.answer.append(
                 RR(qname, QTYPE.SRV, ttl=self.ttl, rdata=SRV(0, weight, port, target))
             )
-            if target not in glued:
-                glued.add(target)
+            if name not in glued:
+                glued.add(name)
                 ans.additional.extend(self._address_records(target, addresses, QTYPE.ANY))
         return ans
 
-    def _external_name(
-        self,
-        target: str,
-        qname: DNSLabel,
-        qtype: int,
-        nodata: Answer,
-        depth: int,
-    ) -> Answer:
+    def _external_name(self, target: str, qname: DNSLabel, qtype: int, depth: int) -> Answer | None:
         # A CNAME owns its name for every type (RFC 1034 3.6.2), as CoreDNS answers; the spec
         # singles out SRV, which gets NODATA.
         if qtype == QTYPE.SRV:
-            return nodata
+            return None
         cname = RR(qname, QTYPE.CNAME, ttl=self.ttl, rdata=CNAME(target + "."))
         if qtype not in (QTYPE.A, QTYPE.AAAA) or depth >= MAX_CHASE:
             return Answer(answer=[cname])
         chase = self.grammar.parse(target.lower().split("."))
-        if chase.zone is not None:
-            chased = self._forward(chase, DNSLabel(target), qtype, depth + 1)
-            chased.answer.insert(0, cname)
-            return chased
-        return Answer(answer=[cname])
-
-    # -- reverse zones -----------------------------------------------------------------------
-
-    def _reverse(self, req: Request[Cluster], qname: DNSLabel, qtype: int) -> Answer:
-        zone = req.reverse_zone
-        assert zone is not None
-        first = self.clusters[0]
-        zone_name = ".".join(zone)
-        mname = f"ns.dns.{first.domain}"
-        soa = self._soa(zone_name, self._reverse_serial(), mname)
-        if req.shape is Shape.REVERSE_APEX:
-            return self._apex(zone_name, soa, mname, qname, qtype)
-        address = req.address
-        if req.shape is Shape.REVERSE_PARTIAL:
-            if self.reverse_non_terminal(zone, req.rel):
-                return self._negative(RCODE.NOERROR, soa)
-            return self._negative(RCODE.NXDOMAIN, soa)
-        targets: list[str] = []
-        for cluster in self.clusters:
-            keys = cluster.store.services_by_cluster_ip(address)
-            if keys:
-                ns, name = keys[0]
-                targets = [f"{name}.{ns}.svc.{cluster.domain}."]
-                break
-        if not targets:
-            for cluster in self.clusters:
-                for ns, svc, ep in cluster.store.endpoints_by_ip(address):
-                    targets.append(f"{ep}.{svc}.{ns}.svc.{cluster.domain}.")
-        if not targets:
-            return self._negative(RCODE.NXDOMAIN, soa)
-        if qtype not in (QTYPE.PTR, QTYPE.ANY):
-            return self._negative(RCODE.NOERROR, soa)
-        return Answer(answer=[RR(qname, QTYPE.PTR, ttl=self.ttl, rdata=PTR(t)) for t in targets])
+        if chase.zone is None:
+            return Answer(answer=[cname])
+        # Inside kdns's zones: followed, as a resolver would, with the target's own answer.
+        followed = self.build(self.decide(chase), DNSLabel(target), qtype, depth + 1)
+        followed.answer.insert(0, cname)
+        followed.followed = [followed.resolution, *followed.followed]
+        return followed
 
 
 def tag_of(req: Request[Cluster]) -> tuple[str, ...] | None:
@@ -442,6 +529,12 @@ def tag_of(req: Request[Cluster]) -> tuple[str, ...] | None:
     if req.shape is Shape.REVERSE_PARTIAL and req.reverse_zone is not None:
         return ANY_TAG if _reverse_span(req.reverse_zone, req.rel) else None
     return None
+
+
+def srv_weight(records: int) -> int:
+    """The weight of each of `records` SRV records: equal shares of 100, at least 1 (as
+    CoreDNS gives them; the specification leaves weights to the implementation)."""
+    return max(1, 100 // records)
 
 
 def srv_targets(

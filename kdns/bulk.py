@@ -19,16 +19,17 @@ answers, ExternalName services, endpoint names, other types and names that would
 raise (odd address spellings, over-long targets) are all left to the engine.
 
 How equality is guaranteed: the engine (`answers.Engine`) and `wire.encode` stay the definition of
-the answer. It takes the engine's own parse of the name (`Engine.parse`, `kdns.names`), and
-mirrors `Engine._svc`, `_service`, `_srv` and `_address_records` (record order,
-deduplication, SRV weights, glue) and the way
-dnslib packs the message: the header of `encode`, the lower-cased question, owners equal to the
-question as pointers to offset 12, SRV targets uncompressed, glue owners compressed through
-dnslib's case-sensitive table of every name suffix it wrote (including its 14-bit pointer
-masking), the OPT record appended, the question in the spelling it was asked in. The test
-`tests/test_bulk.py` generates many services and questions and asserts that every response this
-module gives equals `encode(query, engine.resolve(...))` byte for byte; a change to either side
-that is not made to the other fails it.
+the answer. This module dispatches on nothing of its own: it encodes the engine's decision
+(`Engine.decide`: rule SERVICE or PORT, with the service's view and, for a port, the SRV targets
+the engine found), and mirrors only how `Engine._records`, `_srv` and `_address_records` turn
+that decision into records (record order, deduplication, `srv_weight`, glue) and the way dnslib
+packs the message: the header of `encode`, the lower-cased question, owners equal to the
+question as pointers to offset 12, SRV targets uncompressed, glue pointing to its target, other
+names compressed through dnslib's case-sensitive table of every name suffix it wrote (including
+its 14-bit pointer masking), the OPT record appended, the question in the spelling it was asked
+in. The test `tests/test_bulk.py` generates many services and questions and asserts that every
+response this module gives equals `encode(query, engine.resolve(...))` byte for byte; a change
+to either side that is not made to the other fails it.
 """
 
 from __future__ import annotations
@@ -41,9 +42,8 @@ from functools import lru_cache
 
 from dnslib import AAAA, A
 
-from .answers import Engine, srv_targets
+from .answers import Engine, Resolution, Rule, srv_targets, srv_weight
 from .model import ip_family
-from .names import Shape
 from .store import ServiceView
 from .wire import CD, DEFAULT_MAX_UDP, HEADER, RD, Query, opt_record
 
@@ -61,56 +61,52 @@ _MAX_MESSAGE = 65535
 _AF = ((4, socket.AF_INET), (6, socket.AF_INET6))
 
 
-def encode_bulk(engine: Engine, query: Query, max_udp: int = DEFAULT_MAX_UDP) -> bytes | None:
+def encode_bulk(
+    engine: Engine,
+    query: Query,
+    max_udp: int = DEFAULT_MAX_UDP,
+    resolution: Resolution | None = None,
+) -> bytes | None:
     """`encode(query, engine.resolve(...), max_udp=max_udp)` for the answers this module covers.
 
-    None for every other question, and for answers over 65535 bytes (the caller trims those).
+    `resolution` is the engine's decision for the query's name (`Engine.decide`), made here
+    when not given. None for every other question, and for answers over 65535 bytes (the
+    caller trims those).
     """
     qtype = query.qtype
     if query.qclass != 1 or qtype not in _TYPES:
         return None
     raw = query.labels
-    req = engine.parse(raw)  # the engine's own parse: the same zone, the same shape
-    shape = req.shape
-    cluster = req.zone
-    if cluster is None or shape not in (Shape.SERVICE, Shape.PORT_SERVICE):
-        return None
-    view = cluster.store.service(req.namespace, req.service)
-    if view is None:
-        return None
-    svc = view.service
-    if svc.type == "ExternalName" or (svc.headless and not view.ready):
+    res = resolution if resolution is not None else engine.decide(engine.parse(raw))
+    rule = res.rule
+    view = res.view
+    cluster = res.request.zone
+    if rule not in (Rule.SERVICE, Rule.PORT) or view is None or cluster is None:
         return None
     ttl = engine.ttl
     if not 0 <= ttl <= 0xFFFFFFFF:
         return None
     ttl_bytes = _TTL.pack(ttl)
-    if shape is Shape.SERVICE and qtype != _SRV:
-        addresses = view.addresses() if svc.headless else list(svc.cluster_ips)
+    if rule is Rule.SERVICE and qtype != _SRV:
+        svc = view.service
+        addresses = view.addresses() if svc.headless else svc.cluster_ips
         records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
         if not records:
             return None
         body = b"".join(records)
         an, ar = len(records), 0
-    elif shape is Shape.PORT_SERVICE and qtype in (_A, _AAAA):
-        # The addresses the port's SRV records lead to, as `Engine._svc` gives them.
-        if not req.port_form:
-            return None
-        found = srv_targets(view, req.port, req.protocol.upper())
-        addresses = list(dict.fromkeys(a for targets in found.values() for a in targets))
+    elif rule is Rule.PORT and qtype in (_A, _AAAA):
+        # The addresses the port's SRV records lead to, as `Engine._records` gives them.
+        assert res.srv is not None
+        addresses = list(dict.fromkeys(a for targets in res.srv.values() for a in targets))
         records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
         if not records:
             return None
         body = b"".join(records)
         an, ar = len(records), 0
-    elif qtype == _SRV or (shape is Shape.PORT_SERVICE and qtype == _ANY):
-        if shape is Shape.PORT_SERVICE:
-            if not req.port_form:
-                return None
-            port, proto = req.port, req.protocol.upper()
-            srv = _srv(view, cluster.domain, raw, len(query.name), ttl_bytes, port, proto)
-        else:
-            srv = _srv(view, cluster.domain, raw, len(query.name), ttl_bytes, None, None)
+    elif qtype in (_SRV, _ANY):  # SRV at the service, SRV or ANY at a port
+        found = res.srv if res.srv is not None else srv_targets(view, None, None)
+        srv = _srv(view, cluster.domain, raw, len(query.name), ttl_bytes, found)
         if srv is None:
             return None
         body, an, ar = srv
@@ -198,22 +194,20 @@ def _srv(
     qlabels: Sequence[bytes],
     qlen: int,
     ttl: bytes,
-    port_name: str | None,
-    proto: str | None,
+    found: dict[tuple[str | None, int], list[str]],
 ) -> tuple[bytes, int, int] | None:
     """`Engine._srv`, packed: (answer and additional sections, their record counts).
 
-    None when no port matches (NODATA or NXDOMAIN: the engine's business) or a name or address
-    is one dnslib would refuse.
+    None when no port matches (NODATA: the engine's business) or a name or address is one
+    dnslib would refuse.
     """
     svc = view.service
     fqdn = f"{svc.name}.{svc.namespace}.svc.{domain}."
     # The engine keys on (target, port) with target `<endpoint name>.<fqdn>`, or `<fqdn>` for a
     # ClusterIP service; both come from the same `srv_targets`, in the same order.
-    found = srv_targets(view, port_name, proto)
     if not found:
         return None
-    weight = max(1, 100 // len(found))
+    weight = srv_weight(len(found))
     fq_labels = _name_labels(fqdn)
     if fq_labels is None:
         return None
@@ -243,16 +237,11 @@ def _srv(
             written.setdefault(target[1], start)
         answers.append(record)
         offset += len(record)
-    # dnslib's compression table as the question left it: every suffix of the lower-cased
-    # question name, at its offset. Answer owners are the question itself (a pointer, nothing
-    # new); SRV targets are written uncompressed and never enter the table (glue named like a
-    # target points to it, above).
-    table: dict[tuple[bytes, ...], int] = {}
-    offset = 12
-    qtuple = tuple(qlabels)
-    for i, label in enumerate(qtuple):
-        table.setdefault(qtuple[i:], offset)
-        offset += 1 + len(label)
+    # dnslib's compression table as `wire._pack` leaves it after the question: the whole
+    # lower-cased question name only, at offset 12 (no other name points into it). Answer
+    # owners are the question itself (a pointer, nothing new); SRV targets are written
+    # uncompressed and never enter the table (glue named like a target points to it, above).
+    table: dict[tuple[bytes, ...], int] = {tuple(qlabels): 12}
     offset = 12 + qlen + 4 + sum(map(len, answers))
     a_tail = b"\x00\x01\x00\x01" + ttl + b"\x00\x04"
     aaaa_tail = b"\x00\x1c\x00\x01" + ttl + b"\x00\x10"

@@ -2,12 +2,11 @@
 
 One job: a few lines of prose about one question, followed by the answer itself. Design:
 
-- **The answer is the engine's.** The records printed are `engine.resolve()`'s own, so the
-  explanation can never show something queries do not get. The prose is derived separately,
-  from the store's views (`store.service()`, `ServiceView.not_ready`/`sources`,
-  `store.endpoint_sets()`, `store.owner()`), dispatched on the same parsed request
-  (`kdns.names`) as the engine's. Where the two could disagree in principle, the rcode printed
-  is always the engine's.
+- **The answer and its reason are the engine's.** The records printed are `engine.resolve()`'s
+  own, and the prose renders the decision that answer carries (`Answer.resolution`: the rule
+  and the objects it read, `answers.Engine.decide`), so the explanation cannot disagree with
+  what queries get. The details around it describe those objects (`ServiceView.not_ready` and
+  `sources`, `store.endpoint_sets()`, `store.owner()`); nothing here decides an answer.
 - **Plain text, first line self-contained:** `NAME TYPE: reason`, e.g. `web.shop.svc.cluster.local
   A: headless service shop/web; 3 endpoints, 1 not ready; answered from EndpointSlices web-abc
   and web-def`, then details (the owning layer, endpoints left out and why, objects ignored),
@@ -19,12 +18,13 @@ One job: a few lines of prose about one question, followed by the answer itself.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
-from .answers import SCHEMA_VERSION, Answer, Cluster, Engine, pod_address
-from .model import EndpointSet, ObjectKey, ip_family
-from .names import REVERSE_ZONES, Request, Shape
+from .answers import SCHEMA_VERSION, Answer, Engine, Resolution, Rule
+from .model import EndpointSet, ObjectKey
+from .names import REVERSE_ZONES, Shape
 from .store import ServiceView, Store
 
 #: How the server's layers are described (other names are shown as they are).
@@ -37,27 +37,51 @@ class ExplainError(ValueError):
     """A question that cannot be asked (unknown type, malformed name)."""
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """An explanation and the answer it explains (the engine's own, as queries get it)."""
+
+    text: str
+    answer: Answer
+
+
 def explain(engine: Engine, name: str, qtype: str = "A") -> str:
     """The explanation of `name` `qtype` against `engine`, several lines ending in a newline."""
+    return explanation(engine, name, qtype).text
+
+
+def explanation(engine: Engine, name: str, qtype: str = "A") -> Explanation:
+    """`explain`, with the answer whose records it prints."""
     tname = qtype.strip().upper()
     number = QTYPE.reverse.get(tname)
-    if number is None:
+    if number is None and tname.startswith("TYPE") and tname[4:].isdigit():
+        number = int(tname[4:])  # RFC 3597's spelling of a type by number
+    if number is None or not 0 <= number <= 0xFFFF:
         raise ExplainError(f"unknown record type {qtype!r}")
     shown = name.strip().rstrip(".")
     if not shown or any(not label or len(label) > 63 for label in shown.split(".")):
         raise ExplainError(f"bad name {name!r}")
-    qname = DNSLabel(shown + ".")
-    req = engine.parse(qname.label)
-    answer = engine.answer(req, qname, number)
-    reason, details = _why(engine, req, tname)
-    if answer.rcode == RCODE.SERVFAIL:
+    # Resolved as the server resolves it: the name folded to lower case (the server then puts
+    # the asked spelling back into the question, which owners equal to it point to).
+    qname = DNSLabel(shown.lower() + ".")
+    answer = engine.resolve(qname, number)
+    res = answer.resolution
+    assert res is not None  # every answer the engine gives carries its decision
+    reason, details = _why(engine, res, tname)
+    if answer.followed:
+        reason += " (inside kdns's zones: followed)"
+    for followed in answer.followed:
+        if followed is not None:
+            then, _ = _why(engine, followed, tname)
+            details.append(f"followed: {then}")
+    if answer.unsynced:
         reason = "SERVFAIL: the sources have not finished their first load yet; then: " + reason
     elif answer.rcode == RCODE.NOERROR and not answer.answer and not reason.startswith("NODATA"):
         reason += f"; no {tname} records for this name (NODATA)"
     lines = [f"{shown} {tname}: {reason}"]
     lines += [f"  {d}" for d in details]
     lines += _records(answer)
-    return "\n".join(lines) + "\n"
+    return Explanation("\n".join(lines) + "\n", answer)
 
 
 # -- the records -----------------------------------------------------------------------------------
@@ -91,69 +115,73 @@ def _join(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _why(engine: Engine, req: Request[Cluster], qtype: str) -> tuple[str, list[str]]:
-    if req.zone is not None:
-        return _why_zone(engine, req, qtype)
-    if req.reverse_zone is not None:
-        return _why_reverse(engine, req)
-    zones = [c.domain for c in engine.clusters] + [".".join(z) for z in REVERSE_ZONES]
-    return (
-        f"REFUSED: not in kdns's zones ({', '.join(zones)}); forwarded instead with --upstream",
-        [],
-    )
-
-
-def _why_zone(engine: Engine, req: Request[Cluster], qtype: str) -> tuple[str, list[str]]:
-    assert req.zone is not None
-    zone = req.zone.domain
-    store = req.zone.store
-    shape = req.shape
-    if shape is Shape.APEX:
-        return f"the apex of zone {zone}: kdns's own SOA and NS records", []
-    if shape is Shape.DNS_VERSION:
+def _why(engine: Engine, res: Resolution, qtype: str) -> tuple[str, list[str]]:
+    """The prose of the engine's decision: what the rule means, said with the objects it read."""
+    rule = res.rule
+    req = res.request
+    view = res.view
+    if rule is Rule.OUTSIDE:
+        zones = [c.domain for c in engine.clusters] + [".".join(z) for z in REVERSE_ZONES]
         return (
-            f"the version of the Kubernetes DNS specification kdns implements, {SCHEMA_VERSION}",
+            f"REFUSED: not in kdns's zones ({', '.join(zones)}); forwarded instead with --upstream",
             [],
         )
-    if shape is Shape.NAMESERVER:
-        return f"the address of kdns itself, the name server of {zone}", []
-    if shape is Shape.NAMESERVER_PARENT:
-        return "NODATA: an empty name above ns.dns", []
-    if shape is Shape.SVC_ROOT:
-        return "NODATA: the svc subdomain holds no records of its own", []
-    if shape is Shape.NAMESPACE:
-        if store.has_namespace(req.namespace):
-            return f"NODATA: namespace {req.namespace} exists but has no records of its own", []
-        return f"NXDOMAIN: no namespace {req.namespace!r}", []
-    if shape in (Shape.SERVICE, Shape.ENDPOINT, Shape.PORT_SERVICE):
-        return _why_svc(engine, req, qtype)
-    if shape in (Shape.POD_ROOT, Shape.POD_NAMESPACE, Shape.POD):
-        return _why_pod(engine, store, req), []
-    kind = req.rel[-1]
+    zone = req.zone.domain if req.zone is not None else ".".join(req.reverse_zone or ())
+    if view is not None:
+        return _why_svc(engine, res, view, qtype)
+    ns = req.namespace
+    simple = {
+        Rule.APEX: f"the apex of zone {zone}: kdns's own SOA and NS records",
+        Rule.DNS_VERSION: (
+            f"the version of the Kubernetes DNS specification kdns implements, {SCHEMA_VERSION}"
+        ),
+        Rule.NAMESERVER: f"the address of kdns itself, the name server of {zone}",
+        Rule.NAMESPACE: f"NODATA: namespace {ns} exists but has no records of its own",
+        Rule.NO_SERVICE: f"NXDOMAIN: no service {req.service!r} in namespace {ns!r}",
+        Rule.PODS_DISABLED: "NXDOMAIN: pod records are disabled (--pods disabled)",
+        Rule.NOT_AN_ADDRESS: (
+            f"NXDOMAIN: {req.pod!r} does not spell an IP address (a-b-c-d, or dashes for IPv6)"
+        ),
+        Rule.REVERSE_PREFIX: (
+            f"NODATA: part of the reverse names in {zone} of addresses with PTR records"
+        ),
+    }
+    if rule in simple:
+        return simple[rule], []
+    if rule is Rule.EMPTY:
+        what = {
+            Shape.NAMESERVER_PARENT: "an empty name above ns.dns",
+            Shape.SVC_ROOT: "the svc subdomain holds no records of its own",
+            Shape.POD_ROOT: "the pod subdomain holds no records of its own",
+        }
+        return f"NODATA: {what.get(req.shape, 'an empty name')}", []
+    if rule is Rule.NO_NAMESPACE:
+        if req.service:
+            return f"NXDOMAIN: no namespace {ns!r} (so no service {req.service!r} in it)", []
+        return f"NXDOMAIN: no namespace {ns!r}", []
+    if rule is Rule.POD:
+        return (
+            f"pod record: the address {res.values[0]} spelled in the name, in namespace {ns} "
+            "(--pods insecure answers any such name without checking that the pod exists)",
+            [],
+        )
+    if rule in (Rule.PTR_SERVICE, Rule.PTR_ENDPOINT):
+        owner, *others = res.owners
+        if rule is Rule.PTR_SERVICE:
+            also = f"also the ClusterIP of {_join(others)} (the first one wins)"
+            return f"PTR for {req.address}: the ClusterIP of {owner}", [also] if others else []
+        return f"PTR for {req.address}: {_join(res.owners)}", []
+    if rule is Rule.NO_PTR:
+        if req.shape is Shape.REVERSE:
+            return f"NXDOMAIN: no service or ready endpoint has the address {req.address}", []
+        return f"NXDOMAIN: not the full reverse name of an address in {zone}", []
+    # Rule.UNKNOWN: a shape the specification has no name for.
+    kind = req.rel[-1] if req.rel else ""
     if kind == "svc":
         return "NXDOMAIN: too many labels for a service name", []
     if kind == "pod":
         return "NXDOMAIN: a pod name is <a-b-c-d>.<namespace>.pod.<zone>", []
     return f"NXDOMAIN: {kind!r} is neither 'svc' nor 'pod', the two kinds of names under {zone}", []
-
-
-def _why_pod(engine: Engine, store: Store, req: Request[Cluster]) -> str:
-    if req.shape is Shape.POD_ROOT:
-        return "NODATA: the pod subdomain holds no records of its own"
-    if engine.pods == "disabled":
-        return "NXDOMAIN: pod records are disabled (--pods disabled)"
-    ns = req.namespace
-    if not store.has_namespace(ns):
-        return f"NXDOMAIN: no namespace {ns!r}"
-    if req.shape is Shape.POD_NAMESPACE:
-        return f"NODATA: namespace {ns} exists but has no records of its own"
-    address = pod_address(req.pod)
-    if address is None:
-        return f"NXDOMAIN: {req.pod!r} does not spell an IP address (a-b-c-d, or dashes for IPv6)"
-    return (
-        f"pod record: the address {address} spelled in the name, in namespace {ns} "
-        "(--pods insecure answers any such name without checking that the pod exists)"
-    )
 
 
 def _describe(view: ServiceView) -> str:
@@ -202,7 +230,9 @@ def _details(store: Store, view: ServiceView) -> list[str]:
     sets = store.endpoint_sets(svc.namespace, svc.name)
     used = set(view.sources)
     unready = _unready(s for s in sets if s.key in used)
-    if unready:
+    if unready and svc.publish_not_ready:
+        out.append(f"not ready (answered all the same): {_join(unready)}")
+    elif unready:
         out.append(f"not ready (left out): {_join(unready)}")
     ignored = sorted(f"{s.kind} {s.name}" for s in sets if s.key not in used)
     if ignored:
@@ -221,23 +251,25 @@ def _unready(sets: Iterable[EndpointSet]) -> list[str]:
     return out
 
 
-def _why_svc(engine: Engine, req: Request[Cluster], qtype: str) -> tuple[str, list[str]]:
+def _why_svc(
+    engine: Engine, res: Resolution, view: ServiceView, qtype: str
+) -> tuple[str, list[str]]:
+    req = res.request
     assert req.zone is not None
     store = req.zone.store
-    ns, name = req.namespace, req.service
-    view = store.service(ns, name)
-    if view is None:
-        if not store.has_namespace(ns):
-            return f"NXDOMAIN: no namespace {ns!r} (so no service {name!r} in it)", []
-        return f"NXDOMAIN: no service {name!r} in namespace {ns!r}", []
+    rule = res.rule
     svc = view.service
     desc = _describe(view)
     details = _details(store, view)
-    if svc.type == "ExternalName":
-        return _why_external(engine, view, req, qtype), details
-    if svc.headless and not view.ready:
+    if rule is Rule.EXTERNAL_NAME_LEAF:
+        return f"NXDOMAIN: {desc} has no endpoint or port names", details
+    if rule is Rule.EXTERNAL_NAME_IP:
+        return f"NXDOMAIN: {desc} has an IP address, {svc.external_name}, as externalName", details
+    if rule is Rule.EXTERNAL_NAME:
+        return _why_external(res, desc, qtype), details
+    if rule is Rule.NO_READY_ENDPOINTS:
         return f"NXDOMAIN: {desc} has no ready endpoints ({_counts(view)})", details
-    if req.shape is Shape.SERVICE:
+    if rule is Rule.SERVICE:
         if svc.headless:
             reason = f"{desc}; {_counts(view)}; answered from {_sources(view.sources)}"
         else:
@@ -252,28 +284,25 @@ def _why_svc(engine: Engine, req: Request[Cluster], qtype: str) -> tuple[str, li
             ports = _ports(view)
             reason += f"; SRV for ports {_join(ports)}" if ports else "; no ports for SRV"
         return reason, details
-    if req.shape is Shape.ENDPOINT:
-        label = req.endpoint
-        addresses = view.named(label)
-        if addresses:
-            return f"endpoint {label!r} of {desc}: {', '.join(addresses)}", details
+    label = req.endpoint
+    if rule is Rule.ENDPOINT:
+        return f"endpoint {label!r} of {desc}: {', '.join(res.values)}", details
+    if rule is Rule.PROTOCOL_LABEL:
+        return f"NODATA: {label!r} is only the protocol part of SRV names of {desc}", details
+    if rule is Rule.NO_ENDPOINT:
         names = sorted({ep.name for ep in view.ready})
-        protocols = {p.split("/")[1].lower() for p in _ports(view)}
-        if label.startswith("_") and label[1:] in protocols:
-            return f"NODATA: {label!r} is only the protocol part of SRV names of {desc}", details
         return (
             f"NXDOMAIN: {desc} has no ready endpoint named {label!r}"
             f" (ready: {', '.join(names) or 'none'})",
             details,
         )
-    ports = _ports(view)
-    wanted = f"{req.port}/{req.protocol.upper()}"
-    if not req.port_form:
+    if rule is Rule.NOT_PORT_FORM:
         return "NXDOMAIN: an SRV name is _<port>._<proto>.<service>...", details
-    if wanted not in ports:
+    wanted = f"{req.port}/{req.protocol.upper()}"
+    if rule is Rule.NO_PORT:
         return (
             f"NXDOMAIN: {desc} has no port named {req.port!r} over {req.protocol.upper()}"
-            f" (named ports: {', '.join(ports) or 'none'})",
+            f" (named ports: {', '.join(_ports(view)) or 'none'})",
             details,
         )
     via = "its ready endpoints" if svc.headless else "the service itself"
@@ -289,50 +318,10 @@ def _ports(view: ServiceView) -> list[str]:
     return [f"{name}/{proto}" for name, proto in sorted(found)]
 
 
-def _why_external(engine: Engine, view: ServiceView, req: Request[Cluster], qtype: str) -> str:
-    svc = view.service
-    desc = _describe(view)
-    target = svc.external_name
-    if req.shape is not Shape.SERVICE:
-        return f"NXDOMAIN: {desc} has no endpoint or port names"
-    if ip_family(target):
-        return f"NXDOMAIN: {desc} has an IP address, {target}, as externalName"
-    reason = f"{desc} -> {target}"
+def _why_external(res: Resolution, desc: str, qtype: str) -> str:
+    reason = f"{desc} -> {res.values[0]}"
+    if qtype == "SRV":
+        return reason + "; no SRV records for an ExternalName service (the specification's rule)"
     if qtype not in (*_ADDRESS_TYPES, "CNAME"):
-        return reason + f"; a CNAME answers only A, AAAA and CNAME questions (NODATA for {qtype})"
-    if qtype in _ADDRESS_TYPES and engine.grammar.zone_of(target.lower().split(".")):
-        reason += " (inside kdns's zones: followed)"
+        reason += f"; the CNAME answers {qtype} too (a CNAME owns its name: RFC 1034 3.6.2)"
     return reason
-
-
-def _why_reverse(engine: Engine, req: Request[Cluster]) -> tuple[str, list[str]]:
-    zone = req.reverse_zone
-    assert zone is not None
-    zone_name = ".".join(zone)
-    if req.shape is Shape.REVERSE_APEX:
-        return f"the apex of zone {zone_name}: kdns's own SOA and NS records", []
-    address = req.address
-    if req.shape is Shape.REVERSE_PARTIAL:
-        if engine.reverse_non_terminal(zone, req.rel):
-            return (
-                f"NODATA: part of the reverse names in {zone_name} of addresses with PTR records",
-                [],
-            )
-        return f"NXDOMAIN: not the full reverse name of an address in {zone_name}", []
-    for cluster in engine.clusters:
-        keys = cluster.store.services_by_cluster_ip(address)
-        if keys:
-            ns, name = keys[0]
-            details = []
-            if len(keys) > 1:
-                others = [f"{n}/{s}" for n, s in keys[1:]]
-                details.append(f"also the ClusterIP of {_join(others)} (the first one wins)")
-            return f"PTR for {address}: the ClusterIP of service {ns}/{name}", details
-    found = [
-        f"endpoint {ep!r} of service {ns}/{svc}"
-        for cluster in engine.clusters
-        for ns, svc, ep in cluster.store.endpoints_by_ip(address)
-    ]
-    if found:
-        return f"PTR for {address}: {_join(found)}", []
-    return f"NXDOMAIN: no service or ready endpoint has the address {address}", []

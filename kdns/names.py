@@ -13,8 +13,8 @@ the shape, by count and by the `svc`/`pod` label, before anything is looked up:
     <ns>.svc.<zone>                           NAMESPACE
     <svc>.<ns>.svc.<zone>                     SERVICE
     <label>.<svc>.<ns>.svc.<zone>             ENDPOINT (a hostname, a dashed IP, or `_<proto>`)
-    <a>.<b>.<svc>.<ns>.svc.<zone>             PORT_SERVICE (`_<port>._<proto>` when both start
-                                              with "_"; the lookup decides what else means)
+    <a>.<b>.<svc>.<ns>.svc.<zone>             PORT_SERVICE (`_<port>._<proto>`; the "_" is
+                                              optional, as in CoreDNS)
     <ns>.pod.<zone>, <a-b-c-d>.<ns>.pod.<zone>  POD_NAMESPACE, POD
     <reverse zone>                            REVERSE_APEX (in-addr.arpa, ip6.arpa)
     <reversed IP>.<reverse zone>              REVERSE (a whole address)
@@ -96,7 +96,7 @@ class Request(Generic[Z]):
 
     @property
     def port_form(self) -> bool:
-        """PORT_SERVICE with both labels spelled `_<name>`: a port question."""
+        """PORT_SERVICE with a port and a protocol label that are not empty (`_` alone is)."""
         return bool(self.port) and bool(self.protocol)
 
 
@@ -147,18 +147,17 @@ def _forward(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
             return Request(Shape.SERVICE, zone, rel, namespace=ns, service=svc)
         if len(parts) == 3:
             return Request(Shape.ENDPOINT, zone, rel, namespace=ns, service=svc, endpoint=parts[0])
-        first, second = parts[0], parts[1]
-        if first.startswith("_") and second.startswith("_"):
-            return Request(
-                Shape.PORT_SERVICE,
-                zone,
-                rel,
-                namespace=ns,
-                service=svc,
-                port=first[1:],
-                protocol=second[1:],
-            )
-        return Request(Shape.PORT_SERVICE, zone, rel, namespace=ns, service=svc)
+        # `_<port>._<proto>`; as CoreDNS's parse.go does, one leading "_" is optional on each
+        # (`http.tcp.<svc>` is the same question), so clients that drop it are answered too.
+        return Request(
+            Shape.PORT_SERVICE,
+            zone,
+            rel,
+            namespace=ns,
+            service=svc,
+            port=_strip_underscore(parts[0]),
+            protocol=_strip_underscore(parts[1]),
+        )
     if kind == "pod":
         if not parts:
             return Request(Shape.POD_ROOT, zone, rel)
@@ -168,6 +167,10 @@ def _forward(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
             return Request(Shape.POD_NAMESPACE, zone, rel, namespace=parts[0])
         return Request(Shape.POD, zone, rel, namespace=parts[1], pod=parts[0])
     return Request(Shape.UNKNOWN, zone, rel)
+
+
+def _strip_underscore(label: str) -> str:
+    return label[1:] if label.startswith("_") else label
 
 
 def _reverse(reverse: tuple[str, str], rel: tuple[str, ...]) -> Request[Z]:

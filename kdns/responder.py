@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, DNSLabel
 
-from .answers import ANY_TAG, Answer, Engine
+from .answers import ANY_TAG, Answer, Engine, Resolution, tag_of
 from .bulk import encode_bulk
 from .store import Store
 from .wire import (
@@ -199,7 +199,7 @@ class Responder:
             # Never cached: whether it is allowed depends on the client, not the question.
             if not udp and query.qtype == QTYPE.AXFR and self.engine.is_apex(query.labels):
                 return TRANSFER
-            return self._uncached(query, Answer(RCODE.REFUSED, authoritative=False), udp)
+            return self._uncached(query, self._respond(query, None), udp)
         if self.forwarding and query.qclass == 1 and not self.engine.is_local_labels(query.labels):
             return FORWARD
         entry = self._cache.get(query.key)
@@ -288,13 +288,18 @@ class Responder:
         return _assemble(query.data, entry, 12 + len(query.name) + 4, limit, query.edns)
 
     def _answer(self, query: Query) -> _Entry:
+        # One parse and one decision, read by the encoders and the cache tag alike.
+        req = self.engine.parse(query.labels)
+        res = self.engine.decide(req) if _answerable(query) else None
         # Large positive answers (a service's addresses, SRV) are written straight from the
         # store, byte for byte what the engine and dnslib give (kdns/bulk.py); None: the rest.
-        response = encode_bulk(self.engine, query, self.max_udp)
+        response = None
+        if res is not None:
+            response = encode_bulk(self.engine, query, self.max_udp, res)
         if response is not None:
             answer = Answer()  # NOERROR, nothing that needs a serial or a wider cache tag
         else:
-            answer = self.resolve(query)
+            answer = self._respond(query, res)
             response = encode(query, answer, max_udp=self.max_udp)
             if len(response) > 65535:
                 response = _fit(query, answer, self.max_udp)
@@ -317,7 +322,7 @@ class Responder:
                 if old.tag is not None:
                     self._tags.get(old.tag, set()).discard(key)
         cache[query.key] = entry
-        tag = self.engine.cache_tag(query.labels)
+        tag = tag_of(req)
         if any(rr.rtype == QTYPE.CNAME for rr in answer.answer):
             tag = _ANY
         if tag is not None:
@@ -327,11 +332,18 @@ class Responder:
 
     def resolve(self, query: Query) -> Answer:
         """The engine's answer to a decoded query, before encoding (the full path)."""
-        if query.qclass != 1:
+        res = self.engine.decide(self.engine.parse(query.labels)) if _answerable(query) else None
+        return self._respond(query, res)
+
+    def _respond(self, query: Query, res: Resolution | None) -> Answer:
+        if res is None:
             return Answer(RCODE.REFUSED, authoritative=False)
-        if query.qtype in (QTYPE.AXFR, QTYPE.IXFR):
-            return Answer(RCODE.REFUSED, authoritative=False)
-        return self.engine.resolve(DNSLabel(query.labels), query.qtype)
+        return self.engine.respond(res, DNSLabel(query.labels), query.qtype)
+
+
+def _answerable(query: Query) -> bool:
+    """Class IN, and not a zone transfer (AXFR is served apart, over TCP, to those allowed)."""
+    return query.qclass == 1 and query.qtype not in (QTYPE.AXFR, QTYPE.IXFR)
 
 
 def _assemble(data: bytes, entry: _Entry, qend: int, limit: int, edns: bool) -> bytes:

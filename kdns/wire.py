@@ -9,8 +9,10 @@ answering those would let two servers bounce packets at each other forever).
 Responses are built with dnslib from the engine's records. They are always built for the question
 name in lower case, so dnslib's (case-sensitive) name compression makes every owner name that
 equals the question a pointer to it; the asked name is then copied over the question in place.
-That one copy restores the client's case everywhere (0x20 randomising resolvers check it) and lets
-one encoded response serve every spelling of a name, which is what the response cache relies on.
+That one copy restores the client's case in those owners (0x20 randomising resolvers check it) and
+lets one encoded response serve every spelling of a name, which is what the response cache relies
+on. No other name points into the question, so every other name keeps its own (lower-case)
+spelling: SRV and CNAME targets, glue, the SOA.
 """
 
 from __future__ import annotations
@@ -265,7 +267,13 @@ def _pack(record: DNSRecord) -> bytes:
     record.set_header_qa()
     buffer = _Buffer()
     record.header.pack(buffer)
-    for section in (record.questions, record.rr, record.auth):
+    for item in record.questions:
+        item.pack(buffer)
+    # Only the whole question may be pointed to (by owners equal to it): the asked spelling is
+    # copied over it afterwards, and a pointer to one of its suffixes would give that spelling
+    # to another name (a CNAME target `web.NS.svc...` for the question `ext.NS.svc...`).
+    buffer.names = {k: v for k, v in buffer.names.items() if v == 12}
+    for section in (record.rr, record.auth):
         for item in section:
             item.pack(buffer)
     buffer.glue = True

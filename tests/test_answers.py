@@ -696,7 +696,16 @@ NXDOMAIN_ROWS = [
     row("x._http._tcp.web~", "SRV", "NXDOMAIN"),
     row("a.b._http._tcp.web~", "SRV", "NXDOMAIN"),
     row("a.b.c.d.e.f.web~", "A", "NXDOMAIN"),
-    row("_http.tcp.web~", "SRV", "NXDOMAIN"),
+    # The "_" of the port and protocol labels is optional, as in CoreDNS's parse.go.
+    row(
+        "_http.tcp.web~",
+        "SRV",
+        "NOERROR",
+        ["_http.tcp.web~ 5 SRV 0 100 80 web~"],
+        ["web~ 5 A 10.96.0.100"],
+    ),
+    row("http.tcp.web~", "A", "NOERROR", ["http.tcp.web~ 5 A 10.96.0.100"]),
+    row("http.udp.web~", "SRV", "NXDOMAIN"),
     row("a.b.default.pod.cluster.local", "A", "NXDOMAIN"),
     # wildcards are nothing special
     row("*~", "A", "NXDOMAIN"),

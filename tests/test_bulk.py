@@ -154,7 +154,8 @@ def questions(rng: random.Random, zones: tuple[str, ...]) -> list[tuple[str, boo
                     for proto in ("tcp", "udp", "sctp", "xtp"):
                         if rng.random() < 0.3:
                             out.append((f"_{pname}._{proto}.{base}" if pname else base, True))
-                out.append((f"http._tcp.{base}", False))  # a depth-5 name without underscores
+                # The "_" is optional, as in CoreDNS: still a port question.
+                out.append((f"http._tcp.{base}", True))
                 out.append((f"_http.{base}", False))
                 out.append((f"{rng.choice(['h0', 'h1', '10-0-0-1'])}.{base}", False))
         out.append((zone, False))

@@ -118,8 +118,13 @@ def test_external_name(engine: Engine) -> None:
     assert first(engine, "inside.default.svc.cluster.local").endswith(
         "-> my-service.default.svc.cluster.local (inside kdns's zones: followed)"
     )
+    # The server answers the CNAME for MX too (it owns its name); the prose once said NODATA.
     assert first(engine, "search.default.svc.cluster.local", "MX").endswith(
-        "a CNAME answers only A, AAAA and CNAME questions (NODATA for MX)"
+        "the CNAME answers MX too (a CNAME owns its name: RFC 1034 3.6.2)"
+    )
+    assert first(engine, "search.default.svc.cluster.local", "SRV").endswith(
+        "no SRV records for an ExternalName service (the specification's rule); "
+        "no SRV records for this name (NODATA)"
     )
     assert first(engine, "by-ip.default.svc.cluster.local") == (
         "by-ip.default.svc.cluster.local A: NXDOMAIN: ExternalName service default/by-ip has "
@@ -290,3 +295,18 @@ def test_bundled_zones() -> None:
     assert out[0].startswith("db.data.svc.cluster.local A: headless service data/db; ")
     assert "1 not ready" in out[0] and "answered from EndpointSlice" in out[0]
     assert "  owned by layer files (zones/)" in out
+
+
+def test_publish_not_ready_addresses_are_not_said_to_be_left_out() -> None:
+    # It once printed "not ready (left out): 10.3.0.1", then 10.3.0.1 in the answer.
+    engine = make_engine(
+        [
+            *namespaces("default"),
+            headless("default", "peers", publish_not_ready=True),
+            endpoint_slice("default", "peers-1", "peers", [ep("10.3.0.1", ready=False)]),
+        ]
+    )
+    out = explain(engine, "peers.default.svc.cluster.local")
+    assert "left out" not in out
+    assert "not ready (answered all the same): 10.3.0.1" in out
+    assert "peers.default.svc.cluster.local. 5 A 10.3.0.1" in out

@@ -6,8 +6,10 @@ Order matters only for the last test, which restarts kube-apiserver.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import os
+import random
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -511,6 +513,32 @@ def make_workload(cp: ControlPlane, node: str) -> Workload:
     pod(b, "pnr-0", {"app": "pnr"}, "10.3.0.20", ready=False)
     svc(b, "web", selector={"app": "web"}, ports=[("http", 80, 80)])
     pod(b, "web-0", {"app": "web"}, "10.3.0.30")
+    # Manual Endpoints the control plane does not mirror: CoreDNS never sees them.
+    svc(b, "skip", headless=True, ports=[("port", 2379, 2379)])
+    cp.create_endpoints(b, "skip", [("10.3.0.40", "")], [("port", 2379)], labels={SKIP_MIRROR: "1"})
+    ips.append("10.3.0.40")
+    # A headless service with no ports at all (the web pods of diff-a).
+    svc(a, "noports", selector={"app": "web"}, headless=True)
+    # IPv6 endpoints from a hand-written slice, one with a hostname.
+    svc(b, "v6", headless=True, ports=[("p", 80, 80)])
+    cp.create(
+        f"/apis/discovery.k8s.io/v1/namespaces/{b}/endpointslices",
+        {
+            "metadata": {
+                "name": "v6-1",
+                "labels": {
+                    "kubernetes.io/service-name": "v6",
+                    "endpointslice.kubernetes.io/managed-by": "e2e.kdns",
+                },
+            },
+            "addressType": "IPv6",
+            "endpoints": [
+                {"addresses": [V6[0]], "hostname": "v6-0", "conditions": {"ready": True}},
+                {"addresses": [V6[1]], "conditions": {"ready": True}},
+            ],
+            "ports": [{"name": "p", "port": 80, "protocol": "TCP"}],
+        },
+    )
 
     services = {
         a: [
@@ -521,54 +549,14 @@ def make_workload(cp: ControlPlane, node: str) -> Workload:
             "hl-unnamed",
             "empty-hl",
             "empty-cip",
+            "noports",
             "ext",
             "ext-in",
             "missing",
         ],
-        b: ["manual", "manual-cip", "pnr", "web", "missing"],
+        b: ["manual", "manual-cip", "pnr", "web", "skip", "v6", "missing"],
     }
-    ports = {
-        ("http", "tcp"),
-        ("https", "tcp"),
-        ("db", "tcp"),
-        ("dns", "udp"),
-        ("dns-tcp", "tcp"),
-        ("port", "tcp"),
-        ("p", "tcp"),
-        ("x", "tcp"),
-        ("http", "udp"),
-        ("nope", "tcp"),
-    }
-    names: list[tuple[str, str]] = []
-    for ns, svcs in services.items():
-        for s in svcs:
-            base = fqdn(s, ns)
-            names += [(base, t) for t in ("A", "AAAA", "SRV", "TXT", "CNAME", "MX")]
-            names += [(f"_{p}._{proto}.{base}", "SRV") for p, proto in sorted(ports)]
-            names += [(f"{h}.{base}", "A") for h in ("hl-0", "hl-1", "hl-3", "nope")]
-            names += [(f"{dashed(ip)}.{base}", "A") for ip in ips]
-            names.append((f"a.b.{base}", "A"))
-        names += [(f"{ns}.svc.{ZONE}", t) for t in ("A", "SRV")]
-        names += [(f"*.{ns}.svc.{ZONE}", "A"), (f"any.{ns}.svc.{ZONE}", "A")]
-        names += [(f"{dashed(ip)}.{ns}.pod.{ZONE}", "A") for ip in ips[:3]]
-    names += [
-        (f"{n}.{ZONE}", t) for n in ("svc", "pod", "no-such", "dns-version") for t in ("A", "TXT")
-    ]
-    names += [(ZONE, t) for t in ("SOA", "NS", "A")]
-    names += [
-        (f"10-2-0-10.nope.pod.{ZONE}", "A"),
-        (f"no-such-ns.svc.{ZONE}", "A"),
-        (f"WEB.Diff-A.svc.{ZONE}", "A"),
-        (f"web.diff-a.svc.{ZONE.upper()}", "SRV"),
-    ]
-    for ip in [*cips, *ips, "10.96.250.250", "10.99.1.2"]:
-        rev = ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
-        names.append((rev, "PTR"))
-    # partial reverse names: above the first ClusterIP (empty non-terminals), and above nothing
-    octets = cips[0].split(".")
-    for keep in (1, 2, 3):
-        names.append((".".join(reversed(octets[:keep])) + ".in-addr.arpa", "PTR"))
-    names.append(("250.250.in-addr.arpa", "PTR"))
+    names = generated_questions(services, cips, ips)
     settle = [
         (a, "web", 2),
         (a, "unnamed", 1),
@@ -579,8 +567,85 @@ def make_workload(cp: ControlPlane, node: str) -> Workload:
         (b, "manual-cip", 1),
         (b, "pnr", 1),
         (b, "web", 1),
+        (a, "noports", 2),
+        (b, "v6", 2),
     ]
     return Workload(names, settle)
+
+
+#: IPv6 endpoint addresses of the hand-written slice of diff-b/v6.
+V6 = ("fd00:3::1", "fd00:3::2")
+#: Every type asked at every name: the common ones, ANY, and one no server knows.
+QTYPES = ("A", "AAAA", "SRV", "PTR", "TXT", "CNAME", "NS", "SOA", "MX", "ANY", "TYPE65280")
+#: (port, protocol) labels asked under every service: named over TCP and UDP, unnamed, unknown.
+PORT_LABELS = (
+    ("http", "tcp"),
+    ("https", "tcp"),
+    ("db", "tcp"),
+    ("dns", "udp"),
+    ("dns", "tcp"),
+    ("dns-tcp", "tcp"),
+    ("port", "tcp"),
+    ("p", "tcp"),
+    ("x", "tcp"),
+    ("http", "udp"),
+    ("nope", "tcp"),
+    ("9000", "tcp"),
+    ("", "tcp"),
+)
+
+
+def _reverse_v6(address: str) -> str:
+    return ipaddress.IPv6Address(address).reverse_pointer
+
+
+def generated_questions(
+    services: dict[str, list[str]], cips: list[str], ips: list[str]
+) -> list[tuple[str, str]]:
+    """Every name shape the specification has, and the shapes around it, each asked with every
+    type in QTYPES; one name in three also in a random mix of letter case. Deterministic (a
+    fixed seed), so a failure names questions that can be asked again."""
+    rng = random.Random(20261203)
+    shapes: list[str] = []
+    zone_names = ["", "svc.", "pod.", "dns-version.", "ns.dns.", "dns.", "no-such."]
+    shapes += [f"{n}{ZONE}" for n in zone_names]
+    shapes += [f"x.y.z.{ZONE}", f"*.{ZONE}", f"*.svc.{ZONE}"]
+    for ns, svcs in services.items():
+        shapes += [f"{ns}.svc.{ZONE}", f"*.{ns}.svc.{ZONE}", f"any.{ns}.svc.{ZONE}"]
+        shapes += [f"{ns}.pod.{ZONE}", f"not-an-ip.{ns}.pod.{ZONE}"]
+        shapes += [f"{dashed(ip)}.{ns}.pod.{ZONE}" for ip in ips[:2]]
+        shapes.append(f"fd00-3--1.{ns}.pod.{ZONE}")
+        for svc in svcs:
+            base = fqdn(svc, ns)
+            shapes.append(base)
+            for port, proto in PORT_LABELS:
+                shapes.append(f"_{port}._{proto}.{base}" if port else f"_{proto}.{base}")
+            shapes += [f"{h}.{base}" for h in ("hl-0", "hl-3", "v6-0", "nope")]
+            shapes += [f"{dashed(ip)}.{base}" for ip in rng.sample(ips, 3)]
+            shapes.append(f"{V6[1].replace(':', '-')}.{base}")
+            shapes += [f"a.b.{base}", f"x.hl-0.{base}", f"*.{base}", f"_*._tcp.{base}"]
+            shapes += [f"a.b.c.{base}", f"http.tcp.{base}"]
+    shapes += [f"no-such-ns.svc.{ZONE}", f"10-2-0-10.nope.pod.{ZONE}"]
+    for ip in [*cips[:4], *ips, "10.96.250.250", "10.99.1.2"]:
+        shapes.append(".".join(reversed(ip.split("."))) + ".in-addr.arpa")
+    shapes += [_reverse_v6(a) for a in (*V6, "fd00:3::99")]
+    # Partial reverse names: above a ClusterIP and an endpoint (empty non-terminals), above
+    # nothing, and names no address spells.
+    for address in (cips[0], ips[0]):
+        octets = address.split(".")
+        for keep in (1, 2, 3):
+            shapes.append(".".join(reversed(octets[:keep])) + ".in-addr.arpa")
+    full6 = _reverse_v6(V6[0])
+    shapes += [full6.split(".", 8)[-1], full6.split(".", 24)[-1], "f.f.ip6.arpa"]
+    shapes += ["250.250.in-addr.arpa", "300.0.2.10.in-addr.arpa", "x.in-addr.arpa"]
+    shapes += ["in-addr.arpa", "ip6.arpa"]
+    questions = [(name, qtype) for name in dict.fromkeys(shapes) for qtype in QTYPES]
+    mixed = [(_mixed_case(rng, n), t) for n, t in questions if rng.random() < 1 / 3]
+    return questions + mixed
+
+
+def _mixed_case(rng: random.Random, name: str) -> str:
+    return "".join(c.upper() if rng.random() < 0.5 else c for c in name)
 
 
 #: Differences from CoreDNS that are deliberate, with the reason; docs/coredns-differences.md
@@ -674,7 +739,7 @@ def _serves_api_state(cp: ControlPlane, port: int, namespaces: tuple[str, ...]) 
             name = fqdn(svc_name, ns)
             ready = cp.slice_addresses(ns, svc_name)
             if svc["spec"].get("clusterIP") == "None":
-                got = {r.split()[-1] for r in ask(port, name).answer}
+                got = {r.split()[-1] for t in ("A", "AAAA") for r in ask(port, name, t).answer}
                 if ready and got != ready:
                     return False
                 continue
@@ -710,8 +775,19 @@ def test_differential_against_coredns(
     info: list[str] = []
     explained: dict[str, int] = {}
     same = 0
+    rng = random.Random(7)
+    over_tcp = 0
     for name, qtype in work.names:
         k, c = ask(kdns.port, name, qtype), ask(coredns.port, name, qtype)
+        if rng.random() < 1 / 3:
+            # The same question over TCP: each server answers it as it did over UDP.
+            over_tcp += 1
+            for server, port, udp in (("kdns", kdns.port, k), ("coredns", coredns.port, c)):
+                tcp = ask(port, name, qtype, tcp=True)
+                if (tcp.rcode, tcp.answer) != (udp.rcode, udp.answer):
+                    unexplained.append(
+                        f"{name} {qtype}: {server} over TCP {tcp.short()}, over UDP {udp.short()}"
+                    )
         if (k.rcode, k.answer) == (c.rcode, c.answer):
             same += 1
             # Not asserted: authority (SOA serials masked) and additional sections, for the report.
@@ -732,7 +808,7 @@ def test_differential_against_coredns(
             unexplained.append(line)
             report.append(f"[UNEXPLAINED] {line}")
     summary = (
-        f"differential: {len(work.names)} questions, {same} identical, "
+        f"differential: {len(work.names)} questions ({over_tcp} also over TCP), {same} identical, "
         f"{sum(explained.values())} known differences {explained}, {len(unexplained)} unexplained"
         f"; {len(info)} authority/additional differences (not asserted)"
     )
