@@ -29,15 +29,13 @@ from bisect import bisect_left
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
 
+from .config import PodsMode
 from .model import ip_family
 from .names import NIBBLES, Grammar, Request, Shape
 from .store import ServiceView, Store
-
-PodsMode = Literal["insecure", "disabled"]
 
 #: The schema version of the Kubernetes DNS specification that kdns implements.
 SCHEMA_VERSION = "1.1.0"

@@ -301,7 +301,6 @@ class NamespaceProbe:
         self._known.update(found)
         first = self.stats.lists == 0
         self.stats.lists += 1
-        self.stats.last_sync = time.time()
         self.stats.objects = sum(found.values())
         if changed:
             for ns, ok in changed.items():

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from .answers import PodsMode
+#: How pod names (`<a-b-c-d>.<ns>.pod.<zone>`) are answered: from the name alone, or not at all.
+PodsMode = Literal["insecure", "disabled"]
 
 
 class ConfigError(ValueError):

@@ -44,7 +44,7 @@ One job: a query packet in, the upstream's answer out, cached. Design decisions:
   as looping for the life of the process, logged once, and skipped. The confirmation step means
   a client that happens to pick the same random ID for the same name costs that client one
   SERVFAIL, never an upstream.
-- **Bounded:** at most `MAX_PENDING` upstream transactions at once; beyond that, SERVFAIL.
+- **Bounded:** at most `MAX_PENDING` queries waiting for an upstream at once; beyond that, SERVFAIL.
 
 Everything runs on the event loop thread; nothing here blocks it.
 """
@@ -85,7 +85,8 @@ TIMEOUT = 2.0
 MAX_TTL = 3600
 #: How long an upstream that failed is tried only after the healthy ones.
 DOWN_FOR = 10.0
-#: Upstream transactions in flight at most; further queries get SERVFAIL.
+#: Forwarded queries waiting at most (those sharing one upstream transaction included); further
+#: queries get SERVFAIL at once. The one bound on forwarding (the server keeps no other).
 MAX_PENDING = 1000
 #: The EDNS option that tags kdns's own upstream queries (local/experimental range, RFC 6891).
 LOOP_OPTION = 65431
@@ -411,6 +412,8 @@ class Forwarder:
         self._nonce = secrets.token_bytes(8)
         self._flights: dict[tuple[int, bytes], _Flight] = {}
         self._pending: dict[bytes, asyncio.Future[tuple[bytes, _Walk] | None]] = {}
+        #: Queries in `forward` past the cache, waiting for an upstream (bounded: MAX_PENDING).
+        self.waiting = 0
         self._loops_logged: set[str] = set()
         self.hits = 0
         self.misses = 0
@@ -459,12 +462,19 @@ class Forwarder:
             elapsed = int(self.clock() - entry.stored)
             return _personalise(entry.reply, entry.walk, q, elapsed, udp)
         self.misses += 1
+        if self.waiting >= MAX_PENDING:
+            return _error_reply(q, _SERVFAIL)
+        self.waiting += 1
+        try:
+            return await self._upstream(q, key, udp)
+        finally:
+            self.waiting -= 1
+
+    async def _upstream(self, q: _Question, key: bytes, udp: bool) -> bytes:
         pending = self._pending.get(key)
         if pending is not None:
             result = await asyncio.shield(pending)  # the same question is already upstream
         else:
-            if len(self._pending) >= MAX_PENDING:
-                return _error_reply(q, _SERVFAIL)
             pending = asyncio.get_running_loop().create_future()
             self._pending[key] = pending
             result = None

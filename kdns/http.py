@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from .config import ConfigError
@@ -20,10 +20,6 @@ if TYPE_CHECKING:
 #: How long a client may take to send its request line and headers.
 REQUEST_TIMEOUT = 5.0
 MAX_HEADER_BYTES = 8192
-
-
-class Closable(Protocol):
-    def close(self) -> None: ...
 
 
 def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain") -> bytes:

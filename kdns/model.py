@@ -122,11 +122,6 @@ ObjectKey = tuple[str, str, str]
 KubeObject = Service | EndpointSet | Namespace
 
 
-def object_key(obj: KubeObject) -> ObjectKey:
-    """The store key of any record."""
-    return obj.key
-
-
 def endpoint_name(hostname: str, address: str) -> str:
     """The DNS label of an endpoint: its hostname, else its address with dashes.
 

@@ -26,7 +26,6 @@ class RateLimiter:
         self.slip = slip
         self.max_prefixes = max_prefixes
         self._buckets: dict[str, list[float]] = {}  # prefix -> [tokens, last time, over count]
-        self.limited = 0
 
     @staticmethod
     def prefix(address: str) -> str:
@@ -55,7 +54,6 @@ class RateLimiter:
             return True
         bucket[0] = tokens
         bucket[2] += 1
-        self.limited += 1
         if self.slip and int(bucket[2]) % self.slip == 0:
             return SLIP
         return False

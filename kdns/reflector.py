@@ -283,8 +283,6 @@ class ReflectorStats:
     invalid: int = 0  # objects trim refused (TrimError)
     objects: int = 0  # records this reflector currently holds in the store
     resource_version: str = ""
-    last_sync: float | None = None  # time.time() of the last completed list
-    last_event: float | None = None  # time.time() of the last watch event (bookmarks included)
     last_error: str = ""
 
     def snapshot(self) -> ReflectorStats:
@@ -572,7 +570,6 @@ class Reflector:
         stats.lists += 1
         stats.objects = len(versions)
         stats.resource_version = rv
-        stats.last_sync = time.time()
         self._healthy()
         log.debug(
             "%s: listed %d objects at resourceVersion %s: %d new or changed, %d gone",
@@ -703,7 +700,6 @@ class Reflector:
             raise _WatchError(f"unreadable watch event ({exc})") from None
         stats = self.stats
         stats.events[kind] = stats.events.get(kind, 0) + 1
-        stats.last_event = time.time()
         if kind == "ERROR":
             if obj.get("code") in (410, 504):
                 return _End.EXPIRED

@@ -121,7 +121,6 @@ class Responder:
         self.qtype = 0
         self.hits = 0
         self.misses = 0
-        self.dropped = 0
         #: responses sent, by (extended, 12-bit) rcode: a list, the cheapest to count into
         self._rcodes = [0] * 4096
         for cluster in engine.clusters:
@@ -189,7 +188,6 @@ class Responder:
         try:
             query = parse_query(data)
         except Drop:
-            self.dropped += 1
             return None
         except Refuse as refused:
             self.count(refused.rcode)

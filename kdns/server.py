@@ -40,7 +40,7 @@ from .responder import Responder
 from .stats import QueryCounters
 from .store import LoopSink, Sink, Store
 from .transfer import parse_networks, transfer
-from .transport import MAX_FORWARDS, TcpProtocol, UdpProtocol
+from .transport import TcpProtocol, UdpProtocol
 from .wire import servfail_for
 
 log = logging.getLogger(__name__)
@@ -141,12 +141,10 @@ class DnsServer:
         self.sources: list[Any] = []
         #: open TCP connections, least recently active first
         self.connections: dict[TcpProtocol, None] = {}
-        self.evicted_connections = 0
         self.serving = False
         self.addresses: list[tuple[str, int]] = []
         self._stop = asyncio.Event()
         self._immediate = False
-        self._forwards = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closers: list[Callable[[], object]] = []
         self._file_source: Any = None
@@ -421,10 +419,9 @@ class DnsServer:
         self, query: bytes, reply: Callable[[bytes | None], None], *, udp: bool, family: int = 4
     ) -> None:
         """Forward `query` upstream; `reply` gets the answer (SERVFAIL when none comes)."""
-        if self.forwarder is None or self._forwards >= MAX_FORWARDS:
+        if self.forwarder is None:
             reply(servfail_for(query))
             return
-        self._forwards += 1
         started = time.perf_counter()
         qtype = self.responder.qtype
 
@@ -434,8 +431,6 @@ class DnsServer:
             except Exception:
                 log.exception("forwarding failed")
                 answer = None
-            finally:
-                self._forwards -= 1
             if answer is None:
                 answer = servfail_for(query)
             if answer is not None:

@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 querylog = logging.getLogger("kdns.query")
 
-#: Forwarded queries waiting for an upstream at once; past this, SERVFAIL at once.
-MAX_FORWARDS = 1000
-
 
 def _log_query(
     client: str, proto: str, query: bytes, response: bytes | None, started: float
@@ -179,7 +176,6 @@ class TcpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self._timer: asyncio.TimerHandle | None = None
-        self._writable = True
         self.family = 4
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -201,7 +197,6 @@ class TcpProtocol(asyncio.Protocol):
             # one, so clients holding connections open without asking anything (slowloris)
             # cannot lock out a client that has a question now.
             oldest = next(iter(conns))
-            self.server.evicted_connections += 1
             oldest.close()
         conns[self] = None
         self._arm()
@@ -223,13 +218,10 @@ class TcpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its questions until it does.
-        self._writable = False
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._writable = True
-        self.family = 4
         if self.transport is not None:
             self.transport.resume_reading()
 

@@ -21,6 +21,7 @@ import dns.rrset
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSRecord, EDNSOption
 
+from kdns import forward
 from kdns.config import ConfigError
 from kdns.forward import MAX_TTL, TIMEOUT, Forwarder, cache_ttl, parse_upstream
 
@@ -514,6 +515,40 @@ def test_identical_queries_in_flight_share_one_upstream_query() -> None:
             assert parsed.header.id == i
             assert str(parsed.q.qname) == "WWW.example.test."
             assert len(parsed.rr) == 1
+        up.close()
+
+    run(main)
+
+
+def test_past_max_pending_waiting_queries_get_servfail_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(forward, "MAX_PENDING", 3)
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def held(request: DNSRecord, proto: str) -> Reply:
+            await release.wait()
+            return await records()(request, proto)
+
+        up = await Upstream(held).start()
+        fwd = Forwarder([up.address], timeout=60.0)
+        # Two questions share one upstream transaction: waiting counts queries, not transactions.
+        names = ["a.example.test", "a.example.test", "b.example.test"]
+        tasks = [
+            asyncio.create_task(fwd.forward(query(n, qid=i).pack())) for i, n in enumerate(names)
+        ]
+        while fwd.waiting < 3:
+            await asyncio.sleep(0.01)  # bounded by DEADLINE
+        # At once: without the bound it would wait for the held upstream (60 s), not 30 s.
+        reply = await asyncio.wait_for(fwd.forward(query("c.example.test", qid=9).pack()), 30)
+        over = DNSRecord.parse(reply or b"")
+        assert over.header.rcode == RCODE.SERVFAIL and over.header.id == 9
+        release.set()
+        replies = await asyncio.gather(*tasks)
+        assert [DNSRecord.parse(r or b"").header.rcode for r in replies] == [RCODE.NOERROR] * 3
+        assert fwd.waiting == 0
         up.close()
 
     run(main)

@@ -677,6 +677,36 @@ KNOWN_DIFFERENCES: dict[str, str] = {
         "parses only whole addresses and says NXDOMAIN; kdns says NODATA, since the name exists "
         "as an empty non-terminal (RFC 4592) and NXDOMAIN would deny every PTR below it (RFC 8020)."
     ),
+    "soa-at-missing-name": (
+        "SOA asked at a name that does not exist: CoreDNS answers NODATA without looking the "
+        "name up; kdns answers NXDOMAIN, as for every other type there (RFC 8020: a name either "
+        "exists or not, whatever the type)."
+    ),
+    "nxdomain-by-type": (
+        "A name that exists (CoreDNS itself answers NOERROR there for another type), asked a "
+        "type it has no records of: CoreDNS answers NXDOMAIN, kdns NODATA (RFC 2308 2.2; an "
+        "NXDOMAIN would make caches hide the records the name has, RFC 8020)."
+    ),
+    "protocol-label-empty-non-terminal": (
+        "_<proto>.<service> (e.g. _tcp.web.ns.svc.<zone>): CoreDNS answers NXDOMAIN; kdns NODATA, "
+        "since _<port>._<proto>.<service> exists below it, so it is an empty non-terminal "
+        "(RFC 4592), and an NXDOMAIN would deny the SRV names below it (RFC 8020)."
+    ),
+    "any-gets-records": (
+        "ANY: CoreDNS's kubernetes plugin answers NODATA (NXDOMAIN where it does so for unknown "
+        "types); kdns answers the records the name has (RFC 8482 lets a server answer ANY with "
+        "some or all of them)."
+    ),
+    "pod-srv-port-0": (
+        "SRV at a pod name: CoreDNS makes up an SRV record with port 0 pointing at the name; kdns "
+        "answers NODATA, since the specification defines only A/AAAA records for pod names and a "
+        "port-0 SRV tells a client nothing it can use."
+    ),
+    "reverse-zone-soa-names": (
+        "SOA at in-addr.arpa / ip6.arpa: CoreDNS names ns.dns.in-addr.arpa. and "
+        "hostmaster.in-addr.arpa., which do not resolve; kdns names ns.dns.<cluster domain>. and "
+        "hostmaster.<cluster domain>."
+    ),
     "srv-target-case": (
         "Same SRV records up to letter case of the target: CoreDNS copies the question's case into "
         "the target name, kdns writes the canonical (lower-case) name. Owner names keep the "
@@ -690,16 +720,25 @@ def _srv_key(rr: str, weight: bool) -> str:
     return f"{owner} {prio} {w if weight else '-'} {port} {target}"
 
 
-def classify(name: str, qtype: str, k: Reply, c: Reply) -> str | None:
-    """The KNOWN_DIFFERENCES key that explains a difference, or None."""
+def _nodata(r: Reply) -> bool:
+    return r.rcode == "NOERROR" and not r.answer
+
+
+def classify(
+    name: str, qtype: str, k: Reply, c: Reply, coredns_noerror: frozenset[str] = frozenset()
+) -> str | None:
+    """The KNOWN_DIFFERENCES key that explains a difference, or None. `coredns_noerror`: the
+    (lower-case) names where CoreDNS answered NOERROR for some type."""
     lname = name.lower().rstrip(".")
+    labels = lname.split(".")
     if qtype == "SRV" and k.rcode == c.rcode == "NOERROR":
-        if {_srv_key(r, False) for r in k.answer} == {_srv_key(r, False) for r in c.answer}:
-            return "srv-weight-after-dedup"
-        if {r.lower() for r in k.answer} == {r.lower() for r in c.answer}:
+        kl, cl = {r.lower() for r in k.answer}, {r.lower() for r in c.answer}
+        if kl == cl:
             return "srv-target-case"
+        if {_srv_key(r, False) for r in kl} == {_srv_key(r, False) for r in cl}:
+            return "srv-weight-after-dedup"
     if (
-        lname.split(".")[0] in ("ext", "ext-in")
+        labels[0] in ("ext", "ext-in")
         and qtype not in ("A", "CNAME", "SRV")
         and k.rcode == c.rcode == "NOERROR"
         and not c.answer
@@ -713,15 +752,49 @@ def classify(name: str, qtype: str, k: Reply, c: Reply) -> str | None:
         and not k.answer
     ):
         return "nxdomain-means-no-name"
-    if lname == ZONE and qtype == "NS" and c.rcode == k.rcode == "NOERROR" and not c.answer:
+    if qtype == "ANY" and k.rcode == "NOERROR" and k.answer and not c.answer:
+        return "any-gets-records"
+    # Outside a cluster CoreDNS has no NS record: no ns.dns.<zone> name, no dns.<zone> above it.
+    if lname in (f"ns.dns.{ZONE}", f"dns.{ZONE}") and k.rcode == "NOERROR" and not c.answer:
+        return "zone-ns-outside-cluster"
+    if lname in (ZONE, "in-addr.arpa", "ip6.arpa") and qtype == "NS" and k.answer and _nodata(c):
         return "zone-ns-outside-cluster"
     if (
-        lname.endswith(".in-addr.arpa")
-        and len(lname.split(".")) < 6
+        lname in ("in-addr.arpa", "ip6.arpa")
+        and qtype == "SOA"
+        and k.rcode == c.rcode == "NOERROR"
+        and {r.split()[0] for r in k.answer} == {r.split()[0] for r in c.answer}
+    ):
+        return "reverse-zone-soa-names"
+    if qtype == "SOA" and k.rcode == "NXDOMAIN" and _nodata(c):
+        return "soa-at-missing-name"
+    if (
+        (
+            (lname.endswith(".in-addr.arpa") and len(labels) < 6)
+            or (lname.endswith(".ip6.arpa") and len(labels) < 34)
+        )
         and (k.rcode, c.rcode) == ("NOERROR", "NXDOMAIN")
         and not k.answer
     ):
         return "reverse-empty-non-terminal"
+    if (
+        len(labels) == 4 + len(ZONE.split("."))
+        and labels[0] in ("_tcp", "_udp", "_sctp")
+        and labels[3] == "svc"
+        and (k.rcode, c.rcode) == ("NOERROR", "NXDOMAIN")
+        and not k.answer
+    ):
+        return "protocol-label-empty-non-terminal"
+    if _nodata(k) and c.rcode == "NXDOMAIN" and lname in coredns_noerror:
+        return "nxdomain-by-type"
+    if (
+        labels[2:3] == ["pod"]
+        and qtype == "SRV"
+        and _nodata(k)
+        and c.rcode == "NOERROR"
+        and all(r.split()[4] == "0" for r in c.answer)
+    ):
+        return "pod-srv-port-0"
     return None
 
 
@@ -777,8 +850,10 @@ def test_differential_against_coredns(
     same = 0
     rng = random.Random(7)
     over_tcp = 0
+    replies: list[tuple[str, str, Reply, Reply]] = []
     for name, qtype in work.names:
         k, c = ask(kdns.port, name, qtype), ask(coredns.port, name, qtype)
+        replies.append((name, qtype, k, c))
         if rng.random() < 1 / 3:
             # The same question over TCP: each server answers it as it did over UDP.
             over_tcp += 1
@@ -788,6 +863,8 @@ def test_differential_against_coredns(
                     unexplained.append(
                         f"{name} {qtype}: {server} over TCP {tcp.short()}, over UDP {udp.short()}"
                     )
+    noerror = frozenset(n.lower().rstrip(".") for n, _, _, c in replies if c.rcode == "NOERROR")
+    for name, qtype, k, c in replies:
         if (k.rcode, k.answer) == (c.rcode, c.answer):
             same += 1
             # Not asserted: authority (SOA serials masked) and additional sections, for the report.
@@ -800,7 +877,7 @@ def test_differential_against_coredns(
                     )
             continue
         line = f"{name} {qtype}\n    kdns:    {k.short()}\n    coredns: {c.short()}"
-        key = classify(name, qtype, k, c)
+        key = classify(name, qtype, k, c, noerror)
         if key:
             explained[key] = explained.get(key, 0) + 1
             report.append(f"[known: {key}] {line}")
