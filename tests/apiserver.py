@@ -1143,7 +1143,7 @@ class LoopStore:
         }
         self.changes.append(Change(generation, received_at, time.monotonic(), services))
 
-    def read(self, fn: Callable[[Store], T], timeout: float = 5.0) -> T:
+    def read(self, fn: Callable[[Store], T], timeout: float = 30.0) -> T:
         """Run `fn(store)` on the loop, after every write queued so far, and return its result."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 

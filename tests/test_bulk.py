@@ -17,6 +17,7 @@ import ipaddress
 import random
 import struct
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from dnslib import AAAA, QTYPE, RCODE, A
@@ -109,13 +110,18 @@ def random_service(rng: random.Random, ns: str, name: str) -> list[KubeObject]:
     return objects
 
 
-def random_store(rng: random.Random) -> Store:
+def random_store(
+    rng: random.Random, extra: Callable[[str], list[KubeObject]] | None = None
+) -> Store:
+    """Random services in each namespace, and the objects `extra(namespace)` gives."""
     store = Store(serial_base=rng.randrange(1 << 32))
     store.add_layer("t", implicit_namespaces=rng.random() < 0.5)
     objects: list[KubeObject] = [Namespace(ns) for ns in NAMESPACES]
     for ns in NAMESPACES:
         for name in rng.sample(SERVICES, rng.randrange(2, len(SERVICES) + 1)):
             objects += random_service(rng, ns, name)
+        if extra is not None:
+            objects += extra(ns)
     store.apply("t", objects)
     if rng.random() < 0.9:
         store.set_synced("t")

@@ -67,7 +67,7 @@ def start(kubeconfig: Path, store: LoopStore) -> Iterator[Start]:
 
 
 def synced(source: ClusterSource) -> ClusterSource:
-    assert source.wait_synced(5), "cluster source did not sync"
+    assert source.wait_synced(30), "cluster source did not sync"
     return source
 
 

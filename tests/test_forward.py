@@ -491,15 +491,20 @@ def test_mismatched_reply_is_ignored() -> None:
     run(main)
 
 
+def held_until(release: asyncio.Event) -> Handler:
+    """An upstream handler that answers only once `release` is set."""
+
+    async def held(request: DNSRecord, proto: str) -> Reply:
+        await release.wait()
+        return await records()(request, proto)
+
+    return held
+
+
 def test_identical_queries_in_flight_share_one_upstream_query() -> None:
     async def main() -> None:
         release = asyncio.Event()
-
-        async def held(request: DNSRecord, proto: str) -> Reply:
-            await release.wait()
-            return await records()(request, proto)
-
-        up = await Upstream(held).start()
+        up = await Upstream(held_until(release)).start()
         fwd = Forwarder([up.address], timeout=2.0)
         tasks = [
             asyncio.create_task(fwd.forward(query("WWW.example.test", qid=i).pack()))
@@ -527,12 +532,7 @@ def test_past_max_pending_waiting_queries_get_servfail_at_once(
 
     async def main() -> None:
         release = asyncio.Event()
-
-        async def held(request: DNSRecord, proto: str) -> Reply:
-            await release.wait()
-            return await records()(request, proto)
-
-        up = await Upstream(held).start()
+        up = await Upstream(held_until(release)).start()
         fwd = Forwarder([up.address], timeout=60.0)
         # Two questions share one upstream transaction: waiting counts queries, not transactions.
         names = ["a.example.test", "a.example.test", "b.example.test"]

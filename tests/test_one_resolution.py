@@ -16,36 +16,29 @@ from dnslib import QTYPE, RCODE
 
 from kdns.answers import Cluster, Engine, Rule
 from kdns.explain import explanation
-from kdns.model import KubeObject, Namespace, Service
+from kdns.model import KubeObject, Service
 from kdns.responder import Responder
 from kdns.store import Store
 from kdns.wire import encode, parse_query
-from tests.test_bulk import NAMESPACES, SERVICES, ZONE_SETS, random_service, spell, wire
+from tests.test_bulk import NAMESPACES, SERVICES, ZONE_SETS, random_store, spell, wire
 
 TYPES = ("A", "AAAA", "SRV", "PTR", "TXT", "CNAME", "NS", "SOA", "MX", "ANY", "TYPE65280")
 LABELS = ("h0", "h1", "web-0", "svc", "db", "a", "_tcp", "_udp", "_http", "*", "x-y")
 
 
 def store_for(rng: random.Random, zones: tuple[str, ...]) -> Store:
-    store = Store(serial_base=rng.randrange(1 << 32))
-    store.add_layer("t", implicit_namespaces=rng.random() < 0.5)
-    objects: list[KubeObject] = [Namespace(ns) for ns in NAMESPACES]
-    for ns in NAMESPACES:
-        for name in rng.sample(SERVICES, rng.randrange(2, len(SERVICES) + 1)):
-            objects += random_service(rng, ns, name)
-        # ExternalName services pointing inside the zones: followed, to a name that may not
-        # exist, and one pointing at another ExternalName (a chain).
+    def external_names(ns: str) -> list[KubeObject]:
+        # Pointing inside the zones: followed, to a name that may not exist, and to another
+        # ExternalName (a chain).
         zone = rng.choice(zones)
-        objects += [
+        return [
             Service(ns, "to-web", type="ExternalName", external_name=f"web.{ns}.svc.{zone}"),
             Service(ns, "to-none", type="ExternalName", external_name=f"none.{ns}.svc.{zone}"),
             Service(ns, "chain", type="ExternalName", external_name=f"to-web.{ns}.svc.{zone}"),
             Service(ns, "by-ip", type="ExternalName", external_name="192.0.2.1"),
         ]
-    store.apply("t", objects)
-    if rng.random() < 0.9:
-        store.set_synced("t")
-    return store
+
+    return random_store(rng, external_names)
 
 
 def names(rng: random.Random, zones: tuple[str, ...]) -> list[str]:
