@@ -34,10 +34,10 @@ from dataset import Shape, query_lines, write_manifests  # noqa: E402
 
 
 def measure(zones: Path, wires: list[bytes], passes: int, rounds: int) -> list[tuple[str, float]]:
-    import kdns.acl
+    import kdns.serve.acl
     from kdns.config import Config
-    from kdns.server import DnsServer
-    from kdns.transport import UdpProtocol
+    from kdns.serve.server import DnsServer
+    from kdns.serve.transport import UdpProtocol
 
     class Discard(asyncio.DatagramTransport):
         def sendto(self, data: Any, addr: Any = None) -> None:
@@ -88,14 +88,14 @@ def measure(zones: Path, wires: list[bytes], passes: int, rounds: int) -> list[t
             for _ in range(rounds):
                 empty = min(empty, best(lambda w, a: None, same))
                 for i, ((_, _, addrs), proto) in enumerate(zip(cases, protos, strict=True)):
-                    memo_size = kdns.acl.MEMO_SIZE
+                    memo_size = kdns.serve.acl.MEMO_SIZE
                     if addrs is many:
                         # Fewer than the sources: the memo empties itself as it goes.
-                        kdns.acl.MEMO_SIZE = len(addrs) // 4
+                        kdns.serve.acl.MEMO_SIZE = len(addrs) // 4
                     try:
                         results[i] = min(results[i], best(proto.datagram_received, addrs))
                     finally:
-                        kdns.acl.MEMO_SIZE = memo_size
+                        kdns.serve.acl.MEMO_SIZE = memo_size
         finally:
             for server in servers:
                 await server.shutdown()

@@ -521,7 +521,7 @@ def reference_wire(reply: dns.message.Message) -> bytes:
     question = reply.question[0]
     out.add_question(question.name, question.rdtype, question.rdclass)
     # Only owners equal to the question point to it; every other name is written in its own
-    # spelling (kdns/wire.py), so the question's suffixes are not offered for compression.
+    # spelling (kdns/dns/wire.py), so the question's suffixes are not offered for compression.
     for name in [n for n in out.compress if n != question.name]:
         del out.compress[name]
     for rrset in reply.answer:

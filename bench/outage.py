@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kdns.cluster import ClusterSource, load_api_client  # noqa: E402
+from kdns.sources.cluster import ClusterSource, load_api_client  # noqa: E402
 from tests.apiserver import (  # noqa: E402
     FakeApiServer,
     Fault,

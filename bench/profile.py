@@ -272,8 +272,8 @@ def time_python(zones: Path, lines: list[str], passes: int = 10) -> list[tuple[s
     import dns.message
 
     from kdns.config import Config
-    from kdns.server import DnsServer
-    from kdns.transport import UdpProtocol
+    from kdns.serve.server import DnsServer
+    from kdns.serve.transport import UdpProtocol
 
     class Discard(asyncio.DatagramTransport):
         def sendto(self, data: Any, addr: Any = None) -> None:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kdns.cluster import ClusterSource, load_api_client
-from kdns.reflector import WatchSettings
-from kdns.store import Store
+from kdns.sources.cluster import ClusterSource, load_api_client
+from kdns.sources.reflector import WatchSettings
+from kdns.state.store import Store
 from tests.apiserver import (
     FakeApiServer,
     LoopStore,

@@ -1,5 +1,5 @@
 """`python -m kdns`: the same as the `kdns` command."""
 
-from .cli import main
+from kdns.cli import main
 
 main()

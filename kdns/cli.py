@@ -13,8 +13,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from . import __version__
-from .config import (
+from kdns import __version__
+from kdns.config import (
     Config,
     ConfigError,
     check_cidr,
@@ -214,14 +214,14 @@ def serve(
             raise ConfigError("--allow-query-drop needs --allow-query (everyone may query now)")
         if not kubeconfig and not in_cluster and os.environ.get("KUBERNETES_SERVICE_HOST"):
             in_cluster = True
-        from .acl import parse_allow
-        from .forward import parse_upstream
+        from kdns.ops.forward import parse_upstream
+        from kdns.serve.acl import parse_allow
 
         listen_addrs = [parse_hostport(a) for a in (listen or ["127.0.0.1:1053"])]
         upstreams = list(
             dict.fromkeys(u for t in upstream or [] for u in parse_upstream(t, own=listen_addrs))
         )
-        from .files import WATCH_MODES
+        from kdns.sources.files import WATCH_MODES
 
         if zones_watch not in WATCH_MODES:
             raise ConfigError(
@@ -260,8 +260,8 @@ def serve(
     except ConfigError as err:
         _fail(str(err))
     _setup_logging(log_level)
-    from .files import SourceError
-    from .server import run
+    from kdns.serve.server import run
+    from kdns.sources.files import SourceError
 
     try:
         run(config)
@@ -272,9 +272,9 @@ def serve(
 
 
 def _load_engine(zones: list[Path] | None, domain: str, service_cidr: str) -> object:
-    from .answers import Cluster, Engine
-    from .files import FileSource, SourceError
-    from .store import Store
+    from kdns.dns.resolution import Cluster, Engine
+    from kdns.sources.files import FileSource, SourceError
+    from kdns.state.store import Store
 
     store = Store()
     store.add_layer("files", implicit_namespaces=True)
@@ -292,8 +292,8 @@ def records(
     service_cidr: CidrOpt = "10.96.0.0/12",
 ) -> None:
     """Print every record kdns would serve, as a sorted zone file."""
-    from .answers import Engine
-    from .zonefile import render
+    from kdns.dns.resolution import Engine
+    from kdns.ops.zonefile import render
 
     logging.basicConfig(level=logging.ERROR)
     engine = _load_engine(zones, domain, service_cidr)
@@ -306,8 +306,8 @@ def check(
     dirs: Annotated[list[Path], typer.Argument(help="Directories (or files) of manifests.")],
 ) -> None:
     """Validate manifests; print each problem with its file and position."""
-    from .files import SourceError
-    from .files import check as check_dirs
+    from kdns.sources.files import SourceError
+    from kdns.sources.files import check as check_dirs
 
     try:
         problems = check_dirs(dirs)
@@ -337,9 +337,9 @@ def explain(
     ] = None,
 ) -> None:
     """Tell which objects produce the answer to NAME [TYPE], and why."""
-    from .answers import Engine
-    from .explain import ExplainError
-    from .explain import explain as explain_name
+    from kdns.dns.resolution import Engine
+    from kdns.ops.explain import ExplainError
+    from kdns.ops.explain import explain as explain_name
 
     if server is not None:
         typer.echo(_explain_remote(server, name, qtype), nl=False)
@@ -395,7 +395,7 @@ def resolver(
     ] = False,
 ) -> None:
     """Print (or --apply) the resolver configuration that sends only DOMAIN to kdns."""
-    from .resolver_config import (
+    from kdns.ops.resolver_config import (
         ResolverError,
         activate_commands,
         apply,

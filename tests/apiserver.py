@@ -27,8 +27,8 @@ mid-stream), `end_watches()` (a clean end, as at `timeoutSeconds`), `truncate_ne
 410), `wipe()` (a new etcd: objects and history gone, resourceVersions start again lower),
 `go_down()`/`come_up()` (connection refused). `requests()` tells what clients asked for.
 
-The module also holds `LoopStore`, the harness on the other side: a real `kdns.store.Store` owned
-by an asyncio loop in a thread and fed through the real `LoopSink`, as the server runs it.
+The module also holds `LoopStore`, the harness on the other side: a real `kdns.state.store.Store`
+owned by an asyncio loop in a thread and fed through the real `LoopSink`, as the server runs it.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from kdns.reflector import WatchSettings
-from kdns.store import LoopSink, Store
+from kdns.sources.reflector import WatchSettings
+from kdns.state.store import LoopSink, Store
 
 Obj = dict[str, Any]
 T = TypeVar("T")

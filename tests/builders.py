@@ -1,4 +1,4 @@
-"""Small builders for the trimmed records of `kdns.model`, and helpers to read answers.
+"""Small builders for the trimmed records of `kdns.state.model`, and helpers to read answers.
 
 Tests build the objects a source would hand to the store, so that a table row says only what
 matters to it (`clusterip("default", "web", "10.96.0.10", ports=[port("http", 80)])`).
@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
-from kdns.answers import Answer, Cluster, Engine, PodsMode
-from kdns.model import (
+from kdns.dns.resolution import Answer, Cluster, Engine, PodsMode
+from kdns.state.model import (
     Endpoint,
     EndpointPort,
     EndpointSet,
@@ -23,7 +23,7 @@ from kdns.model import (
     ServicePort,
     Subset,
 )
-from kdns.store import Store
+from kdns.state.store import Store
 
 LAYER = "cluster"
 

@@ -16,7 +16,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from kdns.model import Endpoint, EndpointSet, Namespace, Service
+from kdns.state.model import Endpoint, EndpointSet, Namespace, Service
 
 TTL = 5
 Objects = Sequence[Service | EndpointSet | Namespace]

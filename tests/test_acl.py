@@ -21,8 +21,8 @@ import dns.query
 import dns.rcode
 import pytest
 
-from kdns.acl import QueryAcl
-from kdns.wire import refused_for
+from kdns.dns.wire import refused_for
+from kdns.serve.acl import QueryAcl
 from tests.kdns_process import KdnsProcess, start_kdns, until
 
 ZONE = """

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdns.allocate import AllocationError, allocate, needs_address, parse_cidr
-from kdns.model import Service
+from kdns.sources.allocate import AllocationError, allocate, needs_address, parse_cidr
+from kdns.state.model import Service
 
 
 def svc(namespace: str, name: str, *ips: str, headless: bool = False) -> Service:

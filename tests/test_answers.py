@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from dnslib import QTYPE, RCODE, DNSLabel
 
-from kdns.answers import Answer, Cluster, Engine
-from kdns.model import EndpointSet, KubeObject, Namespace
-from kdns.store import Store
+from kdns.dns.resolution import Answer, Cluster, Engine
+from kdns.state.model import EndpointSet, KubeObject, Namespace
+from kdns.state.store import Store
 from tests.builders import (
     LAYER,
     ask,
@@ -1492,7 +1492,7 @@ def test_nested_zone_wins_its_names() -> None:
 
 
 def test_ptr_finds_ipv6_addresses_written_in_any_form() -> None:
-    from kdns.trim import trim
+    from kdns.sources.trim import trim
 
     svc = trim(
         "Service",

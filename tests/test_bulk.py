@@ -1,4 +1,4 @@
-"""The direct encoder (kdns/bulk.py) gives exactly the bytes of the engine and dnslib, or nothing.
+"""The large-answer encoder (kdns/dns/large_answers.py): exactly the engine's bytes, or nothing.
 
 The engine is the definition of an answer; `encode_bulk` is a second implementation of a slice of
 it, kept honest here. Many generated clusters (headless and ClusterIP services, hostnames or none
@@ -24,9 +24,11 @@ from dnslib import AAAA, QTYPE, RCODE, A
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdns.answers import Cluster, Engine
-from kdns.bulk import _rdata, encode_bulk
-from kdns.model import (
+from kdns.dns.large_answers import _rdata, encode_bulk
+from kdns.dns.resolution import Cluster, Engine
+from kdns.dns.wire import Query, encode, parse_query
+from kdns.serve.responder import Responder, _fit
+from kdns.state.model import (
     Endpoint,
     EndpointKind,
     EndpointPort,
@@ -38,9 +40,7 @@ from kdns.model import (
     Subset,
     ip_family,
 )
-from kdns.responder import Responder, _fit
-from kdns.store import Store
-from kdns.wire import Query, encode, parse_query
+from kdns.state.store import Store
 
 NAMESPACES = ("default", "team-a")
 SERVICES = ("web", "db", "svc", "h0", "api")

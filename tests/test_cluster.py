@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kdns.cluster import ClusterConfigError, ClusterSource, load_api_client
+from kdns.sources.cluster import ClusterConfigError, ClusterSource, load_api_client
 from tests.apiserver import (
     FAST,
     FakeApiServer,

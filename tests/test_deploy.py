@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kdns.files import check
+from kdns.sources.files import check
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 Doc = dict[str, Any]

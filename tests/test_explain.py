@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, RCODE, DNSLabel
 
-from kdns.answers import Cluster, Engine
-from kdns.explain import ExplainError, explain
-from kdns.files import FileSource
-from kdns.model import Endpoint
-from kdns.store import Store
+from kdns.dns.resolution import Cluster, Engine
+from kdns.ops.explain import ExplainError, explain
+from kdns.sources.files import FileSource
+from kdns.state.model import Endpoint
+from kdns.state.store import Store
 from tests.builders import (
     clusterip,
     endpoint_slice,

@@ -67,9 +67,9 @@ WAIT = 30.0
 #: 0.5 s); `serve()` sets the idle timeout by flag. Passed as `python -c LAUNCHER serve ...`.
 LAUNCHER = """
 import functools, sys
-import kdns.cluster, kdns.reflector
-kdns.cluster.WatchSettings = functools.partial(
-    kdns.reflector.WatchSettings, connect_timeout=1.0, read_timeout=1.0,
+import kdns.sources.cluster, kdns.sources.reflector
+kdns.sources.cluster.WatchSettings = functools.partial(
+    kdns.sources.reflector.WatchSettings, connect_timeout=1.0, read_timeout=1.0,
     backoff_base=0.05, backoff_cap=0.5, watch_timeout=(20, 30))
 from kdns.cli import main
 main()

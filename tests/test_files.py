@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from kdns.allocate import allocate, needs_address
-from kdns.files import FileSource, SourceError, check
-from kdns.manifests import read
-from kdns.model import EndpointSet, KubeObject, Service
-from kdns.store import Store
+from kdns.sources.allocate import allocate, needs_address
+from kdns.sources.files import FileSource, SourceError, check
+from kdns.sources.manifests import read
+from kdns.state.model import EndpointSet, KubeObject, Service
+from kdns.state.store import Store
 
 LAYER = "files"
 ZONES = Path(__file__).resolve().parent.parent / "zones"
@@ -206,7 +206,7 @@ def test_broken_file_at_startup_is_left_out_and_logged(
     write(tmp_path / "good.yaml", service("good"))
     write(tmp_path / "bad.yaml", service("bad") + "---\nkind: [\n")
     store = new_store()
-    with caplog.at_level(logging.INFO, logger="kdns.files"):
+    with caplog.at_level(logging.INFO, logger="kdns.sources.files"):
         source(store, tmp_path).load()
     assert list(services(store)) == ["default/good"]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -276,7 +276,7 @@ def test_duplicate_object_first_file_wins(tmp_path: Path, caplog: pytest.LogCapt
     write(tmp_path / "a.yaml", service("web", port=1))
     write(tmp_path / "b.yaml", "# the same service again\n" + service("web", port=2))
     store = new_store()
-    with caplog.at_level(logging.ERROR, logger="kdns.files"):
+    with caplog.at_level(logging.ERROR, logger="kdns.sources.files"):
         source(store, tmp_path).load()
     assert ports(store, "default", "web") == [1]
     assert [r.getMessage() for r in caplog.records] == [
@@ -340,7 +340,7 @@ def test_broken_file_keeps_last_good_content_and_logs_once(
     src.load()
     generation = store.generation
 
-    with caplog.at_level(logging.ERROR, logger="kdns.files"):
+    with caplog.at_level(logging.ERROR, logger="kdns.sources.files"):
         write(path, service("a", port=1).replace("port: 1", "port: http"))
         src.reload()
         for _ in range(3):
@@ -508,7 +508,7 @@ def test_a_writer_still_at_work_keeps_the_old_content_however_long_it_takes(
             assert ports(store, "default", "a") == [1]
         await eventually(lambda: ports(store, "default", "a") == [2], timeout=30)
 
-    with caplog.at_level(logging.INFO, logger="kdns.files"):
+    with caplog.at_level(logging.INFO, logger="kdns.sources.files"):
         run_with_watch(src, body)
     waits = [r for r in caplog.records if "writer has not closed it yet" in r.getMessage()]
     assert len(waits) == 1  # logged once, not at every poll
@@ -548,7 +548,7 @@ def test_a_change_that_drops_most_of_a_file_waits_until_it_holds_still(
         write(path, "---\n".join(service(n) for n in "abcdef"))  # growing: no such wait
         await eventually(lambda: len(services(store)) == 6, timeout=30)
 
-    with caplog.at_level(logging.INFO, logger="kdns.files"):
+    with caplog.at_level(logging.INFO, logger="kdns.sources.files"):
         run_with_watch(src, body)
     waits = [r.getMessage() for r in caplog.records if "would remove" in r.getMessage()]
     assert waits == [
@@ -643,7 +643,7 @@ def test_watch_keeps_serving_when_the_directory_vanishes(
         await eventually(lambda: store.service("default", "b") is not None, 30)
         await eventually(lambda: store.service("default", "a") is None, 30)
 
-    with caplog.at_level(logging.WARNING, logger="kdns.files"):
+    with caplog.at_level(logging.WARNING, logger="kdns.sources.files"):
         run_with_watch(src, body)
     gone = [r for r in caplog.records if "no such directory" in r.getMessage()]
     assert len(gone) == 1

@@ -21,9 +21,9 @@ import dns.rrset
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSRecord, EDNSOption
 
-from kdns import forward
+from kdns.ops import forward
 from kdns.config import ConfigError
-from kdns.forward import MAX_TTL, TIMEOUT, Forwarder, cache_ttl, parse_upstream
+from kdns.ops.forward import MAX_TTL, TIMEOUT, Forwarder, cache_ttl, parse_upstream
 
 Reply = DNSRecord | bytes | None
 Handler = Callable[[DNSRecord, str], Awaitable[Reply]]
@@ -601,7 +601,7 @@ def test_loop_through_an_upstream_is_detected(
         loop_up.close()
         good.close()
 
-    with caplog.at_level(logging.ERROR, logger="kdns.forward"):
+    with caplog.at_level(logging.ERROR, logger="kdns.ops.forward"):
         run(main)
     loop_logs = [r for r in caplog.records if "forwarding loop" in r.getMessage()]
     assert len(loop_logs) == 1

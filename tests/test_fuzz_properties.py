@@ -44,19 +44,8 @@ from bench.fuzz import (
     valid_query,
 )
 from bench.fuzz import Query as Packet
-from kdns.answers import Answer, Cluster, Engine
-from kdns.model import (
-    Endpoint,
-    EndpointPort,
-    EndpointSet,
-    Namespace,
-    Service,
-    ServicePort,
-    Subset,
-)
-from kdns.responder import TRANSFER, Responder
-from kdns.store import Store
-from kdns.wire import (
+from kdns.dns.resolution import Answer, Cluster, Engine
+from kdns.dns.wire import (
     Drop,
     Query,
     Refuse,
@@ -67,6 +56,17 @@ from kdns.wire import (
     slipped,
     truncated,
 )
+from kdns.serve.responder import TRANSFER, Responder
+from kdns.state.model import (
+    Endpoint,
+    EndpointPort,
+    EndpointSet,
+    Namespace,
+    Service,
+    ServicePort,
+    Subset,
+)
+from kdns.state.store import Store
 from tests import reference
 
 ZONE = "cluster.local"

@@ -8,9 +8,9 @@ from textwrap import dedent
 
 import pytest
 
-from kdns.manifests import Origin, Parsed, Problem, decode, parse, read
-from kdns.model import EndpointSet, Namespace, Service, ServicePort
-from kdns.pods import Pod, ServiceTargets, TargetPort
+from kdns.sources.manifests import Origin, Parsed, Problem, decode, parse, read
+from kdns.sources.pods import Pod, ServiceTargets, TargetPort
+from kdns.state.model import EndpointSet, Namespace, Service, ServicePort
 
 
 def yaml_file(text: str, path: str = "zones/test.yaml") -> Parsed:

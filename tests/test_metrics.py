@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from kdns import __version__
-from kdns.forward import Forwarder
-from kdns.metrics import (
+from kdns.ops.forward import Forwarder
+from kdns.ops.metrics import (
     CONTENT_TYPE,
     DURATION_BOUNDS,
     ForwardStats,
@@ -29,16 +29,16 @@ from kdns.metrics import (
     render_metrics,
     store_listener,
 )
-from kdns.reflector import ReflectorStats
-from kdns.responder import Responder
-from kdns.stats import QueryCounters
-from kdns.store import Store
+from kdns.serve.responder import Responder
+from kdns.serve.stats import QueryCounters
+from kdns.sources.reflector import ReflectorStats
+from kdns.state.store import Store
 from tests.builders import clusterip, make_engine, namespaces
 
 
 @dataclass
 class FakeQueries:
-    """Shaped like kdns.stats.QueryCounters."""
+    """Shaped like kdns.serve.stats.QueryCounters."""
 
     requests: dict[tuple[str, int, int], int] = field(default_factory=dict)
     duration_buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BOUNDS))
@@ -48,7 +48,7 @@ class FakeQueries:
 
 @dataclass
 class FakeResponses:
-    """Shaped like kdns.responder.Responder."""
+    """Shaped like kdns.serve.responder.Responder."""
 
     rcodes: dict[int, int] = field(default_factory=dict)
     hits: int = 0

@@ -14,12 +14,12 @@ import re
 
 from dnslib import QTYPE, RCODE
 
-from kdns.answers import Cluster, Engine, Rule
-from kdns.explain import explanation
-from kdns.model import KubeObject, Service
-from kdns.responder import Responder
-from kdns.store import Store
-from kdns.wire import encode, parse_query
+from kdns.dns.resolution import Cluster, Engine, Rule
+from kdns.dns.wire import encode, parse_query
+from kdns.ops.explain import explanation
+from kdns.serve.responder import Responder
+from kdns.state.model import KubeObject, Service
+from kdns.state.store import Store
 from tests.test_bulk import NAMESPACES, SERVICES, ZONE_SETS, random_store, spell, wire
 
 TYPES = ("A", "AAAA", "SRV", "PTR", "TXT", "CNAME", "NS", "SOA", "MX", "ANY", "TYPE65280")

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from kdns.model import Endpoint, EndpointPort, EndpointSet, Subset
-from kdns.pods import ContainerPort, Pod, endpoints_for, service_targets, trim_pod
-from kdns.store import Store
-from kdns.trim import TrimError
-from kdns.trim import service as trim_service
+from kdns.sources.pods import ContainerPort, Pod, endpoints_for, service_targets, trim_pod
+from kdns.sources.trim import TrimError
+from kdns.sources.trim import service as trim_service
+from kdns.state.model import Endpoint, EndpointPort, EndpointSet, Subset
+from kdns.state.store import Store
 
 
 def service_json(

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import pytest
 from dnslib import QTYPE, DNSLabel
 
-from kdns.answers import Cluster, Engine
-from kdns.frames import FrameReader, pack
-from kdns.model import KubeObject, ObjectKey
-from kdns.publish import Publisher, snapshot
-from kdns.replica import Replica
-from kdns.store import Store
+from kdns.dns.resolution import Cluster, Engine
+from kdns.serve.frames import FrameReader, pack
+from kdns.serve.publish import Publisher, snapshot
+from kdns.serve.replica import Replica
+from kdns.state.model import KubeObject, ObjectKey
+from kdns.state.store import Store
 from tests.builders import clusterip, endpoint_slice, ep, eport, headless, namespaces, port, texts
 
 

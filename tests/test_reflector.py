@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from urllib3.exceptions import ProtocolError
 
-import kdns.reflector
-from kdns.cluster import load_api_client
-from kdns.model import KubeObject, ObjectKey
-from kdns.reflector import Recovery, Reflector, WatchSettings, _Dechunker, backoff_delay
-from kdns.store import Sink
-from kdns.trim import trim as real_trim
+import kdns.sources.reflector
+from kdns.sources.cluster import load_api_client
+from kdns.sources.reflector import Recovery, Reflector, WatchSettings, _Dechunker, backoff_delay
+from kdns.sources.trim import trim as real_trim
+from kdns.state.model import KubeObject, ObjectKey
+from kdns.state.store import Sink
 from tests import apiserver
 from tests.apiserver import (
     FAST,
@@ -477,7 +477,7 @@ def framing(monkeypatch: pytest.MonkeyPatch) -> Framing:
     def slow_path(response: Any) -> Iterator[tuple[bytes, float]]:
         raise AssertionError("the watch stream was left to urllib3")
 
-    monkeypatch.setattr(kdns.reflector, "_urllib3_lines", slow_path)
+    monkeypatch.setattr(kdns.sources.reflector, "_urllib3_lines", slow_path)
     return frames
 
 
@@ -549,7 +549,7 @@ def test_stream_cut_mid_chunk_keeps_the_whole_lines_and_rewatches(
 def test_streams_urllib3_cannot_hand_over_are_read_through_it(
     api: FakeApiServer, store: LoopStore, start: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kdns.reflector, "_raw_body", lambda response: None)
+    monkeypatch.setattr(kdns.sources.reflector, "_raw_body", lambda response: None)
     api.apply(service("web", cluster_ip="10.96.0.10"))
     reflector = synced(start())
     api.apply(service("web", cluster_ip="10.96.0.11"))
@@ -664,7 +664,7 @@ def test_relist_sends_only_changes_in_batches_and_nothing_disappears(
         trimmed.append(obj["metadata"]["name"])
         return real_trim(kind, obj)
 
-    monkeypatch.setattr(kdns.reflector, "trim", counting_trim)
+    monkeypatch.setattr(kdns.sources.reflector, "trim", counting_trim)
     mark = count(store)
     calls = len(sink.calls)
     path = "/api/v1/services" if scope is None else f"/api/v1/namespaces/{scope}/services"

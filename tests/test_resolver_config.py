@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kdns.resolver_config import (
+from kdns.ops.resolver_config import (
     BACKUP_SUFFIX,
     KINDS,
     ResolverError,
@@ -217,7 +217,7 @@ def test_permission_denied_says_sudo(tmp_path: Path, monkeypatch: pytest.MonkeyP
         raise PermissionError(13, "Permission denied")
 
     # a real read-only /etc cannot be made here when the tests run as root
-    monkeypatch.setattr("kdns.resolver_config.tempfile.mkstemp", denied)
+    monkeypatch.setattr("kdns.ops.resolver_config.tempfile.mkstemp", denied)
     with pytest.raises(ResolverError, match=r"permission denied .*sudo"):
         apply("macos", "cluster.local", root=tmp_path)
 

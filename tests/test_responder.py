@@ -8,8 +8,9 @@ import random
 import dns.message
 import pytest
 
-from kdns.answers import Cluster, Engine
-from kdns.model import (
+from kdns.dns.resolution import Cluster, Engine
+from kdns.serve.responder import Responder
+from kdns.state.model import (
     Endpoint,
     EndpointPort,
     EndpointSet,
@@ -19,8 +20,7 @@ from kdns.model import (
     ServicePort,
     Subset,
 )
-from kdns.responder import Responder
-from kdns.store import Store
+from kdns.state.store import Store
 
 ZONE = "cluster.local"
 

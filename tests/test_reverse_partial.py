@@ -18,10 +18,10 @@ import dns.rcode
 import pytest
 from dnslib import DNSLabel
 
-from kdns.answers import ANY_TAG, Cluster, Engine, _PtrIndex
-from kdns.model import KubeObject
-from kdns.responder import Responder
-from kdns.store import Store
+from kdns.dns.resolution import ANY_TAG, Cluster, Engine, _PtrIndex
+from kdns.serve.responder import Responder
+from kdns.state.model import KubeObject
+from kdns.state.store import Store
 from tests.builders import (
     LAYER,
     ask,

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from kdns.model import EndpointSet, Namespace, endpoint_name
-from kdns.store import ReadyEndpoint, Store, build_view
+from kdns.state.model import EndpointSet, Namespace, endpoint_name
+from kdns.state.store import ReadyEndpoint, Store, build_view
 from tests.builders import (
     clusterip,
     endpoint_slice,
@@ -52,7 +52,7 @@ def test_first_layer_wins_and_the_conflict_is_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = two_layers()
-    caplog.set_level(logging.WARNING, logger="kdns.store")
+    caplog.set_level(logging.WARNING, logger="kdns.state.store")
     # the later layer arrives first: it answers until the earlier one defines the service
     store.apply("cluster", [clusterip("default", "web", "10.96.0.2"), WEB_SLICE])
     view = store.service("default", "web")
@@ -431,7 +431,7 @@ def test_file_namespaces_exist_while_an_object_lives_in_them() -> None:
 
 
 def test_loop_sink_applies_writes_on_the_loop() -> None:
-    from kdns.store import LoopSink
+    from kdns.state.store import LoopSink
 
     async def main() -> Store:
         store = Store()

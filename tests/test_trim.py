@@ -1,4 +1,4 @@
-"""trim(): Kubernetes API JSON, as the apiserver sends it, to the records of kdns.model."""
+"""trim(): Kubernetes API JSON, as the apiserver sends it, to the records of kdns.state.model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from kdns.model import (
+from kdns.sources.trim import TrimError, trim
+from kdns.state.model import (
     Endpoint,
     EndpointPort,
     EndpointSet,
@@ -16,7 +17,6 @@ from kdns.model import (
     ServicePort,
     Subset,
 )
-from kdns.trim import TrimError, trim
 
 Json = dict[str, Any]
 

@@ -12,11 +12,11 @@ import dns.rdatatype
 import pytest
 from dnslib import RCODE
 
-from kdns.answers import Cluster, Engine
-from kdns.model import Endpoint, EndpointPort, EndpointSet, Service, ServicePort, Subset
-from kdns.responder import Responder
-from kdns.store import Store
-from kdns.wire import Drop, Refuse, encode, parse_query
+from kdns.dns.resolution import Cluster, Engine
+from kdns.dns.wire import Drop, Refuse, encode, parse_query
+from kdns.serve.responder import Responder
+from kdns.state.model import Endpoint, EndpointPort, EndpointSet, Service, ServicePort, Subset
+from kdns.state.store import Store
 
 
 def make_store(endpoints: int = 3) -> Store:

@@ -68,7 +68,7 @@ def metric(kp: KdnsProcess, name: str) -> dict[str, float]:
 
 
 def worker_pids(parent: int) -> list[int]:
-    """The kdns.worker children of `parent`, from /proc."""
+    """The kdns.serve.worker children of `parent`, from /proc."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -79,7 +79,7 @@ def worker_pids(parent: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and b"kdns.worker" in cmdline:
+        if ppid == parent and b"kdns.serve.worker" in cmdline:
             pids.append(int(entry))
     return sorted(pids)
 

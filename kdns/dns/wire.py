@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from dnslib import QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 from dnslib.label import DNSBuffer, DNSLabelError
 
-from .answers import Answer
+from kdns.dns.resolution import Answer
 
 HEADER = struct.Struct("!HHHHHH")
 QR = 0x8000

@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from .model import (
+from kdns.state.model import (
     EndpointPort,
     EndpointSet,
     KubeObject,

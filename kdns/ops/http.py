@@ -12,10 +12,10 @@ import contextlib
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
-from .config import ConfigError
+from kdns.config import ConfigError
 
 if TYPE_CHECKING:
-    from .server import DnsServer
+    from kdns.serve.server import DnsServer
 
 #: How long a client may take to send its request line and headers.
 REQUEST_TIMEOUT = 5.0
@@ -38,7 +38,7 @@ def route(server: DnsServer, target: str, peer: str = "") -> bytes:
     """
     path, _, query = target.partition("?")
     if path == "/metrics":
-        from .metrics import CONTENT_TYPE, render_metrics
+        from kdns.ops.metrics import CONTENT_TYPE, render_metrics
 
         ctype = CONTENT_TYPE.split(";", 1)[0]
         return _response(200, "OK", render_metrics(server.collector()), ctype)
@@ -48,7 +48,7 @@ def route(server: DnsServer, target: str, peer: str = "") -> bytes:
         server.acl.refuse("http")
         return _response(403, "Forbidden", b"/explain: this address is not in --allow-query\n")
     if path == "/explain":
-        from .explain import ExplainError, explain
+        from kdns.ops.explain import ExplainError, explain
 
         params = parse_qs(query)
         name = params.get("name", [""])[0]

@@ -8,14 +8,14 @@ so a directory can hold a whole application's manifests and kdns takes what conc
 Every problem carries the file, the document number and a line, because "invalid port" without a
 place is useless in a directory of fifty files. PyYAML gives positions only on its node tree, so
 each document is composed to nodes first and constructed from them; when a check fails on a field
-(kdns.trim names the field first in its messages: `spec.ports[0].port must be ...`), the field's
-path is followed in the node tree and the problem points at that field's line. JSON files are
-parsed by `json` (its syntax errors have exact positions) and composed by the YAML parser only
+(kdns.sources.trim names the field first in its messages: `spec.ports[0].port must be ...`), the
+field's path is followed in the node tree and the problem points at that field's line. JSON files
+are parsed by `json` (its syntax errors have exact positions) and composed by the YAML parser only
 to find field positions, JSON being (nearly) YAML.
 
-Trimming goes through `kdns.trim`, as for the cluster watch, so a manifest means to kdns exactly
-what the same object would mean coming from the apiserver. The apiserver also validates names;
-files have no apiserver, so the checks on names that end up in DNS are done here.
+Trimming goes through `kdns.sources.trim`, as for the cluster watch, so a manifest means to kdns
+exactly what the same object would mean coming from the apiserver. The apiserver also validates
+names; files have no apiserver, so the checks on names that end up in DNS are done here.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ try:
 except ImportError:  # PyYAML built without libyaml: the same, slower
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
-from . import pods
-from .model import SERVICE_NAME_LABEL, KubeObject, Namespace, ObjectKey, Service
-from .trim import TrimError, trim
+from kdns.sources import pods
+from kdns.sources.trim import TrimError, trim
+from kdns.state.model import SERVICE_NAME_LABEL, KubeObject, Namespace, ObjectKey, Service
 
 Severity = Literal["error", "warning"]
 
@@ -72,7 +72,7 @@ SUFFIXES = _YAML_SUFFIXES + _JSON_SUFFIXES
 _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
-# The field path at the start of a kdns.trim message: `spec.ports[0].port must be ...`.
+# The field path at the start of a kdns.sources.trim message: `spec.ports[0].port must be ...`.
 _FIELD_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\[\d+\]|\.[A-Za-z_][\w-]*)*")
 _SEGMENT = re.compile(r"\[(\d+)\]|\.?([A-Za-z_][\w-]*)")
 

@@ -1,6 +1,6 @@
 """A serving process of `kdns serve --workers N`; the main process starts it (see `workers.py`).
 
-    python -m kdns.worker INDEX FEED_FD STATUS_FD SOCKET_FD...
+    python -m kdns.serve.worker INDEX FEED_FD STATUS_FD SOCKET_FD...
 
 The first frame on FEED_FD carries the settings; the snapshot and every later write follow.
 """
@@ -13,7 +13,7 @@ import signal
 import struct
 import sys
 
-from .frames import FrameReader
+from kdns.serve.frames import FrameReader
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=level, format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s"
     )
-    from .server import Inherited, run
+    from kdns.serve.server import Inherited, run
 
     run(config, Inherited(index, feed, status, sockets))
     return 0

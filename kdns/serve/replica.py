@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from .frames import FrameReader
-from .store import Store
+from kdns.serve.frames import FrameReader
+from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
 

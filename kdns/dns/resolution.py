@@ -32,10 +32,10 @@ from enum import Enum
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
 
-from .config import PodsMode
-from .model import ip_family
-from .names import NIBBLES, Grammar, Request, Shape
-from .store import ServiceView, Store
+from kdns.config import PodsMode
+from kdns.dns.names import NIBBLES, Grammar, Request, Shape
+from kdns.state.model import ip_family
+from kdns.state.store import ServiceView, Store
 
 #: The schema version of the Kubernetes DNS specification that kdns implements.
 SCHEMA_VERSION = "1.1.0"
@@ -46,7 +46,7 @@ SOA_TIMERS = (7200, 1800, 86400)
 MAX_CHASE = 8
 
 #: The cache tag of answers that any change may alter: the response cache drops them on every
-#: change (kdns/responder.py spells it `_ANY`).
+#: change (kdns/serve/responder.py spells it `_ANY`).
 ANY_TAG = ("*",)
 
 _ADDRESS_TYPES = {QTYPE.A: 4, QTYPE.AAAA: 6}
@@ -177,14 +177,14 @@ class Engine:
         self.ttl = ttl
         self.pods = pods
         self.ns_addresses = [a for a in ns_addresses if ip_family(a)]
-        #: The one parser of names for these zones (longest zone first, see `kdns.names`).
+        #: The one parser of names for these zones (longest zone first, see `kdns.dns.names`).
         self.grammar: Grammar[Cluster] = Grammar([(c.labels, c) for c in self.clusters])
         self._ptrs = _PtrIndex([c.store for c in self.clusters])
 
     # -- entry point -------------------------------------------------------------------------
 
     def parse(self, raw: Sequence[bytes]) -> Request[Cluster]:
-        """The request a name's labels make (`kdns.names`), case folded."""
+        """The request a name's labels make (`kdns.dns.names`), case folded."""
         return self.grammar.parse([_text(label).lower() for label in raw])
 
     def resolve(self, qname: DNSLabel, qtype: int) -> Answer:

@@ -3,7 +3,7 @@
 A `Reflector` does what client-go's reflector does, for one kind (in one namespace or in all):
 
 1. LIST in pages (`limit`/`continue`; 50 EndpointSlices or Endpoints a page, 500 Services or
-   Namespaces), trim each item to its `kdns.model` record, and hand the store what changed.
+   Namespaces), trim each item to its `kdns.state.model` record, and hand the store what changed.
 2. WATCH from the list's resourceVersion with `allowWatchBookmarks=true` and a randomised
    `timeoutSeconds`, applying each event as it arrives and remembering the newest
    resourceVersion seen, bookmarks included.
@@ -102,9 +102,9 @@ from typing import Any
 from kubernetes.client import ApiClient, ApiException, CoreV1Api, DiscoveryV1Api
 from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, ReadTimeoutError
 
-from .model import EndpointSet, KubeObject, ObjectKey
-from .store import Sink
-from .trim import TrimError, trim
+from kdns.sources.trim import TrimError, trim
+from kdns.state.model import EndpointSet, KubeObject, ObjectKey
+from kdns.state.store import Sink
 
 log = logging.getLogger(__name__)
 

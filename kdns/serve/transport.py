@@ -21,14 +21,14 @@ import time
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from .acl import QueryAcl
-from .ratelimit import SLIP, RateLimiter
-from .responder import FORWARD, TRANSFER, Action
-from .stats import QueryCounters
-from .wire import describe_packet, refused_for, servfail_for, slipped
+from kdns.dns.wire import describe_packet, refused_for, servfail_for, slipped
+from kdns.serve.acl import QueryAcl
+from kdns.serve.ratelimit import SLIP, RateLimiter
+from kdns.serve.responder import FORWARD, TRANSFER, Action
+from kdns.serve.stats import QueryCounters
 
 if TYPE_CHECKING:
-    from .server import DnsServer
+    from kdns.serve.server import DnsServer
 
 log = logging.getLogger(__name__)
 querylog = logging.getLogger("kdns.query")

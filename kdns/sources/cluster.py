@@ -40,10 +40,10 @@ import yaml
 from kubernetes.client import ApiClient, ApiException, Configuration, CoreV1Api
 from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
 
-from .config import ClusterConfigError
-from .model import Namespace, ObjectKey
-from .reflector import Recovery, Reflector, ReflectorStats, WatchSettings, backoff_delay
-from .store import Sink
+from kdns.config import ClusterConfigError
+from kdns.sources.reflector import Recovery, Reflector, ReflectorStats, WatchSettings, backoff_delay
+from kdns.state.model import Namespace, ObjectKey
+from kdns.state.store import Sink
 
 log = logging.getLogger(__name__)
 

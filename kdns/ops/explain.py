@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
-from .answers import SCHEMA_VERSION, Answer, Engine, Resolution, Rule
-from .model import EndpointSet, ObjectKey
-from .names import REVERSE_ZONES, Shape
-from .store import ServiceView, Store
+from kdns.dns.names import REVERSE_ZONES, Shape
+from kdns.dns.resolution import SCHEMA_VERSION, Answer, Engine, Resolution, Rule
+from kdns.state.model import EndpointSet, ObjectKey
+from kdns.state.store import ServiceView, Store
 
 #: How the server's layers are described (other names are shown as they are).
 LAYER_NAMES = {"files": "files (zones/)", "cluster": "cluster (the Kubernetes API)"}

@@ -1,4 +1,4 @@
-"""Turn Kubernetes JSON objects into the trimmed records of `kdns.model`.
+"""Turn Kubernetes JSON objects into the trimmed records of `kdns.state.model`.
 
 Both sources use this: the cluster watch hands over what the apiserver sent, the zones/ source what
 a manifest says. Both are plain dicts in the API's JSON shape, so one converter serves both and a
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .model import (
+from kdns.state.model import (
     SERVICE_NAME_LABEL,
     Endpoint,
     EndpointPort,
@@ -39,8 +39,9 @@ class TrimError(ValueError):
     """An object whose content cannot be turned into DNS data."""
 
 
-# Field readers shared with kdns.pods: tolerant of nulls (the apiserver sends them), strict about
-# wrong types, and every message starts with the field's path so a manifest error points at it.
+# Field readers shared with kdns.sources.pods: tolerant of nulls (the apiserver sends them), strict
+# about wrong types, and every message starts with the field's path so a manifest error points at
+# it.
 
 
 def as_map(value: Any, what: str) -> Json:

@@ -33,10 +33,9 @@ from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, DNSLabel
 
-from .answers import ANY_TAG, Answer, Engine, Resolution, tag_of
-from .bulk import encode_bulk
-from .store import Store
-from .wire import (
+from kdns.dns.large_answers import encode_bulk
+from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, tag_of
+from kdns.dns.wire import (
     DEFAULT_MAX_UDP,
     Drop,
     Query,
@@ -46,6 +45,7 @@ from .wire import (
     parse_query,
     truncated,
 )
+from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,8 @@ class Responder:
         req = self.engine.parse(query.labels)
         res = self.engine.decide(req) if _answerable(query) else None
         # Large positive answers (a service's addresses, SRV) are written straight from the
-        # store, byte for byte what the engine and dnslib give (kdns/bulk.py); None: the rest.
+        # store, byte for byte what the engine and dnslib give
+        # (kdns/dns/large_answers.py); None: the rest.
         response = None
         if res is not None:
             response = encode_bulk(self.engine, query, self.max_udp, res)

@@ -30,18 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .acl import acl_from
-from .answers import Cluster, Engine
-from .config import Config, ConfigError
-from .metrics import KdnsCollector, LatencyHistogram, store_listener
-from .publish import Publisher
-from .ratelimit import RateLimiter
-from .responder import Responder
-from .stats import QueryCounters
-from .store import LoopSink, Sink, Store
-from .transfer import parse_networks, transfer
-from .transport import TcpProtocol, UdpProtocol
-from .wire import servfail_for
+from kdns.config import Config, ConfigError
+from kdns.dns.resolution import Cluster, Engine
+from kdns.dns.wire import servfail_for
+from kdns.ops.metrics import KdnsCollector, LatencyHistogram, store_listener
+from kdns.ops.transfer import parse_networks, transfer
+from kdns.serve.acl import acl_from
+from kdns.serve.publish import Publisher
+from kdns.serve.ratelimit import RateLimiter
+from kdns.serve.responder import Responder
+from kdns.serve.stats import QueryCounters
+from kdns.serve.transport import TcpProtocol, UdpProtocol
+from kdns.state.store import LoopSink, Sink, Store
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +185,14 @@ class DnsServer:
         inherited = self.inherited
         sockets = self._adopt(inherited) if inherited is not None else self._bind_all()
         if self.config.workers:
-            from .workers import WorkerPool
+            from kdns.serve.workers import WorkerPool
 
             flat = [s for pair in sockets for s in pair]
             self.pool = WorkerPool(self.config.workers, self.config, self.stores, flat)
             self._closers.extend(s.close for s in flat)
             self.metrics.workers = self.pool.status
         elif self.config.upstreams:
-            from .forward import Forwarder
+            from kdns.ops.forward import Forwarder
 
             self.forwarder = Forwarder(
                 self.config.upstreams, timeout=self.config.upstream_timeout, own=self.addresses
@@ -203,7 +203,7 @@ class DnsServer:
         else:
             await self._start_sources(loop)
         if self.config.http is not None:
-            from .http import start_http
+            from kdns.ops.http import start_http
 
             http = await start_http(self, *self.config.http)
             self._closers.append(http.close)
@@ -248,12 +248,12 @@ class DnsServer:
             log.info("serving %s on %s port %d (udp, tcp)", self.config.domain, host, port)
 
     async def _start_sources(self, loop: asyncio.AbstractEventLoop) -> None:
-        from .files import FileSource
+        from kdns.sources.files import FileSource
 
         cfg = self.config
         clients: list[tuple[int, str, Any]] = []
         if cfg.uses_cluster or cfg.clusters:
-            from .cluster import load_api_client
+            from kdns.sources.cluster import load_api_client
 
             # Before anything starts, so a bad kubeconfig is the only thing the user sees.
             if cfg.uses_cluster:
@@ -277,7 +277,7 @@ class DnsServer:
         self._file_source = files
         self._spawn(files.watch())
         if clients:
-            from .cluster import ClusterSource
+            from kdns.sources.cluster import ClusterSource
 
             for index, layer, client in clients:
                 self.stores[index].add_layer(layer)
@@ -326,7 +326,7 @@ class DnsServer:
         return Publisher(self.stores[index], index, self.pool)
 
     async def _start_feed(self, loop: asyncio.AbstractEventLoop, inherited: Inherited) -> None:
-        from .replica import FeedProtocol, Replica
+        from kdns.serve.replica import FeedProtocol, Replica
 
         stop = lambda: self.request_stop(True)  # noqa: E731
         self.replica = Replica(self.stores, stop)
@@ -337,14 +337,14 @@ class DnsServer:
         self._closers.append(self._status.close)
 
     def _report(self, *message: Any) -> None:
-        from .frames import pack
+        from kdns.serve.frames import pack
 
         if self._status is not None and not self._status.is_closing():
             self._status.write(pack(message))
 
     def worker_stats(self) -> Any:
         """This serving process's counters, for the main process's /metrics."""
-        from .workers import WorkerStats
+        from kdns.serve.workers import WorkerStats
 
         r, fwd = self.responder, self.forwarder
         stats = WorkerStats(self.stats.snapshot(), dict(r.rcodes), r.hits, r.misses, len(r))
@@ -360,7 +360,7 @@ class DnsServer:
         return stats
 
     async def _report_stats(self) -> None:
-        from .workers import STATS_INTERVAL
+        from kdns.serve.workers import STATS_INTERVAL
 
         while True:
             self._report("stats", self.worker_stats())
@@ -388,7 +388,7 @@ class DnsServer:
 
     async def _wait_synced(self) -> None:
         if self.replica is not None:
-            from .workers import READY_TIMEOUT
+            from kdns.serve.workers import READY_TIMEOUT
 
             # The main process waited for the sources; here, wait for its snapshot (or a stop).
             waits = [self._spawn(self.replica.ready.wait()), self._spawn(self._stop.wait())]

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
-from .frames import pack
-from .model import KubeObject, ObjectKey
-from .store import Store
+from kdns.serve.frames import pack
+from kdns.state.model import KubeObject, ObjectKey
+from kdns.state.store import Store
 
 #: Objects per frame of a snapshot: frames stay small (200 slices of 100 endpoints: about 2 MB),
 #: however large the store.

@@ -3,7 +3,7 @@
 One job: turn the counters the server already keeps into the Prometheus text format. Design:
 
 - **Nothing per query.** The query path keeps plain ints, dicts and lists: the request counters
-  of `kdns.stats.QueryCounters` (the `QueryStats` protocol) and the responder's rcode, hit and
+  of `kdns.serve.stats.QueryCounters` (the `QueryStats` protocol) and the responder's rcode, hit and
   miss counters (`ResponseStats`); a `prometheus_client` metric object updated per query would
   cost a lock and several calls each time. This module reads those counters only when
   Prometheus scrapes, through a custom collector that yields `CounterMetricFamily`,
@@ -53,8 +53,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from . import __version__
-from .stats import DURATION_BOUNDS
+from kdns import __version__
+from kdns.serve.stats import DURATION_BOUNDS
 
 __all__ = [
     "CONTENT_TYPE",
@@ -112,7 +112,7 @@ RCODE_NAMES = {
 
 
 class QueryStats(Protocol):
-    """Request counters (`kdns.stats.QueryCounters`), read at scrape time."""
+    """Request counters (`kdns.serve.stats.QueryCounters`), read at scrape time."""
 
     @property
     def requests(self) -> Mapping[tuple[str, int], int] | Mapping[tuple[str, int, int], int]:
@@ -132,7 +132,7 @@ class QueryStats(Protocol):
 
 
 class ResponseStats(Protocol):
-    """Response counters (`kdns.responder.Responder`), read at scrape time."""
+    """Response counters (`kdns.serve.responder.Responder`), read at scrape time."""
 
     @property
     def rcodes(self) -> Mapping[int, int]:
@@ -168,7 +168,7 @@ class HistogramSource(Protocol):
 
 
 class WatchStats(Protocol):
-    """One watch's counters: `kdns.reflector.ReflectorStats` (not imported: it pulls in the
+    """One watch's counters: `kdns.sources.reflector.ReflectorStats` (not imported: it pulls in the
     Kubernetes client, which a files-only server never loads)."""
 
     @property
@@ -191,7 +191,7 @@ class WatchStats(Protocol):
 
 
 class UpstreamStats(Protocol):
-    """One upstream of the forwarder (`kdns.forward.Upstream`); `str()` gives its address."""
+    """One upstream of the forwarder (`kdns.ops.forward.Upstream`); `str()` gives its address."""
 
     @property
     def requests(self) -> int: ...
@@ -207,7 +207,7 @@ class UpstreamStats(Protocol):
 
 
 class ForwardStats(Protocol):
-    """The forwarder's counters (`kdns.forward.Forwarder`)."""
+    """The forwarder's counters (`kdns.ops.forward.Forwarder`)."""
 
     @property
     def hits(self) -> int: ...
@@ -223,7 +223,7 @@ class ForwardStats(Protocol):
 
 
 class AclStats(Protocol):
-    """The `--allow-query` counters (`kdns.acl.QueryAcl`), by proto."""
+    """The `--allow-query` counters (`kdns.serve.acl.QueryAcl`), by proto."""
 
     @property
     def refused(self) -> Mapping[str, int]: ...

@@ -20,7 +20,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
 
-from .config import ConfigError
+from kdns.config import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -1,11 +1,10 @@
 """`--workers N`: the serving processes, seen from the main process that watches.
 
 The main process binds the sockets, runs the sources and keeps the store; it starts N serving
-processes (`python -m kdns.worker`) that inherit the sockets and a pipe. Through the pipe each one
-gets its settings, a snapshot of the store and then every write (`publish.py`); through a second
-pipe it reports when it serves and, every second, its counters. The kernel spreads queries over
-the processes reading the shared sockets, so the API server sees one watch however many cores
-answer.
+processes (`python -m kdns.serve.worker`) that inherit the sockets and a pipe. Through the pipe each
+one gets its settings, a snapshot of the store and then every write (`publish.py`); through a second
+pipe it reports when it serves and, every second, its counters. The kernel spreads queries over the
+processes reading the shared sockets, so the API server sees one watch however many cores answer.
 
 A serving process that dies is started again (after a growing delay when it dies young), from a
 fresh snapshot; the others keep answering meanwhile. When the main process dies, the pipes close
@@ -28,13 +27,13 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from .acl import QueryAcl
-from .config import Config
-from .forward import Upstream
-from .frames import FrameReader, pack
-from .publish import snapshot
-from .stats import QueryCounters, Snapshot
-from .store import Store
+from kdns.config import Config
+from kdns.ops.forward import Upstream
+from kdns.serve.acl import QueryAcl
+from kdns.serve.frames import FrameReader, pack
+from kdns.serve.publish import snapshot
+from kdns.serve.stats import QueryCounters, Snapshot
+from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +258,7 @@ class WorkerPool:
         fds = [s.fileno() for s in self.sockets]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "kdns.worker", str(index), str(feed_r), str(status_w)]
+        argv = [sys.executable, "-m", "kdns.serve.worker", str(index), str(feed_r), str(status_w)]
         try:
             proc = subprocess.Popen(
                 argv + [str(fd) for fd in fds],

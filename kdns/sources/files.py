@@ -24,7 +24,7 @@ When new content is applied. A file being written is not a file that was written
 truncates `f` for `kubectl get svc -o yaml > f` at once, and kubectl writes only after its API
 round trip; an empty file is valid YAML, and serving it would answer NXDOMAIN for every name the
 file held. No timer tells the two apart on a loaded machine, so the watch asks who is writing
-(`kdns.writers`, inotify):
+(`kdns.sources.writers`, inotify):
 
 - a file whose writer closed it (IN_CLOSE_WRITE), or that was renamed into place (IN_MOVED_TO),
   is applied at once;
@@ -55,8 +55,8 @@ otherwise stall every query while it is parsed. The store is then written on the
 so the store needs no lock.
 
 The file source also computes what a cluster's control plane would add: ClusterIPs for services
-without one (`kdns.allocate`) and endpoints from Pod manifests (`kdns.pods`). It emits a
-`Namespace` record for every namespace an object lives in, so that names under
+without one (`kdns.sources.allocate`) and endpoints from Pod manifests (`kdns.sources.pods`).
+It emits a `Namespace` record for every namespace an object lives in, so that names under
 `<ns>.svc.<zone>` exist whether or not the layer was added with implicit namespaces.
 """
 
@@ -73,12 +73,18 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .allocate import DEFAULT_SERVICE_CIDR, AllocationError, Network, allocate, parse_cidr
-from .manifests import SUFFIXES, Origin, Parsed, Problem, Record, Severity, decode, read
-from .model import EndpointSet, KubeObject, Namespace, Service
-from .pods import Pod, ServiceTargets, endpoints_for, resolve_port, selects
-from .store import Sink
-from .writers import WriteState, WriteTracker, inotify_available
+from kdns.sources.allocate import (
+    DEFAULT_SERVICE_CIDR,
+    AllocationError,
+    Network,
+    allocate,
+    parse_cidr,
+)
+from kdns.sources.manifests import SUFFIXES, Origin, Parsed, Problem, Record, Severity, decode, read
+from kdns.sources.pods import Pod, ServiceTargets, endpoints_for, resolve_port, selects
+from kdns.sources.writers import WriteState, WriteTracker, inotify_available
+from kdns.state.model import EndpointSet, KubeObject, Namespace, Service
+from kdns.state.store import Sink
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from dnslib import QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
-from .answers import Engine
-from .wire import parse_query
-from .zonefile import records
+from kdns.dns.resolution import Engine
+from kdns.dns.wire import parse_query
+from kdns.ops.zonefile import records
 
 #: Records per message: keeps each message well under 65535 bytes.
 PER_MESSAGE = 200

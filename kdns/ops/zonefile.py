@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from dnslib import QTYPE, RR, DNSLabel
 
-from .answers import Engine
+from kdns.dns.resolution import Engine
 
 _ADDRESS = (QTYPE.A, QTYPE.AAAA)
 

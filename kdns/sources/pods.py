@@ -35,16 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .model import (
-    Endpoint,
-    EndpointPort,
-    EndpointSet,
-    ObjectKey,
-    Service,
-    Subset,
-    ip_family,
-)
-from .trim import (
+from kdns.sources.trim import (
     TrimError,
     as_ip,
     as_list,
@@ -54,6 +45,15 @@ from .trim import (
     as_str,
     labels,
     metadata,
+)
+from kdns.state.model import (
+    Endpoint,
+    EndpointPort,
+    EndpointSet,
+    ObjectKey,
+    Service,
+    Subset,
+    ip_family,
 )
 
 Json = Mapping[str, Any]
@@ -183,7 +183,7 @@ def service_targets(obj: Json) -> ServiceTargets:
         port = as_map(port, f"spec.ports[{i}]")
         number = port.get("port")
         if isinstance(number, bool) or not isinstance(number, int):
-            continue  # kdns.trim reports a bad port; nothing to resolve here
+            continue  # kdns.sources.trim reports a bad port; nothing to resolve here
         raw = port.get("targetPort")
         target: int | str
         if raw is None or raw == 0:

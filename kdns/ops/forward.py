@@ -65,8 +65,8 @@ from pathlib import Path
 
 from cachetools import TLRUCache
 
-from .config import ConfigError, parse_hostport
-from .wire import (
+from kdns.config import ConfigError, parse_hostport
+from kdns.dns.wire import (
     DEFAULT_MAX_UDP,
     OPT_TYPE,
     Drop,

@@ -42,10 +42,10 @@ from functools import lru_cache
 
 from dnslib import AAAA, A
 
-from .answers import Engine, Resolution, Rule, srv_targets, srv_weight
-from .model import ip_family
-from .store import ServiceView
-from .wire import CD, DEFAULT_MAX_UDP, HEADER, RD, Query, opt_record
+from kdns.dns.resolution import Engine, Resolution, Rule, srv_targets, srv_weight
+from kdns.dns.wire import CD, DEFAULT_MAX_UDP, HEADER, RD, Query, opt_record
+from kdns.state.model import ip_family
+from kdns.state.store import ServiceView
 
 _A, _AAAA, _SRV, _ANY = 1, 28, 33, 255
 #: Address family each question type asks for (None: both).

@@ -25,7 +25,7 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable
 
-from .model import Service
+from kdns.state.model import Service
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
