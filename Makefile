@@ -18,8 +18,8 @@ run: $(STAMP)
 	$(BIN)/kdns serve --zones zones --listen 127.0.0.1:1053
 
 lint: $(STAMP)
-	$(BIN)/ruff check kdns tests bench
-	$(BIN)/ruff format --check kdns tests bench
+	$(BIN)/ruff check kdns tests bench testkit
+	$(BIN)/ruff format --check kdns tests bench testkit
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -45,7 +45,7 @@ bench: $(STAMP)
 
 # The long fuzz run (make test runs 5,000 packets of it).
 fuzz: $(STAMP)
-	$(BIN)/python bench/fuzz.py --packets 100000
+	$(BIN)/python -m testkit.fuzz --packets 100000
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

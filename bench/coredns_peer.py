@@ -1,7 +1,7 @@
 """CoreDNS with its kubernetes plugin as a peer of the serving benchmark (`bench/run.py`).
 
 CoreDNS cannot read manifests: it watches an API server. So the e2e harness
-(`tests/e2e/controlplane.py`: etcd, kube-apiserver and kube-controller-manager run as plain
+(`testkit/controlplane.py`: etcd, kube-apiserver and kube-controller-manager run as plain
 processes from the binaries `tests/e2e/build.sh` puts in `${KDNS_E2E_CACHE:-~/.cache/kdns-e2e}/bin`)
 starts a real control plane, the benchmark's own manifests (`bench/dataset.py`) are created in it
 over HTTPS with the admin token, and CoreDNS (built into the same cache) serves them. The same API
@@ -45,8 +45,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-import tests.e2e.controlplane as controlplane
-from tests.e2e.controlplane import ControlPlane, wait_for
+import testkit.controlplane as controlplane
+from testkit.controlplane import ControlPlane, wait_for
 
 Obj = dict[str, Any]
 

@@ -4,7 +4,7 @@ changes made during the outage in the store?
     .venv/bin/python bench/outage.py [--runs 50 --min 1 --max 10 --seed 1] [--append [FILE]]
 
 A `ClusterSource` with the production `WatchSettings` (backoff 0.8 s doubling to 30 s, probes
-every 0.5-1 s) watches the API double (`tests/apiserver.py`, in this process) into a real store
+every 0.5-1 s) watches the API double (`testkit/apiserver.py`, in this process) into a real store
 (`LoopStore`: its own event loop, written through `LoopSink`, as the server runs it). Each run
 takes the API away for a random 1-10 s, alternately refusing connections (`go_down`, as a
 restarting apiserver) and answering 503 to everything with the open watches cut (as an
@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from kdns.sources.cluster import ClusterSource, load_api_client  # noqa: E402
-from tests.apiserver import (  # noqa: E402
+from testkit.apiserver import (  # noqa: E402
     FakeApiServer,
     Fault,
     LoopStore,

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kdns.sources.cluster import ClusterSource, load_api_client
 from kdns.sources.reflector import WatchSettings
 from kdns.state.store import Store
-from tests.apiserver import (
+from testkit.apiserver import (
     FakeApiServer,
     LoopStore,
     endpoint_slice,

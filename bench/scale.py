@@ -10,7 +10,7 @@ The cluster (`scale_apiserver.Shape`): 9,000 ClusterIP services without endpoint
 headless services with one EndpointSlice of 100 ready endpoints each (100,000 endpoints), spread
 over 100 namespaces. The slices sit on headless services on purpose: there every endpoint change
 changes DNS answers (a ClusterIP service's answers do not depend on its endpoints), so this is
-the hard case. The API server double (`tests/apiserver.py`: real HTTP, real list/watch,
+the hard case. The API server double (`testkit/apiserver.py`: real HTTP, real list/watch,
 resourceVersions, 410 after a compaction) runs in a process of its own (multiprocessing, spawn)
 pinned to CPU 1 and is driven through pipes; kdns runs as `python -m kdns serve --kubeconfig ...
 --zones EMPTY --listen 127.0.0.1:PORT --http 127.0.0.1:PORT --log-level warning` pinned to CPU 0
@@ -341,7 +341,7 @@ class Double:
 
 
 def write_kubeconfig(path: Path, server: str) -> Path:
-    from tests.apiserver import write_kubeconfig as write
+    from testkit.apiserver import write_kubeconfig as write
 
     return write(path, server)
 

@@ -5,7 +5,7 @@ process of its own, and the churn that changes it.
 than kdns's, and drives it through a pipe of commands; the churn thread reports every change it
 makes through a second pipe, so the parent can watch DNS for it.
 
-The double is `tests.apiserver.FakeApiServer` (real HTTP, real list/watch protocol, real
+The double is `testkit.apiserver.FakeApiServer` (real HTTP, real list/watch protocol, real
 resourceVersions, 410 after a compaction) with its copying made cheaper: the stock double
 deep-copies every object on every write, list and watch event (a list of 1,000 slices of 100
 endpoints costs it 1.1 s under its lock, which would be counted as kdns's sync time, and each
@@ -30,8 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import tests.apiserver as apiserver
-from tests.apiserver import (
+import testkit.apiserver as apiserver
+from testkit.apiserver import (
     KIND_TO_PLURAL,
     RESOURCES,
     FakeApiServer,

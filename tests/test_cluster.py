@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kdns.sources.cluster import ClusterConfigError, ClusterSource, load_api_client
-from tests.apiserver import (
+from testkit.apiserver import (
     FAST,
     FakeApiServer,
     Fault,

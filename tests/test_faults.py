@@ -2,7 +2,7 @@
 no name that existed is answered NXDOMAIN because a source failed.
 
 Each test runs `kdns serve` as a subprocess (the zones directory, or `--kubeconfig` against the
-API server double of tests/apiserver.py), queries it all along from a `Prober` thread, injects
+API server double of testkit/apiserver.py), queries it all along from a `Prober` thread, injects
 one fault, checks every answer given meanwhile, then lifts the fault and checks that a change
 made meanwhile arrives. What the other test files already cover, below the DNS layer:
 
@@ -23,7 +23,7 @@ made meanwhile arrives. What the other test files already cover, below the DNS l
 None of them asks over DNS while the fault lasts; these tests do, for each fault.
 
 The API tests start kdns through a launcher that shrinks the reflector's timings (read timeout,
-backoff) the way tests/apiserver.py's FAST does for the reflector tests; everything else is the
+backoff) the way testkit/apiserver.py's FAST does for the reflector tests; everything else is the
 real `kdns serve`.
 """
 
@@ -45,7 +45,7 @@ import dns.rcode
 import pytest
 
 import tests.kdns_process as kdns_process
-from tests.apiserver import (
+from testkit.apiserver import (
     FakeApiServer,
     Fault,
     Obj,

@@ -1,8 +1,8 @@
-"""bench/fuzz.py, briefly, against a live kdns: 5,000 random and mutated packets over UDP and TCP.
+"""testkit/fuzz.py, briefly, against a live kdns: 5,000 random and mutated packets over UDP and TCP.
 
-The long run is `python bench/fuzz.py` (100,000 packets). This one uses a fixed seed, so it sends
+The long run is `python -m testkit.fuzz` (100,000 packets). This one uses a fixed seed, so it sends
 the same packets every time, and runs kdns with --log-queries so the query log sees them too.
-Known names are judged by bench.fuzz.judge_reply: dnspython builds the reply from the expected
+Known names are judged by testkit.fuzz.judge_reply: dnspython builds the reply from the expected
 records and decides whether it must be truncated; the records of the large service `big.fuzz`
 come from what the fuzz wrote, not from `kdns records`.
 """
@@ -22,7 +22,7 @@ import dns.message
 import dns.rrset
 import pytest
 
-from bench.fuzz import big_address, check_reply, judge_reply
+from testkit.fuzz import big_address, check_reply, judge_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKETS = 5000
@@ -32,7 +32,7 @@ SEED = 1
 @pytest.fixture(scope="module")
 def run() -> dict[str, Any]:
     began = time.monotonic()
-    cmd = [sys.executable, str(ROOT / "bench" / "fuzz.py"), "--packets", str(PACKETS)]
+    cmd = [sys.executable, "-m", "testkit.fuzz", "--packets", str(PACKETS)]
     cmd += ["--seed", str(SEED), "--log-queries", "--time-limit", "60"]
     out = subprocess.run(
         cmd,

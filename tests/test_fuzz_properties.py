@@ -4,14 +4,14 @@ Hypothesis drives four families of properties:
 
 (a) `parse_query` on arbitrary bytes raises nothing but `Drop` or `Refuse`, and a `Refuse` reply is
     a DNS message dnspython reads, with the query's ID, QR set and the rcode it claims;
-(b) `Responder.respond` on mutated valid queries (the mutation families of bench/fuzz.py: bit
+(b) `Responder.respond` on mutated valid queries (the mutation families of testkit/fuzz.py: bit
     flips, truncation, counts, label lengths, compression pointers and loops, long names, QDCOUNT
     0 and 2, QR, opcodes, classes and types, EDNS with bad or repeated options, OPT not at the
     root, two OPTs) returns None or bytes dnspython reads, with the query's ID, QR set and the
     UDP size limit kept;
 (c) the fast path (cache hit without decoding) and the full path agree byte for byte on every
     query the fast path accepts, and both agree with an oracle that shares no code with kdns
-    (tests/reference.py: the records from the objects; bench.fuzz.judge_reply: the message,
+    (tests/reference.py: the records from the objects; testkit.fuzz.judge_reply: the message,
     TC=1 exactly when it does not fit the client's UDP limit, built by dnspython);
 (d) the answer engine on arbitrary label sequences never raises, gives a valid rcode and puts the
     zone's SOA in the authority section of every in-zone NXDOMAIN and NODATA.
@@ -34,16 +34,6 @@ from dnslib import QTYPE, RCODE, DNSLabel
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bench.fuzz import (
-    MUTATIONS,
-    judge_reply,
-    mutate,
-    name_wire,
-    opt_record,
-    random_packet,
-    valid_query,
-)
-from bench.fuzz import Query as Packet
 from kdns.dns.resolution import Answer, Cluster, Engine
 from kdns.dns.wire import (
     Drop,
@@ -67,6 +57,16 @@ from kdns.state.model import (
     Subset,
 )
 from kdns.state.store import Store
+from testkit.fuzz import (
+    MUTATIONS,
+    judge_reply,
+    mutate,
+    name_wire,
+    opt_record,
+    random_packet,
+    valid_query,
+)
+from testkit.fuzz import Query as Packet
 from tests import reference
 
 ZONE = "cluster.local"

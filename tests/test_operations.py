@@ -16,7 +16,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.apiserver import FakeApiServer, endpoint_slice, namespace, service, write_kubeconfig
+from testkit.apiserver import FakeApiServer, endpoint_slice, namespace, service, write_kubeconfig
 from tests.kdns_process import start_kdns, until
 
 ZONE = """

@@ -28,8 +28,8 @@ from kdns.sources.reflector import Recovery, Reflector, WatchSettings, _Dechunke
 from kdns.sources.trim import trim as real_trim
 from kdns.state.model import KubeObject, ObjectKey
 from kdns.state.store import Sink
-from tests import apiserver
-from tests.apiserver import (
+from testkit import apiserver
+from testkit.apiserver import (
     FAST,
     TOKEN,
     FakeApiServer,

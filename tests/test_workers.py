@@ -18,7 +18,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.apiserver import FakeApiServer, namespace, service, write_kubeconfig
+from testkit.apiserver import FakeApiServer, namespace, service, write_kubeconfig
 from tests.kdns_process import KdnsProcess, start_kdns, until
 
 ZONE = """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.controlplane import (
+from testkit.controlplane import (
     CONTROL_PLANE,
     ControlPlane,
     bin_dir,

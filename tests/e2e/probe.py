@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tests.e2e.controlplane import ApiError, ControlPlane, Obj
+from testkit.controlplane import ApiError, ControlPlane, Obj
 from tests.e2e.dnsutil import ask
 from tests.kdns_process import KdnsProcess
 

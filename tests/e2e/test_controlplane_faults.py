@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from testkit.controlplane import ADMIN_TOKEN, ApiError, ControlPlane, free_port, wait_for
 from tests.e2e.conftest import skip_or_fail, start_kdns_for, unavailable
-from tests.e2e.controlplane import ADMIN_TOKEN, ApiError, ControlPlane, free_port, wait_for
 from tests.e2e.probe import NXDOMAIN, Probe, api_state
 from tests.kdns_process import KdnsProcess
 

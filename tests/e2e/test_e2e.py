@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import skip_or_fail, start_kdns_for, unavailable
-from tests.e2e.controlplane import (
+from testkit.controlplane import (
     LIMITED_TOKEN,
     ApiError,
     ControlPlane,
@@ -29,6 +28,7 @@ from tests.e2e.controlplane import (
     start_process,
     wait_for,
 )
+from tests.e2e.conftest import skip_or_fail, start_kdns_for, unavailable
 from tests.e2e.dnsutil import Reply, ask, dig_reply, until_dig
 from tests.kdns_process import KdnsProcess
 

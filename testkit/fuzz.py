@@ -1,7 +1,7 @@
 """Fuzz a live kdns over UDP and TCP with random and mutated packets, and check it survives.
 
-    python bench/fuzz.py                      # 100,000 packets, a random seed (printed)
-    python bench/fuzz.py --packets 5000 --seed 7
+    python -m testkit.fuzz                      # 100,000 packets, a random seed (printed)
+    python -m testkit.fuzz --packets 5000 --seed 7
 
 What it does:
 

@@ -33,7 +33,7 @@ Obj = dict[str, Any]
 T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
-BUILD_SH = HERE / "build.sh"
+BUILD_SH = HERE.parent / "tests" / "e2e" / "build.sh"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager")
 SERVICE_CIDR = "10.96.0.0/16"
 ADMIN_TOKEN = "kdns-e2e-admin-token"
