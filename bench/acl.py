@@ -77,7 +77,7 @@ def measure(zones: Path, wires: list[bytes], passes: int, rounds: int) -> list[t
             server = DnsServer(config)
             await server.startup()
             servers.append(server)
-            proto = UdpProtocol(server)
+            proto = UdpProtocol(server.transports)
             proto.connection_made(Discard())
             protos.append(proto)
         try:

@@ -298,7 +298,7 @@ def time_python(zones: Path, lines: list[str], passes: int = 10) -> list[tuple[s
         server = DnsServer(Config(zones=[zones], listen=[("127.0.0.1", 0)]))
         await server.startup()
         try:
-            proto = UdpProtocol(server)
+            proto = UdpProtocol(server.transports)
             proto.connection_made(Discard())
             respond, record, clock = (
                 server.responder.respond,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -22,6 +22,9 @@ from kdns.config import (
     parse_cluster,
     parse_hostport,
 )
+
+if TYPE_CHECKING:
+    from kdns.dns.resolution import Engine
 
 app = typer.Typer(
     add_completion=False,
@@ -271,16 +274,18 @@ def serve(
         pass
 
 
-def _load_engine(zones: list[Path] | None, domain: str, service_cidr: str) -> object:
-    from kdns.dns.resolution import Cluster, Engine
-    from kdns.sources.files import FileSource, SourceError
-    from kdns.state.store import Store
+def _load_engine(zones: list[Path] | None, domain: str, service_cidr: str) -> Engine:
+    """The engine `kdns serve --zones ... --domain ...` would answer from (built by the server)."""
+    from kdns.serve.server import engine_from_files
+    from kdns.sources.files import SourceError
 
-    store = Store()
-    store.add_layer("files", implicit_namespaces=True)
     try:
-        FileSource(store, "files", list(zones or [Path("zones")]), check_cidr(service_cidr)).load()
-        return Engine([Cluster(normalize_domain(domain), store)])
+        config = Config(
+            zones=list(zones or []),
+            domain=normalize_domain(domain),
+            service_cidr=check_cidr(service_cidr),
+        )
+        return engine_from_files(config)
     except (ConfigError, SourceError) as err:
         _fail(str(err))
 
@@ -292,13 +297,10 @@ def records(
     service_cidr: CidrOpt = "10.96.0.0/12",
 ) -> None:
     """Print every record kdns would serve, as a sorted zone file."""
-    from kdns.dns.resolution import Engine
     from kdns.ops.zonefile import render
 
     logging.basicConfig(level=logging.ERROR)
-    engine = _load_engine(zones, domain, service_cidr)
-    assert isinstance(engine, Engine)
-    typer.echo(render(engine), nl=False)
+    typer.echo(render(_load_engine(zones, domain, service_cidr)), nl=False)
 
 
 @app.command()
@@ -337,7 +339,6 @@ def explain(
     ] = None,
 ) -> None:
     """Tell which objects produce the answer to NAME [TYPE], and why."""
-    from kdns.dns.resolution import Engine
     from kdns.ops.explain import ExplainError
     from kdns.ops.explain import explain as explain_name
 
@@ -346,7 +347,6 @@ def explain(
         return
     logging.basicConfig(level=logging.ERROR)
     engine = _load_engine(zones, domain, service_cidr)
-    assert isinstance(engine, Engine)
     try:
         typer.echo(explain_name(engine, name, qtype), nl=False)
     except ExplainError as err:

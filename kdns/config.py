@@ -55,12 +55,9 @@ class Config:
     allow_query: list[str] = field(default_factory=list)
     #: Send nothing to the others, instead of REFUSED.
     allow_query_drop: bool = False
-    # wire limits
-    max_udp: int = 1232
+    # TCP limits
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
-    cache_size: int = 20000
-    poll_interval: float = 0.25
     #: How a changed zones/ file is known to be complete (`files.WATCH_MODES`).
     zones_watch: str = "auto"
     #: Serving processes; 0: this process serves too (see `workers.py`).

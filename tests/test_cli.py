@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import dns.zone
 import pytest
 
 from kdns import __version__
+from kdns.config import Config
 from tests.kdns_process import KDNS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +80,21 @@ def test_user_errors_are_one_line(args: list[str], code: int, message: str) -> N
     assert lines[0].startswith("kdns: error: ")
     assert message in lines[0]
     assert "Traceback" not in out.stderr
+
+
+#: Config fields whose flag is singular because it is repeated.
+_REPEATED = {"namespaces": "--namespace", "clusters": "--cluster", "upstreams": "--upstream"}
+
+
+def test_every_config_field_has_a_flag() -> None:
+    # A field no flag sets is a setting nobody can change and a default nobody reads twice.
+    help_text = kdns("serve", "--help").stdout
+    missing = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if _REPEATED.get(f.name, "--" + f.name.replace("_", "-")) not in help_text
+    ]
+    assert missing == []
 
 
 def test_check_missing_directory() -> None:

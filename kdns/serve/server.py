@@ -40,7 +40,7 @@ from kdns.serve.publish import Publisher
 from kdns.serve.ratelimit import RateLimiter
 from kdns.serve.responder import Responder
 from kdns.serve.stats import QueryCounters
-from kdns.serve.transport import TcpProtocol, UdpProtocol
+from kdns.serve.transport import TcpProtocol, TransportState, UdpProtocol
 from kdns.state.store import LoopSink, Sink, Store
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,25 @@ def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
     return sock
 
 
+def build_engine(config: Config, zones: list[Cluster]) -> Engine:
+    """The answer engine for these zones as `config` sets it: the server's, and the one-shot
+    commands' (`kdns records`, `kdns explain`), so that they answer as the server would."""
+    ns_addresses = [h for h, _ in config.listen if h not in ("0.0.0.0", "::")]
+    return Engine(zones, ttl=config.ttl, pods=config.pods, ns_addresses=ns_addresses)
+
+
+def engine_from_files(config: Config) -> Engine:
+    """The engine a server started with `config` answers from once its zones/ files are loaded,
+    without serving or watching anything (no cluster). Raises `SourceError` for unreadable
+    manifests and `ConfigError` for a bad --service-cidr."""
+    from kdns.sources.files import FileSource
+
+    store = Store()
+    store.add_layer(FILES_LAYER, implicit_namespaces=True)
+    FileSource(store, FILES_LAYER, config.zone_dirs(), config.service_cidr).load()
+    return build_engine(config, [Cluster(config.domain, store)])
+
+
 class DnsServer:
     """A kdns server built from a `Config`."""
 
@@ -104,20 +123,9 @@ class DnsServer:
         if len({c.domain for c in zones}) != len(zones):
             raise ConfigError("every --cluster needs a zone of its own, other than --domain")
         self.stores = [c.store for c in zones]
-        ns_addresses = [h for h, _ in config.listen if h not in ("0.0.0.0", "::")]
-        self.engine = Engine(
-            zones,
-            ttl=config.ttl,
-            pods=config.pods,
-            ns_addresses=ns_addresses,
-        )
+        self.engine = build_engine(config, zones)
         self.forwarder: Any = None
-        self.responder = Responder(
-            self.engine,
-            max_udp=config.max_udp,
-            cache_size=config.cache_size,
-            forwarding=bool(config.upstreams),
-        )
+        self.responder = Responder(self.engine, forwarding=bool(config.upstreams))
         self.stats = QueryCounters()
         self.programming = LatencyHistogram()
         for store in self.stores:
@@ -139,8 +147,17 @@ class DnsServer:
         except ValueError as err:
             raise ConfigError(f"bad --transfer-to: {err}") from None
         self.sources: list[Any] = []
-        #: open TCP connections, least recently active first
-        self.connections: dict[TcpProtocol, None] = {}
+        self.transports = TransportState(
+            self.responder,
+            self.stats,
+            forward=self.forward,
+            transfer=self.transfer,
+            limiter=self.limiter,
+            acl=self.acl,
+            log_queries=config.log_queries,
+            tcp_max_connections=config.tcp_max_connections,
+            tcp_idle_timeout=config.tcp_idle_timeout,
+        )
         self.serving = False
         self.addresses: list[tuple[str, int]] = []
         self._stop = asyncio.Event()
@@ -234,10 +251,12 @@ class DnsServer:
                 )
             return
         for udp, tcp in sockets:
-            transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self), sock=udp)
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: UdpProtocol(self.transports), sock=udp
+            )
             self._closers.append(transport.close)
             tcp.listen(128)
-            server = await loop.create_server(lambda: TcpProtocol(self), sock=tcp)
+            server = await loop.create_server(lambda: TcpProtocol(self.transports), sock=tcp)
             self._closers.append(server.close)
         self.serving = True
         if self.inherited is not None:
@@ -270,7 +289,6 @@ class DnsServer:
             FILES_LAYER,
             cfg.zone_dirs(),
             cfg.service_cidr,
-            poll_interval=cfg.poll_interval,
             watch_mode=cfg.zones_watch,
         )
         files.load()
@@ -485,7 +503,7 @@ class DnsServer:
                 close()
             except Exception:
                 log.exception("error while shutting down")
-        for conn in list(self.connections):
+        for conn in list(self.transports.connections):
             if conn.transport is not None:
                 conn.transport.close()
 

@@ -7,8 +7,8 @@ of the difference between 18,000 and 60,000+ queries a second on one core.
 Limits live here because they are about connections and clients, not about DNS: the number of
 TCP connections (at the cap, the quietest connection makes room for a new one), the idle timeout
 (which also drops a client that sends half a length prefix and stalls), pausing reads while a
-client does not read its answers, the number of forwarded queries in flight, and per-prefix
-response-rate limiting on UDP.
+client does not read its answers, and per-prefix response-rate limiting on UDP. (The bound on
+forwarded queries waiting for an upstream is the forwarder's: `kdns.ops.forward.MAX_PENDING`.)
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kdns.dns.wire import describe_packet, refused_for, servfail_for, slipped
 from kdns.serve.acl import QueryAcl
 from kdns.serve.ratelimit import SLIP, RateLimiter
-from kdns.serve.responder import FORWARD, TRANSFER, Action
+from kdns.serve.responder import FORWARD, TRANSFER, Action, Responder
 from kdns.serve.stats import QueryCounters
-
-if TYPE_CHECKING:
-    from kdns.serve.server import DnsServer
 
 log = logging.getLogger(__name__)
 querylog = logging.getLogger("kdns.query")
@@ -49,6 +48,39 @@ def _log_query(
     )
 
 
+Reply = Callable[[bytes | None], None]
+
+
+class Forward(Protocol):
+    """How a transport hands a query upstream: `forward(query, reply, udp=..., family=...)`."""
+
+    def __call__(self, query: bytes, reply: Reply, *, udp: bool, family: int = 4) -> None: ...
+
+
+@dataclass(eq=False)
+class TransportState:
+    """What the UDP and TCP protocols read and share, and nothing else of the server.
+
+    The server (or a serving process) builds one; every protocol instance reads the same one, and
+    the TCP ones keep their connection table in it.
+    """
+
+    responder: Responder
+    stats: QueryCounters
+    #: Sends a query upstream; the reply callback gets the answer or SERVFAIL.
+    forward: Forward
+    #: The messages of a zone transfer for (query, client address).
+    transfer: Callable[[bytes, str], list[bytes]]
+    limiter: RateLimiter | None = None
+    #: None when everyone may query: the transports then check nothing.
+    acl: QueryAcl | None = None
+    log_queries: bool = False
+    tcp_max_connections: int = 1000
+    tcp_idle_timeout: float = 10.0
+    #: Open TCP connections, least recently active first.
+    connections: dict[TcpProtocol, None] = field(default_factory=dict)
+
+
 def _family(transport: asyncio.BaseTransport) -> int:
     sock = transport.get_extra_info("socket")
     return 6 if sock is not None and sock.family == socket.AF_INET6 else 4
@@ -57,13 +89,13 @@ def _family(transport: asyncio.BaseTransport) -> int:
 class UdpProtocol(asyncio.DatagramProtocol):
     """Answers each datagram as it arrives; never raises into the loop."""
 
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-        self.responder = server.responder
-        self.stats: QueryCounters = server.stats
-        self.limiter: RateLimiter | None = server.limiter
-        self.acl: QueryAcl | None = server.acl
-        self.log_queries = server.config.log_queries
+    def __init__(self, state: TransportState) -> None:
+        self.state = state
+        self.responder = state.responder
+        self.stats: QueryCounters = state.stats
+        self.limiter: RateLimiter | None = state.limiter
+        self.acl: QueryAcl | None = state.acl
+        self.log_queries = state.log_queries
         self.transport: asyncio.DatagramTransport | None = None
         self.family = 4
         self.counts = self.stats.counter("udp", 4)
@@ -117,7 +149,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
     def _not_bytes(self, data: bytes, addr: tuple[str, int], response: object) -> bool:
         """Act on a response that is not bytes; True when it is answered later (forwarded)."""
         if response is FORWARD:
-            self.server.forward(data, lambda r: self._send(r, addr), udp=True, family=self.family)
+            self.state.forward(data, lambda r: self._send(r, addr), udp=True, family=self.family)
             return True
         if isinstance(response, Action):
             self._send(servfail_for(data), addr)  # AXFR over UDP never gets here: REFUSED
@@ -168,10 +200,10 @@ class TcpProtocol(asyncio.Protocol):
     pipelining). A connection that completes no message within the idle timeout is closed.
     """
 
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-        self.responder = server.responder
-        self.stats = server.stats
+    def __init__(self, state: TransportState) -> None:
+        self.state = state
+        self.responder = state.responder
+        self.stats = state.stats
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -183,7 +215,7 @@ class TcpProtocol(asyncio.Protocol):
         self.family = _family(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
-        acl = self.server.acl
+        acl = self.state.acl
         if acl is not None and not acl.allows(self.peer):
             # Decided once per connection: the source cannot change within it.
             if acl.drop:
@@ -191,8 +223,8 @@ class TcpProtocol(asyncio.Protocol):
                 transport.abort()  # type: ignore[attr-defined]
                 return
             self._answer = self._refuse  # type: ignore[method-assign]
-        conns = self.server.connections
-        if len(conns) >= self.server.config.tcp_max_connections:
+        conns = self.state.connections
+        if len(conns) >= self.state.tcp_max_connections:
             # Full: close the connection that has been quiet longest rather than refuse this
             # one, so clients holding connections open without asking anything (slowloris)
             # cannot lock out a client that has a question now.
@@ -202,7 +234,7 @@ class TcpProtocol(asyncio.Protocol):
         self._arm()
 
     def close(self) -> None:
-        self.server.connections.pop(self, None)
+        self.state.connections.pop(self, None)
         if self.transport is not None:
             self.transport.close()
 
@@ -210,7 +242,7 @@ class TcpProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.server.config.tcp_idle_timeout, self._idle)
+        self._timer = loop.call_later(self.state.tcp_idle_timeout, self._idle)
 
     def _idle(self) -> None:
         if self.transport is not None:
@@ -240,7 +272,7 @@ class TcpProtocol(asyncio.Protocol):
         if done:
             self._arm()
             # Most recently active last: the connection evicted first is the quietest.
-            conns = self.server.connections
+            conns = self.state.connections
             if conns.pop(self, 0) is None:
                 conns[self] = None
 
@@ -258,15 +290,15 @@ class TcpProtocol(asyncio.Protocol):
                 self.transport.close()
             return False
         if response is FORWARD:
-            self.server.forward(message, self._write, udp=False, family=self.family)
+            self.state.forward(message, self._write, udp=False, family=self.family)
             return True
         if response is TRANSFER:
-            for part in self.server.transfer(message, self.peer):
+            for part in self.state.transfer(message, self.peer):
                 self._write(part)
         elif isinstance(response, bytes):
             self._write(response)
         self.stats.record(self.stats.counter("tcp", self.family), self.responder.qtype, started)
-        if self.server.config.log_queries:
+        if self.state.log_queries:
             _log_query(
                 self.peer, "tcp", message, response if type(response) is bytes else None, started
             )
@@ -274,12 +306,12 @@ class TcpProtocol(asyncio.Protocol):
 
     def _refuse(self, message: bytes) -> bool:
         """`_answer` for a source --allow-query leaves out: REFUSED, then close."""
-        assert self.server.acl is not None and self.transport is not None
-        self.server.acl.deny("tcp")
+        assert self.state.acl is not None and self.transport is not None
+        self.state.acl.deny("tcp")
         refused = refused_for(message)
         self._write(refused)
         self.transport.close()  # after the REFUSED is written
-        if self.server.config.log_queries:
+        if self.state.log_queries:
             _log_query(self.peer, "tcp", message, refused, time.perf_counter())
         return False
 
@@ -290,4 +322,4 @@ class TcpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self.server.connections.pop(self, None)
+        self.state.connections.pop(self, None)
