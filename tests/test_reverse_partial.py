@@ -18,9 +18,10 @@ import dns.rcode
 import pytest
 from dnslib import DNSLabel
 
-from kdns.dns.resolution import ANY_TAG, Cluster, Engine, _PtrIndex
+from kdns.dns.resolution import ANY_TAG, Cluster, Engine
 from kdns.serve.responder import Responder
 from kdns.state.model import KubeObject
+from kdns.state.reverse_index import ReverseIndex
 from kdns.state.store import Store
 from tests.builders import (
     LAYER,
@@ -270,8 +271,8 @@ def test_random_changes_agree_with_the_store(
     seed: int, one_by_one: int, backlog: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Small ONE_BY_ONE and BACKLOG send the same changes through the merge and the rebuild."""
-    monkeypatch.setattr(_PtrIndex, "ONE_BY_ONE", one_by_one)
-    monkeypatch.setattr(_PtrIndex, "BACKLOG", backlog)
+    monkeypatch.setattr(ReverseIndex, "ONE_BY_ONE", one_by_one)
+    monkeypatch.setattr(ReverseIndex, "BACKLOG", backlog)
     rng = random.Random(seed)
     store = make_store(namespaces("default"))
     engine = Engine([Cluster(ZONE, store)])

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from dnslib import QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
+from kdns.dns.names import Shape
 from kdns.dns.resolution import Engine
 from kdns.dns.wire import parse_query
 from kdns.ops.zonefile import records
@@ -56,16 +57,18 @@ def transfer(
 
     if not allowed(client, networks):
         return [message(RCODE.REFUSED, [], True)]
-    cluster = next((c for c in engine.clusters if c.domain == zone), None)
-    if cluster is None:
+    request = engine.parse(query.labels)
+    if request.shape is not Shape.APEX:
         return [message(RCODE.NOTAUTH, [], True)]
+    cluster = request.zone
     soa = engine.resolve(DNSLabel(zone), QTYPE.SOA).answer
-    body = [rr for rr in records(engine) if rr.rtype != QTYPE.SOA and _in_zone(str(rr.rname), zone)]
+    # A record belongs to the zone the grammar puts its name in (the longest zone that holds it),
+    # so a cluster zone under another one is never transferred as part of its parent.
+    body = [
+        rr
+        for rr in records(engine)
+        if rr.rtype != QTYPE.SOA and engine.parse(rr.rname.label).zone is cluster
+    ]
     rrs = [*soa, *body, *soa]
     chunks = [rrs[i : i + PER_MESSAGE] for i in range(0, len(rrs), PER_MESSAGE)]
     return [message(RCODE.NOERROR, chunk, i == 0) for i, chunk in enumerate(chunks)]
-
-
-def _in_zone(name: str, zone: str) -> bool:
-    name = name.rstrip(".").lower()
-    return name == zone or name.endswith("." + zone)

@@ -14,38 +14,32 @@ from dnslib import QTYPE, RR, DNSLabel
 
 from kdns.dns.resolution import Engine
 
-_ADDRESS = (QTYPE.A, QTYPE.AAAA)
+_TYPES = (QTYPE.SOA, QTYPE.NS, QTYPE.A, QTYPE.AAAA, QTYPE.CNAME, QTYPE.SRV, QTYPE.PTR, QTYPE.TXT)
 
 
-def _questions(engine: Engine) -> Iterator[tuple[str, int]]:
+def _names(engine: Engine) -> Iterator[str]:
+    """Every name the data implies (pod names, which any address makes, are left out)."""
     for cluster in engine.clusters:
         zone = cluster.domain
-        yield zone, QTYPE.SOA
-        yield zone, QTYPE.NS
-        yield f"dns-version.{zone}", QTYPE.TXT
-        for qtype in _ADDRESS:
-            yield f"ns.dns.{zone}", qtype
+        yield from (zone, f"dns-version.{zone}", f"ns.dns.{zone}")
         addresses: set[str] = set()
         for view in cluster.store.views():
             svc = view.service
             fqdn = f"{svc.name}.{svc.namespace}.svc.{zone}"
+            yield fqdn
             if svc.type == "ExternalName":
-                yield fqdn, QTYPE.CNAME
                 continue
-            for qtype in (*_ADDRESS, QTYPE.SRV):
-                yield fqdn, qtype
             ports = {(p.name, p.protocol) for p in svc.ports if p.name}
             if svc.headless:
                 ports = {(p.name, p.protocol) for ep in view.ready for p in ep.ports if p.name}
             for name, proto in sorted(ports):
-                yield f"_{name}._{proto.lower()}.{fqdn}", QTYPE.SRV
+                yield f"_{name}._{proto.lower()}.{fqdn}"
             for label in sorted({ep.name for ep in view.ready}):
-                for qtype in _ADDRESS:
-                    yield f"{label}.{fqdn}", qtype
+                yield f"{label}.{fqdn}"
             addresses.update(svc.cluster_ips)
             addresses.update(ep.address for ep in view.ready)
         for address in sorted(addresses, key=_ip_order):
-            yield ipaddress.ip_address(address).reverse_pointer, QTYPE.PTR
+            yield ipaddress.ip_address(address).reverse_pointer
 
 
 def _ip_order(address: str) -> tuple[int, int]:
@@ -56,9 +50,13 @@ def _ip_order(address: str) -> tuple[int, int]:
 def records(engine: Engine) -> list[RR]:
     """Every answer record of every name the data implies, deduplicated and sorted."""
     seen: dict[str, RR] = {}
-    for name, qtype in _questions(engine):
-        for rr in engine.resolve(DNSLabel(name), qtype).answer:
-            seen.setdefault(rr.toZone(), rr)
+    for name in _names(engine):
+        # Every type the engine has records of, asked at every name: which types a name has
+        # is the resolution's to say (A at `_port._proto.<svc>`, SRV at an endpoint), not ours.
+        label = DNSLabel(name)
+        for qtype in _TYPES:
+            for rr in engine.resolve(label, qtype).answer:
+                seen.setdefault(rr.toZone(), rr)
     return [seen[k] for k in sorted(seen, key=_sort_key)]
 
 
