@@ -21,8 +21,8 @@ import dns.rrset
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSRecord, EDNSOption
 
-from kdns.ops import forward
 from kdns.config import ConfigError
+from kdns.ops import forward
 from kdns.ops.forward import MAX_TTL, TIMEOUT, Forwarder, cache_ttl, parse_upstream
 
 Reply = DNSRecord | bytes | None
