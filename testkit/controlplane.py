@@ -35,7 +35,10 @@ T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 BUILD_SH = HERE.parent / "tests" / "e2e" / "build.sh"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager")
+#: The service ranges, IPv4 first (the primary family: single-stack services are IPv4, as is the
+#: `kubernetes` service); the IPv6 range lets services ask for dual-stack or IPv6 ClusterIPs.
 SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_CIDR_V6 = "fd00:10:96::/112"
 ADMIN_TOKEN = "kdns-e2e-admin-token"
 LIMITED_TOKEN = "kdns-e2e-limited-token"  # static user "kdns-limited", no groups
 CONTROLLERS = "endpoints-controller,endpointslice-controller,endpointslice-mirroring-controller"
@@ -258,7 +261,7 @@ class ControlPlane:
             f"--cert-dir={cert_dir}",
             f"--token-auth-file={self.workdir / 'tokens.csv'}",
             "--authorization-mode=RBAC",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={SERVICE_CIDR},{SERVICE_CIDR_V6}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={self.workdir / 'sa.key'}",
             f"--service-account-signing-key-file={self.workdir / 'sa.key'}",
@@ -441,12 +444,20 @@ class ControlPlane:
         publish_not_ready: bool = False,
         protocols: dict[str, str] | None = None,
         cluster_ip: str | None = None,
+        ip_family_policy: str | None = None,
+        ip_families: tuple[str, ...] = (),
     ) -> Obj:
         """ports: (name, port, targetPort); an empty name makes an unnamed port. `cluster_ip`:
-        that address rather than an allocated one (as a restore from backup does)."""
+        that address rather than an allocated one (as a restore from backup does).
+        `ip_family_policy` (SingleStack, PreferDualStack, RequireDualStack) and `ip_families`
+        ("IPv4", "IPv6", primary first): left to the apiserver's defaults when not given."""
         spec: Obj = {}
         if cluster_ip:
             spec["clusterIP"] = cluster_ip
+        if ip_family_policy:
+            spec["ipFamilyPolicy"] = ip_family_policy
+        if ip_families:
+            spec["ipFamilies"] = list(ip_families)
         if external_name:
             spec = {"type": "ExternalName", "externalName": external_name}
         if selector is not None:
@@ -533,15 +544,17 @@ class ControlPlane:
             {"metadata": {"name": name, "namespace": ns, "labels": labels}, "spec": spec},
         )
 
-    def set_pod_ready(self, ns: str, name: str, ip: str, ready: bool) -> Obj:
-        """Do the kubelet's part: Running, with an IP, Ready true or false."""
+    def set_pod_ready(self, ns: str, name: str, ip: str | tuple[str, ...], ready: bool) -> Obj:
+        """Do the kubelet's part: Running, with an IP (or a tuple of one IP per family, primary
+        first, for a dual-stack pod), Ready true or false."""
         status = "True" if ready else "False"
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        ips = (ip,) if isinstance(ip, str) else ip
         patch = {
             "status": {
                 "phase": "Running",
-                "podIP": ip,
-                "podIPs": [{"ip": ip}],
+                "podIP": ips[0],
+                "podIPs": [{"ip": a} for a in ips],
                 "hostIP": "10.250.0.1",
                 "hostIPs": [{"ip": "10.250.0.1"}],
                 "conditions": [
@@ -563,7 +576,7 @@ class ControlPlane:
         name: str,
         node: str,
         labels: dict[str, str],
-        ip: str,
+        ip: str | tuple[str, ...],
         ready: bool = True,
         **kw: Any,
     ) -> None:

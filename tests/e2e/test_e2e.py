@@ -12,7 +12,7 @@ import os
 import random
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,10 @@ def fqdn(name: str, ns: str, zone: str = ZONE) -> str:
 
 
 def dashed(ip: str) -> str:
+    """An address as a DNS label: dots (IPv4) or colons (IPv6) as dashes, and a trailing `::`
+    spelled `::0` so that the label does not end in a dash (CoreDNS's form)."""
+    if ":" in ip:
+        return (ip + "0" if ip.endswith("::") else ip).replace(":", "-")
     return ip.replace(".", "-")
 
 
@@ -438,15 +442,22 @@ kdns.test:{port} {{
         print("--- coredns log ---\n" + proc.tail(20))
 
 
+Settle = list[tuple[str, str, int]]  # (ns, service, ready addresses) to wait for
+
+
 @dataclass
 class Workload:
     names: list[tuple[str, str]]  # (name, qtype) to ask both servers
-    settle: list[tuple[str, str, int]]  # (ns, service, ready addresses) to wait for
+    settle: Settle
 
 
-def make_workload(cp: ControlPlane, node: str) -> Workload:
+def make_workload(
+    cp: ControlPlane, node: str, served: Callable[[Settle], None] | None = None
+) -> Workload:
     """ClusterIP and headless services, named and unnamed ports, ExternalName, manual endpoints,
-    not-ready pods, hostnames, several namespaces."""
+    not-ready pods, hostnames, several namespaces; dual-stack and IPv6-only services, and two
+    services whose families change once `served` (when given) has seen the servers answer
+    about the workload as first created."""
     for ns in ("diff-a", "diff-b"):
         cp.create_namespace(ns)
     a, b = "diff-a", "diff-b"
@@ -455,14 +466,19 @@ def make_workload(cp: ControlPlane, node: str) -> Workload:
 
     def svc(ns: str, name: str, **kw: Any) -> None:
         s = cp.create_service(ns, name, **kw)
-        if s["spec"].get("clusterIP") not in (None, "None", ""):
-            cips.append(s["spec"]["clusterIP"])
+        # Every ClusterIP: a dual-stack service has one per family, primary first.
+        cips.extend(ip for ip in s["spec"].get("clusterIPs") or [] if ip not in ("None", ""))
 
     def pod(
-        ns: str, name: str, labels: dict[str, str], ip: str, ready: bool = True, **kw: Any
+        ns: str,
+        name: str,
+        labels: dict[str, str],
+        ip: str | tuple[str, ...],
+        ready: bool = True,
+        **kw: Any,
     ) -> None:
         cp.run_pod(ns, name, node, labels, ip, ready, **kw)
-        ips.append(ip)
+        ips.extend((ip,) if isinstance(ip, str) else ip)
 
     svc(a, "web", selector={"app": "web"}, ports=[("http", 80, 8080), ("https", 443, 8443)])
     pod(a, "web-0", {"app": "web"}, "10.2.0.10")
@@ -539,6 +555,95 @@ def make_workload(cp: ControlPlane, node: str) -> Workload:
             "ports": [{"name": "p", "port": 80, "protocol": "TCP"}],
         },
     )
+    # Dual-stack (the control plane's service range has both families, IPv4 first): ClusterIP
+    # services that require both families (IPv4 first, IPv6 first), prefer both, or want IPv6
+    # alone, all selecting the same dual-stack pods (one IP per family; the endpointslice
+    # controller writes one slice per family of the service); a headless dual-stack service of
+    # those pods, with a hostname; and a selector-less dual-stack headless service whose
+    # hand-written slices are one IPv4 and one IPv6.
+    ds = {"app": "ds"}
+    ds_ports = [("http", 80, 8080), ("https", 443, 8443)]
+    svc(
+        a,
+        "ds",
+        selector=ds,
+        ports=ds_ports,
+        ip_family_policy="RequireDualStack",
+        ip_families=("IPv4", "IPv6"),
+    )
+    svc(
+        a,
+        "ds6",
+        selector=ds,
+        ports=ds_ports,
+        ip_family_policy="RequireDualStack",
+        ip_families=("IPv6", "IPv4"),
+    )
+    svc(a, "pds", selector=ds, ports=[("http", 80, 8080)], ip_family_policy="PreferDualStack")
+    svc(
+        a,
+        "v6only",
+        selector=ds,
+        ports=[("http", 80, 8080)],
+        ip_family_policy="SingleStack",
+        ip_families=("IPv6",),
+    )
+    svc(
+        a,
+        "ds-hl",
+        selector=ds,
+        ports=[("http", 80, 8080)],
+        headless=True,
+        ip_family_policy="RequireDualStack",
+        ip_families=("IPv4", "IPv6"),
+    )
+    pod(a, "ds-0", ds, DS_PODS[0], hostname="ds-0", subdomain="ds-hl")
+    pod(a, "ds-1", ds, DS_PODS[1])
+    pod(a, "ds-2", ds, DS_PODS[2], ready=False, hostname="ds-2", subdomain="ds-hl")
+    svc(
+        b,
+        "ds-manual",
+        headless=True,
+        ports=[("port", 2379, 2379)],
+        ip_family_policy="RequireDualStack",
+        ip_families=("IPv4", "IPv6"),
+    )
+    for family, i in (("IPv4", 0), ("IPv6", 1)):
+        cp.create(
+            f"/apis/discovery.k8s.io/v1/namespaces/{b}/endpointslices",
+            {
+                "metadata": {
+                    "name": f"ds-manual-{family.lower()}",
+                    "labels": {
+                        "kubernetes.io/service-name": "ds-manual",
+                        "endpointslice.kubernetes.io/managed-by": "e2e.kdns",
+                    },
+                },
+                "addressType": family,
+                "endpoints": [
+                    {
+                        "addresses": [DS_MANUAL[0][i]],
+                        "hostname": "m-0",
+                        "conditions": {"ready": True},
+                    },
+                    {"addresses": [DS_MANUAL[1][i]], "conditions": {"ready": True}},
+                    {"addresses": [DS_MANUAL[2][i]], "conditions": {"ready": False}},
+                ],
+                "ports": [{"name": "port", "port": 2379, "protocol": "TCP"}],
+            },
+        )
+        ips.extend(pair[i] for pair in DS_MANUAL)
+    # Changed after the servers have answered for them (below): ds-up, single-stack IPv4, turns
+    # PreferDualStack (it gains an IPv6 ClusterIP); ds-down, dual-stack with IPv6 first, turns
+    # SingleStack (its IPv4 ClusterIP goes, and is asked about as an address nobody has).
+    svc(b, "ds-up", ports=[("http", 80, 8080)])
+    svc(
+        b,
+        "ds-down",
+        ports=[("http", 80, 8080)],
+        ip_family_policy="PreferDualStack",
+        ip_families=("IPv6", "IPv4"),
+    )
 
     services = {
         a: [
@@ -552,11 +657,26 @@ def make_workload(cp: ControlPlane, node: str) -> Workload:
             "noports",
             "ext",
             "ext-in",
+            "ds",
+            "ds6",
+            "pds",
+            "v6only",
+            "ds-hl",
             "missing",
         ],
-        b: ["manual", "manual-cip", "pnr", "web", "skip", "v6", "missing"],
+        b: [
+            "manual",
+            "manual-cip",
+            "pnr",
+            "web",
+            "skip",
+            "v6",
+            "ds-manual",
+            "ds-up",
+            "ds-down",
+            "missing",
+        ],
     }
-    names = generated_questions(services, cips, ips)
     settle = [
         (a, "web", 2),
         (a, "unnamed", 1),
@@ -569,12 +689,33 @@ def make_workload(cp: ControlPlane, node: str) -> Workload:
         (b, "web", 1),
         (a, "noports", 2),
         (b, "v6", 2),
+        # Two ready pods, an address in each family of the service.
+        (a, "ds", 4),
+        (a, "ds6", 4),
+        (a, "pds", 4),
+        (a, "v6only", 2),
+        (a, "ds-hl", 4),
+        (b, "ds-manual", 4),
     ]
-    return Workload(names, settle)
+    if served:
+        served(settle)
+    path = f"/api/v1/namespaces/{b}/services"
+    up = cp.merge_patch(f"{path}/ds-up", {"spec": {"ipFamilyPolicy": "PreferDualStack"}})
+    cips.extend(up["spec"]["clusterIPs"][1:])
+    cp.merge_patch(f"{path}/ds-down", {"spec": {"ipFamilyPolicy": "SingleStack"}})
+    return Workload(generated_questions(services, cips, ips), settle)
 
 
 #: IPv6 endpoint addresses of the hand-written slice of diff-b/v6.
 V6 = ("fd00:3::1", "fd00:3::2")
+#: The dual-stack pods of diff-a's dual-stack services (IPv4, IPv6): ds-0 (hostname ds-0,
+#: subdomain ds-hl), ds-1, ds-2 (not ready, hostname ds-2).
+DS_PODS = (("10.2.0.60", "fd00:2::60"), ("10.2.0.61", "fd00:2::61"), ("10.2.0.62", "fd00:2::62"))
+#: The endpoints of diff-b/ds-manual's hand-written IPv4 and IPv6 slices: m-0 (hostname), one
+#: without a hostname, one not ready.
+DS_MANUAL = (("10.3.0.60", "fd00:3::60"), ("10.3.0.61", "fd00:3::61"), ("10.3.0.62", "fd00:3::62"))
+#: Dual-stack endpoint addresses asked by their dashed names under every service.
+DS_ASKED = (DS_PODS[0][1], DS_PODS[1][0], DS_PODS[1][1], DS_PODS[2][1], DS_MANUAL[1][1])
 #: Every type asked at every name: the common ones, ANY, and one no server knows.
 QTYPES = ("A", "AAAA", "SRV", "PTR", "TXT", "CNAME", "NS", "SOA", "MX", "ANY", "TYPE65280")
 #: (port, protocol) labels asked under every service: named over TCP and UDP, unnamed, unknown.
@@ -595,8 +736,9 @@ PORT_LABELS = (
 )
 
 
-def _reverse_v6(address: str) -> str:
-    return ipaddress.IPv6Address(address).reverse_pointer
+def _reverse(address: str) -> str:
+    """The reverse name of an IPv4 or IPv6 address (in-addr.arpa, ip6.arpa)."""
+    return ipaddress.ip_address(address).reverse_pointer
 
 
 def generated_questions(
@@ -604,8 +746,10 @@ def generated_questions(
 ) -> list[tuple[str, str]]:
     """Every name shape the specification has, and the shapes around it, each asked with every
     type in QTYPES; one name in three also in a random mix of letter case. Deterministic (a
-    fixed seed), so a failure names questions that can be asked again."""
+    fixed seed), so a failure names questions that can be asked again. `cips`: every ClusterIP
+    a service has or had (both families); `ips`: every endpoint address (both families)."""
     rng = random.Random(20261203)
+    ips4 = [ip for ip in ips if ":" not in ip]
     shapes: list[str] = []
     zone_names = ["", "svc.", "pod.", "dns-version.", "ns.dns.", "dns.", "no-such."]
     shapes += [f"{n}{ZONE}" for n in zone_names]
@@ -613,30 +757,36 @@ def generated_questions(
     for ns, svcs in services.items():
         shapes += [f"{ns}.svc.{ZONE}", f"*.{ns}.svc.{ZONE}", f"any.{ns}.svc.{ZONE}"]
         shapes += [f"{ns}.pod.{ZONE}", f"not-an-ip.{ns}.pod.{ZONE}"]
-        shapes += [f"{dashed(ip)}.{ns}.pod.{ZONE}" for ip in ips[:2]]
-        shapes.append(f"fd00-3--1.{ns}.pod.{ZONE}")
+        shapes += [f"{dashed(ip)}.{ns}.pod.{ZONE}" for ip in ips4[:2]]
+        shapes += [f"fd00-3--1.{ns}.pod.{ZONE}", f"{dashed(DS_PODS[0][1])}.{ns}.pod.{ZONE}"]
         for svc in svcs:
             base = fqdn(svc, ns)
             shapes.append(base)
             for port, proto in PORT_LABELS:
                 shapes.append(f"_{port}._{proto}.{base}" if port else f"_{proto}.{base}")
-            shapes += [f"{h}.{base}" for h in ("hl-0", "hl-3", "v6-0", "nope")]
-            shapes += [f"{dashed(ip)}.{base}" for ip in rng.sample(ips, 3)]
-            shapes.append(f"{V6[1].replace(':', '-')}.{base}")
+            shapes += [
+                f"{h}.{base}" for h in ("hl-0", "hl-3", "v6-0", "ds-0", "ds-2", "m-0", "nope")
+            ]
+            shapes += [f"{dashed(ip)}.{base}" for ip in rng.sample(ips4, 3)]
+            shapes += [f"{dashed(ip)}.{base}" for ip in (V6[1], *DS_ASKED)]
             shapes += [f"a.b.{base}", f"x.hl-0.{base}", f"*.{base}", f"_*._tcp.{base}"]
             shapes += [f"a.b.c.{base}", f"http.tcp.{base}"]
     shapes += [f"no-such-ns.svc.{ZONE}", f"10-2-0-10.nope.pod.{ZONE}"]
-    for ip in [*cips[:4], *ips, "10.96.250.250", "10.99.1.2"]:
-        shapes.append(".".join(reversed(ip.split("."))) + ".in-addr.arpa")
-    shapes += [_reverse_v6(a) for a in (*V6, "fd00:3::99")]
+    # Every ClusterIP and endpoint address (IPv4 and IPv6), and addresses nothing has: in the
+    # service ranges and outside them.
+    for ip in [*cips, *ips, "10.96.250.250", "10.99.1.2", *V6, "fd00:3::99", "fd00:10:96::"]:
+        shapes.append(_reverse(ip))
     # Partial reverse names: above a ClusterIP and an endpoint (empty non-terminals), above
     # nothing, and names no address spells.
     for address in (cips[0], ips[0]):
         octets = address.split(".")
         for keep in (1, 2, 3):
             shapes.append(".".join(reversed(octets[:keep])) + ".in-addr.arpa")
-    full6 = _reverse_v6(V6[0])
+    full6 = _reverse(V6[0])
     shapes += [full6.split(".", 8)[-1], full6.split(".", 24)[-1], "f.f.ip6.arpa"]
+    # ...and above an IPv6 ClusterIP (the service range's /112 is 4 nibbles short of it).
+    cip6 = _reverse(next(ip for ip in cips if ":" in ip))
+    shapes += [cip6.split(".", keep)[-1] for keep in (1, 2, 4, 5)]
     shapes += ["250.250.in-addr.arpa", "300.0.2.10.in-addr.arpa", "x.in-addr.arpa"]
     shapes += ["in-addr.arpa", "ip6.arpa"]
     questions = [(name, qtype) for name in dict.fromkeys(shapes) for qtype in QTYPES]
@@ -653,9 +803,11 @@ def _mixed_case(rng: random.Random, name: str) -> str:
 KNOWN_DIFFERENCES: dict[str, str] = {
     "srv-weight-after-dedup": (
         "Same SRV records, other weights: when two service ports give the same (target, port) "
-        "(53/UDP and 53/TCP), CoreDNS computes weight 100/N before dropping the duplicate and "
-        "answers one record of weight 50; kdns deduplicates first and gives weight 100/N of the "
-        "records it actually returns."
+        "(53/UDP and 53/TCP), or a dual-stack service gives the same record once per family (a "
+        "ClusterIP service has two ClusterIPs, a headless endpoint's hostname has an address in "
+        "each family), CoreDNS computes weight 100/N before dropping the duplicate and answers "
+        "one record of weight 50; kdns deduplicates first and gives weight 100/N of the records "
+        "it actually returns."
     ),
     "externalname-cname-every-type": (
         "ExternalName asked for a type other than A/SRV (TXT, MX, or AAAA when the in-zone target "
@@ -805,7 +957,8 @@ def _has_ready(cp: ControlPlane, ns: str, svc: str, n: int) -> bool:
 def _serves_api_state(cp: ControlPlane, port: int, namespaces: tuple[str, ...]) -> bool:
     """The server at `port` knows every service of `namespaces` and every ready endpoint of
     their slices, as the API has them now (a service's name exists; a headless service answers
-    its ready addresses; a ClusterIP service answers each ready endpoint's dashed name)."""
+    its ready addresses; a ClusterIP service answers its ClusterIPs (A and AAAA), the PTR of
+    each names it, and it answers each ready endpoint's dashed name)."""
     for ns in namespaces:
         for svc in cp.get(f"/api/v1/namespaces/{ns}/services")["items"]:
             svc_name = svc["metadata"]["name"]
@@ -818,7 +971,20 @@ def _serves_api_state(cp: ControlPlane, port: int, namespaces: tuple[str, ...]) 
                 continue
             if ask(port, name, "TXT").rcode != "NOERROR":
                 return False
-            if not all(ask(port, f"{dashed(ip)}.{name}").answer for ip in ready):
+            cluster_ips = set(svc["spec"].get("clusterIPs") or [])
+            if cluster_ips:
+                got = {r.split()[-1] for t in ("A", "AAAA") for r in ask(port, name, t).answer}
+                if got != cluster_ips:
+                    return False
+                for ip in cluster_ips:
+                    if f"{name}." not in {
+                        r.split()[-1] for r in ask(port, _reverse(ip), "PTR").answer
+                    }:
+                        return False
+            if not all(
+                ask(port, f"{dashed(ip)}.{name}", "AAAA" if ":" in ip else "A").answer
+                for ip in ready
+            ):
                 return False
     return True
 
@@ -827,21 +993,26 @@ def test_differential_against_coredns(
     cluster: ControlPlane, kdns: KdnsProcess, coredns: CoreDNS, node: str
 ) -> None:
     """Every name of a generated workload, asked of kdns and of CoreDNS: rcode and answers agree."""
-    work = make_workload(cluster, node)
-    for ns, svc, n in work.settle:
-        wait_for(
-            f"{ns}/{svc} to have {n} ready endpoints",
-            functools.partial(_has_ready, cluster, ns, svc, n),
-            20,
-        )
-    # Both servers (same apiserver, separate watches) serve what the API holds now.
-    for server, port in (("kdns", kdns.port), ("coredns", coredns.port)):
-        wait_for(
-            f"{server} to serve the workload as the API has it",
-            functools.partial(_serves_api_state, cluster, port, ("diff-a", "diff-b")),
-            20,
-            0.1,
-        )
+
+    def served(settle: Settle) -> None:
+        for ns, svc, n in settle:
+            wait_for(
+                f"{ns}/{svc} to have {n} ready endpoints",
+                functools.partial(_has_ready, cluster, ns, svc, n),
+                20,
+            )
+        # Both servers (same apiserver, separate watches) serve what the API holds now.
+        for server, port in (("kdns", kdns.port), ("coredns", coredns.port)):
+            wait_for(
+                f"{server} to serve the workload as the API has it",
+                functools.partial(_serves_api_state, cluster, port, ("diff-a", "diff-b")),
+                20,
+                0.1,
+            )
+
+    # Served once as created (the ClusterIPs' names and PTRs asked), and again after the changes.
+    work = make_workload(cluster, node, served)
+    served(work.settle)
 
     report: list[str] = []
     unexplained: list[str] = []
