@@ -15,6 +15,7 @@ import typer
 
 from kdns import __version__
 from kdns.config import (
+    ROTATE_MODES,
     Config,
     ConfigError,
     check_cidr,
@@ -93,6 +94,13 @@ def serve(
     pods: Annotated[
         str, typer.Option("--pods", help="Pod records: insecure or disabled.")
     ] = "insecure",
+    rotate: Annotated[
+        str,
+        typer.Option(
+            "--rotate",
+            help="Order of multi-record A, AAAA and SRV answers: round-robin, random or off.",
+        ),
+    ] = "round-robin",
     service_cidr: CidrOpt = "10.96.0.0/12",
     http: Annotated[
         str | None,
@@ -213,6 +221,8 @@ def serve(
     try:
         if pods not in ("insecure", "disabled"):
             raise ConfigError(f"--pods must be insecure or disabled, not {pods!r}")
+        if rotate not in ROTATE_MODES:
+            raise ConfigError(f"--rotate must be one of {', '.join(ROTATE_MODES)}, not {rotate!r}")
         if allow_query_drop and not allow_query:
             raise ConfigError("--allow-query-drop needs --allow-query (everyone may query now)")
         if not kubeconfig and not in_cluster and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -242,6 +252,7 @@ def serve(
             domain=normalize_domain(domain),
             ttl=ttl,
             pods=pods,  # type: ignore[arg-type]  # checked above
+            rotate=rotate,
             service_cidr=check_cidr(service_cidr),
             http=parse_hostport(http) if http else None,
             kubeconfig=kubeconfig,

@@ -9,6 +9,9 @@ from typing import Literal
 
 #: How pod names (`<a-b-c-d>.<ns>.pod.<zone>`) are answered: from the name alone, or not at all.
 PodsMode = Literal["insecure", "disabled"]
+#: The order of multi-record A, AAAA and SRV answers (`kdns.serve.rotation`).
+RotateMode = Literal["round-robin", "random", "off"]
+ROTATE_MODES: tuple[RotateMode, ...] = ("round-robin", "random", "off")
 
 
 class ConfigError(ValueError):
@@ -29,6 +32,7 @@ class Config:
     domain: str = "cluster.local"
     ttl: int = 5
     pods: PodsMode = "insecure"
+    rotate: RotateMode = "round-robin"
     service_cidr: str = "10.96.0.0/12"
     http: tuple[str, int] | None = None
     # the cluster source (none of these set: files only)

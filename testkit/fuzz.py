@@ -1039,14 +1039,17 @@ class Run:
             self.outcomes["dropped"] += 1
             return 1
         if scenario == "abandon":
-            msgs = [valid_query(rng, self.names).wire() for _ in range(rng.randint(1, 10))]
+            count = rng.randint(1, max(1, min(10, limit)))
+            msgs = [valid_query(rng, self.names).wire() for _ in range(count)]
             sock.sendall(b"".join(struct.pack("!H", len(m)) + m for m in msgs))
             self.outcomes["abandoned"] += len(msgs)
             return len(msgs)
         msgs = []
         if scenario == "zero-length":
             msgs.append(b"")
-        for _ in range(rng.randint(1, min(30, max(1, limit)))):
+        # Never more messages than `limit`, the packets left: the run sends exactly --packets.
+        room = min(30, limit - len(msgs))
+        for _ in range(rng.randint(1, room) if room >= 1 else 0):
             family, data = packet(rng, self.names)
             self.families[family] += 1
             msgs.append(self.fresh_id(data))

@@ -129,7 +129,7 @@ def new_engine(store: Store) -> Engine:
 
 
 def new_responder(store: Store | None = None) -> Responder:
-    return Responder(new_engine(store or new_store()))
+    return Responder(new_engine(store or new_store()), rotate="off")
 
 
 ENGINE = new_engine(new_store())  # the engine is pure: one is enough for (d)

@@ -45,7 +45,7 @@ def make_store(endpoints: int = 3) -> Store:
 
 @pytest.fixture
 def responder() -> Responder:
-    return Responder(Engine([Cluster("cluster.local", make_store(100))]))
+    return Responder(Engine([Cluster("cluster.local", make_store(100))]), rotate="off")
 
 
 def ask(responder: Responder, msg: dns.message.Message, udp: bool = True) -> dns.message.Message:
@@ -101,7 +101,9 @@ def test_bufsize_is_honoured(responder: Responder) -> None:
     assert data is not None and len(data) <= 1232
     r = dns.message.from_wire(data)
     assert r.flags & dns.flags.TC and r.edns == 0
-    bigger = Responder(Engine([Cluster("cluster.local", make_store(100))]), max_udp=4096)
+    bigger = Responder(
+        Engine([Cluster("cluster.local", make_store(100))]), max_udp=4096, rotate="off"
+    )
     data = bigger.respond(q.to_wire(), udp=True)
     assert data is not None and 1232 < len(data) <= 4096
     assert not dns.message.from_wire(data).flags & dns.flags.TC
@@ -191,7 +193,7 @@ def test_axfr_over_udp_refused(responder: Responder) -> None:
 
 def test_cache_invalidated_by_store_change() -> None:
     store = make_store()
-    responder = Responder(Engine([Cluster("cluster.local", store)]))
+    responder = Responder(Engine([Cluster("cluster.local", store)]), rotate="off")
     q = dns.message.make_query("web.default.svc.cluster.local", "A")
     assert ask(responder, q).answer[0][0].address == "10.96.0.10"
     store.apply("t", [Service("default", "web", cluster_ips=("10.96.0.11",))])
@@ -202,7 +204,7 @@ def test_cache_invalidated_by_store_change() -> None:
 
 def test_cached_equals_full_path_byte_for_byte() -> None:
     store = make_store(20)
-    responder = Responder(Engine([Cluster("cluster.local", store)]))
+    responder = Responder(Engine([Cluster("cluster.local", store)]), rotate="off")
     names = [
         "web.default.svc.cluster.local",
         "WEB.default.svc.cluster.local",
@@ -222,6 +224,6 @@ def test_cached_equals_full_path_byte_for_byte() -> None:
                 first = responder.respond(wire, udp=False)
                 second = responder.respond(wire, udp=False)
                 query = parse_query(wire)
-                fresh = Responder(Engine([Cluster("cluster.local", store)]))
+                fresh = Responder(Engine([Cluster("cluster.local", store)]), rotate="off")
                 full = encode(query, fresh.resolve(query))
                 assert first == second == full, (name, rdtype, edns)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, DNSLabel
 
+from kdns.config import RotateMode
 from kdns.dns.large_answers import encode_bulk
 from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, tag_of
 from kdns.dns.wire import (
@@ -45,6 +46,7 @@ from kdns.dns.wire import (
     parse_query,
     truncated,
 )
+from kdns.serve.rotation import KEEP_BUILT, Reencoded, Rotation, plan, turnable, turned
 from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ class _Entry:
     tag: tuple[str, ...] | None = None
     #: False once dropped from the cache (a change, or eviction): the memo must not serve it.
     live: bool = True
+    #: The answer's records in turning orders (`--rotate`); None: one order. Such an entry is
+    #: never memoized: the memo serves fixed bytes.
+    rotation: Rotation | Reencoded | None = None
 
     def refresh_serial(self) -> None:
         """Patch the current serial in, if it moved since the response was encoded."""
@@ -105,8 +110,10 @@ class Responder:
         max_udp: int = DEFAULT_MAX_UDP,
         cache_size: int = 20000,
         forwarding: bool = False,
+        rotate: RotateMode = "round-robin",
     ) -> None:
         self.engine = engine
+        self.rotate = rotate
         #: True when a forwarder takes names outside kdns's zones (they are REFUSED otherwise).
         self.forwarding = forwarding
         self.max_udp = max_udp
@@ -273,6 +280,8 @@ class Responder:
         if not udp:
             return _assemble(data, entry, qend, 65535, ar == 1)
         out = _assemble(data, entry, qend, limit, ar == 1)
+        if entry.rotation is not None:
+            return out
         memo = self._memo
         if len(memo) >= self.cache_size:
             memo.clear()
@@ -303,6 +312,8 @@ class Responder:
             if len(response) > 65535:
                 response = _fit(query, answer, self.max_udp)
         entry = _Entry(response, answer.rcode)
+        if self.rotate != "off" and response[6:8] > b"\x00\x01" and len(response) <= 65535:
+            entry.rotation = self._rotation(query, res, answer, response)
         self.count(answer.rcode)
         last = (answer.additional or answer.authority or answer.answer or [None])[-1]
         if last is not None and last.rtype == QTYPE.SOA:
@@ -329,6 +340,42 @@ class Responder:
             self._tags.setdefault(tag, set()).add(query.key)
         return entry
 
+    def _rotation(
+        self, query: Query, res: Resolution | None, answer: Answer, response: bytes
+    ) -> Rotation | Reencoded | None:
+        """The orders of a response with two or more answer records (see `kdns.serve.rotation`):
+        its bytes cut apart, or else its answer encoded again per order."""
+        rotation = plan(response, 12 + len(query.name) + 4, query.qtype, self.rotate)
+        if rotation is not None:
+            return rotation
+        # The large-answer encoder leaves no records (and may order them its own way): get the
+        # engine's, and encode every order from them, the first too.
+        encoded_from_records = bool(answer.answer)
+        if not encoded_from_records:
+            answer = self._respond(query, res)
+        count = turnable(answer.answer, query.qtype)
+        if count < 2 or count > KEEP_BUILT:
+            # Past KEEP_BUILT records, each order kept would be another copy of a large answer
+            # (and its encoding a large cost): such answers keep their one order.
+            return None
+        records, qtype, max_udp = answer.answer, query.qtype, self.max_udp
+
+        def build(k: int) -> bytes:
+            if k == 0 and encoded_from_records:
+                return response
+            moved = Answer(
+                answer.rcode,
+                answer.authoritative,
+                turned(records, qtype, k),
+                answer.authority,
+                answer.additional,
+            )
+            encoded = encode(query, moved, max_udp=max_udp)
+            # An answer cut to fit a TCP message (`_fit`) keeps the one order it was cut to.
+            return encoded if len(encoded) <= 65535 else response
+
+        return Reencoded(build, count, self.rotate)
+
     def resolve(self, query: Query) -> Answer:
         """The engine's answer to a decoded query, before encoding (the full path)."""
         res = self.engine.decide(self.engine.parse(query.labels)) if _answerable(query) else None
@@ -347,7 +394,7 @@ def _answerable(query: Query) -> bool:
 
 def _assemble(data: bytes, entry: _Entry, qend: int, limit: int, edns: bool) -> bytes:
     """A cached response, given this query's ID, RD and CD flags and question spelling."""
-    response = entry.response
+    response = entry.response if entry.rotation is None else entry.rotation.next()
     if len(response) > limit:
         if entry.short is None:
             entry.short = truncated(response, qend - 12, edns)

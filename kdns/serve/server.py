@@ -125,7 +125,9 @@ class DnsServer:
         self.stores = [c.store for c in zones]
         self.engine = build_engine(config, zones)
         self.forwarder: Any = None
-        self.responder = Responder(self.engine, forwarding=bool(config.upstreams))
+        self.responder = Responder(
+            self.engine, forwarding=bool(config.upstreams), rotate=config.rotate
+        )
         self.stats = QueryCounters()
         self.programming = LatencyHistogram()
         for store in self.stores:

@@ -1,0 +1,217 @@
+"""`--rotate`: multi-record A, AAAA and SRV answers in a different order for each query.
+
+Most clients take the first address of an answer, so a headless service answered in one fixed
+order sends all their load to one pod; and the answer cache would make that order permanent.
+CoreDNS's default Corefile rotates answers (`loadbalance`). kdns rotates the encoded bytes: a
+cached response is cut once into its answer records, and each query gets them starting at the
+next one (round-robin) or at a random one. No record is encoded again, so the rotation costs a
+join of byte strings per query, not an encoding.
+
+Compression makes one thing delicate: a glue record in the additional section names an SRV
+target by a pointer into the answer section, and that target moves with its record. Such
+pointers are re-aimed for each order. A message whose bytes cannot be reordered safely (one SRV
+target pointing at another, a CNAME before the addresses, a pointer that would need more than
+14 bits) has its orders encoded again instead, once each, when first served (`Reencoded`), if
+it has at most `KEEP_BUILT` records; a larger one keeps its one order.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dnslib import RR
+
+from kdns.config import RotateMode
+
+_A, _AAAA, _SRV, _OPT = 1, 28, 33, 41
+_FIXED = struct.Struct("!HHIH")  # type, class, TTL, rdata length
+_POINTER = struct.Struct("!H")
+#: Orders kept once built, per answer; past this many records each order is built per query,
+#: so that one large answer does not keep hundreds of copies of itself.
+KEEP_BUILT = 32
+
+
+@dataclass(slots=True)
+class Rotation:
+    """An encoded response cut into its answer records, to be served in turning orders."""
+
+    head: bytes  # header and question
+    records: list[bytes]
+    tail: bytes  # the additional section (glue, OPT)
+    #: Pointers in `tail` that aim into an answer record: (offset in tail, record, offset in it).
+    patches: list[tuple[int, int, int]]
+    mode: RotateMode
+    turn: int = 0
+    built: list[bytes | None] = field(default_factory=list)
+
+    def next(self) -> bytes:
+        """The response in the next order (round-robin) or a random one."""
+        n = len(self.records)
+        if self.mode == "random":
+            k = random.randrange(n)
+        else:
+            k = self.turn
+            self.turn = k + 1 if k + 1 < n else 0
+        built = self.built
+        if built:
+            response = built[k]
+            if response is None:
+                response = built[k] = self.order(k)
+            return response
+        return self.order(k)
+
+    def order(self, k: int) -> bytes:
+        """The response with the answer records starting at record `k`."""
+        records = self.records
+        moved = records if k == 0 else records[k:] + records[:k]
+        tail = self.tail
+        if self.patches:
+            # Where each record starts in this order: the glue's pointers follow their record.
+            starts = [0] * len(records)
+            at = len(self.head)
+            n = len(records)
+            for j in range(n):
+                i = (k + j) % n
+                starts[i] = at
+                at += len(records[i])
+            patched = bytearray(tail)
+            for offset, i, within in self.patches:
+                _POINTER.pack_into(patched, offset, 0xC000 | (starts[i] + within))
+            tail = bytes(patched)
+        return self.head + b"".join(moved) + tail
+
+
+class Reencoded:
+    """The orders of an answer whose bytes cannot be cut apart, each encoded when first served.
+
+    `build(k)` encodes the answer with its records of the asked type starting at the k-th.
+    """
+
+    __slots__ = ("build", "built", "mode", "turn")
+
+    def __init__(self, build: Callable[[int], bytes], count: int, mode: RotateMode) -> None:
+        self.build = build
+        self.mode = mode
+        self.turn = 0
+        self.built: list[bytes | None] = [None] * count
+
+    def next(self) -> bytes:
+        """The response in the next order (round-robin) or a random one."""
+        n = len(self.built)
+        if self.mode == "random":
+            k = random.randrange(n)
+        else:
+            k = self.turn
+            self.turn = k + 1 if k + 1 < n else 0
+        response = self.built[k]
+        if response is None:
+            response = self.built[k] = self.build(k)
+        return response
+
+
+def turned(records: list[RR], qtype: int, k: int) -> list[RR]:
+    """`records` with those of type `qtype` starting at the k-th; the others (a CNAME chain
+    before them) keep their places in front."""
+    lead = [rr for rr in records if rr.rtype != qtype]
+    mine = [rr for rr in records if rr.rtype == qtype]
+    return lead + mine[k:] + mine[:k]
+
+
+def turnable(records: list[RR], qtype: int) -> int:
+    """How many orders an answer of `records` has under rotation (0 or 1: one)."""
+    if qtype not in (_A, _AAAA, _SRV):
+        return 0
+    return sum(1 for rr in records if rr.rtype == qtype)
+
+
+def plan(response: bytes, qend: int, qtype: int, mode: RotateMode) -> Rotation | None:
+    """A `Rotation` of `response` (the answer to a question of type `qtype` that ends at
+    `qend`), or None when it has fewer than two answer records, `mode` is off, or the message
+    is not one whose records can be reordered safely."""
+    if mode == "off" or qtype not in (_A, _AAAA, _SRV) or len(response) < 12:
+        return None
+    ancount, nscount, arcount = struct.unpack_from("!HHH", response, 6)
+    if ancount < 2 or nscount:
+        return None
+    try:
+        records: list[bytes] = []
+        spans: list[tuple[int, int]] = []
+        at = qend
+        for _ in range(ancount):
+            start = at
+            if response[at : at + 2] != b"\xc0\x0c":  # owner: the question, by pointer
+                return None
+            rtype, _cls, _ttl, rdlen = _FIXED.unpack_from(response, at + 2)
+            rdata = at + 12
+            end = rdata + rdlen
+            if rtype != qtype or end > len(response):
+                return None
+            if rtype == _SRV:
+                # The target must not point into another answer record: that pointer could
+                # not survive the order changing (it might come to point forward).
+                for target in _pointers(response, rdata + 6, end):
+                    if target >= qend:
+                        return None
+            records.append(response[start:end])
+            spans.append((start, end))
+            at = end
+        answers_end = at
+        patches: list[tuple[int, int, int]] = []
+        for _ in range(arcount):
+            name_end = _name_end(response, at)
+            for where, target in _pointer_sites(response, at):
+                if qend <= target < answers_end:
+                    i = next(i for i, (s, e) in enumerate(spans) if s <= target < e)
+                    patches.append((where - answers_end, i, target - spans[i][0]))
+            rtype, _cls, _ttl, rdlen = _FIXED.unpack_from(response, name_end)
+            if rtype not in (_A, _AAAA, _OPT):
+                return None  # a name in its data could point into the answer
+            at = name_end + 10 + rdlen
+        if at != len(response):
+            return None
+        if patches and answers_end > 0x3FFF:
+            return None  # a re-aimed pointer could need more than its 14 bits
+    except (IndexError, struct.error, ValueError):
+        return None
+    rotation = Rotation(response[:qend], records, response[answers_end:], patches, mode)
+    if len(records) <= KEEP_BUILT:
+        rotation.built = [None] * len(records)
+        rotation.built[0] = response
+    return rotation
+
+
+def _name_end(message: bytes, at: int) -> int:
+    """The offset just past the name written at `at`."""
+    while True:
+        length = message[at]
+        if length >= 0xC0:
+            return at + 2
+        if length > 63:
+            raise ValueError("bad label")
+        if length == 0:
+            return at + 1
+        at += length + 1
+
+
+def _pointer_sites(message: bytes, at: int) -> list[tuple[int, int]]:
+    """(where, target) of the pointer ending the name written at `at`, if it has one."""
+    while True:
+        length = message[at]
+        if length >= 0xC0:
+            return [(at, (length & 0x3F) << 8 | message[at + 1])]
+        if length > 63:
+            raise ValueError("bad label")
+        if length == 0:
+            return []
+        at += length + 1
+
+
+def _pointers(message: bytes, at: int, end: int) -> list[int]:
+    """The targets of the pointers in the name written at `at` (which must end by `end`)."""
+    sites = _pointer_sites(message, at)
+    if _name_end(message, at) > end:
+        raise ValueError("name past its record")
+    return [target for _, target in sites]
