@@ -67,6 +67,21 @@ DomainOpt = Annotated[str, typer.Option("--domain", help="The cluster domain.")]
 CidrOpt = Annotated[
     str, typer.Option("--service-cidr", help="Range for ClusterIPs the manifests leave out.")
 ]
+NamespaceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--namespace",
+        help="Serve only this namespace (repeatable), of every source: names in others are "
+        "NXDOMAIN.",
+    ),
+]
+SelectorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--label-selector",
+        help="Serve only the services matching this Kubernetes label selector, of every source.",
+    ),
+]
 
 
 def _setup_logging(level: str) -> None:
@@ -121,13 +136,8 @@ def serve(
             help="Also serve kubeconfig context CONTEXT as zone ZONE (CONTEXT=ZONE, repeatable).",
         ),
     ] = None,
-    namespace: Annotated[
-        list[str] | None,
-        typer.Option("--namespace", help="Serve only this namespace (repeatable)."),
-    ] = None,
-    label_selector: Annotated[
-        str | None, typer.Option("--label-selector", help="Watch only services matching this.")
-    ] = None,
+    namespace: NamespaceOpt = None,
+    label_selector: SelectorOpt = None,
     startup_timeout: Annotated[
         float, typer.Option("--startup-timeout", min=0, help="Seconds to wait for the first sync.")
     ] = 5.0,
@@ -271,6 +281,9 @@ def serve(
             tcp_idle_timeout=tcp_idle_timeout,
             tcp_max_connections=tcp_max_connections,
         )
+        # Checked before anything starts: the API server would reject a malformed selector at
+        # every list, and the files would never be filtered.
+        config.scope()
     except ConfigError as err:
         _fail(str(err))
     _setup_logging(log_level)
@@ -285,17 +298,34 @@ def serve(
         pass
 
 
-def _load_engine(zones: list[Path] | None, domain: str, service_cidr: str) -> Engine:
-    """The engine `kdns serve --zones ... --domain ...` would answer from (built by the server)."""
-    from kdns.serve.server import engine_from_files
-    from kdns.sources.files import SourceError
-
+def _one_shot_config(
+    zones: list[Path] | None,
+    domain: str,
+    service_cidr: str,
+    namespace: list[str] | None,
+    label_selector: str | None,
+) -> Config:
+    """The settings of `kdns serve` that decide what a one-shot command reads."""
     try:
         config = Config(
             zones=list(zones or []),
             domain=normalize_domain(domain),
             service_cidr=check_cidr(service_cidr),
+            namespaces=list(namespace or []),
+            label_selector=label_selector,
         )
+        config.scope()
+    except ConfigError as err:
+        _fail(str(err))
+    return config
+
+
+def _load_engine(config: Config) -> Engine:
+    """The engine `kdns serve` with `config` would answer from (built by the server)."""
+    from kdns.serve.server import engine_from_files
+    from kdns.sources.files import SourceError
+
+    try:
         return engine_from_files(config)
     except (ConfigError, SourceError) as err:
         _fail(str(err))
@@ -306,12 +336,15 @@ def records(
     zones: ZonesOpt = None,
     domain: DomainOpt = "cluster.local",
     service_cidr: CidrOpt = "10.96.0.0/12",
+    namespace: NamespaceOpt = None,
+    label_selector: SelectorOpt = None,
 ) -> None:
     """Print every record kdns would serve, as a sorted zone file."""
     from kdns.ops.zonefile import render
 
     logging.basicConfig(level=logging.ERROR)
-    typer.echo(render(_load_engine(zones, domain, service_cidr)), nl=False)
+    config = _one_shot_config(zones, domain, service_cidr, namespace, label_selector)
+    typer.echo(render(_load_engine(config)), nl=False)
 
 
 @app.command()
@@ -344,6 +377,8 @@ def explain(
     zones: ZonesOpt = None,
     domain: DomainOpt = "cluster.local",
     service_cidr: CidrOpt = "10.96.0.0/12",
+    namespace: NamespaceOpt = None,
+    label_selector: SelectorOpt = None,
     server: Annotated[
         str | None,
         typer.Option("--server", help="HOST:PORT of a running kdns's --http: use its live data."),
@@ -357,9 +392,10 @@ def explain(
         typer.echo(_explain_remote(server, name, qtype), nl=False)
         return
     logging.basicConfig(level=logging.ERROR)
-    engine = _load_engine(zones, domain, service_cidr)
+    config = _one_shot_config(zones, domain, service_cidr, namespace, label_selector)
+    engine = _load_engine(config)
     try:
-        typer.echo(explain_name(engine, name, qtype), nl=False)
+        typer.echo(explain_name(engine, name, qtype, config.scope()), nl=False)
     except ExplainError as err:
         _fail(str(err))
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from kdns.sources.scope import Scope
 
 #: How pod names (`<a-b-c-d>.<ns>.pod.<zone>`) are answered: from the name alone, or not at all.
 PodsMode = Literal["insecure", "disabled"]
@@ -39,9 +42,11 @@ class Config:
     kubeconfig: str | None = None
     context: str | None = None
     in_cluster: bool = False
+    #: Serve only these namespaces, of every source (see `scope`); empty: all.
     namespaces: list[str] = field(default_factory=list)
     #: Further clusters, each under its own zone: (kubeconfig context, zone).
     clusters: list[tuple[str, str]] = field(default_factory=list)
+    #: Serve only the Services matching this Kubernetes label selector, of every source.
     label_selector: str | None = None
     startup_timeout: float = 5.0
     #: A watch silent this long (not even a bookmark) is given up and the kind listed again.
@@ -78,6 +83,15 @@ class Config:
         if self.zones:
             return list(self.zones)
         return [] if self.uses_cluster or self.clusters else [Path("zones")]
+
+    def scope(self) -> Scope:
+        """What is served of every source (`--namespace`, `--label-selector`): the watch asks
+        the API server for it, the file source drops the rest. Raises `ConfigError` (one line)
+        for a malformed selector or namespace name."""
+        # Imported here: kdns.sources.scope imports this module for ConfigError.
+        from kdns.sources.scope import Scope
+
+        return Scope.of(self.namespaces, self.label_selector)
 
 
 def parse_cluster(text: str) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
@@ -26,6 +27,9 @@ from kdns.dns.names import REVERSE_ZONES, Shape
 from kdns.dns.resolution import SCHEMA_VERSION, Answer, Engine, Resolution, Rule
 from kdns.state.model import EndpointSet, ObjectKey
 from kdns.state.store import ServiceView, Store
+
+if TYPE_CHECKING:
+    from kdns.sources.scope import Scope
 
 #: How the server's layers are described (other names are shown as they are).
 LAYER_NAMES = {"files": "files (zones/)", "cluster": "cluster (the Kubernetes API)"}
@@ -45,12 +49,15 @@ class Explanation:
     answer: Answer
 
 
-def explain(engine: Engine, name: str, qtype: str = "A") -> str:
-    """The explanation of `name` `qtype` against `engine`, several lines ending in a newline."""
-    return explanation(engine, name, qtype).text
+def explain(engine: Engine, name: str, qtype: str = "A", scope: Scope | None = None) -> str:
+    """The explanation of `name` `qtype` against `engine`, several lines ending in a newline.
+    `scope` is what the engine's sources were limited to, named when it explains an NXDOMAIN."""
+    return explanation(engine, name, qtype, scope).text
 
 
-def explanation(engine: Engine, name: str, qtype: str = "A") -> Explanation:
+def explanation(
+    engine: Engine, name: str, qtype: str = "A", scope: Scope | None = None
+) -> Explanation:
     """`explain`, with the answer whose records it prints."""
     tname = qtype.strip().upper()
     number = QTYPE.reverse.get(tname)
@@ -74,6 +81,14 @@ def explanation(engine: Engine, name: str, qtype: str = "A") -> Explanation:
         if followed is not None:
             then, _ = _why(engine, followed, tname)
             details.append(f"followed: {then}")
+    if scope is not None and not scope.everything and answer.rcode == RCODE.NXDOMAIN:
+        # The store holds only what the scope admits: the object may well exist outside it.
+        if res.rule is Rule.NO_NAMESPACE and not scope.serves(res.request.namespace):
+            reason = f"NXDOMAIN: namespace {res.request.namespace!r} is not served"
+        details.append(
+            f"kdns serves {scope.describe()} (--namespace, --label-selector); "
+            "names outside that are NXDOMAIN"
+        )
     if answer.unsynced:
         reason = "SERVFAIL: the sources have not finished their first load yet; then: " + reason
     elif answer.rcode == RCODE.NOERROR and not answer.answer and not reason.startswith("NODATA"):

@@ -54,7 +54,7 @@ def route(server: DnsServer, target: str, peer: str = "") -> bytes:
         name = params.get("name", [""])[0]
         qtype = params.get("type", ["A"])[0]
         try:
-            text = explain(server.engine, name, qtype)
+            text = explain(server.engine, name, qtype, server.scope)
         except ExplainError as err:
             return _response(400, "Bad Request", f"{err}\n".encode())
         return _response(200, "OK", text.encode())

@@ -93,13 +93,15 @@ def build_engine(config: Config, zones: list[Cluster]) -> Engine:
 
 def engine_from_files(config: Config) -> Engine:
     """The engine a server started with `config` answers from once its zones/ files are loaded,
-    without serving or watching anything (no cluster). Raises `SourceError` for unreadable
-    manifests and `ConfigError` for a bad --service-cidr."""
+    without serving or watching anything (no cluster), in the same scope (--namespace,
+    --label-selector). Raises `SourceError` for unreadable manifests and `ConfigError` for a bad
+    --service-cidr or scope."""
     from kdns.sources.files import FileSource
 
+    scope = config.scope()
     store = Store()
     store.add_layer(FILES_LAYER, implicit_namespaces=True)
-    FileSource(store, FILES_LAYER, config.zone_dirs(), config.service_cidr).load()
+    FileSource(store, FILES_LAYER, config.zone_dirs(), config.service_cidr, scope=scope).load()
     return build_engine(config, [Cluster(config.domain, store)])
 
 
@@ -108,6 +110,8 @@ class DnsServer:
 
     def __init__(self, config: Config, inherited: Inherited | None = None) -> None:
         self.config = config
+        #: What is served of every source (--namespace, --label-selector).
+        self.scope = config.scope()
         self.inherited = inherited
         self.pool: Any = None  # WorkerPool, with --workers
         self.replica: Any = None  # Replica, in a serving process
@@ -272,6 +276,7 @@ class DnsServer:
         from kdns.sources.files import FileSource
 
         cfg = self.config
+        scope = self.scope
         clients: list[tuple[int, str, Any]] = []
         if cfg.uses_cluster or cfg.clusters:
             from kdns.sources.cluster import load_api_client
@@ -284,6 +289,8 @@ class DnsServer:
                 client = load_api_client(cfg.kubeconfig, context, False)
                 clients.append((i, f"{CLUSTER_LAYER}:{context}", client))
         self._log_sources()
+        if not scope.everything:
+            log.info("scope: serving %s, of every source", scope.describe())
         # The files layer first: it wins over the cluster for a name both define.
         self.store.add_layer(FILES_LAYER, implicit_namespaces=True)
         files = FileSource(
@@ -292,6 +299,7 @@ class DnsServer:
             cfg.zone_dirs(),
             cfg.service_cidr,
             watch_mode=cfg.zones_watch,
+            scope=scope,
         )
         files.load()
         self._file_source = files
@@ -305,8 +313,9 @@ class DnsServer:
                     LoopSink(self._sink(index), loop),
                     layer,
                     client,
-                    namespaces=cfg.namespaces or None,
-                    label_selector=cfg.label_selector,
+                    # The API server applies the scope: only what it admits is sent.
+                    namespaces=sorted(scope.namespaces) if scope.namespaces else None,
+                    label_selector=scope.selector.text if scope.selector else None,
                     idle_timeout=cfg.watch_idle_timeout,
                 )
                 source.start()

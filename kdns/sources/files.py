@@ -82,6 +82,7 @@ from kdns.sources.allocate import (
 )
 from kdns.sources.manifests import SUFFIXES, Origin, Parsed, Problem, Record, Severity, decode, read
 from kdns.sources.pods import Pod, ServiceTargets, endpoints_for, resolve_port, selects
+from kdns.sources.scope import Scope
 from kdns.sources.writers import WriteState, WriteTracker, inotify_available
 from kdns.state.model import EndpointSet, KubeObject, Namespace, Service
 from kdns.state.store import Sink
@@ -223,12 +224,16 @@ def _problem_at(origin: Origin, message: str, severity: Severity = "error") -> P
     return Problem(origin.path, message, origin.document, origin.line, 0, severity)
 
 
-def assemble(records: Iterable[Record], service_cidr: Network | str) -> Assembly:
+def assemble(
+    records: Iterable[Record], service_cidr: Network | str, scope: Scope | None = None
+) -> Assembly:
     """Turn the records of every file (in file order) into the store's objects.
 
     This is where the manifests are joined: duplicates are resolved (the first definition wins
     and the others are errors), ClusterIPs are allocated, and services with a selector but no
-    Endpoints/EndpointSlice get endpoints from the Pod manifests.
+    Endpoints/EndpointSlice get endpoints from the Pod manifests. Then what `scope` leaves out
+    is dropped, as the cluster watch never receives it; the manifests are joined and checked
+    whole first, so a ClusterIP allocated, and a problem reported, are the same in every scope.
     """
     problems: list[Problem] = []
     first: dict[tuple[str, str, str], Record] = {}
@@ -318,6 +323,13 @@ def assemble(records: Iterable[Record], service_cidr: Network | str) -> Assembly
         if namespace and namespace not in namespaces:
             namespaces.add(namespace)
             objects.append(Namespace(namespace))
+    if scope is not None and not scope.everything:
+        labels = {
+            record.key: dict(record.labels)
+            for record in first.values()
+            if isinstance(record.obj, Service)
+        }
+        objects = [obj for obj in objects if scope.admits(obj, labels.get(obj.key))]
     return Assembly(tuple(objects), tuple(problems))
 
 
@@ -385,6 +397,7 @@ class FileSource:
 
     `load()` once at startup (it raises `SourceError` for a missing or unreadable directory),
     then run `watch()` on the event loop; `reload()` forces a check now (on SIGHUP, say).
+    Only what `scope` admits reaches the sink (`--namespace`, `--label-selector`; all when None).
     """
 
     def __init__(
@@ -395,6 +408,7 @@ class FileSource:
         service_cidr: str = DEFAULT_SERVICE_CIDR,
         poll_interval: float = 0.25,
         watch_mode: str = "auto",
+        scope: Scope | None = None,
     ) -> None:
         if watch_mode not in WATCH_MODES:
             raise SourceError(
@@ -410,6 +424,7 @@ class FileSource:
         self.layer = layer
         self.dirs = [os.fspath(d) for d in dirs]
         self.poll_interval = poll_interval
+        self.scope = scope or Scope()
         self._files: dict[str, _File] = {}
         self._scan_problems: tuple[Problem, ...] = ()
         self._cross: tuple[Problem, ...] = ()
@@ -549,7 +564,7 @@ class FileSource:
             records: list[Record] = []
             for state in self._files.values():
                 records.extend(state.parsed.records if state.parsed.ok else state.good or ())
-            assembly = assemble(records, self._network)
+            assembly = assemble(records, self._network, self.scope)
             self._report(assembly.problems)
             self._seq += 1
             return self._seq, assembly.objects

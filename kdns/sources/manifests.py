@@ -37,6 +37,7 @@ except ImportError:  # PyYAML built without libyaml: the same, slower
 
 from kdns.sources import pods
 from kdns.sources.trim import TrimError, trim
+from kdns.sources.trim import labels as trim_labels
 from kdns.state.model import SERVICE_NAME_LABEL, KubeObject, Namespace, ObjectKey, Service
 
 Severity = Literal["error", "warning"]
@@ -162,6 +163,8 @@ class Record:
     origin: Origin
     #: For a Service: its target ports and IP families, needed to build endpoints from pods.
     targets: pods.ServiceTargets | None = None
+    #: For a Service: its labels, which `--label-selector` reads (the store keeps no labels).
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> ObjectKey:
@@ -443,7 +446,8 @@ class _Parser:
         _check_label(converted.namespace, _DNS1123_LABEL, "metadata.namespace", "namespace")
         if isinstance(converted, Service):
             _check_label(converted.name, _DNS1035_LABEL, "metadata.name", "Service name")
-            return Record(converted, origin, pods.service_targets(obj))
+            labels = tuple(sorted(trim_labels(obj).items()))
+            return Record(converted, origin, pods.service_targets(obj), labels)
         return Record(converted, origin)
 
 
