@@ -80,8 +80,8 @@ class _Entry:
     tag: tuple[str, ...] | None = None
     #: False once dropped from the cache (a change, or eviction): the memo must not serve it.
     live: bool = True
-    #: The answer's records in turning orders (`--rotate`); None: one order. Such an entry is
-    #: never memoized: the memo serves fixed bytes.
+    #: The answer's records in turning orders (`--rotate`); None: one order. The memo keeps
+    #: such an entry's bytes only up to the question and asks it for the rest on every hit.
     rotation: Rotation | Reencoded | None = None
 
     def refresh_serial(self) -> None:
@@ -120,8 +120,10 @@ class Responder:
         self.cache_size = cache_size
         self._cache: dict[bytes, _Entry] = {}
         #: UDP query bytes after the ID -> (cache entry, its response bytes then, the response
-        #: sent after the ID, qtype), for queries `_fast` answered; emptied when it fills up.
-        self._memo: dict[bytes, tuple[_Entry, bytes, bytes, int]] = {}
+        #: sent after the ID, qtype, and for a rotating answer its `Rotation`: then the bytes
+        #: kept end with the question, and the next order's body follows them), for queries
+        #: `_fast` answered; emptied when it fills up.
+        self._memo: dict[bytes, tuple[_Entry, bytes, bytes, int, Rotation | Reencoded | None]] = {}
         #: cache tag -> keys of the cached answers that carry it
         self._tags: dict[tuple[str, ...], set[bytes]] = {}
         #: The type of the last question answered (for the request counters).
@@ -178,7 +180,7 @@ class Responder:
             # query `_fast` answered, whose entry is still cached and unchanged.
             hit = self._memo.get(data[2:])
             if hit is not None:
-                cached, encoded, tail, qtype = hit
+                cached, encoded, tail, qtype, rotation = hit
                 if cached.live:
                     if cached.serial_at >= 0:
                         cached.refresh_serial()
@@ -186,6 +188,8 @@ class Responder:
                         self.hits += 1
                         self.qtype = qtype
                         self._rcodes[cached.rcode] += 1
+                        if rotation is not None:
+                            return data[:2] + tail + rotation.next_body()
                         return data[:2] + tail
         response = self._fast(data, udp)
         if response is not None:
@@ -280,12 +284,15 @@ class Responder:
         if not udp:
             return _assemble(data, entry, qend, 65535, ar == 1)
         out = _assemble(data, entry, qend, limit, ar == 1)
-        if entry.rotation is not None:
-            return out
         memo = self._memo
         if len(memo) >= self.cache_size:
             memo.clear()
-        memo[data[2:]] = (entry, entry.response, out[2:], qtype)
+        rotation = entry.rotation
+        if rotation is not None and len(entry.response) <= limit:
+            # Kept up to the question's end; each hit adds the next order's body.
+            memo[data[2:]] = (entry, entry.response, out[2:qend], qtype, rotation)
+        else:
+            memo[data[2:]] = (entry, entry.response, out[2:], qtype, None)
         return out
 
     def _uncached(self, query: Query, answer: Answer, udp: bool) -> bytes:
@@ -374,7 +381,7 @@ class Responder:
             # An answer cut to fit a TCP message (`_fit`) keeps the one order it was cut to.
             return encoded if len(encoded) <= 65535 else response
 
-        return Reencoded(build, count, self.rotate)
+        return Reencoded(build, response[: 12 + len(query.name) + 4], count, self.rotate)
 
     def resolve(self, query: Query) -> Answer:
         """The engine's answer to a decoded query, before encoding (the full path)."""

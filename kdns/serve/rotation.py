@@ -49,6 +49,10 @@ class Rotation:
 
     def next(self) -> bytes:
         """The response in the next order (round-robin) or a random one."""
+        return self.head + self.next_body()
+
+    def next_body(self) -> bytes:
+        """What follows the question in the next order's response (what the memo serves)."""
         n = len(self.records)
         if self.mode == "random":
             k = random.randrange(n)
@@ -57,14 +61,14 @@ class Rotation:
             self.turn = k + 1 if k + 1 < n else 0
         built = self.built
         if built:
-            response = built[k]
-            if response is None:
-                response = built[k] = self.order(k)
-            return response
-        return self.order(k)
+            body = built[k]
+            if body is None:
+                body = built[k] = self.body(k)
+            return body
+        return self.body(k)
 
-    def order(self, k: int) -> bytes:
-        """The response with the answer records starting at record `k`."""
+    def body(self, k: int) -> bytes:
+        """What follows the question when the answer records start at record `k`."""
         records = self.records
         moved = records if k == 0 else records[k:] + records[:k]
         tail = self.tail
@@ -81,7 +85,7 @@ class Rotation:
             for offset, i, within in self.patches:
                 _POINTER.pack_into(patched, offset, 0xC000 | (starts[i] + within))
             tail = bytes(patched)
-        return self.head + b"".join(moved) + tail
+        return b"".join(moved) + tail
 
 
 class Reencoded:
@@ -90,26 +94,34 @@ class Reencoded:
     `build(k)` encodes the answer with its records of the asked type starting at the k-th.
     """
 
-    __slots__ = ("build", "built", "mode", "turn")
+    __slots__ = ("build", "built", "head", "mode", "turn")
 
-    def __init__(self, build: Callable[[int], bytes], count: int, mode: RotateMode) -> None:
+    def __init__(
+        self, build: Callable[[int], bytes], head: bytes, count: int, mode: RotateMode
+    ) -> None:
         self.build = build
+        #: Header and question: the same in every order (the counts do not change).
+        self.head = head
         self.mode = mode
         self.turn = 0
         self.built: list[bytes | None] = [None] * count
 
     def next(self) -> bytes:
         """The response in the next order (round-robin) or a random one."""
+        return self.head + self.next_body()
+
+    def next_body(self) -> bytes:
+        """What follows the question in the next order's response (what the memo serves)."""
         n = len(self.built)
         if self.mode == "random":
             k = random.randrange(n)
         else:
             k = self.turn
             self.turn = k + 1 if k + 1 < n else 0
-        response = self.built[k]
-        if response is None:
-            response = self.built[k] = self.build(k)
-        return response
+        body = self.built[k]
+        if body is None:
+            body = self.built[k] = self.build(k)[len(self.head) :]
+        return body
 
 
 def turned(records: list[RR], qtype: int, k: int) -> list[RR]:
@@ -179,7 +191,7 @@ def plan(response: bytes, qend: int, qtype: int, mode: RotateMode) -> Rotation |
     rotation = Rotation(response[:qend], records, response[answers_end:], patches, mode)
     if len(records) <= KEEP_BUILT:
         rotation.built = [None] * len(records)
-        rotation.built[0] = response
+        rotation.built[0] = response[qend:]
     return rotation
 
 
