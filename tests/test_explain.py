@@ -114,6 +114,8 @@ def test_clusterip_service(engine: Engine) -> None:
 def test_external_name(engine: Engine) -> None:
     assert first(engine, "search.default.svc.cluster.local") == (
         "search.default.svc.cluster.local A: ExternalName service default/search -> www.example.com"
+        " (outside kdns's zones: with --upstream the server adds the records the upstream gives"
+        " for it; without, the client's resolver follows the CNAME)"
     )
     assert first(engine, "inside.default.svc.cluster.local").endswith(
         "-> my-service.default.svc.cluster.local (inside kdns's zones: followed)"

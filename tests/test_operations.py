@@ -17,6 +17,7 @@ import dns.rdatatype
 import pytest
 
 from testkit.apiserver import FakeApiServer, endpoint_slice, namespace, service, write_kubeconfig
+from testkit.upstream import Upstream
 from tests.kdns_process import start_kdns, until
 
 ZONE = """
@@ -312,44 +313,8 @@ def test_metrics_count_known_queries(zones: Path) -> None:
         kp.stop()
 
 
-class _Upstream:
-    """A one-record DNS server on 127.0.0.1 (UDP) that counts what it is asked."""
-
-    def __init__(self) -> None:
-        import threading
-
-        from dnslib import RR, DNSRecord
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.asked: list[str] = []
-        self._stop = threading.Event()
-
-        def serve() -> None:
-            while not self._stop.is_set():
-                try:
-                    data, addr = self.sock.recvfrom(4096)
-                except TimeoutError:
-                    continue
-                q = DNSRecord.parse(data)
-                self.asked.append(str(q.q.qname))
-                r = q.reply()
-                r.add_answer(*RR.fromZone(f"{q.q.qname} 60 IN A 192.0.2.7"))
-                self.sock.sendto(r.pack(), addr)
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(2)
-        self.sock.close()
-
-
 def test_upstream_forwarding_and_caching(zones: Path) -> None:
-    upstream = _Upstream()
+    upstream = Upstream()
     kp = start_kdns(["--zones", str(zones), "--upstream", f"127.0.0.1:{upstream.port}"])
     try:
         for tcp in (False, True, False):

@@ -35,7 +35,7 @@ from dnslib import QTYPE, RCODE, DNSLabel
 
 from kdns.config import RotateMode
 from kdns.dns.large_answers import encode_bulk
-from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, tag_of
+from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, Rule, tag_of
 from kdns.dns.wire import (
     DEFAULT_MAX_UDP,
     Drop,
@@ -66,6 +66,27 @@ FORWARD = Action("forward")
 TRANSFER = Action("transfer")
 
 
+class Chase(Action):
+    """Ask the forwarder for an ExternalName's target outside kdns's zones, then answer with
+    `response` (the CNAME, already given this query's ID and spelling) plus what came back.
+
+    Clients' stub resolvers do not follow CNAMEs themselves (glibc's getaddrinfo fails with "No
+    address associated with hostname"), so with --upstream kdns follows it for them.
+    """
+
+    def __init__(
+        self, response: bytes, target: str, qtype: int, limit: int, qlen: int, edns: bool
+    ) -> None:
+        super().__init__("chase")
+        self.edns = edns
+        self.response = response
+        self.target = target
+        self.qtype = qtype
+        #: The largest response this client takes (UDP), and the question section's length.
+        self.limit = limit
+        self.qlen = qlen
+
+
 @dataclass(slots=True)
 class _Entry:
     response: bytes
@@ -80,6 +101,9 @@ class _Entry:
     tag: tuple[str, ...] | None = None
     #: False once dropped from the cache (a change, or eviction): the memo must not serve it.
     live: bool = True
+    #: An ExternalName target outside the zones that the forwarder resolves for each query
+    #: (`Chase`); such an entry is never cached: the upstream's answer is the forwarder's to keep.
+    chase: str | None = None
     #: The answer's records in turning orders (`--rotate`); None: one order. The memo keeps
     #: such an entry's bytes only up to the question and asks it for the rest on every hit.
     rotation: Rotation | Reencoded | None = None
@@ -215,6 +239,11 @@ class Responder:
         if entry is None:
             self.misses += 1
             entry = self._answer(query)
+            if entry.chase is not None:
+                qend = 12 + len(query.name) + 4
+                limit = limit_for(query, self.max_udp) if udp else 65535
+                full = _assemble(data, entry, qend, 65535, query.edns)
+                return Chase(full, entry.chase, query.qtype, limit, qend - 12, query.edns)
         else:
             self.hits += 1  # a cached name asked in a form the fast path leaves alone
             self.count(entry.rcode)
@@ -319,6 +348,12 @@ class Responder:
             if len(response) > 65535:
                 response = _fit(query, answer, self.max_udp)
         entry = _Entry(response, answer.rcode)
+        if self.forwarding and res is not None and res.rule is Rule.EXTERNAL_NAME:
+            target = self._outside_target(query, answer)
+            if target is not None:
+                entry.chase = target
+                self.count(answer.rcode)
+                return entry
         if self.rotate != "off" and response[6:8] > b"\x00\x01" and len(response) <= 65535:
             entry.rotation = self._rotation(query, res, answer, response)
         self.count(answer.rcode)
@@ -346,6 +381,19 @@ class Responder:
             entry.tag = tag
             self._tags.setdefault(tag, set()).add(query.key)
         return entry
+
+    def _outside_target(self, query: Query, answer: Answer) -> str | None:
+        """The CNAME target when an address question at an ExternalName stopped at a name
+        outside kdns's zones (the engine follows those inside), else None."""
+        if query.qtype not in (QTYPE.A, QTYPE.AAAA) or len(answer.answer) != 1:
+            return None
+        cname = answer.answer[0]
+        if cname.rtype != QTYPE.CNAME:
+            return None
+        target = str(cname.rdata.label)
+        if self.engine.is_local_labels(cname.rdata.label.label):
+            return None
+        return target
 
     def _rotation(
         self, query: Query, res: Resolution | None, answer: Answer, response: bytes

@@ -33,12 +33,13 @@ from typing import Any
 from kdns.config import Config, ConfigError
 from kdns.dns.resolution import Cluster, Engine
 from kdns.dns.wire import servfail_for
+from kdns.ops.external import follow
 from kdns.ops.metrics import KdnsCollector, LatencyHistogram, store_listener
 from kdns.ops.transfer import parse_networks, transfer
 from kdns.serve.acl import acl_from
 from kdns.serve.publish import Publisher
 from kdns.serve.ratelimit import RateLimiter
-from kdns.serve.responder import Responder
+from kdns.serve.responder import Chase, Responder
 from kdns.serve.stats import QueryCounters
 from kdns.serve.transport import TcpProtocol, TransportState, UdpProtocol
 from kdns.state.store import LoopSink, Sink, Store
@@ -445,24 +446,44 @@ class DnsServer:
     # -- what the transports ask for -------------------------------------------------------
 
     def forward(
-        self, query: bytes, reply: Callable[[bytes | None], None], *, udp: bool, family: int = 4
+        self,
+        query: bytes,
+        reply: Callable[[bytes | None], None],
+        *,
+        udp: bool,
+        family: int = 4,
+        chase: Chase | None = None,
     ) -> None:
-        """Forward `query` upstream; `reply` gets the answer (SERVFAIL when none comes)."""
+        """Forward `query` upstream; `reply` gets the answer (SERVFAIL when none comes). With
+        `chase`, ask the forwarder for an ExternalName's target instead and reply with the
+        CNAME plus what it finds (`kdns.ops.external`)."""
         if self.forwarder is None:
-            reply(servfail_for(query))
+            reply(servfail_for(query) if chase is None else chase.response)
             return
         started = time.perf_counter()
         qtype = self.responder.qtype
 
         async def run() -> None:
             try:
-                answer = await self.forwarder.forward(query, udp=udp)
+                if chase is not None:
+                    answer = await follow(
+                        self.forwarder,
+                        chase.response,
+                        chase.target,
+                        chase.qtype,
+                        ttl=self.config.ttl,
+                        limit=chase.limit,
+                        qlen=chase.qlen,
+                        edns=chase.edns,
+                    )
+                else:
+                    answer = await self.forwarder.forward(query, udp=udp)
             except Exception:
                 log.exception("forwarding failed")
                 answer = None
             if answer is None:
                 answer = servfail_for(query)
-            if answer is not None:
+            if answer is not None and chase is None:  # a chased answer is counted already
                 self.responder.count(answer[3] & 0xF)
             self.stats.record(self.stats.counter("udp" if udp else "tcp", family), qtype, started)
             reply(answer)

@@ -26,7 +26,7 @@ from typing import Protocol
 from kdns.dns.wire import describe_packet, refused_for, servfail_for, slipped
 from kdns.serve.acl import QueryAcl
 from kdns.serve.ratelimit import SLIP, RateLimiter
-from kdns.serve.responder import FORWARD, TRANSFER, Action, Responder
+from kdns.serve.responder import FORWARD, TRANSFER, Action, Chase, Responder
 from kdns.serve.stats import QueryCounters
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,12 @@ Reply = Callable[[bytes | None], None]
 
 
 class Forward(Protocol):
-    """How a transport hands a query upstream: `forward(query, reply, udp=..., family=...)`."""
+    """How a transport hands a query upstream: `forward(query, reply, udp=..., family=...)`,
+    or an ExternalName's target (`chase`)."""
 
-    def __call__(self, query: bytes, reply: Reply, *, udp: bool, family: int = 4) -> None: ...
+    def __call__(
+        self, query: bytes, reply: Reply, *, udp: bool, family: int = 4, chase: Chase | None = None
+    ) -> None: ...
 
 
 @dataclass(eq=False)
@@ -150,6 +153,11 @@ class UdpProtocol(asyncio.DatagramProtocol):
         """Act on a response that is not bytes; True when it is answered later (forwarded)."""
         if response is FORWARD:
             self.state.forward(data, lambda r: self._send(r, addr), udp=True, family=self.family)
+            return True
+        if type(response) is Chase:
+            self.state.forward(
+                data, lambda r: self._send(r, addr), udp=True, family=self.family, chase=response
+            )
             return True
         if isinstance(response, Action):
             self._send(servfail_for(data), addr)  # AXFR over UDP never gets here: REFUSED
@@ -291,6 +299,9 @@ class TcpProtocol(asyncio.Protocol):
             return False
         if response is FORWARD:
             self.state.forward(message, self._write, udp=False, family=self.family)
+            return True
+        if type(response) is Chase:
+            self.state.forward(message, self._write, udp=False, family=self.family, chase=response)
             return True
         if response is TRANSFER:
             for part in self.state.transfer(message, self.peer):
