@@ -46,7 +46,7 @@ from kdns.dns.wire import (
     parse_query,
     truncated,
 )
-from kdns.serve.rotation import KEEP_BUILT, Reencoded, Rotation, plan, turnable, turned
+from kdns.serve.rotation import KEEP_BUILT, Rotation, plan, turnable, turned
 from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class _Entry:
     chase: str | None = None
     #: The answer's records in turning orders (`--rotate`); None: one order. The memo keeps
     #: such an entry's bytes only up to the question and asks it for the rest on every hit.
-    rotation: Rotation | Reencoded | None = None
+    rotation: Rotation | None = None
 
     def refresh_serial(self) -> None:
         """Patch the current serial in, if it moved since the response was encoded."""
@@ -147,7 +147,7 @@ class Responder:
         #: sent after the ID, qtype, and for a rotating answer its `Rotation`: then the bytes
         #: kept end with the question, and the next order's body follows them), for queries
         #: `_fast` answered; emptied when it fills up.
-        self._memo: dict[bytes, tuple[_Entry, bytes, bytes, int, Rotation | Reencoded | None]] = {}
+        self._memo: dict[bytes, tuple[_Entry, bytes, bytes, int, Rotation | None]] = {}
         #: cache tag -> keys of the cached answers that carry it
         self._tags: dict[tuple[str, ...], set[bytes]] = {}
         #: The type of the last question answered (for the request counters).
@@ -397,7 +397,7 @@ class Responder:
 
     def _rotation(
         self, query: Query, res: Resolution | None, answer: Answer, response: bytes
-    ) -> Rotation | Reencoded | None:
+    ) -> Rotation | None:
         """The orders of a response with two or more answer records (see `kdns.serve.rotation`):
         its bytes cut apart, or else its answer encoded again per order."""
         rotation = plan(response, 12 + len(query.name) + 4, query.qtype, self.rotate)
@@ -429,7 +429,8 @@ class Responder:
             # An answer cut to fit a TCP message (`_fit`) keeps the one order it was cut to.
             return encoded if len(encoded) <= 65535 else response
 
-        return Reencoded(build, response[: 12 + len(query.name) + 4], count, self.rotate)
+        head = response[: 12 + len(query.name) + 4]
+        return Rotation(lambda k: build(k)[len(head) :], head, count, self.rotate)
 
     def resolve(self, query: Query) -> Answer:
         """The engine's answer to a decoded query, before encoding (the full path)."""

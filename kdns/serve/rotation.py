@@ -11,8 +11,8 @@ Compression makes one thing delicate: a glue record in the additional section na
 target by a pointer into the answer section, and that target moves with its record. Such
 pointers are re-aimed for each order. A message whose bytes cannot be reordered safely (one SRV
 target pointing at another, a CNAME before the addresses, a pointer that would need more than
-14 bits) has its orders encoded again instead, once each, when first served (`Reencoded`), if
-it has at most `KEEP_BUILT` records; a larger one keeps its one order.
+14 bits) has its orders encoded again instead, once each, when first served, if it has at most
+`KEEP_BUILT` records; a larger one keeps its one order.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dnslib import RR
 
@@ -34,18 +34,26 @@ _POINTER = struct.Struct("!H")
 KEEP_BUILT = 32
 
 
-@dataclass(slots=True)
 class Rotation:
-    """An encoded response cut into its answer records, to be served in turning orders."""
+    """The orders of one answer, served in turn (or at random), each body built once.
 
-    head: bytes  # header and question
-    records: list[bytes]
-    tail: bytes  # the additional section (glue, OPT)
-    #: Pointers in `tail` that aim into an answer record: (offset in tail, record, offset in it).
-    patches: list[tuple[int, int, int]]
-    mode: RotateMode
-    turn: int = 0
-    built: list[bytes | None] = field(default_factory=list)
+    `build(k)` gives what follows the question when the answer's records start at the k-th:
+    cut from the encoded bytes (`plan`), or encoded again (the responder's fallback). Up to
+    `KEEP_BUILT` orders are kept once built; past that each is built when served.
+    """
+
+    __slots__ = ("build", "built", "count", "head", "mode", "turn")
+
+    def __init__(
+        self, build: Callable[[int], bytes], head: bytes, count: int, mode: RotateMode
+    ) -> None:
+        self.build = build
+        #: Header and question: the same in every order (the counts do not change).
+        self.head = head
+        self.count = count
+        self.mode = mode
+        self.turn = 0
+        self.built: list[bytes | None] = [None] * count if count <= KEEP_BUILT else []
 
     def next(self) -> bytes:
         """The response in the next order (round-robin) or a random one."""
@@ -53,19 +61,30 @@ class Rotation:
 
     def next_body(self) -> bytes:
         """What follows the question in the next order's response (what the memo serves)."""
-        n = len(self.records)
+        # Runs on every memo hit of a rotating answer: kept inline, no helper call.
         if self.mode == "random":
-            k = random.randrange(n)
+            k = random.randrange(self.count)
         else:
             k = self.turn
-            self.turn = k + 1 if k + 1 < n else 0
+            self.turn = k + 1 if k + 1 < self.count else 0
         built = self.built
         if built:
             body = built[k]
             if body is None:
-                body = built[k] = self.body(k)
+                body = built[k] = self.build(k)
             return body
-        return self.body(k)
+        return self.build(k)
+
+
+@dataclass(slots=True)
+class _Cut:
+    """An encoded response cut into its answer records."""
+
+    head: bytes  # header and question
+    records: list[bytes]
+    tail: bytes  # the additional section (glue, OPT)
+    #: Pointers in `tail` that aim into an answer record: (offset in tail, record, offset in it).
+    patches: list[tuple[int, int, int]]
 
     def body(self, k: int) -> bytes:
         """What follows the question when the answer records start at record `k`."""
@@ -86,42 +105,6 @@ class Rotation:
                 _POINTER.pack_into(patched, offset, 0xC000 | (starts[i] + within))
             tail = bytes(patched)
         return b"".join(moved) + tail
-
-
-class Reencoded:
-    """The orders of an answer whose bytes cannot be cut apart, each encoded when first served.
-
-    `build(k)` encodes the answer with its records of the asked type starting at the k-th.
-    """
-
-    __slots__ = ("build", "built", "head", "mode", "turn")
-
-    def __init__(
-        self, build: Callable[[int], bytes], head: bytes, count: int, mode: RotateMode
-    ) -> None:
-        self.build = build
-        #: Header and question: the same in every order (the counts do not change).
-        self.head = head
-        self.mode = mode
-        self.turn = 0
-        self.built: list[bytes | None] = [None] * count
-
-    def next(self) -> bytes:
-        """The response in the next order (round-robin) or a random one."""
-        return self.head + self.next_body()
-
-    def next_body(self) -> bytes:
-        """What follows the question in the next order's response (what the memo serves)."""
-        n = len(self.built)
-        if self.mode == "random":
-            k = random.randrange(n)
-        else:
-            k = self.turn
-            self.turn = k + 1 if k + 1 < n else 0
-        body = self.built[k]
-        if body is None:
-            body = self.built[k] = self.build(k)[len(self.head) :]
-        return body
 
 
 def turned(records: list[RR], qtype: int, k: int) -> list[RR]:
@@ -188,9 +171,9 @@ def plan(response: bytes, qend: int, qtype: int, mode: RotateMode) -> Rotation |
             return None  # a re-aimed pointer could need more than its 14 bits
     except (IndexError, struct.error, ValueError):
         return None
-    rotation = Rotation(response[:qend], records, response[answers_end:], patches, mode)
-    if len(records) <= KEEP_BUILT:
-        rotation.built = [None] * len(records)
+    cut = _Cut(response[:qend], records, response[answers_end:], patches)
+    rotation = Rotation(cut.body, cut.head, len(records), mode)
+    if rotation.built:
         rotation.built[0] = response[qend:]
     return rotation
 
