@@ -78,6 +78,9 @@ class Answer:
     followed: list[Resolution | None] = field(default_factory=list)
     #: SERVFAIL because a source has not finished its first load (the rule said NXDOMAIN).
     unsynced: bool = False
+    #: Why the answer is empty or degraded (RFC 8914 Extended DNS Error): (info-code, text);
+    #: sent to clients that asked with EDNS.
+    ede: tuple[int, str] | None = None
 
 
 class Rule(Enum):
@@ -111,6 +114,12 @@ class Rule(Enum):
     PTR_ENDPOINT = "ptr-endpoint"
     NO_PTR = "no-ptr"
 
+
+#: RFC 8914 info-code 14, Not Ready: the server cannot answer yet (SERVFAIL before the first sync).
+NOT_SYNCED = (14, "not synced with the API yet")
+
+#: Info-code 0 (Other): an ExternalName's address question answered by the CNAME alone.
+OUTSIDE_NO_UPSTREAM = (0, "ExternalName target outside the zone, no --upstream")
 
 #: The rules whose answer is NXDOMAIN, whatever the type asked.
 NXDOMAIN_RULES = frozenset(
@@ -168,6 +177,8 @@ class Engine:
         ttl: int = 5,
         pods: PodsMode = "insecure",
         ns_addresses: Sequence[str] = (),
+        namespaces: frozenset[str] | None = None,
+        forwarding: bool = False,
     ) -> None:
         if not clusters:
             raise ValueError("at least one cluster zone is needed")
@@ -175,6 +186,10 @@ class Engine:
         self.ttl = ttl
         self.pods = pods
         self.ns_addresses = [a for a in ns_addresses if ip_family(a)]
+        #: The namespaces served (`--namespace`; None: all): for the reason of an NXDOMAIN.
+        self.namespaces = namespaces
+        #: Whether ExternalName targets outside the zones are followed upstream (--upstream).
+        self.forwarding = forwarding
         #: The one parser of names for these zones (longest zone first, see `kdns.dns.names`).
         self.grammar: Grammar[Cluster] = Grammar([(c.labels, c) for c in self.clusters])
         self._ptrs = ReverseIndex([c.store for c in self.clusters])
@@ -203,8 +218,33 @@ class Engine:
             zone = res.request.zone
             clusters = [zone] if zone is not None else self.clusters
             if not all(c.store.synced for c in clusters):
-                return Answer(RCODE.SERVFAIL, resolution=res, unsynced=True)
+                return Answer(RCODE.SERVFAIL, resolution=res, unsynced=True, ede=NOT_SYNCED)
+            ans.ede = self.reason(res)
         return ans
+
+    def reason(self, res: Resolution) -> tuple[int, str] | None:
+        """The Extended DNS Error (RFC 8914) of an NXDOMAIN decided by `res`: info-code 0
+        (Other, the only one that fits "the cluster has no such object") and the Kubernetes
+        reason, short enough for any UDP answer. The same decision `kdns explain` words."""
+        req, rule, view = res.request, res.rule, res.view
+        ns, svc = req.namespace, req.service
+        if rule is Rule.NO_NAMESPACE:
+            if self.namespaces is not None and ns not in self.namespaces:
+                return (0, f"namespace {ns} is not served (--namespace)")
+            return (0, f"no namespace {ns}")
+        if rule is Rule.NO_SERVICE:
+            return (0, f"no service {svc} in namespace {ns}")
+        if rule is Rule.NO_READY_ENDPOINTS and view is not None:
+            return (0, f"service {ns}/{svc} has 0 ready endpoints ({view.not_ready} not ready)")
+        if rule is Rule.NO_ENDPOINT:
+            return (0, f"service {ns}/{svc} has no ready endpoint named {req.endpoint}")
+        if rule is Rule.NO_PORT:
+            return (0, f"service {ns}/{svc} has no port {req.port}/{req.protocol}")
+        if rule is Rule.PODS_DISABLED:
+            return (0, "pod records are off (--pods disabled)")
+        if rule is Rule.NO_PTR:
+            return (0, f"no service or ready endpoint has the address {req.address}")
+        return None
 
     def is_local(self, qname: DNSLabel) -> bool:
         """True when `qname` falls in a zone kdns answers for."""
@@ -506,7 +546,8 @@ class Engine:
             return Answer(answer=[cname])
         chase = self.grammar.parse(target.lower().split("."))
         if chase.zone is None:
-            return Answer(answer=[cname])
+            # With --upstream the server adds the target's records (kdns.ops.external).
+            return Answer(answer=[cname], ede=None if self.forwarding else OUTSIDE_NO_UPSTREAM)
         # Inside kdns's zones: followed, as a resolver would, with the target's own answer.
         followed = self.build(self.decide(chase), DNSLabel(target), qtype, depth + 1)
         followed.answer.insert(0, cname)

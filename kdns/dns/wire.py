@@ -96,10 +96,22 @@ def _error(id_: int, flags: int, rcode: int, question: bytes = b"", opt: bytes =
     return HEADER.pack(id_, out_flags, qd, 0, 0, ar) + question + opt
 
 
-def opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:
-    """An OPT pseudo-record (RFC 6891) with no options."""
+def opt_record(payload: int, do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:
+    """An OPT pseudo-record (RFC 6891) carrying `options` (already encoded)."""
     ttl = (ext_rcode << 24) | (0x8000 if do else 0)
-    return b"\x00" + struct.pack("!HHIH", OPT_TYPE, payload, ttl, 0)
+    return b"\x00" + struct.pack("!HHIH", OPT_TYPE, payload, ttl, len(options)) + options
+
+
+#: RFC 8914's EDNS option code for an Extended DNS Error.
+EDE_OPTION = 15
+
+
+def ede_option(ede: tuple[int, str] | None) -> bytes:
+    """The Extended DNS Error option (RFC 8914 section 2): info-code, then UTF-8 EXTRA-TEXT."""
+    if ede is None:
+        return b""
+    text = ede[1].encode()
+    return struct.pack("!HHH", EDE_OPTION, 2 + len(text), ede[0]) + text
 
 
 def skip_name(data: bytes, i: int) -> int:
@@ -304,7 +316,7 @@ def encode(query: Query, answer: Answer, *, max_udp: int = DEFAULT_MAX_UDP) -> b
         packed[3] |= CD & 0xFF
     if query.edns:
         packed[10:12] = struct.pack("!H", HEADER.unpack_from(packed)[5] + 1)
-        packed += opt_record(max_udp, query.do)
+        packed += opt_record(max_udp, query.do, options=ede_option(answer.ede))
     packed[12 : 12 + len(query.name)] = query.name
     return bytes(packed)
 
@@ -318,8 +330,19 @@ def truncated(response: bytes, qlen: int, edns: bool) -> bytes:
     question = response[12 : 12 + qlen]
     opt = b""
     if edns:
-        opt = response[-11:]  # encode() appends the OPT record last, 11 bytes
+        opt = response[_opt_start(response) :]  # encode() appends the OPT record last
     return HEADER.pack(id_, flags | TC, 1, 0, 0, 1 if opt else 0) + question + opt
+
+
+def _opt_start(response: bytes) -> int:
+    """Where the OPT record that ends `response` starts (its options make its length vary)."""
+    # Root name, type 41, class, TTL, then a length that reaches exactly the end.
+    for at in range(len(response) - 11, 11, -1):
+        if response[at : at + 3] == b"\x00\x00\x29":
+            (length,) = struct.unpack_from("!H", response, at + 9)
+            if at + 11 + length == len(response):
+                return at
+    return len(response) - 11
 
 
 def limit_for(query: Query, max_udp: int = DEFAULT_MAX_UDP) -> int:

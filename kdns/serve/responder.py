@@ -41,6 +41,7 @@ from kdns.dns.wire import (
     Drop,
     Query,
     Refuse,
+    ede_option,
     encode,
     limit_for,
     parse_query,
@@ -361,7 +362,8 @@ class Responder:
         if last is not None and last.rtype == QTYPE.SOA:
             # The serial is the first of the SOA's five numbers, which end the message (the OPT
             # record, when there is one, comes after them).
-            entry.serial_at = len(response) - (11 if query.edns else 0) - 20
+            opt = 11 + len(ede_option(answer.ede)) if query.edns else 0
+            entry.serial_at = len(response) - opt - 20
             entry.serial_of = self.engine.serial_of(str(last.rname).rstrip(".").lower())
             entry.serial = entry.serial_of()
         cache = self._cache

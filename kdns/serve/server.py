@@ -89,7 +89,14 @@ def build_engine(config: Config, zones: list[Cluster]) -> Engine:
     """The answer engine for these zones as `config` sets it: the server's, and the one-shot
     commands' (`kdns records`, `kdns explain`), so that they answer as the server would."""
     ns_addresses = [h for h, _ in config.listen if h not in ("0.0.0.0", "::")]
-    return Engine(zones, ttl=config.ttl, pods=config.pods, ns_addresses=ns_addresses)
+    return Engine(
+        zones,
+        ttl=config.ttl,
+        pods=config.pods,
+        ns_addresses=ns_addresses,
+        namespaces=config.scope().namespaces,
+        forwarding=bool(config.upstreams),
+    )
 
 
 def engine_from_files(config: Config) -> Engine:
