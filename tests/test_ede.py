@@ -116,10 +116,16 @@ def test_a_change_that_removes_the_reason_drops_the_cached_answer(zones: Path) -
         assert ede(ask(kp.port, name)) == [
             (0, "service shop/api has 0 ready endpoints (3 not ready)")
         ]
+        before = ask(kp.port, "nope.shop.svc.cluster.local")  # cached; the change is elsewhere
         (zones / "api.yaml").write_text(API % {"ready": "true"})
         r = until(lambda: (m := ask(kp.port, name)).rcode() == dns.rcode.NOERROR and m, 15)
         assert r, "the endpoints never became ready"
         assert ede(r) == [] and len(r.answer[0]) == 3
+        # The other answer stays cached with its reason; only its SOA serial is patched in,
+        # at the right place whatever the EDE's length.
+        after = ask(kp.port, "nope.shop.svc.cluster.local")
+        assert ede(after) == ede(before) == [(0, "no service nope in namespace shop")]
+        assert after.authority[0][0].serial != before.authority[0][0].serial
     finally:
         kp.stop()
 
