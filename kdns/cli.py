@@ -24,6 +24,9 @@ from kdns.config import (
     parse_hostport,
 )
 
+#: Record types `kdns wait` knows by name.
+QTYPE_NUMBERS = {"A": 1, "AAAA": 28, "SRV": 33, "PTR": 12, "CNAME": 5, "TXT": 16}
+
 if TYPE_CHECKING:
     from kdns.dns.resolution import Engine
 
@@ -398,6 +401,41 @@ def explain(
         typer.echo(explain_name(engine, name, qtype, config.scope()), nl=False)
     except ExplainError as err:
         _fail(str(err))
+
+
+@app.command()
+def wait(
+    name: Annotated[str, typer.Argument(help="The name to wait for.")],
+    qtype: Annotated[str, typer.Argument(help="Record type.")] = "A",
+    minimum: Annotated[
+        int, typer.Option("--min", min=1, help="How many records make the name ready.")
+    ] = 1,
+    server: Annotated[
+        str, typer.Option("--server", help="HOST:PORT of the DNS server to ask.")
+    ] = "127.0.0.1:1053",
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Give up after this many seconds.")
+    ] = 30.0,
+) -> None:
+    """Wait until NAME has at least --min records of TYPE (exit 0), or give up at --timeout
+    (exit 1, with the last rcode and kdns's reason). For container entrypoints."""
+    from kdns.ops.wait import wait as wait_for
+
+    number = QTYPE_NUMBERS.get(qtype.upper())
+    if number is None:
+        _fail(f"unknown record type {qtype!r}")
+    try:
+        address = parse_hostport(server)
+    except ConfigError as err:
+        _fail(str(err))
+    ready, outcome = wait_for(address, name, number, minimum, timeout)
+    if not ready:
+        _fail(
+            f"{name} {qtype.upper()}: not {minimum} record(s) after {timeout:g} s: "
+            f"{outcome.describe()}"
+        )
+    for record in outcome.records or []:
+        typer.echo(record)
 
 
 def _explain_remote(server: str, name: str, qtype: str) -> str:
