@@ -159,3 +159,32 @@ def soa_text(zone: str, serial: int, ttl: int = 5, server_zone: str | None = Non
     """The SOA record kdns gives for `zone` (`server_zone` names the server, default `zone`)."""
     home = server_zone or zone
     return f"{zone}. {ttl} SOA ns.dns.{home}. hostmaster.{home}. {serial} 7200 1800 86400 {ttl}"
+
+
+# -- manifests (what a zones/ directory holds) -------------------------------------------------
+
+
+def headless_manifest(
+    namespace: str, name: str, port: tuple[str, int], addresses: Sequence[str], ready: bool = True
+) -> str:
+    """A headless Service and one EndpointSlice of `addresses` (all ready or all not), as YAML."""
+    port_name, number = port
+    flag = "true" if ready else "false"
+    endpoints = "".join(
+        f"- {{addresses: [{a}], conditions: {{ready: {flag}}}}}\n" for a in addresses
+    )
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec: {{clusterIP: None, ports: [{{name: {port_name}, port: {number}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: {port_name}, port: {number}}}]
+endpoints:
+{endpoints}"""

@@ -18,7 +18,7 @@ import pytest
 
 from kdns.dns.resolution import Cluster, Engine
 from kdns.serve.responder import Responder
-from tests.builders import clusterip, make_store
+from tests.builders import clusterip, headless_manifest, make_store
 from tests.kdns_process import start_kdns, until
 
 SHOP = """
@@ -38,25 +38,11 @@ metadata: {name: other, namespace: default}
 spec: {clusterIP: 10.96.0.81}
 """
 
-API = """
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: shop}
-spec: {clusterIP: None, ports: [{name: grpc, port: 9000}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: api-1
-  namespace: shop
-  labels: {kubernetes.io/service-name: api}
-addressType: IPv4
-ports: [{name: grpc, port: 9000}]
-endpoints:
-- {addresses: [10.1.0.1], conditions: {ready: %(ready)s}}
-- {addresses: [10.1.0.2], conditions: {ready: %(ready)s}}
-- {addresses: [10.1.0.3], conditions: {ready: %(ready)s}}
-"""
+
+def api(ready: bool) -> str:
+    return headless_manifest(
+        "shop", "api", ("grpc", 9000), ["10.1.0.1", "10.1.0.2", "10.1.0.3"], ready
+    )
 
 
 def ask(port: int, name: str, rdtype: str = "A", edns: bool = True) -> dns.message.Message:
@@ -73,7 +59,7 @@ def ede(message: dns.message.Message) -> list[tuple[int, str]]:
 @pytest.fixture
 def zones(tmp_path: Path) -> Path:
     (tmp_path / "shop.yaml").write_text(SHOP)
-    (tmp_path / "api.yaml").write_text(API % {"ready": "false"})
+    (tmp_path / "api.yaml").write_text(api(False))
     return tmp_path
 
 
@@ -117,7 +103,7 @@ def test_a_change_that_removes_the_reason_drops_the_cached_answer(zones: Path) -
             (0, "service shop/api has 0 ready endpoints (3 not ready)")
         ]
         before = ask(kp.port, "nope.shop.svc.cluster.local")  # cached; the change is elsewhere
-        (zones / "api.yaml").write_text(API % {"ready": "true"})
+        (zones / "api.yaml").write_text(api(True))
         r = until(lambda: (m := ask(kp.port, name)).rcode() == dns.rcode.NOERROR and m, 15)
         assert r, "the endpoints never became ready"
         assert ede(r) == [] and len(r.answer[0]) == 3

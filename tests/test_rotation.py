@@ -23,6 +23,7 @@ from dnslib import QTYPE
 from kdns.dns.resolution import Cluster, Engine
 from kdns.serve.responder import Responder
 from kdns.state.store import Store
+from tests.builders import headless_manifest
 from tests.kdns_process import KDNS, start_kdns
 from tests.test_bulk import ZONE_SETS, big_headless, questions, random_store, wire
 
@@ -133,25 +134,7 @@ def test_the_memo_does_not_pin_an_order() -> None:
     assert collections.Counter(firsts) == {a: 3 for a in set(firsts)} and len(set(firsts)) == 3
 
 
-ZONE = """
-apiVersion: v1
-kind: Service
-metadata: {name: db, namespace: default}
-spec: {clusterIP: None, ports: [{name: pg, port: 5432}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: db-1
-  namespace: default
-  labels: {kubernetes.io/service-name: db}
-addressType: IPv4
-ports: [{name: pg, port: 5432}]
-endpoints:
-- addresses: [10.1.0.1]
-- addresses: [10.1.0.2]
-- addresses: [10.1.0.3]
-"""
+ZONE = headless_manifest("default", "db", ("pg", 5432), ["10.1.0.1", "10.1.0.2", "10.1.0.3"])
 
 
 def first_shares(port: int, queries: int, tcp: bool) -> dict[str, float]:

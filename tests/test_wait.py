@@ -7,26 +7,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.builders import headless_manifest
 from tests.kdns_process import KDNS, start_kdns
 
-SHOP = """
-apiVersion: v1
-kind: Service
-metadata: {name: db, namespace: shop}
-spec: {clusterIP: None, ports: [{name: pg, port: 5432}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: db-1
-  namespace: shop
-  labels: {kubernetes.io/service-name: db}
-addressType: IPv4
-ports: [{name: pg, port: 5432}]
-endpoints:
-- {addresses: [10.1.0.1], conditions: {ready: %(ready)s}}
-- {addresses: [10.1.0.2], conditions: {ready: %(ready)s}}
-"""
+
+def shop(ready: bool) -> str:
+    return headless_manifest("shop", "db", ("pg", 5432), ["10.1.0.1", "10.1.0.2"], ready)
 
 
 def wait(port: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -35,7 +21,7 @@ def wait(port: int, *args: str, timeout: float = 60) -> subprocess.CompletedProc
 
 
 def test_wait_ends_as_the_name_gets_its_records_or_says_why_not(tmp_path: Path) -> None:
-    (tmp_path / "db.yaml").write_text(SHOP % {"ready": "true"})
+    (tmp_path / "db.yaml").write_text(shop(True))
     kp = start_kdns(["--zones", str(tmp_path)])
     try:
         out = wait(kp.port, "db.shop.svc.cluster.local", "--min", "2")
@@ -62,7 +48,7 @@ def test_wait_ends_as_the_name_gets_its_records_or_says_why_not(tmp_path: Path) 
 
 
 def test_wait_returns_when_the_endpoints_become_ready(tmp_path: Path) -> None:
-    (tmp_path / "db.yaml").write_text(SHOP % {"ready": "false"})
+    (tmp_path / "db.yaml").write_text(shop(False))
     kp = start_kdns(["--zones", str(tmp_path)])
     try:
         cmd = [*KDNS, "wait", "db.shop.svc.cluster.local", "--server", f"127.0.0.1:{kp.port}"]
@@ -71,7 +57,7 @@ def test_wait_returns_when_the_endpoints_become_ready(tmp_path: Path) -> None:
         try:
             time.sleep(1)  # it is waiting: the name is NXDOMAIN (0 ready endpoints)
             assert proc.poll() is None
-            (tmp_path / "db.yaml").write_text(SHOP % {"ready": "true"})
+            (tmp_path / "db.yaml").write_text(shop(True))
             assert proc.wait(30) == 0
         finally:
             proc.kill()
