@@ -8,6 +8,7 @@ resolution's (`Engine.reason`), so `kdns explain` prints the same ones.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dns.edns
@@ -18,6 +19,13 @@ import pytest
 
 from kdns.dns.resolution import Cluster, Engine
 from kdns.serve.responder import Responder
+from testkit.apiserver import (
+    FakeApiServer,
+    endpoint_slice,
+    namespace,
+    service,
+    write_kubeconfig,
+)
 from tests.builders import clusterip, headless_manifest, make_store
 from tests.kdns_process import start_kdns, until
 
@@ -147,3 +155,50 @@ def test_reasons_stay_within_the_smallest_udp_answer(zones: Path) -> None:
         assert ede(wire) == [(0, f"no namespace {ns}")]
     finally:
         kp.stop()
+
+
+STALE = re.compile(r"API unreachable since \d\d:\d\d:\d\dZ, answering from the last data")
+
+
+def test_answers_say_they_are_stale_while_the_api_is_unreachable(tmp_path: Path) -> None:
+    api = FakeApiServer().start()
+    api.apply_all(
+        [
+            namespace("shop"),
+            service("cart", "shop", cluster_ip="10.96.1.1"),
+            service("db", "shop", cluster_ip="None", ports=[("pg", 5432, "TCP")]),
+            endpoint_slice(
+                "db-a",
+                "db",
+                "shop",
+                endpoints=["10.1.0.1", "10.1.0.2"],
+                ports=[("pg", 5432, "TCP")],
+            ),
+        ]
+    )
+    kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+    kp = start_kdns(["--kubeconfig", str(kcfg)])
+    try:
+        cart = "cart.shop.svc.cluster.local"
+        assert ede(ask(kp.port, cart)) == []
+        api.go_down()
+        assert until(lambda: ede(ask(kp.port, cart)), 20), "no Stale Answer while the API is down"
+        r = ask(kp.port, cart)
+        assert r.answer[0][0].address == "10.96.1.1"  # the last data, still served
+        [(code, text)] = ede(r)
+        assert code == 3 and STALE.fullmatch(text), text
+        # The large-answer encoder steps aside: headless and SRV answers say it too.
+        db = ask(kp.port, "db.shop.svc.cluster.local")
+        assert len(db.answer[0]) == 2 and [c for c, _ in ede(db)] == [3]
+        assert [c for c, _ in ede(ask(kp.port, "_pg._tcp.db.shop.svc.cluster.local", "SRV"))] == [3]
+        # A negative answer gives both reasons.
+        assert ede(ask(kp.port, "nope.shop.svc.cluster.local")) == [
+            (0, "no service nope in namespace shop"),
+            (3, text),
+        ]
+        assert "EDE: 3 (Stale Answer)" in kp.dig(cart, "A")
+        api.come_up()
+        assert until(lambda: not ede(ask(kp.port, cart)), 20), "still stale after the API is back"
+    finally:
+        kp.stop()
+        api.stop()

@@ -125,7 +125,7 @@ def test_a_replica_started_anywhere_ends_equal_to_the_main_store(seed: int) -> N
 
     copy = asyncio.run(run())
     assert copy.layer_states() == main.layer_states()
-    for layer, _, _ in main.layer_states():
+    for layer, _, _, _ in main.layer_states():
         assert sorted(map(repr, copy.layer_objects(layer))) == sorted(
             map(repr, main.layer_objects(layer))
         )

@@ -629,6 +629,9 @@ class RecordingSink:
     def set_synced(self, layer: str, synced: bool = True) -> None:
         self.sink.set_synced(layer, synced)
 
+    def set_unreachable(self, layer: str, since: float | None) -> None:
+        self.sink.set_unreachable(layer, since)
+
 
 def svc_key(name: str, ns: str = "default") -> ObjectKey:
     return ("Service", ns, name)
@@ -788,13 +791,22 @@ def test_unreachable_api_keeps_data_and_reconnects(
     mark = count(store)
     api.go_down()
     api.apply(service("b", cluster_ip="10.96.0.22"))
+    began = time.time()
     wait_for(lambda: reflector.stats.errors >= 3, what="failed reconnects")
     assert "unreachable" in reflector.stats.last_error
     assert store.service_names() == {"a", "b"}
+    # The store knows its data may be stale, since the first failure of the streak.
+    since = store.read(lambda s: s.unreachable_since)
+    assert since is not None and began - 1 <= since <= time.time()
     api.come_up()
     wait_for(lambda: reflector.stats.relists == 1, what="the relist after reconnecting")
     assert store.addresses("b") == ["10.96.0.22"]
-    assert len(changes_since(store, mark)) == 1
+    assert store.read(lambda s: s.unreachable_since) is None
+    # One change of data (the relist); the other two are the outage's start and end, which
+    # change no answer's records (only what the answers say of their freshness).
+    snapshots = [c.services for c in changes_since(store, mark - 1)]
+    assert len(snapshots) == 4
+    assert sum(a != b for a, b in itertools.pairwise(snapshots)) == 1
 
 
 def test_stop_is_prompt_in_every_state(api: FakeApiServer, store: LoopStore, start: Start) -> None:

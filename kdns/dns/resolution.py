@@ -23,6 +23,7 @@ the client asked with is what it gets back (and the encoder compresses them to t
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -78,9 +79,9 @@ class Answer:
     followed: list[Resolution | None] = field(default_factory=list)
     #: SERVFAIL because a source has not finished its first load (the rule said NXDOMAIN).
     unsynced: bool = False
-    #: Why the answer is empty or degraded (RFC 8914 Extended DNS Error): (info-code, text);
-    #: sent to clients that asked with EDNS.
-    ede: tuple[int, str] | None = None
+    #: Why the answer is empty or degraded (RFC 8914 Extended DNS Errors): (info-code, text)
+    #: pairs, sent to clients that asked with EDNS.
+    ede: tuple[tuple[int, str], ...] = ()
 
 
 class Rule(Enum):
@@ -117,6 +118,13 @@ class Rule(Enum):
 
 #: RFC 8914 info-code 14, Not Ready: the server cannot answer yet (SERVFAIL before the first sync).
 NOT_SYNCED = (14, "not synced with the API yet")
+
+
+def stale(since: float) -> tuple[int, str]:
+    """RFC 8914 info-code 3, Stale Answer: the data is the last the API gave before `since`."""
+    at = time.strftime("%H:%M:%S", time.gmtime(since))
+    return (3, f"API unreachable since {at}Z, answering from the last data")
+
 
 #: Info-code 0 (Other): an ExternalName's address question answered by the CNAME alone.
 OUTSIDE_NO_UPSTREAM = (0, "ExternalName target outside the zone, no --upstream")
@@ -218,9 +226,22 @@ class Engine:
             zone = res.request.zone
             clusters = [zone] if zone is not None else self.clusters
             if not all(c.store.synced for c in clusters):
-                return Answer(RCODE.SERVFAIL, resolution=res, unsynced=True, ede=NOT_SYNCED)
-            ans.ede = self.reason(res)
+                return Answer(RCODE.SERVFAIL, resolution=res, unsynced=True, ede=(NOT_SYNCED,))
+            reason = self.reason(res)
+            if reason is not None:
+                ans.ede += (reason,)
+        since = self.unreachable_since(res)
+        if since is not None:
+            ans.ede += (stale(since),)
         return ans
+
+    def unreachable_since(self, res: Resolution) -> float | None:
+        """Since when the data behind `res` is cut off from its API (None: it is not): the
+        zone's store, or any of them for the reverse zones, which hold every cluster's data."""
+        zone = res.request.zone
+        stores = [zone.store] if zone is not None else [c.store for c in self.clusters]
+        times = [s.unreachable_since for s in stores]
+        return min((t for t in times if t is not None), default=None)
 
     def reason(self, res: Resolution) -> tuple[int, str] | None:
         """The Extended DNS Error (RFC 8914) of an NXDOMAIN decided by `res`: info-code 0
@@ -547,7 +568,7 @@ class Engine:
         chase = self.grammar.parse(target.lower().split("."))
         if chase.zone is None:
             # With --upstream the server adds the target's records (kdns.ops.external).
-            return Answer(answer=[cname], ede=None if self.forwarding else OUTSIDE_NO_UPSTREAM)
+            return Answer(answer=[cname], ede=() if self.forwarding else (OUTSIDE_NO_UPSTREAM,))
         # Inside kdns's zones: followed, as a resolver would, with the target's own answer.
         followed = self.build(self.decide(chase), DNSLabel(target), qtype, depth + 1)
         followed.answer.insert(0, cname)

@@ -106,12 +106,13 @@ def opt_record(payload: int, do: bool, ext_rcode: int = 0, options: bytes = b"")
 EDE_OPTION = 15
 
 
-def ede_option(ede: tuple[int, str] | None) -> bytes:
-    """The Extended DNS Error option (RFC 8914 section 2): info-code, then UTF-8 EXTRA-TEXT."""
-    if ede is None:
-        return b""
-    text = ede[1].encode()
-    return struct.pack("!HHH", EDE_OPTION, 2 + len(text), ede[0]) + text
+def ede_option(ede: tuple[tuple[int, str], ...]) -> bytes:
+    """Extended DNS Error options (RFC 8914 section 2), one per (info-code, EXTRA-TEXT)."""
+    out = b""
+    for code, text in ede:
+        data = text.encode()
+        out += struct.pack("!HHH", EDE_OPTION, 2 + len(data), code) + data
+    return out
 
 
 def skip_name(data: bytes, i: int) -> int:

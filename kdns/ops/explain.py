@@ -100,8 +100,7 @@ def explanation(
         reason += f"; no {tname} records for this name (NODATA)"
     lines = [f"{shown} {tname}: {reason}"]
     lines += [f"  {d}" for d in details]
-    if answer.ede is not None:
-        code, text = answer.ede
+    for code, text in answer.ede:
         lines.append(f"  extended DNS error (RFC 8914, to EDNS clients): {code} {text!r}")
     lines += _records(answer)
     return Explanation("\n".join(lines) + "\n", answer)

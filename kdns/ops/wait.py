@@ -75,13 +75,14 @@ def _read(conn: socket.socket, size: int) -> bytes:
 
 
 def _reason(answer: DNSRecord) -> str:
+    reasons = []
     for rr in answer.ar:
         if rr.rtype == QTYPE.OPT:
             for option in rr.rdata:
                 if option.code == EDE_OPTION and len(option.data) >= 2:
                     code = struct.unpack("!H", option.data[:2])[0]
-                    return f"EDE {code}: {option.data[2:].decode(errors='replace')}"
-    return ""
+                    reasons.append(f"EDE {code}: {option.data[2:].decode(errors='replace')}")
+    return "; ".join(reasons)
 
 
 def wait(

@@ -71,12 +71,16 @@ class Publisher:
         self.store.set_synced(layer, synced)
         self._publish("synced", layer, synced)
 
+    def set_unreachable(self, layer: str, since: float | None) -> None:
+        self.store.set_unreachable(layer, since)
+        self._publish("unreachable", layer, since)
+
     def _publish(self, op: str, layer: str, *args: Any) -> None:
         if self.subscribers:
             self.subscribers.send(pack((op, self.index, layer, *args, self.store.serial)))
 
 
-_Layer = tuple[int, str, bool, bool, list[KubeObject], int]
+_Layer = tuple[int, str, bool, bool, float | None, list[KubeObject], int]
 
 
 def snapshot(stores: Sequence[Store]) -> Iterator[bytes]:
@@ -87,19 +91,21 @@ def snapshot(stores: Sequence[Store]) -> Iterator[bytes]:
     never sits in memory twice while a replica reads it.
     """
     layers: list[_Layer] = [
-        (index, name, implicit, synced, store.layer_objects(name), store.serial)
+        (index, name, implicit, synced, since, store.layer_objects(name), store.serial)
         for index, store in enumerate(stores)
-        for name, implicit, synced in store.layer_states()
+        for name, implicit, synced, since in store.layer_states()
     ]
     return _frames(layers)
 
 
 def _frames(layers: list[_Layer]) -> Iterator[bytes]:
-    for index, name, implicit, synced, objects, serial in layers:
+    for index, name, implicit, synced, since, objects, serial in layers:
         yield pack(("layer", index, name, implicit))
         for start in range(0, len(objects), SNAPSHOT_BATCH):
             batch = objects[start : start + SNAPSHOT_BATCH]
             yield pack(("apply", index, name, batch, [], None, serial))
         if synced:
             yield pack(("synced", index, name, True, serial))
+        if since is not None:
+            yield pack(("unreachable", index, name, since, serial))
     yield pack(("ready",))

@@ -47,6 +47,8 @@ class Replica:
             store.replace(message[2], message[3], message[4], message[5])
         elif op == "synced":
             store.set_synced(message[2], message[3])
+        elif op == "unreachable":
+            store.set_unreachable(message[2], message[3])
         else:
             raise ValueError(f"unknown message {op!r}")
         store.follow_serial(message[-1])

@@ -339,7 +339,9 @@ class Responder:
         # store, byte for byte what the engine and dnslib give
         # (kdns/dns/large_answers.py); None: the rest.
         response = None
-        if res is not None:
+        # Stale data says so in every answer (an EDE), which the large-answer encoder does not
+        # write: it steps aside then.
+        if res is not None and self.engine.unreachable_since(res) is None:
             response = encode_bulk(self.engine, query, self.max_udp, res)
         if response is not None:
             answer = Answer()  # NOERROR, nothing that needs a serial or a wider cache tag
@@ -426,6 +428,7 @@ class Responder:
                 turned(records, qtype, k),
                 answer.authority,
                 answer.additional,
+                ede=answer.ede,
             )
             encoded = encode(query, moved, max_udp=max_udp)
             # An answer cut to fit a TCP message (`_fit`) keeps the one order it was cut to.

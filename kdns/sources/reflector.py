@@ -352,6 +352,11 @@ class Reflector:
         self._versions: dict[ObjectKey, str] = {}
         self._failures = 0
         self._away = False  # the last failure said the API was unreachable or unavailable
+        #: Wall-clock time of the first failure of the current streak, and whether the store
+        #: was told the API is unreachable (after a retry failed too: one dropped stream that
+        #: the next request cures is not an outage worth a word to clients).
+        self._failing_since = 0.0
+        self._said_unreachable = False
         self._recovery = recovery or Recovery(self.settings.probe_interval)
         self._rng = random.Random()
         self._stop = threading.Event()
@@ -471,6 +476,11 @@ class Reflector:
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
         self._away = _api_away(exc)
+        if self._failures == 1:
+            self._failing_since = time.time()
+        elif self._away and not self._said_unreachable:
+            self._said_unreachable = True
+            self._sink.set_unreachable(self.layer, self._failing_since)
         self.stats.errors += 1
         message = _describe(exc, self)
         self.stats.last_error = message
@@ -493,6 +503,9 @@ class Reflector:
             self._complaint = ""
         if self._failures:
             self._recovery.success()  # the other kinds need not wait out their backoff
+        if self._said_unreachable:
+            self._said_unreachable = False
+            self._sink.set_unreachable(self.layer, None)
         self._failures = 0
         self._away = False
 

@@ -107,6 +107,8 @@ class _Layer:
     #: namespace -> number of objects in it (for implicit namespaces)
     populated: dict[str, int] = field(default_factory=dict)
     synced: bool = False
+    #: Wall-clock time since which the layer's source cannot reach its API (None: it can).
+    unreachable_since: float | None = None
     #: Set when a namespace came into or went out of existence; the store resets it.
     namespaces_changed: bool = False
 
@@ -270,14 +272,34 @@ class Store:
             self._full = True
             self._bump(None)
 
+    def set_unreachable(self, layer: str, since: float | None) -> None:
+        """Mark a layer's source as cut off from its API since `since` (wall-clock seconds), or
+        as reaching it again (None). Answers from its data then say they may be stale (RFC 8914
+        Stale Answer), so a change of this drops every cached answer, like a change of sync."""
+        lay = self._layers[layer]
+        if (lay.unreachable_since is None) != (since is None):
+            lay.unreachable_since = since
+            self._full = True
+            self._bump(None)
+
+    @property
+    def unreachable_since(self) -> float | None:
+        """The earliest time since which a layer's source cannot reach its API, if any does."""
+        times = [lay.unreachable_since for lay in self._layers.values()]
+        return min((t for t in times if t is not None), default=None)
+
     @property
     def synced(self) -> bool:
         """True once every layer has completed its first full load."""
         return all(lay.synced for lay in self._layers.values())
 
-    def layer_states(self) -> list[tuple[str, bool, bool]]:
-        """(name, implicit namespaces, synced) of every layer, in precedence order."""
-        return [(lay.name, lay.implicit_namespaces, lay.synced) for lay in self._layers.values()]
+    def layer_states(self) -> list[tuple[str, bool, bool, float | None]]:
+        """(name, implicit namespaces, synced, unreachable since) of every layer, in precedence
+        order."""
+        return [
+            (lay.name, lay.implicit_namespaces, lay.synced, lay.unreachable_since)
+            for lay in self._layers.values()
+        ]
 
     def layer_objects(self, layer: str) -> list[KubeObject]:
         """Everything `layer` holds: what a replica needs to start from (see `publish.py`)."""
@@ -515,6 +537,8 @@ class Sink(Protocol):
 
     def set_synced(self, layer: str, synced: bool = True) -> None: ...
 
+    def set_unreachable(self, layer: str, since: float | None) -> None: ...
+
 
 class LoopSink:
     """Hands writes from worker threads to a sink on its event loop, one callback each.
@@ -550,3 +574,6 @@ class LoopSink:
 
     def set_synced(self, layer: str, synced: bool = True) -> None:
         self.loop.call_soon_threadsafe(self.store.set_synced, layer, synced)
+
+    def set_unreachable(self, layer: str, since: float | None) -> None:
+        self.loop.call_soon_threadsafe(self.store.set_unreachable, layer, since)
