@@ -9,6 +9,7 @@ assertion and a failure shows exactly which record is wrong.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
@@ -188,3 +189,18 @@ addressType: IPv4
 ports: [{{name: {port_name}, port: {number}}}]
 endpoints:
 {endpoints}"""
+
+
+def shop_api_objects() -> list[dict[str, Any]]:
+    """The API double's objects of the shop namespace: a ClusterIP service `cart` (10.96.1.1)
+    and a headless `db` with two ready endpoints (10.1.0.1, 10.1.0.2) on port pg/5432."""
+    from testkit.apiserver import endpoint_slice, namespace, service
+
+    return [
+        namespace("shop"),
+        service("cart", "shop", cluster_ip="10.96.1.1"),
+        service("db", "shop", cluster_ip="None", ports=[("pg", 5432, "TCP")]),
+        endpoint_slice(
+            "db-a", "db", "shop", endpoints=["10.1.0.1", "10.1.0.2"], ports=[("pg", 5432, "TCP")]
+        ),
+    ]

@@ -21,12 +21,9 @@ from kdns.dns.resolution import Cluster, Engine
 from kdns.serve.responder import Responder
 from testkit.apiserver import (
     FakeApiServer,
-    endpoint_slice,
-    namespace,
-    service,
     write_kubeconfig,
 )
-from tests.builders import clusterip, headless_manifest, make_store
+from tests.builders import clusterip, headless_manifest, make_store, shop_api_objects
 from tests.kdns_process import start_kdns, until
 
 SHOP = """
@@ -162,20 +159,7 @@ STALE = re.compile(r"API unreachable since \d\d:\d\d:\d\dZ, answering from the l
 
 def test_answers_say_they_are_stale_while_the_api_is_unreachable(tmp_path: Path) -> None:
     api = FakeApiServer().start()
-    api.apply_all(
-        [
-            namespace("shop"),
-            service("cart", "shop", cluster_ip="10.96.1.1"),
-            service("db", "shop", cluster_ip="None", ports=[("pg", 5432, "TCP")]),
-            endpoint_slice(
-                "db-a",
-                "db",
-                "shop",
-                endpoints=["10.1.0.1", "10.1.0.2"],
-                ports=[("pg", 5432, "TCP")],
-            ),
-        ]
-    )
+    api.apply_all(shop_api_objects())
     kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
     kp = start_kdns(["--kubeconfig", str(kcfg)])
     try:

@@ -16,8 +16,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from testkit.apiserver import FakeApiServer, endpoint_slice, namespace, service, write_kubeconfig
+from testkit.apiserver import FakeApiServer, namespace, service, write_kubeconfig
 from testkit.upstream import Upstream
+from tests.builders import shop_api_objects
 from tests.kdns_process import start_kdns, until
 
 ZONE = """
@@ -203,16 +204,7 @@ def api() -> Iterator[FakeApiServer]:
     server.apply_all(
         [
             namespace("default"),
-            namespace("shop"),
-            service("cart", "shop", cluster_ip="10.96.1.1"),
-            service("db", "shop", cluster_ip="None", ports=[("pg", 5432, "TCP")]),
-            endpoint_slice(
-                "db-a",
-                "db",
-                "shop",
-                endpoints=["10.1.0.1", "10.1.0.2"],
-                ports=[("pg", 5432, "TCP")],
-            ),
+            *shop_api_objects(),
             service("web", "default", cluster_ip="10.96.9.9"),
         ]
     )
