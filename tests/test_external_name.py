@@ -35,6 +35,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: gone, namespace: shop}
 spec: {type: ExternalName, externalName: missing.example.com}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: chain, namespace: shop}
+spec: {type: ExternalName, externalName: remote.shop.svc.cluster.local}
 """
 
 TABLE = {
@@ -88,6 +93,13 @@ def test_a_stub_resolver_gets_the_targets_addresses_through_the_upstream(zones: 
             "192.0.2.11",
         }
         assert ("payments.example.com.", "A") in upstream.questions
+        # Through an ExternalName inside the zone first: the chain ends at the same target.
+        chained = stub(kp.port).resolve("chain.shop.svc.cluster.local", "A")
+        assert sorted(rd.address for rd in chained) == ["192.0.2.10", "192.0.2.11"]
+        assert [str(r.name) for r in chained.response.answer][:2] == [
+            "chain.shop.svc.cluster.local.",
+            "remote.shop.svc.cluster.local.",
+        ]
     finally:
         kp.stop()
         upstream.close()

@@ -82,6 +82,9 @@ class Answer:
     #: Why the answer is empty or degraded (RFC 8914 Extended DNS Errors): (info-code, text)
     #: pairs, sent to clients that asked with EDNS.
     ede: tuple[tuple[int, str], ...] = ()
+    #: An address question at an ExternalName stopped at this target outside kdns's zones (the
+    #: server follows it upstream with --upstream, `kdns.ops.external`); "" otherwise.
+    outside: str = ""
 
 
 class Rule(Enum):
@@ -568,7 +571,8 @@ class Engine:
         chase = self.grammar.parse(target.lower().split("."))
         if chase.zone is None:
             # With --upstream the server adds the target's records (kdns.ops.external).
-            return Answer(answer=[cname], ede=() if self.forwarding else (OUTSIDE_NO_UPSTREAM,))
+            ede = () if self.forwarding else (OUTSIDE_NO_UPSTREAM,)
+            return Answer(answer=[cname], ede=ede, outside=target)
         # Inside kdns's zones: followed, as a resolver would, with the target's own answer.
         followed = self.build(self.decide(chase), DNSLabel(target), qtype, depth + 1)
         followed.answer.insert(0, cname)

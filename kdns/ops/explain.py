@@ -77,7 +77,7 @@ def explanation(
     reason, details = _why(engine, res, tname)
     if answer.followed:
         reason += " (inside kdns's zones: followed)"
-    elif res.rule is Rule.EXTERNAL_NAME and tname in _ADDRESS_TYPES and len(answer.answer) == 1:
+    elif answer.outside:
         reason += (
             " (outside kdns's zones: with --upstream the server adds the records the upstream"
             " gives for it; without, the client's resolver follows the CNAME)"

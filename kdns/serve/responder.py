@@ -25,6 +25,7 @@ its bytes unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import struct
@@ -35,7 +36,7 @@ from dnslib import QTYPE, RCODE, DNSLabel
 
 from kdns.config import RotateMode
 from kdns.dns.large_answers import encode_bulk
-from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, Rule, tag_of
+from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, tag_of
 from kdns.dns.wire import (
     DEFAULT_MAX_UDP,
     Drop,
@@ -351,12 +352,10 @@ class Responder:
             if len(response) > 65535:
                 response = _fit(query, answer, self.max_udp)
         entry = _Entry(response, answer.rcode)
-        if self.forwarding and res is not None and res.rule is Rule.EXTERNAL_NAME:
-            target = self._outside_target(query, answer)
-            if target is not None:
-                entry.chase = target
-                self.count(answer.rcode)
-                return entry
+        if self.forwarding and answer.outside:
+            entry.chase = answer.outside
+            self.count(answer.rcode)
+            return entry
         if self.rotate != "off" and response[6:8] > b"\x00\x01" and len(response) <= 65535:
             entry.rotation = self._rotation(query, res, answer, response)
         self.count(answer.rcode)
@@ -386,19 +385,6 @@ class Responder:
             self._tags.setdefault(tag, set()).add(query.key)
         return entry
 
-    def _outside_target(self, query: Query, answer: Answer) -> str | None:
-        """The CNAME target when an address question at an ExternalName stopped at a name
-        outside kdns's zones (the engine follows those inside), else None."""
-        if query.qtype not in (QTYPE.A, QTYPE.AAAA) or len(answer.answer) != 1:
-            return None
-        cname = answer.answer[0]
-        if cname.rtype != QTYPE.CNAME:
-            return None
-        target = str(cname.rdata.label)
-        if self.engine.is_local_labels(cname.rdata.label.label):
-            return None
-        return target
-
     def _rotation(
         self, query: Query, res: Resolution | None, answer: Answer, response: bytes
     ) -> Rotation | None:
@@ -422,14 +408,7 @@ class Responder:
         def build(k: int) -> bytes:
             if k == 0 and encoded_from_records:
                 return response
-            moved = Answer(
-                answer.rcode,
-                answer.authoritative,
-                turned(records, qtype, k),
-                answer.authority,
-                answer.additional,
-                ede=answer.ede,
-            )
+            moved = dataclasses.replace(answer, answer=turned(records, qtype, k))
             encoded = encode(query, moved, max_udp=max_udp)
             # An answer cut to fit a TCP message (`_fit`) keeps the one order it was cut to.
             return encoded if len(encoded) <= 65535 else response
