@@ -15,10 +15,13 @@ import typer
 
 from kdns import __version__
 from kdns.config import (
+    PODS_MODES,
     ROTATE_MODES,
     Config,
     ConfigError,
     check_cidr,
+    check_node_name,
+    check_zone_name,
     normalize_domain,
     parse_cluster,
     parse_hostport,
@@ -78,6 +81,22 @@ NamespaceOpt = Annotated[
         "NXDOMAIN.",
     ),
 ]
+PodNamesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--endpoint-pod-names",
+        help="Name an endpoint without hostname by its pod's name (targetRef) when that is a "
+        "DNS label, else by its dashed IP (CoreDNS endpoint_pod_names).",
+    ),
+]
+PreferZoneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prefer-zone",
+        help="Headless A/AAAA and SRV answers list the endpoints for this topology zone first "
+        "(hints.forZones when every ready endpoint has hints, else their zone).",
+    ),
+]
 SelectorOpt = Annotated[
     str | None,
     typer.Option(
@@ -110,8 +129,23 @@ def serve(
         int, typer.Option("--ttl", min=0, max=3600, help="TTL of answers (seconds).")
     ] = 5,
     pods: Annotated[
-        str, typer.Option("--pods", help="Pod records: insecure or disabled.")
+        str,
+        typer.Option(
+            "--pods",
+            help="Pod names <a-b-c-d>.<ns>.pod.<zone>: insecure (any address), verified (only a "
+            "pod's address in that namespace; watches pods) or disabled.",
+        ),
     ] = "insecure",
+    endpoint_pod_names: PodNamesOpt = False,
+    prefer_zone: PreferZoneOpt = None,
+    prefer_zone_from_node: Annotated[
+        str | None,
+        typer.Option(
+            "--prefer-zone-from-node",
+            help="Prefer the zone of this node (its topology.kubernetes.io/zone label, read once "
+            "at start; needs get on nodes).",
+        ),
+    ] = None,
     rotate: Annotated[
         str,
         typer.Option(
@@ -232,8 +266,14 @@ def serve(
     import os
 
     try:
-        if pods not in ("insecure", "disabled"):
-            raise ConfigError(f"--pods must be insecure or disabled, not {pods!r}")
+        if pods not in PODS_MODES:
+            raise ConfigError(f"--pods must be one of {', '.join(PODS_MODES)}, not {pods!r}")
+        if prefer_zone is not None and prefer_zone_from_node is not None:
+            raise ConfigError("choose either --prefer-zone or --prefer-zone-from-node")
+        if prefer_zone is not None:
+            check_zone_name(prefer_zone)
+        if prefer_zone_from_node is not None:
+            check_node_name(prefer_zone_from_node)
         if rotate not in ROTATE_MODES:
             raise ConfigError(f"--rotate must be one of {', '.join(ROTATE_MODES)}, not {rotate!r}")
         if allow_query_drop and not allow_query:
@@ -264,8 +304,11 @@ def serve(
             watch_idle_timeout=watch_idle_timeout,
             domain=normalize_domain(domain),
             ttl=ttl,
-            pods=pods,  # type: ignore[arg-type]  # checked above
+            pods=pods,
             rotate=rotate,
+            endpoint_pod_names=endpoint_pod_names,
+            prefer_zone=prefer_zone or "",
+            prefer_zone_from_node=prefer_zone_from_node or "",
             service_cidr=check_cidr(service_cidr),
             http=parse_hostport(http) if http else None,
             kubeconfig=kubeconfig,
@@ -290,6 +333,11 @@ def serve(
     except ConfigError as err:
         _fail(str(err))
     _setup_logging(log_level)
+    if config.prefer_zone_from_node:
+        try:
+            config.prefer_zone = _zone_of_node(config)
+        except ConfigError as err:
+            _fail(str(err))
     from kdns.serve.server import run
     from kdns.sources.files import SourceError
 
@@ -301,12 +349,37 @@ def serve(
         pass
 
 
+def _zone_of_node(config: Config) -> str:
+    """--prefer-zone-from-node: the node's zone, read once now (before any process forks)."""
+    from kdns.sources.cluster import ZONE_LABEL, load_api_client, node_zone
+
+    if not config.uses_cluster:
+        raise ConfigError("--prefer-zone-from-node needs a cluster (--kubeconfig or --in-cluster)")
+    client = load_api_client(config.kubeconfig, config.context, config.in_cluster)
+    try:
+        zone = node_zone(client, config.prefer_zone_from_node)
+    finally:
+        client.close()  # type: ignore[no-untyped-call]
+    log = logging.getLogger("kdns")
+    if zone:
+        log.info("preferring zone %s, of node %s", zone, config.prefer_zone_from_node)
+    else:
+        log.warning(
+            "node %s has no %s label: no zone is preferred",
+            config.prefer_zone_from_node,
+            ZONE_LABEL,
+        )
+    return zone
+
+
 def _one_shot_config(
     zones: list[Path] | None,
     domain: str,
     service_cidr: str,
     namespace: list[str] | None,
     label_selector: str | None,
+    endpoint_pod_names: bool = False,
+    prefer_zone: str | None = None,
 ) -> Config:
     """The settings of `kdns serve` that decide what a one-shot command reads."""
     try:
@@ -316,6 +389,8 @@ def _one_shot_config(
             service_cidr=check_cidr(service_cidr),
             namespaces=list(namespace or []),
             label_selector=label_selector,
+            endpoint_pod_names=endpoint_pod_names,
+            prefer_zone=check_zone_name(prefer_zone) if prefer_zone is not None else "",
         )
         config.scope()
     except ConfigError as err:
@@ -341,12 +416,15 @@ def records(
     service_cidr: CidrOpt = "10.96.0.0/12",
     namespace: NamespaceOpt = None,
     label_selector: SelectorOpt = None,
+    endpoint_pod_names: PodNamesOpt = False,
 ) -> None:
     """Print every record kdns would serve, as a sorted zone file."""
     from kdns.ops.zonefile import render
 
     logging.basicConfig(level=logging.ERROR)
-    config = _one_shot_config(zones, domain, service_cidr, namespace, label_selector)
+    config = _one_shot_config(
+        zones, domain, service_cidr, namespace, label_selector, endpoint_pod_names
+    )
     typer.echo(render(_load_engine(config)), nl=False)
 
 
@@ -382,6 +460,8 @@ def explain(
     service_cidr: CidrOpt = "10.96.0.0/12",
     namespace: NamespaceOpt = None,
     label_selector: SelectorOpt = None,
+    endpoint_pod_names: PodNamesOpt = False,
+    prefer_zone: PreferZoneOpt = None,
     server: Annotated[
         str | None,
         typer.Option("--server", help="HOST:PORT of a running kdns's --http: use its live data."),
@@ -395,7 +475,9 @@ def explain(
         typer.echo(_explain_remote(server, name, qtype), nl=False)
         return
     logging.basicConfig(level=logging.ERROR)
-    config = _one_shot_config(zones, domain, service_cidr, namespace, label_selector)
+    config = _one_shot_config(
+        zones, domain, service_cidr, namespace, label_selector, endpoint_pod_names, prefer_zone
+    )
     engine = _load_engine(config)
     try:
         typer.echo(explain_name(engine, name, qtype, config.scope()), nl=False)

@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from kdns.state.model import is_label
+
 if TYPE_CHECKING:
     from kdns.sources.scope import Scope
 
-#: How pod names (`<a-b-c-d>.<ns>.pod.<zone>`) are answered: from the name alone, or not at all.
-PodsMode = Literal["insecure", "disabled"]
+#: How pod names (`<a-b-c-d>.<ns>.pod.<zone>`) are answered: from the name alone, only for the
+#: IP of a pod in that namespace (pods are watched), or not at all.
+PodsMode = Literal["insecure", "verified", "disabled"]
+PODS_MODES: tuple[PodsMode, ...] = ("insecure", "verified", "disabled")
 #: The order of multi-record A, AAAA and SRV answers (`kdns.serve.rotation`).
 RotateMode = Literal["round-robin", "random", "off"]
 ROTATE_MODES: tuple[RotateMode, ...] = ("round-robin", "random", "off")
@@ -36,6 +40,12 @@ class Config:
     ttl: int = 5
     pods: PodsMode = "insecure"
     rotate: RotateMode = "round-robin"
+    #: Name an endpoint without hostname by its pod (targetRef), CoreDNS's endpoint_pod_names.
+    endpoint_pod_names: bool = False
+    #: Headless answers list the endpoints for this topology zone first; "" for none.
+    prefer_zone: str = ""
+    #: Take `prefer_zone` from this node's topology.kubernetes.io/zone label, read once at start.
+    prefer_zone_from_node: str = ""
     service_cidr: str = "10.96.0.0/12"
     http: tuple[str, int] | None = None
     # the cluster source (none of these set: files only)
@@ -125,6 +135,29 @@ def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, 
     if not host:
         raise ConfigError(f"bad address {text!r}: no host")
     return host, int(port)
+
+
+def check_zone_name(zone: str, what: str = "--prefer-zone") -> str:
+    """A topology zone name as Kubernetes allows it in a label value: up to 63 characters of
+    letters, digits, '-', '_' and '.', alphanumeric at both ends."""
+    ok = (
+        0 < len(zone) <= 63
+        and zone.isascii()
+        and zone[0].isalnum()
+        and zone[-1].isalnum()
+        and all(c.isalnum() or c in "-_." for c in zone)
+    )
+    if not ok:
+        raise ConfigError(f"bad {what} {zone!r}: expected a zone label value such as us-east-1a")
+    return zone
+
+
+def check_node_name(name: str) -> str:
+    """A node name: a DNS-1123 subdomain (lower case, up to 253 characters)."""
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(is_label(label) for label in labels):
+        raise ConfigError(f"bad --prefer-zone-from-node {name!r}: not a node name")
+    return name
 
 
 def normalize_domain(domain: str) -> str:

@@ -94,6 +94,8 @@ RESOURCES = {
         Resource("services", "Service", "v1", "/api/v1"),
         Resource("endpoints", "Endpoints", "v1", "/api/v1"),
         Resource("namespaces", "Namespace", "v1", "/api/v1", namespaced=False),
+        Resource("pods", "Pod", "v1", "/api/v1"),
+        Resource("nodes", "Node", "v1", "/api/v1", namespaced=False),
         Resource(
             "endpointslices", "EndpointSlice", "discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1"
         ),
@@ -102,9 +104,10 @@ RESOURCES = {
 KIND_TO_PLURAL = {r.kind: r.plural for r in RESOURCES.values()}
 
 _ROUTES = [
-    (re.compile(r"^/api/v1/(services|endpoints|namespaces)$"), ("plural",)),
-    (re.compile(r"^/api/v1/namespaces/([^/]+)/(services|endpoints)$"), ("ns", "plural")),
+    (re.compile(r"^/api/v1/(services|endpoints|namespaces|pods)$"), ("plural",)),
+    (re.compile(r"^/api/v1/namespaces/([^/]+)/(services|endpoints|pods)$"), ("ns", "plural")),
     (re.compile(r"^/api/v1/namespaces/([^/]+)$"), ("name",)),
+    (re.compile(r"^/api/v1/nodes/([^/]+)$"), ("node",)),
     (re.compile(r"^/apis/discovery\.k8s\.io/v1/(endpointslices)$"), ("plural",)),
     (
         re.compile(r"^/apis/discovery\.k8s\.io/v1/namespaces/([^/]+)/(endpointslices)$"),
@@ -288,6 +291,46 @@ def endpoints(
         ]
         obj["subsets"] = [subset]
     return obj
+
+
+def pod(
+    name: str,
+    ips: Sequence[str],
+    namespace: str = "default",
+    *,
+    phase: str = "Running",
+    deleting: bool = False,
+    node_name: str = "node-1",
+) -> Obj:
+    """A v1 Pod as the kubelet reports it once it has addresses (the fields DNS may read, and
+    a spec and conditions to weigh like a real one)."""
+    meta = _meta(name, namespace, {"app": name.rsplit("-", 1)[0]})
+    if deleting:
+        meta["deletionTimestamp"] = CREATED
+        meta["deletionGracePeriodSeconds"] = 30
+    status: Obj = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if phase == "Running" else "False"}],
+        "hostIP": "192.168.0.10",
+    }
+    if ips:
+        status["podIP"] = ips[0]
+        status["podIPs"] = [{"ip": ip} for ip in ips]
+    return {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": meta,
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{"name": "app", "image": "app:1", "ports": []}],
+        },
+        "status": status,
+    }
+
+
+def node(name: str, labels: dict[str, str] | None = None) -> Obj:
+    """A v1 Node (what `--prefer-zone-from-node` reads: its labels)."""
+    return {"kind": "Node", "apiVersion": "v1", "metadata": _meta(name, None, labels)}
 
 
 def namespace(name: str) -> Obj:
@@ -828,7 +871,9 @@ class _Handler(BaseHTTPRequestHandler):
             if m:
                 params = dict(zip(names, m.groups(), strict=True))
                 break
-        plural = params.get("plural") or ("namespaces" if "name" in params else None)
+        plural = params.get("plural") or (
+            "namespaces" if "name" in params else "nodes" if "node" in params else None
+        )
         ns = params.get("ns")
 
         def log(code: int) -> None:
@@ -855,6 +900,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not params:
             log(404)
             self._send_status(404, f"the server could not find the requested resource ({path})")
+            return
+        if "node" in params:
+            obj = api.get("Node", params["node"])
+            log(200 if obj else 404)
+            if obj is None:
+                self._send_status(404, f'nodes "{params["node"]}" not found')
+            else:
+                self._send_json(200, obj)
             return
         if "name" in params:
             obj = api.get("Namespace", params["name"])

@@ -54,7 +54,7 @@ def test_version_and_help() -> None:
         (["serve", "--bogus"], 2, "No such option: --bogus"),
         (["serve", "--ttl", "3601"], 2, "--ttl"),
         (["serve", "--ttl", "-1"], 2, "--ttl"),
-        (["serve", "--pods", "verified"], 1, "--pods must be insecure or disabled"),
+        (["serve", "--pods", "trusted"], 1, "--pods must be one of insecure, verified, disabled"),
         (["serve", "--listen", "localhost"], 1, "expected HOST:PORT"),
         (["serve", "--listen", "127.0.0.1:99999"], 1, "bad port"),
         (["serve", "--domain", "a..b"], 1, "bad domain"),

@@ -418,7 +418,7 @@ def test_endpoint_slice_ipv6_with_hostnames() -> None:
             Subset(
                 (
                     Endpoint(("fd00:10:244::5",), hostname="web-0"),
-                    Endpoint(("2001:db8::1",), node_name="n1"),
+                    Endpoint(("2001:db8::1",), node_name="n1", zone="a"),
                 ),
                 (EndpointPort("http", 8080, "TCP"),),
             ),

@@ -11,7 +11,7 @@ in, then dispatches on the label count, as CoreDNS's parse.go does:
     <svc>.<ns>.svc.<zone>                     service
     <endpoint>.<svc>.<ns>.svc.<zone>          one endpoint (hostname or dashed IP)
     _<port>._<proto>.<svc>.<ns>.svc.<zone>    SRV for a named port
-    <a-b-c-d>.<ns>.pod.<zone>                 pod (mode insecure)
+    <a-b-c-d>.<ns>.pod.<zone>                 pod (any address; verified: a pod's, in <ns>)
     <reversed IP>.in-addr.arpa / ip6.arpa     PTR
     <reversed IP prefix>.<same zones>         NODATA when a PTR exists below, else NXDOMAIN
 
@@ -112,6 +112,7 @@ class Rule(Enum):
     PORT = "port"
     PODS_DISABLED = "pods-disabled"
     NOT_AN_ADDRESS = "not-an-address"  # a pod label that spells no address
+    NO_POD = "no-pod"  # --pods verified: no pod in the namespace has the address
     POD = "pod"
     REVERSE_PREFIX = "reverse-prefix"  # NODATA: part of a reverse name that has a PTR
     PTR_SERVICE = "ptr-service"
@@ -146,6 +147,7 @@ NXDOMAIN_RULES = frozenset(
         Rule.NO_PORT,
         Rule.PODS_DISABLED,
         Rule.NOT_AN_ADDRESS,
+        Rule.NO_POD,
         Rule.NO_PTR,
     }
 )
@@ -266,6 +268,8 @@ class Engine:
             return (0, f"service {ns}/{svc} has no port {req.port}/{req.protocol}")
         if rule is Rule.PODS_DISABLED:
             return (0, "pod records are off (--pods disabled)")
+        if rule is Rule.NO_POD:
+            return (0, f"no pod has the address {res.values[0]} in namespace {ns}")
         if rule is Rule.NO_PTR:
             return (0, f"no service or ready endpoint has the address {req.address}")
         return None
@@ -280,10 +284,10 @@ class Engine:
 
     def cache_tag(self, raw: Sequence[bytes]) -> tuple[str, ...] | None:
         """What an answer for these labels depends on, besides namespaces and sync state:
-        `(zone, namespace, service)` for names at or under a service, `("ip", address)` for
-        full reverse names, `ANY_TAG` for partial reverse names (whether one is NODATA or
-        NXDOMAIN depends on every address under it, which no narrower tag can name), None for
-        the rest (the apex, namespaces, pods, other zones).
+        `(zone, namespace, service)` for names at or under a service, `pod_tag` for pod names,
+        `("ip", address)` for full reverse names, `ANY_TAG` for partial reverse names (whether
+        one is NODATA or NXDOMAIN depends on every address under it, which no narrower tag can
+        name), None for the rest (the apex, namespaces, other zones).
 
         The response cache drops an answer when a change touches its tag.
         """
@@ -367,6 +371,8 @@ class Engine:
             address = pod_address(req.pod)
             if address is None:
                 return Resolution(Rule.NOT_AN_ADDRESS, req)
+            if self.pods == "verified" and not store.has_pod_ip(req.namespace, address):
+                return Resolution(Rule.NO_POD, req, values=(address,))
             return Resolution(Rule.POD, req, values=(address,))
         if shape not in (Shape.SERVICE, Shape.ENDPOINT, Shape.PORT_SERVICE):
             return Resolution(Rule.UNKNOWN, req)
@@ -585,12 +591,52 @@ def tag_of(req: Request[Cluster]) -> tuple[str, ...] | None:
     if req.zone is not None:
         if len(req.rel) >= 3 and req.rel[-1] == "svc":
             return (req.zone.domain, req.rel[-2], req.rel[-3])
+        if req.shape is Shape.POD:
+            return pod_tag(req.zone.domain, req.namespace)
         return None
     if req.shape is Shape.REVERSE:
         return ("ip", req.address)
     if req.shape is Shape.REVERSE_PARTIAL and req.reverse_zone is not None:
         return ANY_TAG if _reverse_span(req.reverse_zone, req.rel) else None
     return None
+
+
+def lead_of(res: Resolution | None, qtype: int) -> int:
+    """How many answer records, from the first, are for the preferred zone (`--prefer-zone`):
+    rotation turns them and the rest apart, so the preferred ones always come first. 0 when the
+    answer is one group. Read from the decision, so that it holds for the large-answer encoder's
+    bytes too (which list the same records in the same order)."""
+    if res is None or res.view is None or not res.view.preferred:
+        return 0
+    view = res.view
+    if res.rule is Rule.SERVICE and view.service.headless:
+        if qtype == QTYPE.SRV:
+            found = srv_targets(view, None, None)
+        elif qtype in _ADDRESS_TYPES:
+            family = _ADDRESS_TYPES[qtype]
+            near = view.preferred_addresses()
+            return sum(1 for a in view.addresses() if a in near and ip_family(a) == family)
+        else:
+            return 0
+    elif res.rule is Rule.PORT and res.srv is not None and view.service.headless:
+        found = res.srv
+        if qtype in _ADDRESS_TYPES:
+            family = _ADDRESS_TYPES[qtype]
+            near = view.preferred_addresses()
+            addresses = dict.fromkeys(a for f in found.values() for a in f)
+            return sum(1 for a in addresses if a in near and ip_family(a) == family)
+        if qtype != QTYPE.SRV:
+            return 0
+    else:
+        return 0
+    near = view.preferred_addresses()
+    return sum(1 for addresses in found.values() if addresses and addresses[0] in near)
+
+
+def pod_tag(domain: str, namespace: str) -> tuple[str, ...]:
+    """The cache tag of the pod names of one namespace (`--pods verified` answers depend on
+    its pods): four parts, so it cannot be mistaken for a service's or an address's tag."""
+    return ("pod", domain, namespace, "")
 
 
 def srv_weight(records: int) -> int:

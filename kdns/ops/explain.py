@@ -259,6 +259,13 @@ def _details(store: Store, view: ServiceView) -> list[str]:
     ignored = sorted(f"{s.kind} {s.name}" for s in sets if s.key not in used)
     if ignored:
         out.append(f"ignored: {_join(ignored)} (EndpointSlices win over Endpoints)")
+    zone = store.rules.prefer_zone
+    if zone and view.ready:
+        if view.preferred:
+            first = ", ".join(sorted({ep.address for ep in view.ready[: view.preferred]}))
+            out.append(f"for zone {zone} (--prefer-zone), answered first: {first}")
+        else:
+            out.append(f"no endpoint is for zone {zone} (--prefer-zone): all answered alike")
     return out
 
 

@@ -36,7 +36,7 @@ from dnslib import QTYPE, RCODE, DNSLabel
 
 from kdns.config import RotateMode
 from kdns.dns.large_answers import encode_bulk
-from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, tag_of
+from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, lead_of, pod_tag, tag_of
 from kdns.dns.wire import (
     DEFAULT_MAX_UDP,
     Drop,
@@ -48,7 +48,7 @@ from kdns.dns.wire import (
     parse_query,
     truncated,
 )
-from kdns.serve.rotation import KEEP_BUILT, Rotation, plan, turnable, turned
+from kdns.serve.rotation import KEEP_BUILT, Rotation, orders, plan, turnable, turned
 from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,8 @@ class Responder:
                 drop |= tags.pop((domain, ns, name), set())
             for address in change.addresses:
                 drop |= tags.pop(("ip", address), set())
+            for ns in change.pods:
+                drop |= tags.pop(pod_tag(domain, ns), set())
             cache = self._cache
             for key in drop:
                 entry = cache.pop(key, None)
@@ -390,7 +392,8 @@ class Responder:
     ) -> Rotation | None:
         """The orders of a response with two or more answer records (see `kdns.serve.rotation`):
         its bytes cut apart, or else its answer encoded again per order."""
-        rotation = plan(response, 12 + len(query.name) + 4, query.qtype, self.rotate)
+        lead = lead_of(res, query.qtype)
+        rotation = plan(response, 12 + len(query.name) + 4, query.qtype, self.rotate, lead)
         if rotation is not None:
             return rotation
         # The large-answer encoder leaves no records (and may order them its own way): get the
@@ -398,7 +401,7 @@ class Responder:
         encoded_from_records = bool(answer.answer)
         if not encoded_from_records:
             answer = self._respond(query, res)
-        count = turnable(answer.answer, query.qtype)
+        count = orders(turnable(answer.answer, query.qtype), lead)
         if count < 2 or count > KEEP_BUILT:
             # Past KEEP_BUILT records, each order kept would be another copy of a large answer
             # (and its encoding a large cost): such answers keep their one order.
@@ -408,7 +411,7 @@ class Responder:
         def build(k: int) -> bytes:
             if k == 0 and encoded_from_records:
                 return response
-            moved = dataclasses.replace(answer, answer=turned(records, qtype, k))
+            moved = dataclasses.replace(answer, answer=turned(records, qtype, k, lead))
             encoded = encode(query, moved, max_udp=max_udp)
             # An answer cut to fit a TCP message (`_fit`) keeps the one order it was cut to.
             return encoded if len(encoded) <= 65535 else response

@@ -9,7 +9,9 @@ join of byte strings per query, not an encoding.
 
 Compression makes one thing delicate: a glue record in the additional section names an SRV
 target by a pointer into the answer section, and that target moves with its record. Such
-pointers are re-aimed for each order. A message whose bytes cannot be reordered safely (one SRV
+pointers are re-aimed for each order. With `--prefer-zone` an answer is two groups, the
+records for the preferred zone first: each group turns by itself, and the preferred one stays in
+front (`order`). A message whose bytes cannot be reordered safely (one SRV
 target pointing at another, a CNAME before the addresses, a pointer that would need more than
 14 bits) has its orders encoded again instead, once each, when first served, if it has at most
 `KEEP_BUILT` records; a larger one keeps its one order.
@@ -17,6 +19,7 @@ target pointing at another, a CNAME before the addresses, a pointer that would n
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 from collections.abc import Callable
@@ -85,19 +88,25 @@ class _Cut:
     tail: bytes  # the additional section (glue, OPT)
     #: Pointers in `tail` that aim into an answer record: (offset in tail, record, offset in it).
     patches: list[tuple[int, int, int]]
+    #: The preferred group's size (0: one group).
+    lead: int = 0
 
     def body(self, k: int) -> bytes:
-        """What follows the question when the answer records start at record `k`."""
+        """What follows the question in the k-th order (`order`)."""
         records = self.records
-        moved = records if k == 0 else records[k:] + records[:k]
+        n = len(records)
+        if self.lead:
+            indexes = order(n, self.lead, k)
+            moved = [records[i] for i in indexes]
+        else:
+            indexes = [(k + j) % n for j in range(n)] if self.patches else []
+            moved = records if k == 0 else records[k:] + records[:k]
         tail = self.tail
         if self.patches:
             # Where each record starts in this order: the glue's pointers follow their record.
-            starts = [0] * len(records)
+            starts = [0] * n
             at = len(self.head)
-            n = len(records)
-            for j in range(n):
-                i = (k + j) % n
+            for i in indexes:
                 starts[i] = at
                 at += len(records[i])
             patched = bytearray(tail)
@@ -107,25 +116,47 @@ class _Cut:
         return b"".join(moved) + tail
 
 
-def turned(records: list[RR], qtype: int, k: int) -> list[RR]:
-    """`records` with those of type `qtype` starting at the k-th; the others (a CNAME chain
-    before them) keep their places in front."""
-    lead = [rr for rr in records if rr.rtype != qtype]
+def order(n: int, lead: int, k: int) -> list[int]:
+    """The k-th order of `n` records whose first `lead` form the preferred group: each group
+    starts at its own k-th record (modulo its size), the preferred one in front."""
+    if not 0 < lead < n:
+        return [(k + j) % n for j in range(n)]
+    rest = n - lead
+    a, b = k % lead, k % rest
+    return [(a + j) % lead for j in range(lead)] + [lead + (b + j) % rest for j in range(rest)]
+
+
+def orders(n: int, lead: int = 0) -> int:
+    """How many orders `n` records have: n, or with a preferred group the least common multiple
+    of the two groups' sizes, so that in a full round every record of a group leads it equally
+    often."""
+    if not 0 < lead < n:
+        return n
+    return math.lcm(lead, n - lead)
+
+
+def turned(records: list[RR], qtype: int, k: int, lead: int = 0) -> list[RR]:
+    """`records` with those of type `qtype` in their k-th order (`order`); the others (a CNAME
+    chain before them) keep their places in front."""
+    front = [rr for rr in records if rr.rtype != qtype]
     mine = [rr for rr in records if rr.rtype == qtype]
-    return lead + mine[k:] + mine[:k]
+    return front + [mine[i] for i in order(len(mine), lead, k)]
 
 
 def turnable(records: list[RR], qtype: int) -> int:
-    """How many orders an answer of `records` has under rotation (0 or 1: one)."""
+    """How many records an answer of `records` turns under rotation (0 or 1: none)."""
     if qtype not in (_A, _AAAA, _SRV):
         return 0
     return sum(1 for rr in records if rr.rtype == qtype)
 
 
-def plan(response: bytes, qend: int, qtype: int, mode: RotateMode) -> Rotation | None:
+def plan(
+    response: bytes, qend: int, qtype: int, mode: RotateMode, lead: int = 0
+) -> Rotation | None:
     """A `Rotation` of `response` (the answer to a question of type `qtype` that ends at
-    `qend`), or None when it has fewer than two answer records, `mode` is off, or the message
-    is not one whose records can be reordered safely."""
+    `qend`, whose first `lead` answer records are the preferred group), or None when it has
+    fewer than two answer records, `mode` is off, or the message is not one whose records can
+    be reordered safely."""
     if mode == "off" or qtype not in (_A, _AAAA, _SRV) or len(response) < 12:
         return None
     ancount, nscount, arcount = struct.unpack_from("!HHH", response, 6)
@@ -171,8 +202,10 @@ def plan(response: bytes, qend: int, qtype: int, mode: RotateMode) -> Rotation |
             return None  # a re-aimed pointer could need more than its 14 bits
     except (IndexError, struct.error, ValueError):
         return None
-    cut = _Cut(response[:qend], records, response[answers_end:], patches)
-    rotation = Rotation(cut.body, cut.head, len(records), mode)
+    if not 0 < lead < len(records):
+        lead = 0
+    cut = _Cut(response[:qend], records, response[answers_end:], patches, lead)
+    rotation = Rotation(cut.body, cut.head, orders(len(records), lead), mode)
     if rotation.built:
         rotation.built[0] = response[qend:]
     return rotation

@@ -42,7 +42,7 @@ from kdns.serve.ratelimit import RateLimiter
 from kdns.serve.responder import Chase, Responder
 from kdns.serve.stats import QueryCounters
 from kdns.serve.transport import TcpProtocol, TransportState, UdpProtocol
-from kdns.state.store import LoopSink, Sink, Store
+from kdns.state.store import LoopSink, Sink, Store, ViewRules
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,11 @@ def build_engine(config: Config, zones: list[Cluster]) -> Engine:
     )
 
 
+def view_rules(config: Config) -> ViewRules:
+    """How endpoints are named and ordered (--endpoint-pod-names, --prefer-zone)."""
+    return ViewRules(pod_names=config.endpoint_pod_names, prefer_zone=config.prefer_zone)
+
+
 def engine_from_files(config: Config) -> Engine:
     """The engine a server started with `config` answers from once its zones/ files are loaded,
     without serving or watching anything (no cluster), in the same scope (--namespace,
@@ -107,7 +112,7 @@ def engine_from_files(config: Config) -> Engine:
     from kdns.sources.files import FileSource
 
     scope = config.scope()
-    store = Store()
+    store = Store(rules=view_rules(config))
     store.add_layer(FILES_LAYER, implicit_namespaces=True)
     FileSource(store, FILES_LAYER, config.zone_dirs(), config.service_cidr, scope=scope).load()
     return build_engine(config, [Cluster(config.domain, store)])
@@ -124,9 +129,12 @@ class DnsServer:
         self.pool: Any = None  # WorkerPool, with --workers
         self.replica: Any = None  # Replica, in a serving process
         self._status: asyncio.WriteTransport | None = None  # pipe to the main process
-        self.store = Store(serial_base=int(time.time()))
+        rules = view_rules(config)
+        self.store = Store(serial_base=int(time.time()), rules=rules)
         # --cluster CONTEXT=ZONE: one more store, and zone, per further cluster.
-        self.extra = [(ctx, Store(serial_base=int(time.time()))) for ctx, _ in config.clusters]
+        self.extra = [
+            (ctx, Store(serial_base=int(time.time()), rules=rules)) for ctx, _ in config.clusters
+        ]
         zones = [Cluster(config.domain, self.store)]
         zones += [
             Cluster(zone, store)
@@ -325,6 +333,7 @@ class DnsServer:
                     namespaces=sorted(scope.namespaces) if scope.namespaces else None,
                     label_selector=scope.selector.text if scope.selector else None,
                     idle_timeout=cfg.watch_idle_timeout,
+                    pods=cfg.pods == "verified",
                 )
                 source.start()
                 self.sources.append(source)

@@ -10,6 +10,9 @@ A label selector applies to Services only: endpoints are joined to services by n
 `kubernetes.io/service-name`, not by the service's labels, and a slice of a service that is not
 selected simply joins nothing.
 
+With `pods=True` (`--pods verified`) Pods are watched too, trimmed to their IPs the moment they
+arrive. That is the one mode that needs list/watch on pods (deploy/components/pods-verified).
+
 Namespaced mode (`namespaces=[...]`) runs the three namespaced kinds once per namespace, on the
 namespaced list/watch paths, so kdns needs only a Role in each namespace. It does not watch
 Namespaces: listing them is cluster-scoped, exactly the permission namespaced mode avoids.
@@ -46,6 +49,36 @@ from kdns.state.model import Namespace, ObjectKey
 from kdns.state.store import Sink
 
 log = logging.getLogger(__name__)
+
+#: The label the kubelet (or the cloud provider) puts on a node: the zone it runs in.
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+def node_zone(api_client: ApiClient, node: str, timeout: float = 10.0) -> str:
+    """The `topology.kubernetes.io/zone` label of `node`, read once ("" when it has none), for
+    `--prefer-zone-from-node`. Raises `ClusterConfigError` (one line) when it cannot be read:
+    kdns has no data before it reaches the API anyway, and a preference silently dropped would
+    send every client across zones."""
+    try:
+        obj = CoreV1Api(api_client).read_node(node, _request_timeout=timeout)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise ClusterConfigError(f"--prefer-zone-from-node: no node {node!r}") from None
+        if exc.status == 403:
+            raise ClusterConfigError(
+                f"--prefer-zone-from-node: may not get node {node!r} (RBAC: get on nodes, "
+                "deploy/components/prefer-zone-from-node)"
+            ) from None
+        raise ClusterConfigError(
+            f"--prefer-zone-from-node: reading node {node!r} failed: {exc.status} {exc.reason}"
+        ) from None
+    except Exception as exc:  # the client raises urllib3's and the socket's errors as they are
+        raise ClusterConfigError(
+            f"--prefer-zone-from-node: reading node {node!r} failed: {_one_line(exc)}"
+        ) from None
+    labels = (obj.metadata.labels if obj.metadata is not None else None) or {}
+    return str(labels.get(ZONE_LABEL, ""))
+
 
 #: Every kind a cluster source watches, in the order they start.
 KINDS = ("Service", "EndpointSlice", "Endpoints", "Namespace")
@@ -114,6 +147,7 @@ class ClusterSource:
         label_selector: str | None = None,
         settings: WatchSettings | None = None,
         idle_timeout: float | None = None,
+        pods: bool = False,
     ) -> None:
         self.sink = sink
         self.layer = layer
@@ -128,7 +162,10 @@ class ClusterSource:
         # One for all kinds: one probe a cluster while the API is away, and every kind back as
         # soon as any finds it answering.
         recovery = Recovery(self.settings.probe_interval)
-        for kind in KINDS if self.namespaces is None else NAMESPACED_KINDS:
+        kinds = KINDS if self.namespaces is None else NAMESPACED_KINDS
+        if pods:
+            kinds = (*kinds, "Pod")
+        for kind in kinds:
             for ns in scopes:
                 self.reflectors.append(
                     Reflector(

@@ -84,7 +84,7 @@ from kdns.sources.manifests import SUFFIXES, Origin, Parsed, Problem, Record, Se
 from kdns.sources.pods import Pod, ServiceTargets, endpoints_for, resolve_port, selects
 from kdns.sources.scope import Scope
 from kdns.sources.writers import WriteState, WriteTracker, inotify_available
-from kdns.state.model import EndpointSet, KubeObject, Namespace, Service
+from kdns.state.model import EndpointSet, KubeObject, Namespace, PodAddresses, Service
 from kdns.state.store import Sink
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,9 @@ def assemble(
             endpoint_sets.append((obj, record.origin))
         elif isinstance(obj, Pod):
             pods_by_ns.setdefault(obj.namespace, []).append((obj, record.origin))
+            if obj.ips and not obj.terminating and not obj.terminal:
+                # What `--pods verified` answers from, as the watch's trimmed pods.
+                objects.append(PodAddresses(obj.namespace, obj.name, obj.ips))
         else:
             objects.append(obj)
 

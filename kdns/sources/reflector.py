@@ -116,8 +116,9 @@ MIN_HEALTHY_WATCH = 1.0
 #: so this only bounds how much a backlog is taken in at once.
 READ_SIZE = 1 << 20
 
-#: Kinds whose objects are large (up to hundreds of endpoints each): listed in smaller pages.
-ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints"})
+#: Kinds whose objects are large (up to hundreds of endpoints each; a Pod's spec and status run
+#: to several kilobytes): listed in smaller pages.
+LARGE_KINDS = frozenset({"EndpointSlice", "Endpoints", "Pod"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,7 @@ RESOURCES: dict[str, Resource] = {
             "list_namespaced_endpoints",
         ),
         Resource("Namespace", "namespaces", CoreV1Api, "list_namespace", None),
+        Resource("Pod", "pods", CoreV1Api, "list_pod_for_all_namespaces", "list_namespaced_pod"),
     )
 }
 
@@ -545,7 +547,7 @@ class Reflector:
         changed: list[KubeObject] = []
         page_size = (
             self.settings.endpoint_page_size
-            if self.kind in ENDPOINT_KINDS
+            if self.kind in LARGE_KINDS
             else self.settings.page_size
         )
         cont: str | None = None

@@ -24,6 +24,7 @@ from kdns.state.model import (
     EndpointSet,
     KubeObject,
     Namespace,
+    PodAddresses,
     Service,
     ServicePort,
     ServiceType,
@@ -221,6 +222,9 @@ def endpoint_slice(obj: Json) -> EndpointSet | None:
             as_str(hostname, f"endpoints[{i}].hostname")
         if not isinstance(node, str):
             as_str(node, f"endpoints[{i}].nodeName")
+        zone = ep.get("zone")
+        zone = "" if zone is None else as_str(zone, f"endpoints[{i}].zone")
+        hints = ep.get("hints")
         endpoints.append(
             Endpoint(
                 addresses=tuple(addresses),
@@ -228,10 +232,51 @@ def endpoint_slice(obj: Json) -> EndpointSet | None:
                 ready=ready,
                 node_name=sys.intern(node),
                 target=_target(ep.get("targetRef")),
+                zone=sys.intern(zone),
+                for_zones=_for_zones(hints, i) if hints is not None else (),
             )
         )
     ports = tuple(_endpoint_ports(obj.get("ports"), "ports"))
     return EndpointSet("EndpointSlice", ns, name, svc, (Subset(tuple(endpoints), ports),))
+
+
+def _for_zones(hints: Any, i: int) -> tuple[str, ...]:
+    """`hints.forZones` as zone names (each entry is `{name: ...}`)."""
+    where = f"endpoints[{i}].hints.forZones"
+    out = []
+    for j, entry in enumerate(
+        as_list(as_map(hints, f"endpoints[{i}].hints").get("forZones"), where)
+    ):
+        out.append(
+            sys.intern(as_str(as_map(entry, f"{where}[{j}]").get("name"), f"{where}[{j}].name"))
+        )
+    return tuple(out)
+
+
+def pod(obj: Json) -> PodAddresses | None:
+    """A v1 Pod for `--pods verified`: None while it has no IP or is terminating (CoreDNS
+    leaves terminating pods out too), or once it has ended (its IP may already be reused)."""
+    ns, name = metadata(obj)
+    meta = as_map(obj.get("metadata"), "metadata")
+    if meta.get("deletionTimestamp"):
+        return None
+    status = as_map(obj.get("status"), "status")
+    if as_str(status.get("phase"), "status.phase") in ("Succeeded", "Failed"):
+        return None
+    ips: list[str] = []
+    for j, entry in enumerate(as_list(status.get("podIPs"), "status.podIPs")):
+        ip = canonical_ip(
+            as_str(as_map(entry, f"status.podIPs[{j}]").get("ip"), f"status.podIPs[{j}].ip")
+        )
+        if ip is not None and ip not in ips:
+            ips.append(ip)
+    if not ips:
+        primary = canonical_ip(as_str(status.get("podIP"), "status.podIP"))
+        if primary is not None:
+            ips.append(primary)
+    if not ips:
+        return None
+    return PodAddresses(ns, name, tuple(ips))
 
 
 def _endpoint_ports(value: Any, what: str) -> list[EndpointPort]:
@@ -293,6 +338,7 @@ _TRIMMERS = {
     "EndpointSlice": endpoint_slice,
     "Endpoints": endpoints,
     "Namespace": namespace,
+    "Pod": pod,
 }
 
 

@@ -72,8 +72,19 @@ class Endpoint:
     #: terminating; for v1 Endpoints, listed under `addresses` rather than `notReadyAddresses`.
     ready: bool = True
     node_name: str = ""
-    #: `targetRef` as "Kind/name" (for `kdns explain`), "" when absent.
+    #: `targetRef` as "Kind/name" (for `kdns explain`, and `--endpoint-pod-names`), "" when absent.
     target: str = ""
+    #: The EndpointSlice's `zone` (the node's topology.kubernetes.io/zone), "" when unknown.
+    zone: str = ""
+    #: The EndpointSlice's `hints.forZones`: the zones the controller meant this endpoint for
+    #: (topology-aware routing); empty when the slice carries no hints.
+    for_zones: tuple[str, ...] = ()
+
+    @property
+    def pod_name(self) -> str:
+        """The name of the Pod this endpoint is for (`targetRef`), "" when it is not a pod's."""
+        kind, _, name = self.target.partition("/")
+        return name if kind == "Pod" else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,20 @@ class EndpointSet:
 
 
 @dataclass(frozen=True, slots=True)
+class PodAddresses:
+    """A Pod that is not terminating, trimmed to its IPs (`--pods verified` answers from these)."""
+
+    namespace: str
+    name: str
+    #: `status.podIPs` (or `[status.podIP]`), canonical text.
+    ips: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> ObjectKey:
+        return ("Pod", self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
 class Namespace:
     """A namespace that exists (decides NODATA versus NXDOMAIN for `<ns>.svc.<zone>`)."""
 
@@ -119,7 +144,7 @@ class Namespace:
 ObjectKey = tuple[str, str, str]
 
 #: What sources hand to the store.
-KubeObject = Service | EndpointSet | Namespace
+KubeObject = Service | EndpointSet | Namespace | PodAddresses
 
 
 def endpoint_name(hostname: str, address: str) -> str:
@@ -136,6 +161,19 @@ def endpoint_name(hostname: str, address: str) -> str:
             text += "0"
         return text.replace(":", "-")
     return address.replace(".", "-")
+
+
+def is_label(text: str) -> bool:
+    """True when `text` is a DNS-1123 label: 1-63 of a-z, 0-9 and '-', alphanumeric at both
+    ends (what Kubernetes allows as a label-shaped name)."""
+    return (
+        0 < len(text) <= 63
+        and text.isascii()
+        and text.replace("-", "").isalnum()
+        and text == text.lower()
+        and text[0] != "-"
+        and text[-1] != "-"
+    )
 
 
 def ip_family(address: str) -> int:

@@ -25,13 +25,16 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from kdns.state.model import (
+    Endpoint,
     EndpointPort,
     EndpointSet,
     KubeObject,
     Namespace,
     ObjectKey,
+    PodAddresses,
     Service,
     endpoint_name,
+    is_label,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ class Change:
     services: frozenset[ServiceKey] = frozenset()
     #: Addresses whose reverse (PTR) entries changed.
     addresses: frozenset[str] = frozenset()
+    #: Namespaces in which a pod's addresses changed (`--pods verified`).
+    pods: frozenset[str] = frozenset()
     #: Something every name may depend on changed: namespaces, sync state.
     full: bool = False
 
@@ -77,6 +82,9 @@ class ServiceView:
     not_ready: int = 0
     #: The endpoint objects the addresses came from, for `kdns explain`.
     sources: tuple[ObjectKey, ...] = ()
+    #: How many of `ready`, from the first, are for the preferred zone (`--prefer-zone`):
+    #: answers list them first and rotate each group apart. 0 when none or all are.
+    preferred: int = 0
 
     def addresses(self) -> list[str]:
         """Ready addresses, deduplicated, in order."""
@@ -84,6 +92,10 @@ class ServiceView:
         for ep in self.ready:
             seen.setdefault(ep.address, None)
         return list(seen)
+
+    def preferred_addresses(self) -> frozenset[str]:
+        """The addresses of the preferred group (empty when the answers are one group)."""
+        return frozenset(ep.address for ep in self.ready[: self.preferred])
 
     def named(self, label: str) -> list[str]:
         """Addresses of the ready endpoints whose name is `label` (case-insensitive)."""
@@ -95,6 +107,17 @@ class ServiceView:
         return list(seen)
 
 
+@dataclass(frozen=True, slots=True)
+class ViewRules:
+    """How a service's endpoints become names and in what order (server-wide settings)."""
+
+    #: `--endpoint-pod-names`: an endpoint without hostname is named by its pod (targetRef)
+    #: when that name is a DNS label, as CoreDNS's endpoint_pod_names does.
+    pod_names: bool = False
+    #: `--prefer-zone`: the endpoints for this zone come first ("": no preference).
+    prefer_zone: str = ""
+
+
 @dataclass(slots=True)
 class _Layer:
     name: str
@@ -102,6 +125,7 @@ class _Layer:
     implicit_namespaces: bool
     services: dict[ServiceKey, Service] = field(default_factory=dict)
     endpoint_sets: dict[ObjectKey, EndpointSet] = field(default_factory=dict)
+    pods: dict[ObjectKey, PodAddresses] = field(default_factory=dict)
     by_service: dict[ServiceKey, dict[ObjectKey, EndpointSet]] = field(default_factory=dict)
     namespaces: set[str] = field(default_factory=set)
     #: namespace -> number of objects in it (for implicit namespaces)
@@ -123,6 +147,8 @@ class _Layer:
             return self.services.get((ns, name))
         if kind == "Namespace":
             return Namespace(name) if name in self.namespaces else None
+        if kind == "Pod":
+            return self.pods.get(key)
         return self.endpoint_sets.get(key)
 
     def keys(self, kinds: Collection[str] | None) -> list[ObjectKey]:
@@ -132,6 +158,8 @@ class _Layer:
         if kinds is None or "Namespace" in kinds:
             out.extend(("Namespace", "", name) for name in self.namespaces)
         out.extend(k for k in self.endpoint_sets if kinds is None or k[0] in kinds)
+        if kinds is None or "Pod" in kinds:
+            out.extend(self.pods)
         return out
 
     def _count(self, ns: str, delta: int) -> None:
@@ -157,6 +185,10 @@ class _Layer:
                 self._count(obj.namespace, 1)
             self.services[skey] = obj
             return skey
+        if isinstance(obj, PodAddresses):
+            # Pods make no namespace exist: a pod name's namespace must exist by itself.
+            self.pods[obj.key] = obj
+            return None
         old = self.endpoint_sets.get(obj.key)
         if old is not None:
             self._unlink(old)
@@ -188,6 +220,9 @@ class _Layer:
                 return []
             self._count(ns, -1)
             return [(ns, name)]
+        if kind == "Pod":
+            self.pods.pop(key, None)
+            return []
         eps = self.endpoint_sets.pop(key, None)
         if eps is None:
             return []
@@ -196,11 +231,21 @@ class _Layer:
         return [(eps.namespace, eps.service)]
 
 
-def build_view(service: Service, sets: Iterable[EndpointSet]) -> ServiceView:
+_DEFAULT_RULES = ViewRules()
+
+
+def build_view(
+    service: Service, sets: Iterable[EndpointSet], rules: ViewRules = _DEFAULT_RULES
+) -> ServiceView:
     """Compute the endpoints that answer for `service` from its endpoint objects.
 
     EndpointSlices win over v1 Endpoints: on a cluster the mirroring controller copies manual
     Endpoints into slices, and counting both would list every address twice.
+
+    With a preferred zone, the endpoints for it come first (a stable partition). Which zone an
+    endpoint is for follows kube-proxy's topology-aware routing: its `hints.forZones` when every
+    ready endpoint of the service has hints (the controller placed them to balance the load),
+    else the zone it is in.
     """
     if service.type == "ExternalName":
         return ServiceView(service)
@@ -214,30 +259,56 @@ def build_view(service: Service, sets: Iterable[EndpointSet]) -> ServiceView:
     # time of a slice change.
     port_ids: dict[tuple[EndpointPort, ...], int] = {}
     not_ready = 0
+    zone = rules.prefer_zone
+    pod_names = rules.pod_names
+    #: With a preferred zone: the endpoint each entry of `ready` came from.
+    origins: list[Endpoint] = []
     for eps in chosen:
         for subset in eps.subsets:
             ports = subset.ports
             pid = port_ids.setdefault(ports, len(port_ids))
             for ep in subset.endpoints:
                 ok = ep.ready or service.publish_not_ready
+                hostname = ep.hostname
+                if not hostname and pod_names:
+                    pod = ep.pod_name
+                    if is_label(pod):
+                        hostname = pod
                 for address in ep.addresses:
                     if not ok:
                         not_ready += 1
                         continue
-                    name = endpoint_name(ep.hostname, address)
+                    name = endpoint_name(hostname, address)
                     before = len(seen)
                     seen.add((name, address, pid))
                     if len(seen) == before:
                         continue
                     ready.append(ReadyEndpoint(name, address, ports))
-    return ServiceView(service, tuple(ready), not_ready, tuple(s.key for s in chosen))
+                    if zone:
+                        origins.append(ep)
+    preferred = 0
+    if zone and ready:
+        hinted = all(ep.for_zones for ep in origins)
+        first = [(zone in ep.for_zones) if hinted else (ep.zone == zone) for ep in origins]
+        preferred = sum(first)
+        if 0 < preferred < len(ready):
+            ready = [r for r, f in zip(ready, first, strict=True) if f] + [
+                r for r, f in zip(ready, first, strict=True) if not f
+            ]
+        else:
+            preferred = 0
+    return ServiceView(service, tuple(ready), not_ready, tuple(s.key for s in chosen), preferred)
 
 
 class Store:
     """Current DNS-relevant objects from every source, with a generation counter."""
 
-    def __init__(self, serial_base: int = 0) -> None:
+    def __init__(self, serial_base: int = 0, rules: ViewRules = _DEFAULT_RULES) -> None:
+        self.rules = rules
         self._layers: dict[str, _Layer] = {}
+        #: (namespace, pod IP) -> how many pods (of every layer) have it (`--pods verified`).
+        self._pod_ips: dict[tuple[str, str], int] = {}
+        self._changed_pods: set[str] = set()
         self._views: dict[ServiceKey, ServiceView] = {}
         self._owner: dict[ServiceKey, str] = {}
         self._cluster_ptr: dict[str, ServiceKey | list[ServiceKey]] = {}
@@ -333,14 +404,22 @@ class Store:
         touched: set[ServiceKey] = set()
         changed = False
         for key in deletes:
-            if lay.get(key) is None:
+            old = lay.get(key)
+            if old is None:
                 continue
             changed = True
+            if isinstance(old, PodAddresses):
+                self._index_pod(old, -1)
             touched.update(lay.remove(key))
         for obj in upserts:
-            if lay.get(obj.key) == obj:
+            old = lay.get(obj.key)
+            if old == obj:
                 continue
             changed = True
+            if isinstance(obj, PodAddresses):
+                if isinstance(old, PodAddresses):
+                    self._index_pod(old, -1)
+                self._index_pod(obj, 1)
             if isinstance(obj, EndpointSet):
                 old = lay.endpoint_sets.get(obj.key)
                 if old is not None and old.service != obj.service:
@@ -385,7 +464,7 @@ class Store:
                 continue
             if owner is None:
                 owner = lay.name
-                view = build_view(svc, lay.by_service.get(skey, {}).values())
+                view = build_view(svc, lay.by_service.get(skey, {}).values(), self.rules)
             elif skey not in self._conflicts_warned:
                 self._conflicts_warned.add(skey)
                 log.warning(
@@ -406,6 +485,17 @@ class Store:
         else:
             self._views[skey] = view
             self._owner[skey] = owner or ""
+
+    def _index_pod(self, pod: PodAddresses, delta: int) -> None:
+        index = self._pod_ips
+        for ip in pod.ips:
+            key = (pod.namespace, ip)
+            n = index.get(key, 0) + delta
+            if n > 0:
+                index[key] = n
+            else:
+                index.pop(key, None)
+        self._changed_pods.add(pod.namespace)
 
     def _reindex(self, skey: ServiceKey, old: ServiceView | None, new: ServiceView | None) -> None:
         """Update the PTR indexes from `old` to `new`, touching (and reporting as changed) only
@@ -433,10 +523,14 @@ class Store:
     def _bump(self, received_at: float | None) -> None:
         self.generation += 1
         self.last_change = Change(
-            frozenset(self._changed_services), frozenset(self._changed_addresses), self._full
+            frozenset(self._changed_services),
+            frozenset(self._changed_addresses),
+            frozenset(self._changed_pods),
+            self._full,
         )
         self._changed_services.clear()
         self._changed_addresses.clear()
+        self._changed_pods.clear()
         self._full = False
         for listener in self._listeners:
             listener(self.generation, received_at)
@@ -452,6 +546,10 @@ class Store:
     def service(self, namespace: str, name: str) -> ServiceView | None:
         """The view of a service, by lower-case namespace and name."""
         return self._views.get((namespace, name))
+
+    def has_pod_ip(self, namespace: str, ip: str) -> bool:
+        """True when a pod in `namespace` has the address `ip` (canonical text)."""
+        return (namespace, ip) in self._pod_ips
 
     def has_namespace(self, namespace: str) -> bool:
         return any(lay.has_namespace(namespace) for lay in self._layers.values())
