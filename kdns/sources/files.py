@@ -444,6 +444,9 @@ class FileSource:
         #: Files gone from disk whose objects are still served, by path: since when (monotonic).
         self._removing: dict[str, int] = {}
         self._waits_logged: set[tuple[str, str]] = set()
+        #: Objects served now, by kind, and the wall-clock time they were applied (for the page).
+        self.objects: dict[str, int] = {}
+        self.applied_at: float | None = None
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -497,6 +500,11 @@ class FileSource:
                 if self._tracker is not None:
                     self._tracker.close()
                     self._tracker = None
+
+    @property
+    def failure(self) -> str:
+        """Why the directories cannot be read now ("" when they can)."""
+        return self._failure
 
     @property
     def problems(self) -> list[Problem]:
@@ -751,3 +759,8 @@ class FileSource:
                 return
             self._applied = seq
             self.sink.replace(self.layer, objects)
+            kinds: dict[str, int] = {}
+            for obj in objects:
+                kinds[obj.key[0]] = kinds.get(obj.key[0], 0) + 1
+            self.objects = kinds
+            self.applied_at = time.time()

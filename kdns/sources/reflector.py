@@ -286,6 +286,8 @@ class ReflectorStats:
     objects: int = 0  # records this reflector currently holds in the store
     resource_version: str = ""
     last_error: str = ""
+    #: Wall-clock time of the last ADDED, MODIFIED or DELETED event (0: none yet), for the page.
+    last_event: float = 0.0
 
     def snapshot(self) -> ReflectorStats:
         """A copy that will not change under the reader."""
@@ -720,6 +722,8 @@ class Reflector:
                 return _End.EXPIRED
             raise _WatchError(f"watch error {obj.get('code')}: {obj.get('message')}")
         rv = _resource_version(obj)
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            stats.last_event = time.time()
         if kind in ("ADDED", "MODIFIED"):
             record = self._trim(obj)
             if record is not None:
