@@ -156,7 +156,10 @@ def serve(
     service_cidr: CidrOpt = "10.96.0.0/12",
     http: Annotated[
         str | None,
-        typer.Option("--http", help="HOST:PORT for /health and /ready (off unless given)."),
+        typer.Option(
+            "--http",
+            help="HOST:PORT for the page at /, /health, /ready and /metrics (off unless given).",
+        ),
     ] = None,
     kubeconfig: Annotated[
         str | None, typer.Option("--kubeconfig", help="Watch the cluster of this kubeconfig.")
@@ -181,6 +184,14 @@ def serve(
     http_explain: Annotated[
         bool,
         typer.Option("--http-explain", help="Serve /explain on --http (shows endpoint details)."),
+    ] = False,
+    http_show_clients: Annotated[
+        bool,
+        typer.Option(
+            "--http-show-clients",
+            help="Show the clients answered NXDOMAIN most on the page at / of --http (their "
+            "addresses; hidden unless given).",
+        ),
     ] = False,
     lameduck: Annotated[
         float,
@@ -278,6 +289,8 @@ def serve(
             raise ConfigError(f"--rotate must be one of {', '.join(ROTATE_MODES)}, not {rotate!r}")
         if allow_query_drop and not allow_query:
             raise ConfigError("--allow-query-drop needs --allow-query (everyone may query now)")
+        if http_show_clients and not http:
+            raise ConfigError("--http-show-clients needs --http (the page it shows them on)")
         if not kubeconfig and not in_cluster and os.environ.get("KUBERNETES_SERVICE_HOST"):
             in_cluster = True
         from kdns.ops.forward import parse_upstream
@@ -319,6 +332,7 @@ def serve(
             startup_timeout=startup_timeout,
             lameduck=lameduck,
             http_explain=http_explain,
+            http_show_clients=http_show_clients,
             log_queries=log_queries,
             rrl=rrl,
             transfer_to=list(transfer_to or []),

@@ -65,6 +65,8 @@ class Config:
     lameduck: float = 5.0
     #: Serve /explain on the HTTP port (it shows more than DNS does: off by default).
     http_explain: bool = False
+    #: Count NXDOMAIN answers per client address and show them on the page (`/`).
+    http_show_clients: bool = False
     log_queries: bool = False
     upstreams: list[tuple[str, int]] = field(default_factory=list)
     upstream_timeout: float = 2.0

@@ -49,6 +49,7 @@ from kdns.dns.wire import (
     truncated,
 )
 from kdns.serve.rotation import KEEP_BUILT, Rotation, orders, plan, turnable, turned
+from kdns.serve.tally import NameTally
 from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ class _Entry:
     #: The answer's records in turning orders (`--rotate`); None: one order. The memo keeps
     #: such an entry's bytes only up to the question and asks it for the rest on every hit.
     rotation: Rotation | None = None
+    #: Queries answered with this response, in a cell shared with every entry ever made for
+    #: the same question and rcode (`kdns.serve.tally`): the counts outlive the entry.
+    tally: list[int] = dataclasses.field(default_factory=lambda: [0])
 
     def refresh_serial(self) -> None:
         """Patch the current serial in, if it moved since the response was encoded."""
@@ -154,6 +158,10 @@ class Responder:
         self._tags: dict[tuple[str, ...], set[bytes]] = {}
         #: The type of the last question answered (for the request counters).
         self.qtype = 0
+        #: The cache key of the last question answered FORWARD (for the page's name counts).
+        self.forwarded = b""
+        #: Answers by question and rcode, for the page (`kdns.serve.tally`).
+        self.names = NameTally()
         self.hits = 0
         self.misses = 0
         #: responses sent, by (extended, 12-bit) rcode: a list, the cheapest to count into
@@ -214,6 +222,7 @@ class Responder:
                         cached.refresh_serial()
                     if cached.response is encoded:
                         self.hits += 1
+                        cached.tally[0] += 1
                         self.qtype = qtype
                         self._rcodes[cached.rcode] += 1
                         if rotation is not None:
@@ -238,6 +247,7 @@ class Responder:
                 return TRANSFER
             return self._uncached(query, self._respond(query, None), udp)
         if self.forwarding and query.qclass == 1 and not self.engine.is_local_labels(query.labels):
+            self.forwarded = query.key
             return FORWARD
         entry = self._cache.get(query.key)
         if entry is None:
@@ -250,6 +260,7 @@ class Responder:
                 return Chase(full, entry.chase, query.qtype, limit, qend - 12, query.edns)
         else:
             self.hits += 1  # a cached name asked in a form the fast path leaves alone
+            entry.tally[0] += 1
             self.count(entry.rcode)
             if entry.serial_at >= 0:
                 entry.refresh_serial()
@@ -311,6 +322,7 @@ class Responder:
         if entry is None:
             return None
         self.qtype = qtype = data[qend - 4] << 8 | data[qend - 3]
+        entry.tally[0] += 1
         self.count(entry.rcode)
         if entry.serial_at >= 0:
             entry.refresh_serial()
@@ -353,7 +365,8 @@ class Responder:
             response = encode(query, answer, max_udp=self.max_udp)
             if len(response) > 65535:
                 response = _fit(query, answer, self.max_udp)
-        entry = _Entry(response, answer.rcode)
+        entry = _Entry(response, answer.rcode, tally=self.names.cell(query.key, answer.rcode))
+        entry.tally[0] += 1
         if self.forwarding and answer.outside:
             entry.chase = answer.outside
             self.count(answer.rcode)

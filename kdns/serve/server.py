@@ -35,12 +35,14 @@ from kdns.dns.resolution import Cluster, Engine
 from kdns.dns.wire import servfail_for
 from kdns.ops.external import follow
 from kdns.ops.metrics import KdnsCollector, LatencyHistogram, store_listener
+from kdns.ops.traffic import QueryRate
 from kdns.ops.transfer import parse_networks, transfer
 from kdns.serve.acl import acl_from
 from kdns.serve.publish import Publisher
 from kdns.serve.ratelimit import RateLimiter
 from kdns.serve.responder import Chase, Responder
 from kdns.serve.stats import QueryCounters
+from kdns.serve.tally import ClientTally, Rows
 from kdns.serve.transport import TcpProtocol, TransportState, UdpProtocol
 from kdns.state.store import LoopSink, Sink, Store, ViewRules
 
@@ -169,6 +171,12 @@ class DnsServer:
         except ValueError as err:
             raise ConfigError(f"bad --transfer-to: {err}") from None
         self.sources: list[Any] = []
+        #: NXDOMAIN answers by client, for the page: only with --http-show-clients.
+        self.clients = ClientTally() if config.http_show_clients else None
+        #: Queries a second over the last ten minutes, for the page (with --http).
+        self.rate: QueryRate | None = None
+        #: When this server started (wall clock), for the page.
+        self.started_at = time.time()
         self.transports = TransportState(
             self.responder,
             self.stats,
@@ -177,6 +185,7 @@ class DnsServer:
             limiter=self.limiter,
             acl=self.acl,
             log_queries=config.log_queries,
+            clients=self.clients,
             tcp_max_connections=config.tcp_max_connections,
             tcp_idle_timeout=config.tcp_idle_timeout,
         )
@@ -186,7 +195,8 @@ class DnsServer:
         self._immediate = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closers: list[Callable[[], object]] = []
-        self._file_source: Any = None
+        #: The zones/ source (a `FileSource`), once started; None in a serving process.
+        self.file_source: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -246,9 +256,12 @@ class DnsServer:
 
             http = await start_http(self, *self.config.http)
             self._closers.append(http.close)
+            self.rate = QueryRate(lambda: self.collector().queries.duration_count)
+            self.rate.start(loop)
+            self._closers.append(self.rate.stop)
             for sock in http.sockets:
                 host, port = sock.getsockname()[:2]
-                log.info("http on %s port %d (/health, /ready, /metrics)", host, port)
+                log.info("http on %s port %d (/, /health, /ready, /metrics)", host, port)
         await self._wait_synced()
         # What is loaded now lives as long as the server: take it out of the cyclic collector's
         # view, so full collections (which at 100,000 endpoints took 100-300 ms, freeing
@@ -318,7 +331,7 @@ class DnsServer:
             scope=scope,
         )
         files.load()
-        self._file_source = files
+        self.file_source = files
         self._spawn(files.watch())
         if clients:
             from kdns.sources.cluster import ClusterSource
@@ -388,12 +401,16 @@ class DnsServer:
         if self._status is not None and not self._status.is_closing():
             self._status.write(pack(message))
 
-    def worker_stats(self) -> Any:
-        """This serving process's counters, for the main process's /metrics."""
+    def worker_stats(self, tallies: bool = False) -> Any:
+        """This serving process's counters, for the main process's /metrics; with `tallies`,
+        its digests of answers by name and NXDOMAIN answers by client too, for the page."""
         from kdns.serve.workers import WorkerStats
 
         r, fwd = self.responder, self.forwarder
         stats = WorkerStats(self.stats.snapshot(), dict(r.rcodes), r.hits, r.misses, len(r))
+        if tallies:
+            stats.names = r.names.digest()
+            stats.clients = self.clients.digest() if self.clients is not None else None
         if self.acl is not None:
             stats.acl_refused, stats.acl_dropped = dict(self.acl.refused), dict(self.acl.dropped)
         if fwd is not None:
@@ -406,10 +423,13 @@ class DnsServer:
         return stats
 
     async def _report_stats(self) -> None:
-        from kdns.serve.workers import STATS_INTERVAL
+        from kdns.serve.workers import STATS_INTERVAL, TALLY_EVERY
 
+        reports = 0
         while True:
-            self._report("stats", self.worker_stats())
+            # The digests cost a pass over the tables: sent once every TALLY_EVERY reports.
+            self._report("stats", self.worker_stats(tallies=reports % TALLY_EVERY == 0))
+            reports += 1
             await asyncio.sleep(STATS_INTERVAL)
 
     def collector(self) -> KdnsCollector:
@@ -423,6 +443,16 @@ class DnsServer:
                 # This process refuses only /explain; the serving processes refuse DNS.
                 self.metrics.acl = self.pool.acl_totals(self.acl)
         return self.metrics
+
+    def tallies(self) -> tuple[Rows, dict[str, int] | None]:
+        """For the page: answers by (name, rcode), and NXDOMAIN answers by client address
+        (None unless --http-show-clients), the serving processes' summed with --workers."""
+        if self.pool is not None:
+            names, clients = self.pool.tallies()
+        else:
+            names = self.responder.names.digest()
+            clients = self.clients.digest() if self.clients is not None else {}
+        return names, clients if self.config.http_show_clients else None
 
     def _watch_stats(self) -> list[Any]:
         return [stat for source in self.sources for stat in source.stats()]
@@ -478,6 +508,7 @@ class DnsServer:
             return
         started = time.perf_counter()
         qtype = self.responder.qtype
+        asked = self.responder.forwarded
 
         async def run() -> None:
             try:
@@ -501,6 +532,7 @@ class DnsServer:
                 answer = servfail_for(query)
             if answer is not None and chase is None:  # a chased answer is counted already
                 self.responder.count(answer[3] & 0xF)
+                self.responder.names.cell(asked, answer[3] & 0xF)[0] += 1
             self.stats.record(self.stats.counter("udp" if udp else "tcp", family), qtype, started)
             reply(answer)
 
@@ -514,9 +546,9 @@ class DnsServer:
 
     def reload(self) -> None:
         """Reload the zones/ files now (SIGHUP)."""
-        if self._file_source is not None:
+        if self.file_source is not None:
             log.info("SIGHUP: reloading zones")
-            self._file_source.reload()
+            self.file_source.reload()
 
     def request_stop(self, immediate: bool = False) -> None:
         """Stop: after the lame-duck period, or at once (SIGINT, or a second signal)."""
@@ -540,7 +572,7 @@ class DnsServer:
             await self.pool.stop()
         if self._status is not None:
             # The last counts, so the main process's totals lose nothing at a restart.
-            self._report("stats", self.worker_stats())
+            self._report("stats", self.worker_stats(tallies=True))
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -596,7 +628,13 @@ def _runtime(loop: asyncio.AbstractEventLoop, config: Config) -> str:
     else:
         where = "event loop: asyncio (uvloop is not installed: about 5x the CPU per query)"
     slow = [
-        flag for flag, on in (("--rrl", config.rrl), ("--log-queries", config.log_queries)) if on
+        flag
+        for flag, on in (
+            ("--rrl", config.rrl),
+            ("--log-queries", config.log_queries),
+            ("--http-show-clients", config.http_show_clients),
+        )
+        if on
     ]
     path = f"off ({' and '.join(slow)})" if slow else "on"
     return f"{where}; UDP fast path {path}"

@@ -28,6 +28,7 @@ from kdns.serve.acl import QueryAcl
 from kdns.serve.ratelimit import SLIP, RateLimiter
 from kdns.serve.responder import FORWARD, TRANSFER, Action, Chase, Responder
 from kdns.serve.stats import QueryCounters
+from kdns.serve.tally import ClientTally
 
 log = logging.getLogger(__name__)
 querylog = logging.getLogger("kdns.query")
@@ -78,6 +79,8 @@ class TransportState:
     #: None when everyone may query: the transports then check nothing.
     acl: QueryAcl | None = None
     log_queries: bool = False
+    #: NXDOMAIN responses by client, for the page (--http-show-clients); None: not counted.
+    clients: ClientTally | None = None
     tcp_max_connections: int = 1000
     tcp_idle_timeout: float = 10.0
     #: Open TCP connections, least recently active first.
@@ -99,6 +102,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.limiter: RateLimiter | None = state.limiter
         self.acl: QueryAcl | None = state.acl
         self.log_queries = state.log_queries
+        self.clients: ClientTally | None = state.clients
         self.transport: asyncio.DatagramTransport | None = None
         self.family = 4
         self.counts = self.stats.counter("udp", 4)
@@ -107,7 +111,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
         self.family = _family(transport)
         self.counts = self.stats.counter("udp", self.family)
-        if self.limiter is None and not self.log_queries:
+        if self.limiter is None and not self.log_queries and self.clients is None:
             # The usual case gets a shorter path: this runs for every query.
             self._sendto = self.transport.sendto  # type: ignore[union-attr]
             if self.acl is None:
@@ -186,6 +190,8 @@ class UdpProtocol(asyncio.DatagramProtocol):
                 # spoofing does not work, while a reflected victim gets only a tiny packet.
                 response = slipped(response)
             self._send(response, addr)
+            if self.clients is not None and response[3] & 0xF == 3:
+                self.clients.nxdomain(addr[0])
         elif self._not_bytes(data, addr, response):
             return
         self.stats.record(self.counts, self.responder.qtype, started)
@@ -308,6 +314,9 @@ class TcpProtocol(asyncio.Protocol):
                 self._write(part)
         elif isinstance(response, bytes):
             self._write(response)
+            clients = self.state.clients
+            if clients is not None and response[3] & 0xF == 3:
+                clients.nxdomain(self.peer)
         self.stats.record(self.stats.counter("tcp", self.family), self.responder.qtype, started)
         if self.state.log_queries:
             _log_query(

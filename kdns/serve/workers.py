@@ -33,12 +33,15 @@ from kdns.serve.acl import QueryAcl
 from kdns.serve.frames import FrameReader, pack
 from kdns.serve.publish import snapshot
 from kdns.serve.stats import QueryCounters, Snapshot
+from kdns.serve.tally import Rows, merged
 from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two counter reports of a serving process.
 STATS_INTERVAL = 1.0
+#: Every this many reports also carries the page's digests (`kdns.serve.tally`).
+TALLY_EVERY = 5
 #: A serving process this far behind (bytes of writes it has not read) is restarted instead.
 MAX_FEED_BACKLOG = 256 << 20
 #: Seconds a serving process gets to load its snapshot and start answering.
@@ -68,6 +71,10 @@ class WorkerStats:
     #: --allow-query: queries refused and dropped, by transport
     acl_refused: dict[str, int] = field(default_factory=dict)
     acl_dropped: dict[str, int] = field(default_factory=dict)
+    #: For the page, in every TALLY_EVERY-th report: answers by (name, rcode), and NXDOMAIN
+    #: answers by client (None without --http-show-clients).
+    names: Rows | None = None
+    clients: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -113,6 +120,9 @@ class _Worker:
     stats: WorkerStats | None = None
     #: time.monotonic() of its last frame
     heard: float = 0.0
+    #: its last digests for the page (see WorkerStats)
+    names: Rows = field(default_factory=dict)
+    clients: dict[str, int] = field(default_factory=dict)
 
 
 class _FeedWriter(asyncio.Protocol):
@@ -148,7 +158,10 @@ class _StatusProtocol(asyncio.Protocol):
             if message[0] == "ready":
                 self.worker.ready = True
             elif message[0] == "stats":
-                self.worker.stats = message[1]
+                stats = self.worker.stats = message[1]
+                if stats.names is not None:
+                    self.worker.names = stats.names
+                    self.worker.clients = stats.clients or {}
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.exited(self.worker)
@@ -174,6 +187,9 @@ class WorkerPool:
         self.stopping = False
         self._workers: dict[int, _Worker] = {}
         self._retired = WorkerStats(({}, [], 0.0), {}, 0, 0, 0)
+        #: the page's digests of the serving processes that exited
+        self._retired_names: Rows = {}
+        self._retired_clients: dict[str, int] = {}
         self._failures: dict[int, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -304,6 +320,8 @@ class WorkerPool:
             del self._workers[worker.index]
         if worker.stats is not None:
             _add(self._retired, worker.stats)
+        self._retired_names = merged([self._retired_names, worker.names])
+        self._retired_clients = merged([self._retired_clients, worker.clients])
         if worker.feed is not None:
             worker.feed.close()
         self._spawn_task(self._reap(worker))
@@ -374,6 +392,15 @@ class WorkerPool:
                 _merge(total.refused, stats.acl_refused)
                 _merge(total.dropped, stats.acl_dropped)
         return total
+
+    def tallies(self) -> tuple[Rows, dict[str, int]]:
+        """The page's digests (answers by name and rcode, NXDOMAIN answers by client) summed
+        over every serving process, the ones that exited included; as of their last report
+        that carried them (at most TALLY_EVERY seconds old)."""
+        workers = list(self._workers.values())
+        names = merged([self._retired_names, *(w.names for w in workers)])
+        clients = merged([self._retired_clients, *(w.clients for w in workers)])
+        return names, clients
 
     def totals(self) -> tuple[QueryCounters, ResponseTotals, ForwardTotals]:
         """Counters of every serving process, the ones that exited included."""

@@ -1,0 +1,142 @@
+"""What the operator's page (`/`) counts beyond the metrics: answers by name, and NXDOMAIN
+answers by client.
+
+Both are kept on the query path, so they cost it as little as the request counters do:
+
+- **By name, one cell per question.** Every cached response (`responder._Entry`) holds a cell,
+  a one-element list, shared by every cache entry ever made for the same question and rcode; a
+  query answered from the cache or the memo adds one to it (`entry.tally[0] += 1`: one
+  subscript and one addition, no key built, no dict looked up). A new cell is made only when the
+  engine computes an answer (a cache miss), which already costs a hundred times more. A change
+  that drops cached answers leaves their cells in the table, so the counts outlive the cache.
+- **Bounded.** The table holds at most `MAX_NAMES` cells: one more prunes it to the busier half
+  (a flood of random names fills it with ones, which go first). Pruning a cell that a cached
+  entry still holds only loses that entry's later counts.
+- **Clients only when asked for** (`--http-show-clients`): otherwise no client address is kept
+  at all, not even in memory. When asked for, the transports count an NXDOMAIN response per
+  source address, at most `MAX_CLIENTS` of them.
+
+`digest()` turns the cells into plain rows, `(name, rcode) -> answers`, summed over query types
+and EDNS states: what the page reads, and what a serving process reports with `--workers`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+_K = TypeVar("_K")
+
+#: Cells kept at most (a cell is one question and rcode: about 300 bytes with its key and name).
+MAX_NAMES = 10_000
+#: Client addresses kept at most (--http-show-clients).
+MAX_CLIENTS = 10_000
+#: Rows of a digest at most: the busiest ones.
+DIGEST_ROWS = 2_000
+
+#: (name, rcode) -> answers: a digest of `NameTally`, or several summed.
+Rows = dict[tuple[str, int], int]
+
+
+#: A label dig prints as it is: printable ASCII but for the dot and the backslash.
+_PLAIN = re.compile(rb"[!-\-/-\[\]-~]*")
+
+
+def wire_name(wire: bytes) -> str:
+    """The text of a name in wire format (labels, ending with the root label), as dig spells
+    it: bytes that are not printable, and dots and backslashes inside a label, as \\DDD."""
+    out: list[str] = []
+    i = 0
+    while i < len(wire) and wire[i]:
+        n = wire[i]
+        label = wire[i + 1 : i + 1 + n]
+        if _PLAIN.fullmatch(label):
+            out.append(label.decode("ascii"))
+        else:
+            out.append("".join(_char(b) for b in label))
+        i += 1 + n
+    return ".".join(out)
+
+
+def _char(byte: int) -> str:
+    return chr(byte) if _PLAIN.fullmatch(bytes((byte,))) else f"\\{byte:03d}"
+
+
+class NameTally:
+    """Answers by question and rcode, counted in cells the responder's cache entries hold."""
+
+    def __init__(self, limit: int = MAX_NAMES) -> None:
+        self.limit = limit
+        #: (cache key: lower-cased wire name, type, class, EDNS state; rcode) -> [answers]
+        self.cells: dict[tuple[bytes, int], list[int]] = {}
+        #: wire name -> its text, decoded once (for `digest`, which runs at every page view)
+        self._text: dict[bytes, str] = {}
+
+    def cell(self, key: bytes, rcode: int) -> list[int]:
+        """The cell of question `key` (a `wire.Query.key`) answered with `rcode`."""
+        cell = self.cells.get((key, rcode))
+        if cell is None:
+            if len(self.cells) >= self.limit:
+                self._prune()
+            cell = self.cells[(key, rcode)] = [0]
+        return cell
+
+    def _prune(self) -> None:
+        ranked = sorted(self.cells.items(), key=lambda item: item[1][0], reverse=True)
+        self.cells = dict(ranked[: self.limit // 2])
+        kept = {key[:-5] for key, _ in self.cells}
+        self._text = {wire: text for wire, text in self._text.items() if wire in kept}
+
+    def digest(self, limit: int = DIGEST_ROWS) -> Rows:
+        """The `limit` busiest (name, rcode) rows, summed over types and EDNS states."""
+        rows: Rows = {}
+        text = self._text
+        for (key, rcode), (n,) in list(self.cells.items()):
+            if n:
+                wire = key[:-5]
+                name = text.get(wire)
+                if name is None:
+                    name = text[wire] = wire_name(wire)
+                row = (name, rcode)
+                rows[row] = rows.get(row, 0) + n
+        return top(rows, limit)
+
+
+class ClientTally:
+    """NXDOMAIN responses by client address (--http-show-clients)."""
+
+    def __init__(self, limit: int = MAX_CLIENTS) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    def nxdomain(self, client: str) -> None:
+        """Count one NXDOMAIN response sent to `client`."""
+        counts = self.counts
+        n = counts.get(client)
+        if n is None:
+            if len(counts) >= self.limit:
+                ranked = sorted(counts.items(), key=lambda item: item[1], reverse=True)
+                self.counts = counts = dict(ranked[: self.limit // 2])
+            counts[client] = 1
+        else:
+            counts[client] = n + 1
+
+    def digest(self, limit: int = DIGEST_ROWS) -> dict[str, int]:
+        """The `limit` clients sent the most NXDOMAIN responses."""
+        return top(dict(self.counts), limit)
+
+
+def top(counts: Mapping[_K, int], limit: int) -> dict[_K, int]:
+    """The `limit` largest of `counts`, largest first (ties in the order met)."""
+    ranked = sorted(counts.items(), key=lambda item: item[1], reverse=True)
+    return dict(ranked[:limit])
+
+
+def merged(digests: Iterable[Mapping[_K, int]], limit: int = DIGEST_ROWS) -> dict[_K, int]:
+    """Several digests summed (the serving processes'), the `limit` largest kept."""
+    total: dict[_K, int] = {}
+    for digest in digests:
+        for key, n in digest.items():
+            total[key] = total.get(key, 0) + n
+    return top(total, limit)

@@ -1,0 +1,154 @@
+"""What the page counts and works out (kdns/serve/tally.py, kdns/ops/traffic.py): answers by
+name through every path of the responder, search-path expansions, percentiles, the query rate."""
+
+from __future__ import annotations
+
+import dns.message
+import dns.rcode
+import pytest
+
+from kdns.ops.traffic import QueryRate, expansion, expansions, percentile
+from kdns.serve.responder import Responder
+from kdns.serve.stats import DURATION_BOUNDS
+from kdns.serve.tally import ClientTally, NameTally, merged, wire_name
+from tests.builders import LAYER, clusterip, make_engine, namespaces
+
+NS = {"default", "shop"}
+
+
+@pytest.mark.parametrize(
+    ("name", "found"),
+    [
+        # a pod in default asking api.example.com with ndots:5
+        (
+            "api.example.com.default.svc.cluster.local",
+            ("api.example.com", "default.svc.cluster.local"),
+        ),
+        ("api.example.com.svc.cluster.local", ("api.example.com", "svc.cluster.local")),
+        ("api.example.com.cluster.local", ("api.example.com", "cluster.local")),
+        # one label in front: a service, an endpoint's namespace, not an expansion
+        ("web.default.svc.cluster.local", None),
+        ("nope.shop.svc.cluster.local", None),
+        ("shop.svc.cluster.local", None),
+        ("web.cluster.local", None),
+        # "com" is no namespace: .svc.<zone> was the suffix
+        ("api.example.com.svc.cluster.local", ("api.example.com", "svc.cluster.local")),
+        # a namespace kdns does not know: the same
+        ("a.b.other.svc.cluster.local", ("a.b.other", "svc.cluster.local")),
+        ("web.default.shop.svc.cluster.local", ("web.default", "shop.svc.cluster.local")),
+        # pod names are names of their own
+        ("10-1-0-1.shop.pod.cluster.local", None),
+        ("api.example.com", None),
+        ("api.example.com.cluster.localx", None),
+    ],
+)
+def test_expansion(name: str, found: tuple[str, str] | None) -> None:
+    assert expansion(name, "cluster.local", NS) == found
+
+
+def test_expansions_gather_every_form_of_a_name() -> None:
+    rows = {
+        ("api.example.com.default.svc.cluster.local", 3): 2,
+        ("api.example.com.svc.cluster.local", 3): 2,
+        ("api.example.com.cluster.local", 3): 2,
+        ("api.example.com", 0): 2,  # forwarded, answered
+        ("kubernetes.default.shop.svc.cluster.local", 3): 5,
+        ("kubernetes.default.svc.cluster.local", 0): 5,  # the form that answered
+        ("nope.default.svc.cluster.local", 3): 9,  # not an expansion
+        ("db-0.db.shop.svc.cluster.local", 0): 4,  # answered: not counted as one
+    }
+    found = expansions(rows, {"cluster.local": NS})
+    assert found.failed == 11
+    assert [(t.name, t.asked, t.answered) for t in found.tried] == [
+        ("api.example.com", 8, 2),
+        ("kubernetes.default", 10, 5),
+    ]
+    assert found.tried[0].suffixes == {
+        "default.svc.cluster.local": 2,
+        "svc.cluster.local": 2,
+        "cluster.local": 2,
+    }
+    # Several zones: each name is read in the zone it ends in.
+    found = expansions({("a.b.prod.example", 3): 1}, {"cluster.local": NS, "prod.example": NS})
+    assert [(t.name, t.asked) for t in found.tried] == [("a.b", 1)]
+
+
+def test_percentile_is_the_bucket_bound() -> None:
+    bounds = DURATION_BOUNDS[:3]  # 0.25, 0.5, 1 ms
+    assert percentile(bounds, [90, 99, 100], 100, 0.5) == bounds[0]
+    assert percentile(bounds, [90, 99, 100], 100, 0.99) == bounds[1]
+    assert percentile(bounds, [90, 99, 99], 100, 0.999) == float("inf")
+    assert percentile(bounds, [0, 0, 0], 0, 0.5) != percentile(bounds, [0, 0, 0], 0, 0.5)  # nan
+
+
+def test_query_rate_keeps_ten_minutes_of_intervals() -> None:
+    total = [0]
+    now = [1000.0]
+    rate = QueryRate(lambda: total[0], interval=10, points=60, clock=lambda: now[0])
+    for i in range(70):
+        total[0] += 10 * i
+        now[0] += 10
+        rate.sample()
+    assert len(rate.counts) == 60
+    assert rate.counts[-1] == 690 and rate.counts[0] == 100
+    # The current interval, over the part that has passed: 40 queries in 4 s.
+    total[0] += 40
+    now[0] += 4
+    assert rate.per_second()[-1] == 10.0
+    assert rate.per_second()[:-1] == [n / 10 for n in rate.counts]
+    # Just after a sample, a burst is spread over at least a second.
+    rate.sample()
+    total[0] += 5
+    now[0] += 0.01
+    assert rate.per_second()[-1] == 5.0
+
+
+def test_wire_name_spells_names_as_dig_does() -> None:
+    assert wire_name(b"\x03api\x07example\x03com\x00") == "api.example.com"
+    assert wire_name(b"\x03a.b\x02x\\\x04<a>\x00\x00") == "a\\046b.x\\092.<a>\\000"
+    assert wire_name(b"\x00") == ""
+
+
+def test_name_tally_prunes_to_the_busiest_half() -> None:
+    tally = NameTally(limit=4)
+    keys = [bytes([1, 97 + i, 0]) + b"\x00\x01\x00\x01\x00" for i in range(5)]
+    for i, key in enumerate(keys[:4]):
+        tally.cell(key, 3)[0] += 10 * (i + 1)
+    tally.cell(keys[4], 3)[0] += 1  # a fifth: the two busiest stay, and the new one
+    assert tally.digest() == {("d", 3): 40, ("c", 3): 30, ("e", 3): 1}
+
+
+def test_clients_are_bounded_and_merged() -> None:
+    clients = ClientTally(limit=2)
+    for addr, n in (("10.0.0.1", 3), ("10.0.0.2", 1)):
+        for _ in range(n):
+            clients.nxdomain(addr)
+    clients.nxdomain("10.0.0.3")
+    assert clients.digest() == {"10.0.0.1": 3, "10.0.0.3": 1}
+    assert merged([{"a": 1, "b": 2}, {"a": 5}], limit=1) == {"a": 6}
+
+
+def query(name: str, qtype: str = "A", edns: bool = False, qid: int = 1) -> bytes:
+    q = dns.message.make_query(name, qtype, use_edns=0 if edns else False)
+    q.id = qid
+    return q.to_wire()
+
+
+def test_the_responder_counts_every_answer_by_name_on_every_path() -> None:
+    engine = make_engine([*namespaces("shop"), clusterip("shop", "web", "10.96.0.1")])
+    responder = Responder(engine)
+    web, nope = "web.shop.svc.cluster.local", "nope.shop.svc.cluster.local"
+    for i in range(5):
+        # miss, then the fast path, then the memo; spelled in another case: the full path
+        assert responder.respond(query(web, qid=i), True) is not None
+        assert responder.respond(query(nope, qid=i), True) is not None
+    responder.respond(query("WEB.shop.svc.cluster.local"), True)
+    responder.respond(query(web, edns=True), False)
+    responder.respond(query(web, "AAAA"), False)
+    assert responder.names.digest() == {(web, 0): 8, (nope, 3): 5}
+    # A change drops the cached answers; their counts stay, and go on.
+    engine.clusters[0].store.apply(LAYER, [clusterip("shop", "nope", "10.96.0.2")])
+    for i in range(2):
+        responder.respond(query(nope, qid=i), True)
+    assert responder.names.digest() == {(web, 0): 8, (nope, 3): 5, (nope, 0): 2}
+    assert responder.hits + responder.misses == 15
