@@ -1,4 +1,5 @@
-"""The HTTP endpoint: `/health`, `/ready`, `/metrics` and `/explain?name=&type=`.
+"""The HTTP endpoint: the page at `/`, `/health`, `/ready`, `/metrics` and
+`/explain?name=&type=`.
 
 Probes and a scrape need a handful of fixed routes, so a few lines on asyncio streams serve them
 on the DNS server's own loop, where the state they report lives, with no second framework and no
@@ -33,10 +34,15 @@ def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain") 
 def route(server: DnsServer, target: str, peer: str = "") -> bytes:
     """The full HTTP response for a GET of `target` (path and query string) from `peer`.
 
-    --allow-query covers /explain (it tells what DNS tells, and more), not the probes and
-    /metrics, which the kubelet and Prometheus fetch from addresses DNS clients need not share.
+    --allow-query covers /explain (it tells what DNS tells, and more), not the probes,
+    /metrics and the page, which the kubelet, Prometheus and operators fetch from addresses DNS
+    clients need not share.
     """
     path, _, query = target.partition("?")
+    if path == "/":
+        from kdns.ops.page import render_page
+
+        return _response(200, "OK", render_page(server).encode(), "text/html")
     if path == "/metrics":
         from kdns.ops.metrics import CONTENT_TYPE, render_metrics
 
