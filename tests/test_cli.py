@@ -63,6 +63,7 @@ def test_version_and_help() -> None:
         (["serve", "--allow-query", "foo"], 1, "bad --allow-query 'foo'"),
         (["serve", "--zones-watch", "sometimes"], 1, "--zones-watch must be one of"),
         (["serve", "--allow-query-drop"], 1, "--allow-query-drop needs --allow-query"),
+        (["serve", "--http-show-clients"], 1, "--http-show-clients needs --http"),
         (["serve", "--zones", "/nonexistent/zones", "--listen", "127.0.0.1:0"], 1, "/nonexistent"),
         (
             ["serve", "--kubeconfig", "/nonexistent/kubeconfig", "--listen", "127.0.0.1:0"],

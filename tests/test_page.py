@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import dns.resolver
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kdns.ops.page import changes_section
 from testkit.upstream import Upstream
 from tests.kdns_process import KdnsProcess, start_kdns, until
 
@@ -278,6 +280,60 @@ def test_with_workers_the_serving_processes_counts_reach_the_page(zones: Path) -
         assert dom.values["rcode-NOERROR"] == "1"
     finally:
         kp.stop()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A change as the journal (`DnsServer.journal.latest()`) gives it."""
+
+    serial: int
+    time: float
+    name: str
+    type: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    cause: str
+
+
+def test_the_changes_section_shows_each_change() -> None:
+    now = 1_800_000_000.0
+    entries = [
+        Entry(
+            7,
+            now - 3,
+            "web.shop.svc.cluster.local",
+            "A",
+            ("10.1.0.1",),
+            ("10.1.0.1", "10.1.0.2"),
+            "EndpointSlice shop/web-x2x4k <ready>",
+        ),
+        Entry(
+            6, now - 60, "old.shop.svc.cluster.local", "A", ("10.96.0.9",), (), "Service deleted"
+        ),
+    ]
+    dom = Dom(changes_section(entries, now))
+    assert dom.rows("changes-table") == [
+        [
+            "07:59:57Z (3 s ago)",
+            "7",
+            "web.shop.svc.cluster.local",
+            "A",
+            "10.1.0.1",
+            "10.1.0.1, 10.1.0.2",
+            "EndpointSlice shop/web-x2x4k <ready>",
+        ],
+        [
+            "07:59:00Z (60 s ago)",
+            "6",
+            "old.shop.svc.cluster.local",
+            "A",
+            "10.96.0.9",
+            "-",
+            "Service deleted",
+        ],
+    ]
+    assert "&lt;ready&gt;" in changes_section(entries, now)
+    assert Dom(changes_section([], now)).rows("changes-table") == [["no change since kdns started"]]
 
 
 def test_the_page_escapes_what_clients_ask(zones: Path) -> None:

@@ -60,7 +60,6 @@ class KindRow:
     events: int | None = None
     relists: int | None = None
     errors: int | None = None
-    last_error: str = ""
 
 
 @dataclass
@@ -96,14 +95,11 @@ def sources(server: DnsServer) -> list[Source]:
 
 
 def _cluster_title(server: DnsServer, layer: str) -> str:
-    cfg = server.config
-    _, _, context = layer.partition(":")
-    if context:
-        return f"cluster, context {context}"
-    if cfg.in_cluster:
-        return "cluster (in-cluster service account)"
-    where = cfg.kubeconfig or "the default kubeconfig"
-    return f"cluster of {where}" + (f", context {cfg.context}" if cfg.context else "")
+    # No kubeconfig path, context name or API address: the page tells what DNS does, and counts
+    # (the zone, which DNS tells, names each cluster apart).
+    if ":" in layer:
+        return "cluster API (--cluster)"
+    return "cluster API (in-cluster)" if server.config.in_cluster else "cluster API (kubeconfig)"
 
 
 #: What a kind of record is called on the page, where its key's name is not enough.
@@ -111,8 +107,9 @@ _KINDS = {"Pods": "endpoints from Pod manifests", "Pod": "Pod (manifests)"}
 
 
 def _files(files: Any, zone: str, synced: bool) -> Source:
+    dirs = len(files.dirs)
     source = Source(
-        "zones/ directories: " + ", ".join(files.dirs),
+        f"zones/ directories ({dirs})" if dirs > 1 else "zones/ directory",
         zone,
         synced,
         last_change=files.applied_at or 0.0,
@@ -121,14 +118,17 @@ def _files(files: Any, zone: str, synced: bool) -> Source:
     problems = files.problems
     errors = sum(1 for p in problems if p.severity == "error")
     warnings = len(problems) - errors
+    # Counts only: where and what is in kdns's log and `kdns check`, not on the page.
     if errors or warnings:
-        first = next((p for p in problems if p.severity == "error"), problems[0])
         source.notes.append(
-            f"{errors} error(s), {warnings} warning(s) in the manifests (`kdns check` lists "
-            f"them); the first: {first.path}: {first.message}"
+            f"{errors} error(s) and {warnings} warning(s) in the manifests: kdns's log and "
+            "`kdns check DIR` say where; a file with errors keeps its last good content served"
         )
     if files.failure:
-        source.notes.append(files.failure)
+        source.notes.append(
+            "the directories cannot be read now (kdns's log says why): still serving what was "
+            "loaded before"
+        )
     return source
 
 
@@ -140,7 +140,6 @@ def _cluster(
     for stat in stats:
         by_kind.setdefault(stat.kind, []).append(stat)
     for kind, group in by_kind.items():
-        errors = [s.last_error for s in group if s.last_error]
         row = KindRow(
             kind,
             sum(s.objects for s in group),
@@ -149,10 +148,14 @@ def _cluster(
             events=sum(n for s in group for t, n in s.events.items() if t != "BOOKMARK"),
             relists=sum(s.relists for s in group),
             errors=sum(s.errors for s in group),
-            last_error=errors[-1] if errors else "",
         )
         source.kinds.append(row)
         source.last_change = max(source.last_change, row.last_event)
+    if any(k.errors for k in source.kinds):
+        source.notes.append(
+            "errors: failed API requests and broken watch streams, each retried; kdns's log "
+            "says which and why"
+        )
     return source
 
 
@@ -266,7 +269,8 @@ td.name { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; word-brea
 .figure .big .note { font-size: 13px; font-weight: 400; }
 .note { color: #57606a; }
 .cols { display: flex; flex-wrap: wrap; gap: 40px; }
-.cols > div { flex: 0 1 auto; min-width: 320px; max-width: 620px; }
+.cols > div { flex: 0 0 auto; }
+.cols p { max-width: 420px; }
 """
 
 
@@ -293,7 +297,7 @@ def render_page(server: DnsServer, now: float | None = None) -> str:
     ]
     journal = getattr(server, "journal", None)
     if journal is not None:
-        parts.append(_changes_section(journal.latest(CHANGES), now))
+        parts.append(changes_section(journal.latest(CHANGES), now))
     parts.append(
         f'<p class="note">Refreshes every {REFRESH} s. Counts are since kdns started '
         f"({esc(_clock(server.started_at))}) unless a heading says otherwise; /metrics "
@@ -342,7 +346,7 @@ def _sources_section(found: list[Source], now: float) -> str:
         if per_kind:
             head += (
                 "<th>synced</th><th>last event</th><th class='n'>events</th>"
-                "<th class='n'>relists</th><th class='n'>errors</th><th>last error</th>"
+                "<th class='n'>relists</th><th class='n'>errors</th>"
             )
         rows = [head + "</tr>"]
         for k in source.kinds:
@@ -352,7 +356,7 @@ def _sources_section(found: list[Source], now: float) -> str:
                     f"<td>{'yes' if k.synced else 'no'}</td><td>{_ago(k.last_event, now)}</td>"
                     f"<td class='n'>{_count(k.events or 0)}</td>"
                     f"<td class='n'>{_count(k.relists or 0)}</td>"
-                    f"<td class='n'>{_count(k.errors or 0)}</td><td>{esc(k.last_error)}</td>"
+                    f"<td class='n'>{_count(k.errors or 0)}</td>"
                 )
             rows.append(row + "</tr>")
         if not source.kinds:
@@ -523,7 +527,10 @@ class _Namespaces:
         return isinstance(ns, str) and bool(self.store.has_namespace(ns))
 
 
-def _changes_section(entries: Sequence[Any], now: float) -> str:
+def changes_section(entries: Sequence[Any], now: float) -> str:
+    """The journal's last changes, newest first as `DnsServer.journal.latest()` gives them: each
+    with `serial`, `time` (wall clock), `name`, `type`, `before` and `after` (record texts) and
+    `cause`. Rendered only when the server keeps a journal (`kdns.ops.journal`)."""
     rows = [
         "<tr><th>time</th><th class='n'>serial</th><th>name</th><th>type</th><th>before</th>"
         "<th>after</th><th>cause</th></tr>"
