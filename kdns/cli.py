@@ -138,6 +138,15 @@ def serve(
     ] = "insecure",
     endpoint_pod_names: PodNamesOpt = False,
     prefer_zone: PreferZoneOpt = None,
+    autopath: Annotated[
+        bool,
+        typer.Option(
+            "--autopath",
+            help="When a pod's question under <its ns>.svc.<zone> is NXDOMAIN, walk its search "
+            "path here and answer with a CNAME to the first name that exists (needs --pods "
+            "verified; names outside the zones through --upstream).",
+        ),
+    ] = False,
     prefer_zone_from_node: Annotated[
         str | None,
         typer.Option(
@@ -268,6 +277,10 @@ def serve(
     try:
         if pods not in PODS_MODES:
             raise ConfigError(f"--pods must be one of {', '.join(PODS_MODES)}, not {pods!r}")
+        if autopath and pods != "verified":
+            raise ConfigError(
+                "--autopath needs --pods verified (it finds a client's namespace by its pod)"
+            )
         if prefer_zone is not None and prefer_zone_from_node is not None:
             raise ConfigError("choose either --prefer-zone or --prefer-zone-from-node")
         if prefer_zone is not None:
@@ -307,6 +320,7 @@ def serve(
             pods=pods,
             rotate=rotate,
             endpoint_pod_names=endpoint_pod_names,
+            autopath=autopath,
             prefer_zone=prefer_zone or "",
             prefer_zone_from_node=prefer_zone_from_node or "",
             service_cidr=check_cidr(service_cidr),

@@ -37,6 +37,7 @@ from kdns.ops.external import follow
 from kdns.ops.metrics import KdnsCollector, LatencyHistogram, store_listener
 from kdns.ops.transfer import parse_networks, transfer
 from kdns.serve.acl import acl_from
+from kdns.serve.autopath import AutoPath
 from kdns.serve.publish import Publisher
 from kdns.serve.ratelimit import RateLimiter
 from kdns.serve.responder import Chase, Responder
@@ -177,6 +178,11 @@ class DnsServer:
             limiter=self.limiter,
             acl=self.acl,
             log_queries=config.log_queries,
+            autopath=AutoPath(
+                self.engine, forwarding=bool(config.upstreams), max_udp=self.responder.max_udp
+            )
+            if config.autopath
+            else None,
             tcp_max_connections=config.tcp_max_connections,
             tcp_idle_timeout=config.tcp_idle_timeout,
         )
@@ -491,6 +497,7 @@ class DnsServer:
                         limit=chase.limit,
                         qlen=chase.qlen,
                         edns=chase.edns,
+                        fallback=chase.fallback,
                     )
                 else:
                     answer = await self.forwarder.forward(query, udp=udp)
