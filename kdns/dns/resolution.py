@@ -269,7 +269,11 @@ class Engine:
         if rule is Rule.PODS_DISABLED:
             return (0, "pod records are off (--pods disabled)")
         if rule is Rule.NO_POD:
-            return (0, f"no pod has the address {res.values[0]} in namespace {ns}")
+            address = res.values[0]
+            canonical = address.replace(".", "-").replace(":", "-")
+            if req.pod != canonical:
+                return (0, f"pod names spell {address} as {canonical}")
+            return (0, f"no pod has the address {address} in namespace {ns}")
         if rule is Rule.NO_PTR:
             return (0, f"no service or ready endpoint has the address {req.address}")
         return None
@@ -371,7 +375,12 @@ class Engine:
             address = pod_address(req.pod)
             if address is None:
                 return Resolution(Rule.NOT_AN_ADDRESS, req)
-            if self.pods == "verified" and not store.has_pod_ip(req.namespace, address):
+            if self.pods == "verified" and (
+                # One name per address, as CoreDNS compares it with status.podIP: the dashed
+                # canonical text (not `fd00-0041-0000-...`).
+                req.pod != address.replace(".", "-").replace(":", "-")
+                or not store.has_pod_ip(req.namespace, address)
+            ):
                 return Resolution(Rule.NO_POD, req, values=(address,))
             return Resolution(Rule.POD, req, values=(address,))
         if shape not in (Shape.SERVICE, Shape.ENDPOINT, Shape.PORT_SERVICE):

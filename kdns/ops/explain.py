@@ -194,6 +194,9 @@ def _why(engine: Engine, res: Resolution, qtype: str) -> tuple[str, list[str]]:
             [],
         )
     if rule is Rule.NO_POD:
+        canonical = res.values[0].replace(".", "-").replace(":", "-")
+        if req.pod != canonical:
+            return f"NXDOMAIN: --pods verified answers {res.values[0]} only as {canonical}", []
         return (
             f"NXDOMAIN: no pod in namespace {ns} has the address {res.values[0]} (--pods verified)",
             [],
