@@ -120,9 +120,13 @@ def apply_component(docs: list[Doc], folder: Path) -> None:
     comp = kustomization(folder)
     if comp.get("kind") != "Component":
         raise ValueError(f"{folder}: kind {comp.get('kind')!r}, not Component")
-    unsupported = set(comp) - {"apiVersion", "kind", "patches"}
+    unsupported = set(comp) - {"apiVersion", "kind", "patches", "resources"}
     if unsupported:
         raise NotImplementedError(f"{folder}: component fields {sorted(unsupported)}")
+    for resource in comp.get("resources") or []:
+        if not str(resource).endswith((".yaml", ".yml")):
+            raise NotImplementedError(f"{folder}: resource {resource!r} (files only)")
+        docs.extend(load_yaml(folder / resource))
     for patch in comp.get("patches") or []:
         if set(patch) - {"target", "patch", "path"}:
             raise NotImplementedError(f"{folder}: patch options {sorted(patch)}")

@@ -29,6 +29,7 @@ from tests.deploy_render import (
     Doc,
     base_documents,
     component_names,
+    find,
     granted,
     json_patch,
     kdns_container,
@@ -68,8 +69,9 @@ def _without_changes(docs: list[Doc]) -> dict[tuple[str, str], Doc]:
 
 
 def test_the_components_are_the_ones_documented() -> None:
-    # `monitoring` adds objects, not a rule and a flag: tests/test_dashboard.py renders it.
-    assert component_names() == sorted([*ADDS, "monitoring"])
+    # The others add objects, not a rule and a flag: `monitoring` is tests/test_dashboard.py's,
+    # the autoscalers are checked below.
+    assert component_names() == sorted([*ADDS, *AUTOSCALERS, "monitoring"])
     readme = (COMPONENTS / "README.md").read_text()
     for name in component_names():
         assert f"deploy/components/{name}" in readme, name
@@ -250,3 +252,55 @@ def test_kubectl_kustomize_renders_the_same(components: tuple[str, ...], tmp_pat
     assert sorted(built) == sorted(ours)
     for key in ours:
         assert built[key] == ours[key], key
+
+
+AUTOSCALERS = ("autoscale-hpa", "autoscale-proportional")
+
+
+@pytest.mark.parametrize("name", AUTOSCALERS)
+def test_an_autoscaler_owns_the_replica_count_of_kdns_and_nothing_else(name: str) -> None:
+    base = base_documents()
+    docs = render([name])
+    deployment = find(docs, "Deployment", "kdns")
+    assert "replicas" not in deployment["spec"]  # or every apply would reset it to 2
+    added = [d for d in docs if _key(d) not in {_key(b) for b in base}]
+    assert added, "the component adds no object"
+    for doc in added:
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == "kube-system", _key(doc)
+    kdns_before = {_key(d): d for d in base}
+    for doc in docs:  # the base's objects are unchanged but for the replica count
+        if _key(doc) in kdns_before and _key(doc) != ("Deployment", "kdns"):
+            assert doc == kdns_before[_key(doc)], _key(doc)
+    if name == "autoscale-hpa":
+        [hpa] = [d for d in added if d["kind"] == "HorizontalPodAutoscaler"]
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": "kdns",
+        }
+        assert hpa["spec"]["minReplicas"] >= 2
+        # Utilization is measured against the request: the kdns container must have one.
+        assert kdns_container(docs)["resources"]["requests"]["cpu"]
+    else:
+        auto = find(added, "Deployment", "kdns-autoscaler")
+        [container] = auto["spec"]["template"]["spec"]["containers"]
+        flags = dict(a.split("=", 1) for a in container["command"][1:] if "=" in a)
+        assert flags["--target"] == "deployment/kdns"
+        assert flags["--namespace"] == "kube-system"
+        linear = yaml.safe_load(flags["--default-params"])["linear"]
+        assert linear["min"] >= 2 and linear["preventSinglePointFailure"] is True
+        # What it reads and writes, and no more.
+        cluster = find(added, "ClusterRole", "kdns-autoscaler")
+        role = find(added, "Role", "kdns-autoscaler")
+        assert granted(cluster) == {("", "nodes", "list"), ("", "nodes", "watch")}
+        assert granted(role) == {
+            ("", "configmaps", "get"),
+            ("", "configmaps", "create"),
+            ("apps", "deployments/scale", "get"),
+            ("apps", "deployments/scale", "update"),
+        }
+        sa = auto["spec"]["template"]["spec"]["serviceAccountName"]
+        for binding in ("ClusterRoleBinding", "RoleBinding"):
+            [subject] = find(added, binding, "kdns-autoscaler")["subjects"]
+            assert subject == {"kind": "ServiceAccount", "name": sa, "namespace": "kube-system"}

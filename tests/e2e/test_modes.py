@@ -1070,7 +1070,13 @@ def test_prefer_zone_with_controller_written_slices(cluster: ControlPlane, tmp_p
 
 @pytest.mark.parametrize(
     "components",
-    [("pods-verified",), ("prefer-zone-from-node",), ("pods-verified", "prefer-zone-from-node")],
+    [
+        ("pods-verified",),
+        ("prefer-zone-from-node",),
+        ("pods-verified", "prefer-zone-from-node"),
+        ("autoscale-hpa",),
+        ("autoscale-proportional",),
+    ],
     ids="+".join,
 )
 def test_deploy_components_dry_run(cluster: ControlPlane, components: tuple[str, ...]) -> None:
