@@ -16,7 +16,6 @@ docs/coredns-differences.md, which are classified explicitly here.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,9 +25,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from testkit.controlplane import ControlPlane, free_port, start_process, wait_for
+from testkit.controlplane import ControlPlane, wait_for
 from testkit.upstream import Upstream
-from tests.e2e.conftest import skip_or_fail, start_kdns_for, unavailable
+from tests.e2e.conftest import coredns_running, skip_or_fail, start_kdns_for, unavailable
 from tests.kdns_process import KdnsProcess
 
 ZONE = "cluster.local"
@@ -119,9 +118,9 @@ def servers(
         "--upstream",
         f"127.0.0.1:{upstream.port}",
     )
-    port, ready_port = free_port(), free_port()
-    (tmp / "Corefile").write_text(
-        f"""\
+
+    def corefile(port: int, ready_port: int) -> str:
+        return f"""\
 {ZONE}:{port} in-addr.arpa:{port} ip6.arpa:{port} {{
     bind 127.0.0.1
     autopath @kubernetes
@@ -134,32 +133,22 @@ def servers(
     ready 127.0.0.1:{ready_port}
 }}
 """
-    )
-    proc = start_process("coredns", [str(cluster.bins / "coredns"), "-conf", "Corefile"], tmp)
-
-    def ready() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"coredns exited:\n{proc.tail()}")
-        with urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=2) as r:
-            return bool(r.status == 200)
 
     try:
-        wait_for("coredns /ready", ready, 30, 0.1)
-        # Both have seen the client pod, the headless endpoints and the services.
-        probe = f"hl.{OTHER_NS}.{CLIENT_NS}.svc.{ZONE}"
-        for p in (kp.port, port):
-            wait_for(
-                f"autopath on port {p}",
-                lambda p=p: len(ask(p, probe, "A", "127.0.0.1").records) == 3,  # type: ignore[misc]
-                30,
-                0.2,
-            )
-        yield Servers(kp, port)
+        with coredns_running(cluster, tmp / "coredns", corefile) as port:
+            # Both have seen the client pod, the headless endpoints and the services.
+            probe = f"hl.{OTHER_NS}.{CLIENT_NS}.svc.{ZONE}"
+            for p in (kp.port, port):
+                wait_for(
+                    f"autopath on port {p}",
+                    lambda p=p: len(ask(p, probe, "A", "127.0.0.1").records) == 3,  # type: ignore[misc]
+                    30,
+                    0.2,
+                )
+            yield Servers(kp, port)
     finally:
-        proc.stop()
         kp.stop()
         upstream.close()
-        print("--- coredns log ---\n" + proc.tail(20))
 
 
 def classify(name: str, qtype: str, k: Answer, c: Answer) -> str | None:

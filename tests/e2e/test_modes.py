@@ -13,7 +13,6 @@ import json
 import os
 import random
 import re
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from testkit.controlplane import ApiError, ControlPlane, free_port, start_process, wait_for
+from testkit.controlplane import ApiError, ControlPlane, wait_for
 from tests import deploy_render
-from tests.e2e.conftest import skip_or_fail, start_kdns_for, unavailable
+from tests.e2e.conftest import coredns_running, start_kdns_for
 from tests.e2e.dnsutil import Reply, ask, dig_reply, until_dig
 from tests.e2e.test_e2e import ZONE, _object_path, classify, dashed, fqdn
 from tests.kdns_process import KdnsProcess
@@ -48,12 +47,10 @@ HOLD = "kdns.e2e/hold"  # a finalizer nothing removes but the test: the pod stay
 def coredns_with(cp: ControlPlane, tmp: Path, options: Sequence[str]) -> Iterator[int]:
     """CoreDNS's kubernetes plugin on `cp` with extra `options` in its kubernetes block (as the
     `coredns` fixture of test_e2e.py runs it, without the stub domain); yields its port."""
-    skip_or_fail(unavailable(("coredns",)))
-    tmp.mkdir(parents=True, exist_ok=True)
-    port, ready_port = free_port(), free_port()
     block = "\n".join(f"        {o}" for o in options)
-    (tmp / "Corefile").write_text(
-        f"""\
+
+    def corefile(port: int, ready_port: int) -> str:
+        return f"""\
 {ZONE}:{port} in-addr.arpa:{port} ip6.arpa:{port} {{
     bind 127.0.0.1
     kubernetes {ZONE} in-addr.arpa ip6.arpa {{
@@ -64,21 +61,9 @@ def coredns_with(cp: ControlPlane, tmp: Path, options: Sequence[str]) -> Iterato
     ready 127.0.0.1:{ready_port}
 }}
 """
-    )
-    proc = start_process("coredns", [str(cp.bins / "coredns"), "-conf", "Corefile"], tmp)
 
-    def ready() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"coredns exited:\n{proc.tail()}")
-        with urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=2) as r:
-            return bool(r.status == 200)
-
-    try:
-        wait_for("coredns /ready", ready, 30, 0.1)
+    with coredns_running(cp, tmp, corefile) as port:
         yield port
-    finally:
-        proc.stop()
-        print("--- coredns log ---\n" + proc.tail(20))
 
 
 def component_kubeconfig(
