@@ -2,7 +2,8 @@
 
 The base: the resources deploy/kustomization.yaml lists, moved to its namespace (namespaced
 objects and ServiceAccount subjects of bindings) and with its image names replaced. A component
-(deploy/components/<name>/kustomization.yaml, `kind: Component`) may only hold `patches`:
+(deploy/components/<name>/kustomization.yaml, `kind: Component`) may only hold `resources`
+(files of further objects) and `patches`:
 JSON 6902 patches (add, remove, replace, test) and strategic merge patches (maps merged, the
 Kubernetes lists below merged by their key, every other list replaced), each applied to the
 resources its `target` selects (group, version, kind, name, namespace; names are anchored regular
@@ -17,7 +18,10 @@ is recent enough (v3.7+).
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -296,3 +300,38 @@ def granted(role: Doc) -> set[tuple[str, str, str]]:
         for resource in rule.get("resources") or []
         for verb in rule.get("verbs") or []
     }
+
+
+# --------------------------------------------------------------------------- against kustomize
+
+
+def kustomize_build(components: Sequence[str], workdir: Path) -> list[Doc] | str:
+    """deploy/ with `components`, as `kubectl kustomize` builds it from an overlay in
+    `workdir`; or why it cannot here (no kubectl, or one whose kustomize is older than v3.7 and
+    does not know components, as CI's Debian kubectl 1.20)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return "kubectl is not installed"
+    out = subprocess.run(
+        [kubectl, "version", "--client"], capture_output=True, text=True, timeout=30
+    ).stdout
+    m = re.search(r"Kustomize Version: v(\d+)\.(\d+)", out)
+    version = (int(m[1]), int(m[2])) if m else None
+    if version is None or version < (3, 7):
+        return f"kubectl's kustomize ({version}) cannot build components (needs v3.7+)"
+    overlay = workdir / "overlay"
+    overlay.mkdir()
+    overlay_doc: Doc = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY, overlay)],
+    }
+    if components:
+        overlay_doc["components"] = [os.path.relpath(COMPONENTS / c, overlay) for c in components]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(overlay_doc))
+    built = subprocess.run(
+        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"kubectl kustomize failed: {built.stderr}")
+    return [d for d in yaml.safe_load_all(built.stdout) if d]

@@ -18,10 +18,7 @@ kdns really exports and what deploy/ really holds.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from testkit.apiserver import FakeApiServer, service, write_kubeconfig
 from testkit.upstream import Upstream
 from tests.builders import shop_api_objects
+from tests.deploy_render import kustomize_build
 from tests.kdns_process import KdnsProcess, start_kdns, until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -616,44 +614,16 @@ def test_the_dashboard_config_map_is_for_the_grafana_sidecar() -> None:
     assert len(json.dumps(cm)) < ANNOTATION_LIMIT
 
 
-def _kustomize_version(kubectl: str) -> tuple[int, int] | None:
-    out = subprocess.run(
-        [kubectl, "version", "--client"], capture_output=True, text=True, timeout=30
-    ).stdout
-    m = re.search(r"Kustomize Version: v(\d+)\.(\d+)", out)
-    return (int(m[1]), int(m[2])) if m else None
-
-
 def test_kubectl_kustomize_renders_the_same(tmp_path: Path) -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed: the Python rendering above is the check")
-    version = _kustomize_version(kubectl)
-    if version is None or version < (3, 7):
-        # CI's Debian kubectl 1.20 (kustomize v2) does not know components
-        pytest.skip(f"kubectl's kustomize ({version}) cannot build components (needs v3.7+)")
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(DEPLOY, overlay)],
-                "components": [os.path.relpath(MONITORING, overlay)],
-            }
-        )
-    )
-    out = subprocess.run(
-        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
+    built = kustomize_build(["monitoring"], tmp_path)
+    if isinstance(built, str):
+        pytest.skip(f"{built}: the Python rendering above is the check")
 
     def key(doc: Doc) -> tuple[str, str]:
         return doc["kind"], doc["metadata"]["name"]
 
-    built = {key(d): d for d in yaml.safe_load_all(out.stdout) if d}
+    by_key = {key(d): d for d in built}
     ours = {key(d): d for d in render_python()}
-    assert sorted(built) == sorted(ours)
+    assert sorted(by_key) == sorted(ours)
     for k, doc in ours.items():
-        assert built[k] == doc, k
+        assert by_key[k] == doc, k

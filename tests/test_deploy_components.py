@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ from tests.deploy_render import (
     json_patch,
     kdns_container,
     kustomization,
+    kustomize_build,
     rbac,
     render,
     strategic_merge,
@@ -200,58 +198,20 @@ def test_json_patch_operations() -> None:
 # --------------------------------------------------------------------------- against kustomize
 
 
-def _kustomize_version(kubectl: str) -> tuple[int, ...] | None:
-    out = subprocess.run(
-        [kubectl, "version", "--client"], capture_output=True, text=True, timeout=30
-    ).stdout
-    m = re.search(r"Kustomize Version: v(\d+)\.(\d+)", out)
-    return (int(m[1]), int(m[2])) if m else None
-
-
-def _kubectl_with_components() -> str:
-    """kubectl, when its kustomize builds components (v3.7+); else skip (CI's Debian kubectl
-    1.20 has kustomize v2: the Python rendering is the check there)."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed")
-    version = _kustomize_version(kubectl)
-    if version is None or version < (3, 7):
-        pytest.skip(f"kubectl's kustomize ({version}) cannot build components (needs v3.7+)")
-    return kubectl
-
-
 @pytest.mark.parametrize(
     "components",
     [(), (PODS,), (ZONE,), (PODS, ZONE), (ZONE, PODS)],
     ids=lambda c: "+".join(c) or "base",
 )
 def test_kubectl_kustomize_renders_the_same(components: tuple[str, ...], tmp_path: Path) -> None:
-    kubectl = _kubectl_with_components()
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(DEPLOY, overlay)],
-                **(
-                    {"components": [os.path.relpath(COMPONENTS / c, overlay) for c in components]}
-                    if components
-                    else {}
-                ),
-            }
-        )
-    )
-    out = subprocess.run(
-        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    built = {_key(d): d for d in yaml.safe_load_all(out.stdout) if d}
+    built = kustomize_build(components, tmp_path)
+    if isinstance(built, str):
+        pytest.skip(f"{built}: the Python rendering is the check")
+    by_key = {_key(d): d for d in built}
     ours = {_key(d): d for d in render(components)}
-    assert sorted(built) == sorted(ours)
+    assert sorted(by_key) == sorted(ours)
     for key in ours:
-        assert built[key] == ours[key], key
+        assert by_key[key] == ours[key], key
 
 
 AUTOSCALERS = ("autoscale-hpa", "autoscale-proportional")
