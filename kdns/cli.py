@@ -534,6 +534,49 @@ def wait(
         typer.echo(record)
 
 
+@app.command()
+def changes(
+    server: Annotated[
+        str,
+        typer.Option("--server", help="HOST:PORT of a running kdns's --http."),
+    ] = "127.0.0.1:8080",
+    since: Annotated[
+        int | None,
+        typer.Option(
+            "--since", min=0, help="Print the changes after this SOA serial [default: the latest]."
+        ),
+    ] = None,
+    name: Annotated[
+        str, typer.Option("--name", help="Only the names that contain this text.")
+    ] = "",
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="Keep printing new changes (every second) until Ctrl-C."),
+    ] = False,
+) -> None:
+    """Print what a running kdns changed in DNS: each record set before and after, its SOA
+    serial and the objects that did it (the journal of its --http, /changes)."""
+    from kdns.ops.changes import ChangesError, show
+
+    try:
+        address = parse_hostport(server)
+    except ConfigError as err:
+        _fail(str(err))
+    try:
+        show(
+            address,
+            since,
+            name,
+            follow,
+            typer.echo,
+            lambda text: typer.echo(f"kdns: {text}", err=True),
+        )
+    except ChangesError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --follow ends
+
+
 def _explain_remote(server: str, name: str, qtype: str) -> str:
     import urllib.error
     import urllib.parse

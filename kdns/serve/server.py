@@ -34,6 +34,7 @@ from kdns.config import Config, ConfigError
 from kdns.dns.resolution import Cluster, Engine
 from kdns.dns.wire import servfail_for
 from kdns.ops.external import follow
+from kdns.ops.journal import Journal
 from kdns.ops.metrics import KdnsCollector, LatencyHistogram, store_listener
 from kdns.ops.transfer import parse_networks, transfer
 from kdns.serve.acl import acl_from
@@ -153,6 +154,15 @@ class DnsServer:
         self.programming = LatencyHistogram()
         for store in self.stores:
             store.subscribe(store_listener(self.programming))
+        #: Every DNS-visible change, as record sets before and after (`/changes`). Kept where
+        #: the sources write (here, or the main process with --workers): a serving process
+        #: keeps an empty one, and spends nothing on it.
+        self.journal = Journal()
+        if inherited is None:
+            # Subscribed last, after the answer cache's invalidation, and before the sources
+            # start, so it sees their initial load.
+            for cluster in zones:
+                self.journal.follow(cluster.domain, cluster.store)
         listen_host, listen_port = config.listen[0]
         self.metrics = KdnsCollector(
             self.stats,
@@ -247,6 +257,8 @@ class DnsServer:
             await self._start_feed(loop, self.inherited)
         else:
             await self._start_sources(loop)
+            # Every source is added: the journal starts with each zone's first sync.
+            self.journal.open()
         if self.config.http is not None:
             from kdns.ops.http import start_http
 
@@ -254,7 +266,7 @@ class DnsServer:
             self._closers.append(http.close)
             for sock in http.sockets:
                 host, port = sock.getsockname()[:2]
-                log.info("http on %s port %d (/health, /ready, /metrics)", host, port)
+                log.info("http on %s port %d (/health, /ready, /metrics, /changes)", host, port)
         await self._wait_synced()
         # What is loaded now lives as long as the server: take it out of the cyclic collector's
         # view, so full collections (which at 100,000 endpoints took 100-300 ms, freeing

@@ -325,6 +325,30 @@ class Store:
         self._changed_addresses: set[str] = set()
         self._full = False
 
+    @classmethod
+    def of_views(cls, views: Iterable[ServiceView]) -> Store:
+        """A synced store that holds exactly `views`, the namespaces they are in and their PTR
+        indexes, and nothing else (no endpoint objects, no pods).
+
+        What the answer engine reads when it is asked what some views give, including views the
+        live store no longer holds: the change journal (`kdns.ops.journal`) asks it for a
+        service's records before and after a change. Views are immutable, so they are shared,
+        not copied; the cost is the PTR index of these views alone.
+        """
+        store = cls()
+        store.add_layer("views", implicit_namespaces=True)
+        lay = store._layers["views"]
+        lay.synced = True
+        for view in views:
+            svc = view.service
+            skey = (svc.namespace, svc.name)
+            lay.put(svc)
+            store._views[skey] = view
+            store._owner[skey] = lay.name
+            store._reindex(skey, None, view)
+        store._changed_addresses.clear()
+        return store
+
     # -- layers and sync state -------------------------------------------------------------
 
     def add_layer(self, name: str, *, implicit_namespaces: bool = False) -> None:
