@@ -155,10 +155,10 @@ class DnsServer:
         for store in self.stores:
             store.subscribe(store_listener(self.programming))
         #: Every DNS-visible change, as record sets before and after (`/changes`). Kept where
-        #: the sources write (here, or the main process with --workers): a serving process
-        #: keeps an empty one, and spends nothing on it.
+        #: the sources write (here, or the main process with --workers), and only with --http,
+        #: its one reader: otherwise it stays empty and costs nothing per change.
         self.journal = Journal()
-        if inherited is None:
+        if inherited is None and config.http is not None:
             # Subscribed last, after the answer cache's invalidation, and before the sources
             # start, so it sees their initial load.
             for cluster in zones:
