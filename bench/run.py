@@ -1,7 +1,11 @@
 """Serving benchmark: kdns against the naive dnslib server, a C server and CoreDNS, same data.
 
     python bench/run.py [--seconds 10] [--services 1000] [--append bench/RESULTS.md]
-                        [--skip kdns|dnslib|nsd|coredns|kdns-api ...]
+                        [--skip kdns|kdns-pip|dnslib|nsd|coredns|kdns-api ...]
+
+`kdns-pip` is kdns installed the way the README tells users to, `pip install .` into a fresh
+virtualenv, and run from that virtualenv's `kdns` console script: what users get, beside the
+development environment's `python -m kdns`.
 
 Each server is pinned to CPU 0 and dnsperf to CPU 1 (taskset). For every server the run prints:
 the maximum rate dnsperf reached, the server's CPU time per answered query (read from
@@ -343,7 +347,7 @@ zone:
     return conf
 
 
-SKIPPABLE = ("kdns", "dnslib", "nsd", "coredns", "kdns-api")
+SKIPPABLE = ("kdns", "kdns-pip", "dnslib", "nsd", "coredns", "kdns-api")
 SAMPLE = 400  # distinct query lines every server is asked once, to compare the answers
 
 
@@ -390,6 +394,19 @@ def main() -> None:
             port = free_port()
             cmd = [python, "-m", "kdns", "serve", "--zones", str(zones), "--log-level", "warning"]
             run("kdns", "kdns", [*cmd, "--listen", f"127.0.0.1:{port}"], port)
+        if "kdns-pip" not in args.skip:
+            # What users install: the README's `pip install .` into a fresh virtualenv, and its
+            # console script, beside the development environment's kdns above.
+            script = fresh_install(work, notes)
+            if script is not None:
+                port = free_port()
+                cmd = [str(script), "serve", "--zones", str(zones), "--log-level", "warning"]
+                run(
+                    "kdns (fresh `pip install .`)",
+                    "kdns-pip",
+                    [*cmd, "--listen", f"127.0.0.1:{port}"],
+                    port,
+                )
         if "dnslib" not in args.skip:
             port = free_port()
             cmd = [python, str(HERE / "baseline_dnslib.py"), str(zonefile), str(port)]
@@ -419,6 +436,38 @@ def main() -> None:
                 f.write(report + "\n")
     if failed:
         sys.exit(1)
+
+
+def fresh_install(work: Path, notes: list[str]) -> Path | None:
+    """The `kdns` console script of a new virtualenv into which the checkout was installed the
+    way the README tells users (`pip install .`); None (with a note) when that fails."""
+    venv = work / "fresh-venv"
+    started = time.monotonic()
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", str(HERE.parent)],
+            check=True,
+            timeout=900,
+            capture_output=True,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        tail = getattr(err, "stderr", b"") or b""
+        notes.append(
+            f"kdns-pip: skipped, `pip install .` failed: {tail.decode(errors='replace')[-300:]}"
+        )
+        return None
+    loop = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import uvloop; print(uvloop.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    notes.append(
+        f"kdns-pip: a fresh virtualenv, `pip install .` ({time.monotonic() - started:.0f} s); "
+        f"uvloop {loop.stdout.strip() or 'NOT INSTALLED'}"
+    )
+    return venv / "bin" / "kdns"
 
 
 def run_api_peers(
@@ -542,7 +591,12 @@ def render(results: list[Result], args: argparse.Namespace, notes: list[str]) ->
             continue
         others: tuple[tuple[str, str], ...] = (("coredns", "CoreDNS"),)
         if mine == "kdns":
-            others = (("dnslib", "dnslib baseline"), ("nsd", "nsd (C)"), *others)
+            others = (
+                ("kdns-pip", "kdns from a fresh `pip install .`"),
+                ("dnslib", "dnslib baseline"),
+                ("nsd", "nsd (C)"),
+                *others,
+            )
         for other, label in others:
             o = by.get(other)
             if o:

@@ -138,6 +138,15 @@ def serve(
     ] = "insecure",
     endpoint_pod_names: PodNamesOpt = False,
     prefer_zone: PreferZoneOpt = None,
+    autopath: Annotated[
+        bool,
+        typer.Option(
+            "--autopath",
+            help="When a pod's question under <its ns>.svc.<zone> is NXDOMAIN, walk its search "
+            "path here and answer with a CNAME to the first name that exists (needs --pods "
+            "verified; names outside the zones through --upstream).",
+        ),
+    ] = False,
     prefer_zone_from_node: Annotated[
         str | None,
         typer.Option(
@@ -279,6 +288,10 @@ def serve(
     try:
         if pods not in PODS_MODES:
             raise ConfigError(f"--pods must be one of {', '.join(PODS_MODES)}, not {pods!r}")
+        if autopath and pods != "verified":
+            raise ConfigError(
+                "--autopath needs --pods verified (it finds a client's namespace by its pod)"
+            )
         if prefer_zone is not None and prefer_zone_from_node is not None:
             raise ConfigError("choose either --prefer-zone or --prefer-zone-from-node")
         if prefer_zone is not None:
@@ -320,6 +333,7 @@ def serve(
             pods=pods,
             rotate=rotate,
             endpoint_pod_names=endpoint_pod_names,
+            autopath=autopath,
             prefer_zone=prefer_zone or "",
             prefer_zone_from_node=prefer_zone_from_node or "",
             service_cidr=check_cidr(service_cidr),
@@ -532,6 +546,49 @@ def wait(
         )
     for record in outcome.records or []:
         typer.echo(record)
+
+
+@app.command()
+def changes(
+    server: Annotated[
+        str,
+        typer.Option("--server", help="HOST:PORT of a running kdns's --http."),
+    ] = "127.0.0.1:8080",
+    since: Annotated[
+        int | None,
+        typer.Option(
+            "--since", min=0, help="Print the changes after this SOA serial [default: the latest]."
+        ),
+    ] = None,
+    name: Annotated[
+        str, typer.Option("--name", help="Only the names that contain this text.")
+    ] = "",
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="Keep printing new changes (every second) until Ctrl-C."),
+    ] = False,
+) -> None:
+    """Print what a running kdns changed in DNS: each record set before and after, its SOA
+    serial and the objects that did it (the journal of its --http, /changes)."""
+    from kdns.ops.changes import ChangesError, show
+
+    try:
+        address = parse_hostport(server)
+    except ConfigError as err:
+        _fail(str(err))
+    try:
+        show(
+            address,
+            since,
+            name,
+            follow,
+            typer.echo,
+            lambda text: typer.echo(f"kdns: {text}", err=True),
+        )
+    except ChangesError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --follow ends
 
 
 def _explain_remote(server: str, name: str, qtype: str) -> str:

@@ -46,6 +46,8 @@ class Config:
     prefer_zone: str = ""
     #: Take `prefer_zone` from this node's topology.kubernetes.io/zone label, read once at start.
     prefer_zone_from_node: str = ""
+    #: Walk a pod's search path on NXDOMAIN (CoreDNS's autopath @kubernetes); needs pods verified.
+    autopath: bool = False
     service_cidr: str = "10.96.0.0/12"
     http: tuple[str, int] | None = None
     # the cluster source (none of these set: files only)

@@ -18,7 +18,7 @@ from kdns.dns.resolution import Cluster, Engine, Rule
 from kdns.dns.wire import encode, parse_query
 from kdns.ops.explain import explanation
 from kdns.serve.responder import Responder
-from kdns.state.model import KubeObject, Service
+from kdns.state.model import KubeObject, PodAddresses, Service
 from kdns.state.store import Store
 from tests.test_bulk import NAMESPACES, SERVICES, ZONE_SETS, random_store, spell, wire
 
@@ -94,7 +94,18 @@ def test_explain_prints_the_served_answer() -> None:
 def check_seed(seed: int, seen: set[str]) -> None:
     rng = random.Random(seed)
     zones = ZONE_SETS[seed % len(ZONE_SETS)]
-    engine = Engine([Cluster(zone, store_for(rng, zones)) for zone in zones])
+    # Odd seeds check pod names against pods (--pods verified): the random stores hold none,
+    # and one pod is added, so that both a pod's address and one nobody has are asked.
+    pods = "verified" if seed % 2 else "insecure"
+    stores = [store_for(rng, zones) for _ in zones]
+    if pods == "verified":
+        for store in stores:
+            store.add_layer("pods")
+            store.apply("pods", [PodAddresses(NAMESPACES[0], "p", ("10.0.0.1", "fd00::1"))])
+            store.set_synced("pods")
+    engine = Engine(
+        [Cluster(zone, store) for zone, store in zip(zones, stores, strict=True)], pods=pods
+    )
     responder = Responder(engine)
     for name in names(rng, zones):
         for tname in rng.sample(TYPES, 5):

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import dns.resolver
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kdns.ops.journal import Entry
 from kdns.ops.page import changes_section
 from testkit.upstream import Upstream
 from tests.kdns_process import KdnsProcess, start_kdns, until
@@ -40,6 +40,12 @@ apiVersion: v1
 kind: Service
 metadata: {name: db, namespace: shop}
 spec: {clusterIP: 10.96.0.90, ports: [{name: pg, port: 5432}]}
+"""
+NEW = """
+apiVersion: v1
+kind: Service
+metadata: {name: new, namespace: default}
+spec: {clusterIP: 10.96.0.99}
 """
 #: A pod's search list in namespace default, as the kubelet writes it into resolv.conf.
 SEARCH = ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]
@@ -187,6 +193,9 @@ def test_the_page_in_a_browser_matches_the_metrics_and_the_queries(
         http=True,
     )
     try:
+        # A change: a service added to zones/, in the journal once applied.
+        (zones / "new.yaml").write_text(NEW)
+        assert until(lambda: "new.default.svc" in kp.http_get("/changes")[1], 15)
         send_the_mix(kp)
         url = f"http://127.0.0.1:{kp.http_port}/"
         dom = Dom(browse(url, tmp_path / "profile", "--dump-dom"))
@@ -239,10 +248,21 @@ def test_the_page_in_a_browser_matches_the_metrics_and_the_queries(
         "db.shop asked 2 times for 1 answer",
     ]
 
-    # The zones/ source, with its objects: two services, each in its namespace.
+    # The zones/ source, with its objects: three services, in two namespaces.
     assert "source-1" not in dom.ids
     kinds = dict((row[0], int(row[1])) for row in dom.rows("source-0-kinds"))
-    assert kinds == {"Namespace": 2, "Service": 2}
+    assert kinds == {"Namespace": 2, "Service": 3}
+
+    # The journal's changes, newest first: the new service (its A and PTR records, one
+    # serial), then the initial load.
+    changes = dom.rows("changes-table")
+    assert sorted(row[2:6] for row in changes[:2]) == [
+        ["99.0.96.10.in-addr.arpa.", "PTR", "-", "new.default.svc.cluster.local."],
+        ["new.default.svc.cluster.local.", "A", "-", "10.96.0.99"],
+    ]
+    assert changes[0][1] == changes[1][1]
+    assert changes[-1][2:4] == ["cluster.local.", "LOAD"]
+    assert changes[-1][6] == "initial load: 2 services"
 
 
 def test_client_addresses_are_hidden_unless_asked_for(zones: Path) -> None:
@@ -280,19 +300,6 @@ def test_with_workers_the_serving_processes_counts_reach_the_page(zones: Path) -
         assert dom.values["rcode-NOERROR"] == "1"
     finally:
         kp.stop()
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A change as the journal (`DnsServer.journal.latest()`) gives it."""
-
-    serial: int
-    time: float
-    name: str
-    type: str
-    before: tuple[str, ...]
-    after: tuple[str, ...]
-    cause: str
 
 
 def test_the_changes_section_shows_each_change() -> None:
@@ -348,3 +355,15 @@ def test_the_page_escapes_what_clients_ask(zones: Path) -> None:
     assert status == 200
     assert "<script>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;.default.svc.cluster.local" in text
+
+
+def test_the_page_follows_allow_query(zones: Path) -> None:
+    # It lists the names clients asked: like /changes and /explain, only for allowed sources.
+    kp = start_kdns(["--zones", str(zones), "--allow-query", "10.0.0.0/8"], http=True)
+    try:
+        status, text = kp.http_get("/")
+        assert status == 403
+        assert "--allow-query" in text
+        assert kp.http_get("/metrics")[0] == 200
+    finally:
+        kp.stop()

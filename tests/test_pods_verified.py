@@ -54,6 +54,7 @@ def api(tmp_path: Path) -> FakeApiServer:
             pod("leaving-1", ["10.2.0.3"], "shop", deleting=True),
             pod("done-1", ["10.2.0.4"], "shop", phase="Succeeded"),
             pod("pending-1", [], "shop", phase="Pending"),
+            pod("lost-1", ["10.2.0.5"], "shop", phase="Unknown"),
         ]
     )
     return server
@@ -80,12 +81,17 @@ def test_verified_answers_a_pods_address_in_its_own_namespace_only(
             ("10.2.0.1", "other"),
             ("10.2.0.3", "shop"),
             ("10.2.0.4", "shop"),
+            ("10.2.0.5", "shop"),
             ("10.2.0.9", "shop"),
         ]:
             assert answer(kp.port, pod_name(address, ns)) == "NXDOMAIN", (address, ns)
         assert reasons(kp.port, pod_name("10.2.0.1", "other")) == [
             "no pod has the address 10.2.0.1 in namespace other"
         ]
+        # One spelling per address, the canonical one (as CoreDNS compares with podIP).
+        full = "fd00-0000-0000-0000-0000-0000-0000-0002.shop.pod.cluster.local"
+        assert answer(kp.port, full, "AAAA") == "NXDOMAIN"
+        assert reasons(kp.port, full) == ["pod names spell fd00::2 as fd00--2"]
         # A namespace that does not exist stays NXDOMAIN for its own reason.
         assert reasons(kp.port, pod_name("10.2.0.1", "nowhere")) == ["no namespace nowhere"]
 

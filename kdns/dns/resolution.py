@@ -23,8 +23,9 @@ the client asked with is what it gets back (and the encoder compresses them to t
 from __future__ import annotations
 
 import ipaddress
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -49,6 +50,8 @@ MAX_CHASE = 8
 ANY_TAG = ("*",)
 
 _ADDRESS_TYPES = {QTYPE.A: 4, QTYPE.AAAA: 6}
+#: The types `Engine.texts` covers.
+_TEXT_TYPES = frozenset((QTYPE.A, QTYPE.AAAA, QTYPE.SRV, QTYPE.CNAME, QTYPE.PTR))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,9 @@ NXDOMAIN_RULES = frozenset(
         Rule.NO_PTR,
     }
 )
+
+#: The rules of names that exist and hold no record of any type (NODATA).
+_NODATA_RULES = frozenset({Rule.NAMESPACE, Rule.EMPTY, Rule.PROTOCOL_LABEL, Rule.REVERSE_PREFIX})
 
 #: The shapes whose rule the shape alone decides.
 _SIMPLE_RULES = {
@@ -269,7 +275,11 @@ class Engine:
         if rule is Rule.PODS_DISABLED:
             return (0, "pod records are off (--pods disabled)")
         if rule is Rule.NO_POD:
-            return (0, f"no pod has the address {res.values[0]} in namespace {ns}")
+            address = res.values[0]
+            canonical = address.replace(".", "-").replace(":", "-")
+            if req.pod != canonical:
+                return (0, f"pod names spell {address} as {canonical}")
+            return (0, f"no pod has the address {address} in namespace {ns}")
         if rule is Rule.NO_PTR:
             return (0, f"no service or ready endpoint has the address {req.address}")
         return None
@@ -371,7 +381,12 @@ class Engine:
             address = pod_address(req.pod)
             if address is None:
                 return Resolution(Rule.NOT_AN_ADDRESS, req)
-            if self.pods == "verified" and not store.has_pod_ip(req.namespace, address):
+            if self.pods == "verified" and (
+                # One name per address, as CoreDNS compares it with status.podIP: the dashed
+                # canonical text (not `fd00-0041-0000-...`).
+                req.pod != address.replace(".", "-").replace(":", "-")
+                or not store.has_pod_ip(req.namespace, address)
+            ):
                 return Resolution(Rule.NO_POD, req, values=(address,))
             return Resolution(Rule.POD, req, values=(address,))
         if shape not in (Shape.SERVICE, Shape.ENDPOINT, Shape.PORT_SERVICE):
@@ -460,6 +475,62 @@ class Engine:
             ans.answer.append(RR(qname, QTYPE.SOA, ttl=soa.ttl, rdata=soa.rdata))
         ans.resolution = res
         return ans
+
+    def texts(self, res: Resolution, qtype: int) -> list[str] | None:
+        """The answer `build` gives to `qtype` at the name `res` was decided for, as the rdata
+        texts dig prints (addresses in RFC 5952 form), in answer order: only the records of
+        that type owned by that name (not an ExternalName target's records, nor the other
+        sections). For the types A, AAAA, SRV, CNAME and PTR at the names at and under services
+        and at reverse names; None for what it does not cover (other types, the apex,
+        dns-version, the nameserver and pod names, SRV at an endpoint's name).
+
+        The same decision, without dnslib: 30 to 100 times cheaper than `build`, for callers that
+        compare many answers (the change journal, `kdns.ops.journal`, on every change). It
+        mirrors what `_records` makes of each rule, and nothing else; tests/test_journal.py
+        holds it equal to `build` over generated stores.
+        """
+        if qtype not in _TEXT_TYPES:
+            return None
+        rule = res.rule
+        if rule in NXDOMAIN_RULES or rule in _NODATA_RULES:
+            return []
+        view = res.view
+        if rule is Rule.SERVICE:
+            assert view is not None
+            if qtype == QTYPE.SRV:
+                return self._srv_texts(res, srv_targets(view, None, None))
+            if qtype not in _ADDRESS_TYPES:
+                return []
+            svc = view.service
+            return _address_texts(view.addresses() if svc.headless else svc.cluster_ips, qtype)
+        if rule is Rule.ENDPOINT:
+            return None if qtype == QTYPE.SRV else _address_texts(res.values, qtype)
+        if rule is Rule.PORT:
+            assert res.srv is not None
+            if qtype == QTYPE.SRV:
+                return self._srv_texts(res, res.srv)
+            return _address_texts(dict.fromkeys(a for f in res.srv.values() for a in f), qtype)
+        if rule in (Rule.PTR_SERVICE, Rule.PTR_ENDPOINT):
+            return list(res.values) if qtype == QTYPE.PTR else []
+        if rule is Rule.EXTERNAL_NAME:
+            # The CNAME owns the name for every type; the target's records are not its own.
+            return [res.values[0] + "."] if qtype == QTYPE.CNAME else []
+        return None
+
+    def _srv_texts(
+        self, res: Resolution, found: dict[tuple[str | None, int], list[str]]
+    ) -> list[str]:
+        """`_srv`'s answer records as text."""
+        if not found:
+            return []
+        assert res.view is not None and res.request.zone is not None
+        svc = res.view.service
+        fqdn = f"{svc.name}.{svc.namespace}.svc.{res.request.zone.domain}."
+        weight = srv_weight(len(found))
+        return [
+            f"0 {weight} {port} {name}.{fqdn}" if name is not None else f"0 {weight} {port} {fqdn}"
+            for name, port in found
+        ]
 
     def _records(
         self, res: Resolution, qname: DNSLabel, qtype: int, depth: int, mname: str
@@ -673,6 +744,29 @@ def srv_targets(
                 continue
             found.setdefault((None, sp.port), list(svc.cluster_ips))
     return found
+
+
+def _address_texts(addresses: Iterable[str], qtype: int) -> list[str]:
+    """`Engine._address_records`' records of `qtype` (A or AAAA) as text: the addresses of
+    that family (the store holds them in canonical form, which is how dig prints them)."""
+    family = _ADDRESS_TYPES.get(qtype)
+    if family is None:
+        return []
+    return [a for a in addresses if _family(a) == family]
+
+
+def _family(address: str) -> int:
+    """`ip_family`, fast for the canonical addresses the store holds: inet_pton takes exactly
+    the dotted quads and IPv6 forms that `ipaddress` takes (ten times faster); anything else
+    (a scope id, a typo) is left to `ip_family` itself."""
+    try:
+        if ":" in address:
+            socket.inet_pton(socket.AF_INET6, address)
+            return 6
+        socket.inet_pton(socket.AF_INET, address)
+        return 4
+    except OSError:
+        return ip_family(address)
 
 
 def _text(label: bytes) -> str:

@@ -182,9 +182,23 @@ def _why(engine: Engine, res: Resolution, qtype: str) -> tuple[str, list[str]]:
             return f"NXDOMAIN: no namespace {ns!r} (so no service {req.service!r} in it)", []
         return f"NXDOMAIN: no namespace {ns!r}", []
     if rule is Rule.POD:
+        if engine.pods == "verified":
+            return (
+                f"pod record: the address {res.values[0]} of a pod in namespace {ns} "
+                "(--pods verified)",
+                [],
+            )
         return (
             f"pod record: the address {res.values[0]} spelled in the name, in namespace {ns} "
             "(--pods insecure answers any such name without checking that the pod exists)",
+            [],
+        )
+    if rule is Rule.NO_POD:
+        canonical = res.values[0].replace(".", "-").replace(":", "-")
+        if req.pod != canonical:
+            return f"NXDOMAIN: --pods verified answers {res.values[0]} only as {canonical}", []
+        return (
+            f"NXDOMAIN: no pod in namespace {ns} has the address {res.values[0]} (--pods verified)",
             [],
         )
     if rule in (Rule.PTR_SERVICE, Rule.PTR_ENDPOINT):

@@ -34,9 +34,15 @@ async def follow(
     limit: int,
     qlen: int,
     edns: bool,
+    fallback: bytes | None = None,
 ) -> bytes:
     """`response` (the CNAME answer, with the client's ID and spelling) with the records of
-    `target` of type `qtype` appended, as the forwarder finds them; TC=1 past `limit` bytes."""
+    `target` of type `qtype` appended, as the forwarder finds them; TC=1 past `limit` bytes.
+
+    With `fallback` (`--autopath`, whose CNAME is kdns's own guess at what the client meant):
+    `fallback` when the target does not exist upstream or no answer comes, and when it exists
+    with no record of the type, `response` without the CNAME (NODATA), as CoreDNS's autopath
+    answers."""
     query = DNSRecord(
         DNSHeader(id=random.randrange(1 << 16), rd=1), q=DNSQuestion(target, qtype, CLASS.IN)
     )
@@ -48,12 +54,17 @@ async def follow(
         log.debug("ExternalName target %s: no usable upstream answer: %s", target, err)
         upstream = None
     if upstream is None or upstream.header.rcode != RCODE.NOERROR:
-        return response
+        return response if fallback is None else fallback
     # The upstream's own chain (more CNAMEs) and the addresses it ends in.
     records = [rr for rr in upstream.rr if rr.rtype in (QTYPE.CNAME, qtype)]
-    if not any(rr.rtype == qtype for rr in records):
-        return response
     message = DNSRecord.parse(response)
+    if not any(rr.rtype == qtype for rr in records):
+        if fallback is None:
+            return response
+        message.rr = []
+        message.auth = [rr for rr in upstream.auth if rr.rtype == QTYPE.SOA]
+        nodata: bytes = message.pack()
+        return nodata
     for rr in records:
         rr.ttl = min(rr.ttl, ttl)
         message.add_answer(rr)

@@ -1,5 +1,5 @@
-"""The HTTP endpoint: the page at `/`, `/health`, `/ready`, `/metrics` and
-`/explain?name=&type=`.
+"""The HTTP endpoint: the page at `/`, `/health`, `/ready`, `/metrics`, `/changes?since=&name=`
+and `/explain?name=&type=`.
 
 Probes and a scrape need a handful of fixed routes, so a few lines on asyncio streams serve them
 on the DNS server's own loop, where the state they report lives, with no second framework and no
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
@@ -34,15 +35,21 @@ def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain") 
 def route(server: DnsServer, target: str, peer: str = "") -> bytes:
     """The full HTTP response for a GET of `target` (path and query string) from `peer`.
 
-    --allow-query covers /explain (it tells what DNS tells, and more), not the probes,
-    /metrics and the page, which the kubelet, Prometheus and operators fetch from addresses DNS
-    clients need not share.
+    --allow-query covers /explain (it tells what DNS tells, and more), /changes (the names
+    that changed, which DNS would make a client guess) and the page (the names clients asked,
+    and the journal's last changes), not the probes and /metrics, which the kubelet and
+    Prometheus fetch from addresses DNS clients need not share.
     """
     path, _, query = target.partition("?")
     if path == "/":
+        if server.acl is not None and not server.acl.allows(peer):
+            server.acl.refuse("http")
+            return _response(403, "Forbidden", b"/: this address is not in --allow-query\n")
         from kdns.ops.page import render_page
 
         return _response(200, "OK", render_page(server).encode(), "text/html")
+    if path == "/changes":
+        return _changes(server, query, peer)
     if path == "/metrics":
         from kdns.ops.metrics import CONTENT_TYPE, render_metrics
 
@@ -73,6 +80,25 @@ def route(server: DnsServer, target: str, peer: str = "") -> bytes:
             return _response(200, "OK", b"OK\n")
         return _response(503, "Service Unavailable", b"not ready\n")
     return _response(404, "Not Found", b"not found\n")
+
+
+def _changes(server: DnsServer, query: str, peer: str) -> bytes:
+    """`/changes?since=SERIAL&name=SUBSTRING`: the change journal as JSON (`kdns.ops.journal`)."""
+    from kdns.ops.journal import changes_json
+
+    if server.acl is not None and not server.acl.allows(peer):
+        server.acl.refuse("http")
+        return _response(403, "Forbidden", b"/changes: this address is not in --allow-query\n")
+    params = parse_qs(query)
+    since_text = params.get("since", [""])[0]
+    since: int | None = None
+    if since_text:
+        # An SOA serial is a 32-bit number: at most 10 ASCII digits.
+        if not (since_text.isascii() and since_text.isdigit() and len(since_text) <= 10):
+            return _response(400, "Bad Request", b"since: expected an SOA serial (a number)\n")
+        since = int(since_text)
+    body = changes_json(server.journal, since, params.get("name", [""])[0])
+    return _response(200, "OK", json.dumps(body).encode(), "application/json")
 
 
 async def start_http(server: DnsServer, host: str, port: int) -> asyncio.Server:

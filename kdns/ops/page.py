@@ -5,8 +5,8 @@ What it shows: every source (each cluster and its watches, the zones/ directorie
 objects, sync, last event, relists, errors and how long its API has been unreachable; queries a
 second over the last ten minutes, the rcode mix, latency and cache hits; the names answered
 NXDOMAIN most, and the clients that got the most (their addresses only with
-`--http-show-clients`); the search-path expansions; and, when the server keeps a change journal,
-the last changes.
+`--http-show-clients`); the search-path expansions; and the last changes of the change
+journal (`kdns.ops.journal`).
 
 How: server-rendered HTML built as strings, every value from outside passed through
 `html.escape`, the style inline and the chart an inline SVG: no framework, no build step,
@@ -295,9 +295,8 @@ def render_page(server: DnsServer, now: float | None = None) -> str:
         _nxdomain_section(names, clients, server.config.workers > 0),
         _expansions_section(server, names, collector),
     ]
-    journal = getattr(server, "journal", None)
-    if journal is not None:
-        parts.append(changes_section(journal.latest(CHANGES), now))
+    # The journal gives the oldest first; the page puts the newest on top.
+    parts.append(changes_section(server.journal.latest(CHANGES)[::-1], now))
     parts.append(
         f'<p class="note">Refreshes every {REFRESH} s. Counts are since kdns started '
         f"({esc(_clock(server.started_at))}) unless a heading says otherwise; /metrics "
@@ -528,9 +527,8 @@ class _Namespaces:
 
 
 def changes_section(entries: Sequence[Any], now: float) -> str:
-    """The journal's last changes, newest first as `DnsServer.journal.latest()` gives them: each
-    with `serial`, `time` (wall clock), `name`, `type`, `before` and `after` (record texts) and
-    `cause`. Rendered only when the server keeps a journal (`kdns.ops.journal`)."""
+    """The journal's last changes (`kdns.ops.journal.Entry`: `serial`, `time` (wall clock),
+    `name`, `type`, `before` and `after` (record texts) and `cause`), in the order given."""
     rows = [
         "<tr><th>time</th><th class='n'>serial</th><th>name</th><th>type</th><th>before</th>"
         "<th>after</th><th>cause</th></tr>"

@@ -78,10 +78,19 @@ class Chase(Action):
     """
 
     def __init__(
-        self, response: bytes, target: str, qtype: int, limit: int, qlen: int, edns: bool
+        self,
+        response: bytes,
+        target: str,
+        qtype: int,
+        limit: int,
+        qlen: int,
+        edns: bool,
+        fallback: bytes | None = None,
     ) -> None:
         super().__init__("chase")
         self.edns = edns
+        #: `--autopath`: what to answer when the target does not exist (the first NXDOMAIN).
+        self.fallback = fallback
         self.response = response
         self.target = target
         self.qtype = qtype

@@ -34,10 +34,12 @@ from kdns.config import Config, ConfigError
 from kdns.dns.resolution import Cluster, Engine
 from kdns.dns.wire import servfail_for
 from kdns.ops.external import follow
+from kdns.ops.journal import Journal
 from kdns.ops.metrics import KdnsCollector, LatencyHistogram, store_listener
 from kdns.ops.traffic import QueryRate
 from kdns.ops.transfer import parse_networks, transfer
 from kdns.serve.acl import acl_from
+from kdns.serve.autopath import AutoPath
 from kdns.serve.publish import Publisher
 from kdns.serve.ratelimit import RateLimiter
 from kdns.serve.responder import Chase, Responder
@@ -154,6 +156,15 @@ class DnsServer:
         self.programming = LatencyHistogram()
         for store in self.stores:
             store.subscribe(store_listener(self.programming))
+        #: Every DNS-visible change, as record sets before and after (`/changes`). Kept where
+        #: the sources write (here, or the main process with --workers), and only with --http,
+        #: its one reader: otherwise it stays empty and costs nothing per change.
+        self.journal = Journal()
+        if inherited is None and config.http is not None:
+            # Subscribed last, after the answer cache's invalidation, and before the sources
+            # start, so it sees their initial load.
+            for cluster in zones:
+                self.journal.follow(cluster.domain, cluster.store)
         listen_host, listen_port = config.listen[0]
         self.metrics = KdnsCollector(
             self.stats,
@@ -186,6 +197,11 @@ class DnsServer:
             acl=self.acl,
             log_queries=config.log_queries,
             clients=self.clients,
+            autopath=AutoPath(
+                self.engine, forwarding=bool(config.upstreams), max_udp=self.responder.max_udp
+            )
+            if config.autopath
+            else None,
             tcp_max_connections=config.tcp_max_connections,
             tcp_idle_timeout=config.tcp_idle_timeout,
         )
@@ -251,6 +267,8 @@ class DnsServer:
             await self._start_feed(loop, self.inherited)
         else:
             await self._start_sources(loop)
+            # Every source is added: the journal starts with each zone's first sync.
+            self.journal.open()
         if self.config.http is not None:
             from kdns.ops.http import start_http
 
@@ -261,7 +279,7 @@ class DnsServer:
             self._closers.append(self.rate.stop)
             for sock in http.sockets:
                 host, port = sock.getsockname()[:2]
-                log.info("http on %s port %d (/, /health, /ready, /metrics)", host, port)
+                log.info("http on %s port %d (/, /health, /ready, /metrics, /changes)", host, port)
         await self._wait_synced()
         # What is loaded now lives as long as the server: take it out of the cyclic collector's
         # view, so full collections (which at 100,000 endpoints took 100-300 ms, freeing
@@ -522,6 +540,7 @@ class DnsServer:
                         limit=chase.limit,
                         qlen=chase.qlen,
                         edns=chase.edns,
+                        fallback=chase.fallback,
                     )
                 else:
                     answer = await self.forwarder.forward(query, udp=udp)

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from kdns.dns.wire import describe_packet, refused_for, servfail_for, slipped
 from kdns.serve.acl import QueryAcl
+from kdns.serve.autopath import AutoPath
 from kdns.serve.ratelimit import SLIP, RateLimiter
 from kdns.serve.responder import FORWARD, TRANSFER, Action, Chase, Responder
 from kdns.serve.stats import QueryCounters
@@ -81,10 +82,23 @@ class TransportState:
     log_queries: bool = False
     #: NXDOMAIN responses by client, for the page (--http-show-clients); None: not counted.
     clients: ClientTally | None = None
+    #: `--autopath`: walks a pod's search path when its question got NXDOMAIN; None: off.
+    autopath: AutoPath | None = None
     tcp_max_connections: int = 1000
     tcp_idle_timeout: float = 10.0
     #: Open TCP connections, least recently active first.
     connections: dict[TcpProtocol, None] = field(default_factory=dict)
+
+
+def _walked(
+    autopath: AutoPath, query: bytes, response: bytes, client: str, udp: bool
+) -> bytes | Chase:
+    """`response`, or what `--autopath` answers instead when it is an NXDOMAIN."""
+    if len(response) > 3 and response[3] & 0xF == 3:
+        walked = autopath.walk(query, response, client, udp)
+        if walked is not None:
+            return walked
+    return response
 
 
 def _family(transport: asyncio.BaseTransport) -> int:
@@ -111,7 +125,12 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
         self.family = _family(transport)
         self.counts = self.stats.counter("udp", self.family)
-        if self.limiter is None and not self.log_queries and self.clients is None:
+        if (
+            self.limiter is None
+            and not self.log_queries
+            and self.state.autopath is None
+            and self.clients is None
+        ):
             # The usual case gets a shorter path: this runs for every query.
             self._sendto = self.transport.sendto  # type: ignore[union-attr]
             if self.acl is None:
@@ -155,12 +174,10 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def _not_bytes(self, data: bytes, addr: tuple[str, int], response: object) -> bool:
         """Act on a response that is not bytes; True when it is answered later (forwarded)."""
-        if response is FORWARD:
-            self.state.forward(data, lambda r: self._send(r, addr), udp=True, family=self.family)
-            return True
-        if type(response) is Chase:
+        if response is FORWARD or type(response) is Chase:
+            chase = response if type(response) is Chase else None
             self.state.forward(
-                data, lambda r: self._send(r, addr), udp=True, family=self.family, chase=response
+                data, self._replier(data, addr), udp=True, family=self.family, chase=chase
             )
             return True
         if isinstance(response, Action):
@@ -181,6 +198,8 @@ class UdpProtocol(asyncio.DatagramProtocol):
                 return
         try:
             response = self.responder.respond(data, True)
+            if type(response) is bytes and self.state.autopath is not None:
+                response = _walked(self.state.autopath, data, response, addr[0], True)
         except Exception:
             log.exception("failed to answer a query from %s", addr[0])
             response = servfail_for(data)
@@ -197,6 +216,19 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.stats.record(self.counts, self.responder.qtype, started)
         if self.log_queries:
             _log_query(addr[0], "udp", data, response if type(response) is bytes else None, started)
+
+    def _replier(self, data: bytes, addr: tuple[str, int]) -> Reply:
+        """The callback that sends a forwarded question's answer (and logs it with
+        --log-queries, when it is sent)."""
+        if not self.log_queries:
+            return lambda r: self._send(r, addr)
+        started = perf_counter()
+
+        def reply(response: bytes | None) -> None:
+            self._send(response, addr)
+            _log_query(addr[0], "udp", data, response, started)
+
+        return reply
 
     def _send(self, response: bytes | None, addr: tuple[str, int]) -> None:
         if response is not None and self.transport is not None:
@@ -295,6 +327,8 @@ class TcpProtocol(asyncio.Protocol):
         started = time.perf_counter()
         try:
             response = self.responder.respond(message, udp=False)
+            if type(response) is bytes and self.state.autopath is not None:
+                response = _walked(self.state.autopath, message, response, self.peer, False)
         except Exception:
             log.exception("failed to answer a TCP query")
             response = servfail_for(message)
@@ -303,11 +337,17 @@ class TcpProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return False
-        if response is FORWARD:
-            self.state.forward(message, self._write, udp=False, family=self.family)
-            return True
-        if type(response) is Chase:
-            self.state.forward(message, self._write, udp=False, family=self.family, chase=response)
+        if response is FORWARD or type(response) is Chase:
+            chase = response if type(response) is Chase else None
+            reply: Reply = self._write
+            if self.state.log_queries:
+
+                def logged(answer: bytes | None) -> None:
+                    self._write(answer)
+                    _log_query(self.peer, "tcp", message, answer, started)
+
+                reply = logged
+            self.state.forward(message, reply, udp=False, family=self.family, chase=chase)
             return True
         if response is TRANSFER:
             for part in self.state.transfer(message, self.peer):

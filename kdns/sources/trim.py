@@ -254,14 +254,15 @@ def _for_zones(hints: Any, i: int) -> tuple[str, ...]:
 
 
 def pod(obj: Json) -> PodAddresses | None:
-    """A v1 Pod for `--pods verified`: None while it has no IP or is terminating (CoreDNS
-    leaves terminating pods out too), or once it has ended (its IP may already be reused)."""
+    """A v1 Pod for `--pods verified`: None while it has no IP or is terminating, once it has
+    ended (its IP may already be reused), and while its node has lost touch with it (phase
+    Unknown): the pods CoreDNS leaves out too (its list excludes those phases)."""
     ns, name = metadata(obj)
     meta = as_map(obj.get("metadata"), "metadata")
     if meta.get("deletionTimestamp"):
         return None
     status = as_map(obj.get("status"), "status")
-    if as_str(status.get("phase"), "status.phase") in ("Succeeded", "Failed"):
+    if as_str(status.get("phase"), "status.phase") in ("Succeeded", "Failed", "Unknown"):
         return None
     ips: list[str] = []
     for j, entry in enumerate(as_list(status.get("podIPs"), "status.podIPs")):

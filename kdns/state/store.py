@@ -306,8 +306,9 @@ class Store:
     def __init__(self, serial_base: int = 0, rules: ViewRules = _DEFAULT_RULES) -> None:
         self.rules = rules
         self._layers: dict[str, _Layer] = {}
-        #: (namespace, pod IP) -> how many pods (of every layer) have it (`--pods verified`).
-        self._pod_ips: dict[tuple[str, str], int] = {}
+        #: pod IP -> namespace -> how many pods (of every layer) there have it (`--pods
+        #: verified`, and `--autopath`, which finds a client's namespace by its address).
+        self._pod_ips: dict[str, dict[str, int]] = {}
         self._changed_pods: set[str] = set()
         self._views: dict[ServiceKey, ServiceView] = {}
         self._owner: dict[ServiceKey, str] = {}
@@ -323,6 +324,30 @@ class Store:
         self._changed_services: set[ServiceKey] = set()
         self._changed_addresses: set[str] = set()
         self._full = False
+
+    @classmethod
+    def of_views(cls, views: Iterable[ServiceView]) -> Store:
+        """A synced store that holds exactly `views`, the namespaces they are in and their PTR
+        indexes, and nothing else (no endpoint objects, no pods).
+
+        What the answer engine reads when it is asked what some views give, including views the
+        live store no longer holds: the change journal (`kdns.ops.journal`) asks it for a
+        service's records before and after a change. Views are immutable, so they are shared,
+        not copied; the cost is the PTR index of these views alone.
+        """
+        store = cls()
+        store.add_layer("views", implicit_namespaces=True)
+        lay = store._layers["views"]
+        lay.synced = True
+        for view in views:
+            svc = view.service
+            skey = (svc.namespace, svc.name)
+            lay.put(svc)
+            store._views[skey] = view
+            store._owner[skey] = lay.name
+            store._reindex(skey, None, view)
+        store._changed_addresses.clear()
+        return store
 
     # -- layers and sync state -------------------------------------------------------------
 
@@ -488,14 +513,17 @@ class Store:
 
     def _index_pod(self, pod: PodAddresses, delta: int) -> None:
         index = self._pod_ips
+        ns = pod.namespace
         for ip in pod.ips:
-            key = (pod.namespace, ip)
-            n = index.get(key, 0) + delta
+            counts = index.setdefault(ip, {})
+            n = counts.get(ns, 0) + delta
             if n > 0:
-                index[key] = n
+                counts[ns] = n
             else:
-                index.pop(key, None)
-        self._changed_pods.add(pod.namespace)
+                counts.pop(ns, None)
+                if not counts:
+                    del index[ip]
+        self._changed_pods.add(ns)
 
     def _reindex(self, skey: ServiceKey, old: ServiceView | None, new: ServiceView | None) -> None:
         """Update the PTR indexes from `old` to `new`, touching (and reporting as changed) only
@@ -549,7 +577,11 @@ class Store:
 
     def has_pod_ip(self, namespace: str, ip: str) -> bool:
         """True when a pod in `namespace` has the address `ip` (canonical text)."""
-        return (namespace, ip) in self._pod_ips
+        return namespace in self._pod_ips.get(ip, ())
+
+    def pod_namespaces(self, ip: str) -> list[str]:
+        """The namespaces of the pods that have the address `ip` (canonical text)."""
+        return list(self._pod_ips.get(ip, ()))
 
     def has_namespace(self, namespace: str) -> bool:
         return any(lay.has_namespace(namespace) for lay in self._layers.values())

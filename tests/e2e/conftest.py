@@ -6,9 +6,11 @@ skipped with the reason, unless KDNS_E2E_REQUIRE=1 (CI), which turns the skip in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,9 @@ from testkit.controlplane import (
     CONTROL_PLANE,
     ControlPlane,
     bin_dir,
+    free_port,
     missing_binaries,
+    start_process,
     wait_for,
 )
 from tests.kdns_process import KdnsProcess, start_kdns
@@ -127,3 +131,29 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"e2e: {len(SLOW)} changes reached dig later than the {TARGET:.1f}s target: "
             + ", ".join(f"{what} {secs:.2f}s" for what, secs in SLOW)
         )
+
+
+@contextlib.contextmanager
+def coredns_running(
+    cp: ControlPlane, tmp: Path, corefile: Callable[[int, int], str]
+) -> Iterator[int]:
+    """CoreDNS (the e2e build) serving `corefile(port, ready_port)` from `tmp`, once its
+    /ready says 200; yields its port, and stops it (printing its log's tail) at the end."""
+    skip_or_fail(unavailable(("coredns",)))
+    tmp.mkdir(parents=True, exist_ok=True)
+    port, ready_port = free_port(), free_port()
+    (tmp / "Corefile").write_text(corefile(port, ready_port))
+    proc = start_process("coredns", [str(cp.bins / "coredns"), "-conf", "Corefile"], tmp)
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"coredns exited:\n{proc.tail()}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=2) as r:
+            return bool(r.status == 200)
+
+    try:
+        wait_for("coredns /ready", ready, 30, 0.1)
+        yield port
+    finally:
+        proc.stop()
+        print("--- coredns log ---\n" + proc.tail(20))

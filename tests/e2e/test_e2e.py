@@ -11,7 +11,6 @@ import json
 import os
 import random
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,9 @@ from testkit.controlplane import (
     LIMITED_TOKEN,
     ApiError,
     ControlPlane,
-    free_port,
-    start_process,
     wait_for,
 )
-from tests.e2e.conftest import skip_or_fail, start_kdns_for, unavailable
+from tests.e2e.conftest import coredns_running, skip_or_fail, start_kdns_for, unavailable
 from tests.e2e.dnsutil import Reply, ask, dig_reply, until_dig
 from tests.kdns_process import KdnsProcess
 
@@ -407,9 +404,9 @@ def coredns(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     skip_or_fail(unavailable(("coredns",)))
     tmp = tmp_path_factory.mktemp("coredns")
     stub = start_kdns_for(cluster, tmp, cluster.admin_kubeconfig, "--domain", "kdns.test")
-    port, ready_port = free_port(), free_port()
-    (tmp / "Corefile").write_text(
-        f"""\
+
+    def corefile(port: int, ready_port: int) -> str:
+        return f"""\
 {ZONE}:{port} in-addr.arpa:{port} ip6.arpa:{port} {{
     bind 127.0.0.1
     kubernetes {ZONE} in-addr.arpa ip6.arpa {{
@@ -424,22 +421,12 @@ kdns.test:{port} {{
     forward . 127.0.0.1:{stub.port}
 }}
 """
-    )
-    proc = start_process("coredns", [str(cluster.bins / "coredns"), "-conf", "Corefile"], tmp)
-
-    def ready() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"coredns exited:\n{proc.tail()}")
-        with urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=2) as r:
-            return bool(r.status == 200)
 
     try:
-        wait_for("coredns /ready", ready, 30, 0.1)
-        yield CoreDNS(port, stub)
+        with coredns_running(cluster, tmp, corefile) as port:
+            yield CoreDNS(port, stub)
     finally:
-        proc.stop()
         stub.stop()
-        print("--- coredns log ---\n" + proc.tail(20))
 
 
 Settle = list[tuple[str, str, int]]  # (ns, service, ready addresses) to wait for
