@@ -113,9 +113,17 @@ def test_name_tally_prunes_to_the_busiest_half() -> None:
     tally = NameTally(limit=4)
     keys = [bytes([1, 97 + i, 0]) + b"\x00\x01\x00\x01\x00" for i in range(5)]
     for i, key in enumerate(keys[:4]):
-        tally.cell(key, 3)[0] += 10 * (i + 1)
-    tally.cell(keys[4], 3)[0] += 1  # a fifth: the two busiest stay, and the new one
+        tally.add(key, 3, 10 * (i + 1))
+    tally.add(keys[0], 3, 1)
+    tally.add(keys[4], 3, 1)  # a fifth: the two busiest stay, and the new one
     assert tally.digest() == {("d", 3): 40, ("c", 3): 30, ("e", 3): 1}
+    # With the counts of entries still cached: summed into the same rows.
+    assert tally.digest([(keys[4], 3, 2), (keys[4], 0, 5)]) == {
+        ("d", 3): 40,
+        ("c", 3): 30,
+        ("e", 3): 3,
+        ("e", 0): 5,
+    }
 
 
 def test_clients_are_bounded_and_merged() -> None:
@@ -145,10 +153,28 @@ def test_the_responder_counts_every_answer_by_name_on_every_path() -> None:
     responder.respond(query("WEB.shop.svc.cluster.local"), True)
     responder.respond(query(web, edns=True), False)
     responder.respond(query(web, "AAAA"), False)
-    assert responder.names.digest() == {(web, 0): 8, (nope, 3): 5}
+    assert responder.names_digest() == {(web, 0): 8, (nope, 3): 5}
     # A change drops the cached answers; their counts stay, and go on.
     engine.clusters[0].store.apply(LAYER, [clusterip("shop", "nope", "10.96.0.2")])
     for i in range(2):
         responder.respond(query(nope, qid=i), True)
-    assert responder.names.digest() == {(web, 0): 8, (nope, 3): 5, (nope, 0): 2}
+    assert responder.names_digest() == {(web, 0): 8, (nope, 3): 5, (nope, 0): 2}
     assert responder.hits + responder.misses == 15
+
+
+def test_counts_survive_eviction_and_a_full_change() -> None:
+    engine = make_engine([*namespaces("shop"), clusterip("shop", "web", "10.96.0.1")])
+    responder = Responder(engine, cache_size=2)
+    names = [f"{n}.shop.svc.cluster.local" for n in ("web", "a", "b")]
+    for i in range(3):
+        for name in names:  # three questions through a cache of two: each evicts another
+            responder.respond(query(name, qid=i), True)
+    assert len(responder) <= 2
+    expected = {(names[0], 0): 3, (names[1], 3): 3, (names[2], 3): 3}
+    assert responder.names_digest() == expected
+    # A new namespace changes every answer's ground: the whole cache goes, the counts stay.
+    engine.clusters[0].store.apply(LAYER, namespaces("data"))
+    assert len(responder) == 0
+    assert responder.names_digest() == expected
+    responder.respond(query(names[0]), True)
+    assert responder.names_digest()[(names[0], 0)] == 4

@@ -49,7 +49,7 @@ from kdns.dns.wire import (
     truncated,
 )
 from kdns.serve.rotation import KEEP_BUILT, Rotation, orders, plan, turnable, turned
-from kdns.serve.tally import NameTally
+from kdns.serve.tally import NameTally, Rows
 from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,9 @@ class _Entry:
     #: The answer's records in turning orders (`--rotate`); None: one order. The memo keeps
     #: such an entry's bytes only up to the question and asks it for the rest on every hit.
     rotation: Rotation | None = None
-    #: Queries answered with this response, in a cell shared with every entry ever made for
-    #: the same question and rcode (`kdns.serve.tally`): the counts outlive the entry.
-    tally: list[int] = dataclasses.field(default_factory=lambda: [0])
+    #: Queries answered with this response (for the page): added to `Responder.names` when the
+    #: entry leaves the cache (`kdns.serve.tally`).
+    asked: int = 0
 
     def refresh_serial(self) -> None:
         """Patch the current serial in, if it moved since the response was encoded."""
@@ -169,7 +169,8 @@ class Responder:
         self.qtype = 0
         #: The cache key of the last question answered FORWARD (for the page's name counts).
         self.forwarded = b""
-        #: Answers by question and rcode, for the page (`kdns.serve.tally`).
+        #: Answers by question and rcode of the entries no longer cached, for the page
+        #: (`names_digest` adds the cached ones).
         self.names = NameTally()
         self.hits = 0
         self.misses = 0
@@ -190,6 +191,9 @@ class Responder:
         def invalidate(generation: int, received_at: float | None) -> None:
             change = store.last_change
             if change.full:
+                names = self.names
+                for key, gone in self._cache.items():
+                    names.add(key, gone.rcode, gone.asked)
                 self._cache.clear()
                 self._tags.clear()
                 self._memo.clear()
@@ -203,15 +207,22 @@ class Responder:
             for ns in change.pods:
                 drop |= tags.pop(pod_tag(domain, ns), set())
             cache = self._cache
+            names = self.names
             for key in drop:
                 entry = cache.pop(key, None)
                 if entry is not None:
                     entry.live = False
+                    names.add(key, entry.rcode, entry.asked)
 
         return invalidate
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def names_digest(self) -> Rows:
+        """Answers by (name, rcode) since the start, the cached entries' and the others'."""
+        live = [(key, e.rcode, e.asked) for key, e in list(self._cache.items())]
+        return self.names.digest(live)
 
     def respond(self, data: bytes, udp: bool) -> bytes | Action | None:
         """The response to one query packet, or None when it gets no answer.
@@ -231,7 +242,7 @@ class Responder:
                         cached.refresh_serial()
                     if cached.response is encoded:
                         self.hits += 1
-                        cached.tally[0] += 1
+                        cached.asked += 1
                         self.qtype = qtype
                         self._rcodes[cached.rcode] += 1
                         if rotation is not None:
@@ -269,7 +280,7 @@ class Responder:
                 return Chase(full, entry.chase, query.qtype, limit, qend - 12, query.edns)
         else:
             self.hits += 1  # a cached name asked in a form the fast path leaves alone
-            entry.tally[0] += 1
+            entry.asked += 1
             self.count(entry.rcode)
             if entry.serial_at >= 0:
                 entry.refresh_serial()
@@ -331,7 +342,7 @@ class Responder:
         if entry is None:
             return None
         self.qtype = qtype = data[qend - 4] << 8 | data[qend - 3]
-        entry.tally[0] += 1
+        entry.asked += 1
         self.count(entry.rcode)
         if entry.serial_at >= 0:
             entry.refresh_serial()
@@ -374,11 +385,11 @@ class Responder:
             response = encode(query, answer, max_udp=self.max_udp)
             if len(response) > 65535:
                 response = _fit(query, answer, self.max_udp)
-        entry = _Entry(response, answer.rcode, tally=self.names.cell(query.key, answer.rcode))
-        entry.tally[0] += 1
+        entry = _Entry(response, answer.rcode, asked=1)
         if self.forwarding and answer.outside:
             entry.chase = answer.outside
             self.count(answer.rcode)
+            self.names.add(query.key, answer.rcode, 1)  # never cached: counted at once
             return entry
         if self.rotate != "off" and response[6:8] > b"\x00\x01" and len(response) <= 65535:
             entry.rotation = self._rotation(query, res, answer, response)
@@ -398,6 +409,7 @@ class Responder:
             for key in list(itertools.islice(cache, self.cache_size // 10 + 1)):
                 old = cache.pop(key)
                 old.live = False
+                self.names.add(key, old.rcode, old.asked)
                 if old.tag is not None:
                     self._tags.get(old.tag, set()).discard(key)
         cache[query.key] = entry

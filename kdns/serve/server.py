@@ -427,7 +427,7 @@ class DnsServer:
         r, fwd = self.responder, self.forwarder
         stats = WorkerStats(self.stats.snapshot(), dict(r.rcodes), r.hits, r.misses, len(r))
         if tallies:
-            stats.names = r.names.digest()
+            stats.names = r.names_digest()
             stats.clients = self.clients.digest() if self.clients is not None else None
         if self.acl is not None:
             stats.acl_refused, stats.acl_dropped = dict(self.acl.refused), dict(self.acl.dropped)
@@ -468,7 +468,7 @@ class DnsServer:
         if self.pool is not None:
             names, clients = self.pool.tallies()
         else:
-            names = self.responder.names.digest()
+            names = self.responder.names_digest()
             clients = self.clients.digest() if self.clients is not None else {}
         return names, clients if self.config.http_show_clients else None
 
@@ -551,7 +551,7 @@ class DnsServer:
                 answer = servfail_for(query)
             if answer is not None and chase is None:  # a chased answer is counted already
                 self.responder.count(answer[3] & 0xF)
-                self.responder.names.cell(asked, answer[3] & 0xF)[0] += 1
+                self.responder.names.add(asked, answer[3] & 0xF, 1)
             self.stats.record(self.stats.counter("udp" if udp else "tcp", family), qtype, started)
             reply(answer)
 
@@ -647,13 +647,7 @@ def _runtime(loop: asyncio.AbstractEventLoop, config: Config) -> str:
     else:
         where = "event loop: asyncio (uvloop is not installed: about 5x the CPU per query)"
     slow = [
-        flag
-        for flag, on in (
-            ("--rrl", config.rrl),
-            ("--log-queries", config.log_queries),
-            ("--http-show-clients", config.http_show_clients),
-        )
-        if on
+        flag for flag, on in (("--rrl", config.rrl), ("--log-queries", config.log_queries)) if on
     ]
     path = f"off ({' and '.join(slow)})" if slow else "on"
     return f"{where}; UDP fast path {path}"

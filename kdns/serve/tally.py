@@ -3,15 +3,15 @@ answers by client.
 
 Both are kept on the query path, so they cost it as little as the request counters do:
 
-- **By name, one cell per question.** Every cached response (`responder._Entry`) holds a cell,
-  a one-element list, shared by every cache entry ever made for the same question and rcode; a
-  query answered from the cache or the memo adds one to it (`entry.tally[0] += 1`: one
-  subscript and one addition, no key built, no dict looked up). A new cell is made only when the
-  engine computes an answer (a cache miss), which already costs a hundred times more. A change
-  that drops cached answers leaves their cells in the table, so the counts outlive the cache.
-- **Bounded.** The table holds at most `MAX_NAMES` cells: one more prunes it to the busier half
-  (a flood of random names fills it with ones, which go first). Pruning a cell that a cached
-  entry still holds only loses that entry's later counts.
+- **By name, in the cache entries.** Every cached response (`responder._Entry`) counts the
+  queries it answered in a field of its own (`entry.asked += 1`: no key built, no dict looked
+  up, and the entry is in the CPU's cache already, as the query path has just read it). When an
+  entry goes (a change drops it, the cache evicts it), its count is added to this table, keyed
+  by question and rcode, so the counts outlive the cache; a digest adds the live entries' counts
+  to the table's. (A counter object of its own per question, shared by the entries, cost twice
+  as much: one more object to fetch from memory per query; bench/RESULTS.md.)
+- **Bounded.** The table holds at most `MAX_NAMES` questions: one more prunes it to the busier
+  half (a flood of random names fills it with ones, which go first).
 - **Clients only when asked for** (`--http-show-clients`): otherwise no client address is kept
   at all, not even in memory. When asked for, the transports count an NXDOMAIN response per
   source address, at most `MAX_CLIENTS` of them.
@@ -28,7 +28,7 @@ from typing import TypeVar
 
 _K = TypeVar("_K")
 
-#: Cells kept at most (a cell is one question and rcode: about 300 bytes with its key and name).
+#: Questions kept at most, with their rcode (about 300 bytes each with the key and the name).
 MAX_NAMES = 10_000
 #: Client addresses kept at most (--http-show-clients).
 MAX_CLIENTS = 10_000
@@ -64,35 +64,41 @@ def _char(byte: int) -> str:
 
 
 class NameTally:
-    """Answers by question and rcode, counted in cells the responder's cache entries hold."""
+    """Answers by question and rcode, of the cache entries that are gone (and forwarded ones)."""
 
     def __init__(self, limit: int = MAX_NAMES) -> None:
         self.limit = limit
-        #: (cache key: lower-cased wire name, type, class, EDNS state; rcode) -> [answers]
-        self.cells: dict[tuple[bytes, int], list[int]] = {}
+        #: (cache key: lower-cased wire name, type, class, EDNS state; rcode) -> answers
+        self.counts: dict[tuple[bytes, int], int] = {}
         #: wire name -> its text, decoded once (for `digest`, which runs at every page view)
         self._text: dict[bytes, str] = {}
 
-    def cell(self, key: bytes, rcode: int) -> list[int]:
-        """The cell of question `key` (a `wire.Query.key`) answered with `rcode`."""
-        cell = self.cells.get((key, rcode))
-        if cell is None:
-            if len(self.cells) >= self.limit:
-                self._prune()
-            cell = self.cells[(key, rcode)] = [0]
-        return cell
+    def add(self, key: bytes, rcode: int, n: int) -> None:
+        """Count `n` answers with `rcode` to question `key` (a `wire.Query.key`)."""
+        if not n:
+            return
+        counts = self.counts
+        old = counts.get((key, rcode))
+        if old is not None:
+            counts[(key, rcode)] = old + n
+            return
+        if len(counts) >= self.limit:
+            self._prune()
+        self.counts[(key, rcode)] = n
 
     def _prune(self) -> None:
-        ranked = sorted(self.cells.items(), key=lambda item: item[1][0], reverse=True)
-        self.cells = dict(ranked[: self.limit // 2])
-        kept = {key[:-5] for key, _ in self.cells}
+        ranked = sorted(self.counts.items(), key=lambda item: item[1], reverse=True)
+        self.counts = dict(ranked[: self.limit // 2])
+        kept = {key[:-5] for key, _ in self.counts}
         self._text = {wire: text for wire, text in self._text.items() if wire in kept}
 
-    def digest(self, limit: int = DIGEST_ROWS) -> Rows:
-        """The `limit` busiest (name, rcode) rows, summed over types and EDNS states."""
+    def digest(self, live: Iterable[tuple[bytes, int, int]] = (), limit: int = DIGEST_ROWS) -> Rows:
+        """The `limit` busiest (name, rcode) rows, summed over types and EDNS states, of this
+        table and of `live` ((key, rcode, answers) of the entries still cached)."""
         rows: Rows = {}
         text = self._text
-        for (key, rcode), (n,) in list(self.cells.items()):
+        counted = [(key, rcode, n) for (key, rcode), n in list(self.counts.items())]
+        for key, rcode, n in [*counted, *live]:
             if n:
                 wire = key[:-5]
                 name = text.get(wire)

@@ -120,21 +120,21 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.family = 4
         self.counts = self.stats.counter("udp", 4)
+        #: What answers a query on the short path: `_received_plain`, or with
+        #: --http-show-clients `_received_counted`.
+        self._plain = self._received_plain
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.family = _family(transport)
         self.counts = self.stats.counter("udp", self.family)
-        if (
-            self.limiter is None
-            and not self.log_queries
-            and self.state.autopath is None
-            and self.clients is None
-        ):
+        if self.limiter is None and not self.log_queries and self.state.autopath is None:
             # The usual case gets a shorter path: this runs for every query.
             self._sendto = self.transport.sendto  # type: ignore[union-attr]
+            if self.clients is not None:
+                self._plain = self._received_counted
             if self.acl is None:
-                self.datagram_received = self._received_plain  # type: ignore[method-assign]
+                self.datagram_received = self._plain  # type: ignore[method-assign]
             else:
                 self._verdict = self.acl.verdicts.get
                 self._allows = self.acl.allows
@@ -144,7 +144,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
         """`_received_plain` behind --allow-query."""
         # A source seen before costs one dict lookup, in C; the rest ask the ACL.
         if self._verdict(addr[0]) or self._allows(addr[0]):
-            self._received_plain(data, addr)
+            self._plain(data, addr)
         else:
             self._deny(data, addr)
 
@@ -168,6 +168,23 @@ class UdpProtocol(asyncio.DatagramProtocol):
             response = servfail_for(data)
         if type(response) is bytes:
             self._sendto(response, addr)
+        elif self._not_bytes(data, addr, response):
+            return
+        self.stats.record(self.counts, self.responder.qtype, started)
+
+    def _received_counted(self, data: bytes, addr: tuple[str, int]) -> None:
+        """`_received_plain` that also counts NXDOMAIN responses per client (the page's
+        --http-show-clients): one byte test more a query."""
+        started = perf_counter()
+        try:
+            response = self.responder.respond(data, True)
+        except Exception:
+            log.exception("failed to answer a query from %s", addr[0])
+            response = servfail_for(data)
+        if type(response) is bytes:
+            self._sendto(response, addr)
+            if response[3] & 0xF == 3:
+                self.clients.nxdomain(addr[0])  # type: ignore[union-attr]
         elif self._not_bytes(data, addr, response):
             return
         self.stats.record(self.counts, self.responder.qtype, started)
