@@ -3,8 +3,8 @@
 Instead of a `UdpProtocol` behind uvloop's datagram transport (one recvmsg, one Python callback,
 one `(host, port)` tuple made and parsed back, one sendmsg per datagram), the socket gets a
 reader callback (`loop.add_reader`) that takes up to `BATCH` datagrams with one recvmmsg, answers
-each with the same `Responder.respond`, copies the answers into preallocated buffers and sends
-them with one sendmmsg, to the senders' addresses exactly as the kernel gave them. The client's
+each with the same `Responder.respond` and sends the answers with one sendmmsg, from their own
+bytes (no copy), to the senders' addresses exactly as the kernel gave them. The client's
 address is never turned into a string unless an answer needs it (forwarding, an error).
 
 It runs on the loop thread, so the responder's caches, memo and rotation are used exactly as by
@@ -12,7 +12,7 @@ It runs on the loop thread, so the responder's caches, memo and rotation are use
 (`UdpProtocol._received_plain`): with `--rrl`, `--log-queries`, `--autopath` or `--allow-query`
 the server keeps the datagram protocol.
 
-Differences from the datagram transport: a query longer than `SLOT` bytes is dropped (a DNS
+Differences from the datagram transport: a query of `SLOT` bytes or more is dropped (a DNS
 query is a few dozen bytes; 4096 is EDNS's usual buffer), and an answer the socket cannot take at
 once (EAGAIN) is dropped rather than queued, as nsd does.
 """
@@ -23,8 +23,10 @@ import asyncio
 import ctypes
 import errno
 import logging
+import platform
 import socket
 import struct
+import sys
 from time import perf_counter
 from typing import Any
 
@@ -48,6 +50,10 @@ _MMSG = 64  # struct mmsghdr: struct msghdr (56 bytes) + unsigned int msg_len + 
 # Offsets in struct msghdr (x86_64 / aarch64 Linux): msg_name 0, msg_namelen 8, msg_iov 16,
 # msg_iovlen 24, msg_control 32, msg_controllen 40, msg_flags 48; mmsghdr.msg_len 56.
 
+#: Where a `bytes` object's contents start, from its address (`id`): CPython's PyBytesObject,
+#: checked by `available`. An answer is sent from there, not copied.
+_BYTES_DATA = bytes.__basicsize__ - 1
+
 _libc: Any = None
 
 
@@ -70,7 +76,10 @@ def _calls() -> tuple[Any, Any]:
 
 
 def available() -> bool:
-    """True where recvmmsg and sendmmsg can be called (Linux, 64-bit)."""
+    """True where recvmmsg and sendmmsg can be called as this module does: Linux, 64-bit,
+    CPython (whose `id` is the object's address)."""
+    if not sys.platform.startswith("linux") or platform.python_implementation() != "CPython":
+        return False
     try:
         _calls()
     except (OSError, AttributeError):
@@ -79,11 +88,6 @@ def available() -> bool:
         return False
     probe = b"kdns" * 3
     return ctypes.string_at(id(probe) + _BYTES_DATA, len(probe)) == probe
-
-
-#: Where a `bytes` object's contents start, from its address (`id`): CPython's PyBytesObject,
-#: checked by `available`. An answer is sent from there, not copied.
-_BYTES_DATA = bytes.__basicsize__ - 1
 
 
 class _Headers:
