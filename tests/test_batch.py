@@ -334,3 +334,33 @@ def test_a_failing_responder_answers_servfail(zones: Path, monkeypatch: Any) -> 
 
         monkeypatch.setattr(server.transports.responder, "respond", broken)
         assert ask(port, "svc-1.ns-1.svc.cluster.local").rcode() == 2
+
+
+def test_each_answer_goes_to_its_sender(zones: Path) -> None:
+    # Several clients' queries in the same batches, with packets that get no answer between
+    # them: every answer must still go to the socket that asked, with its own ID.
+    with serving(zones) as (server, port):
+        assert server.udp_batch
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
+        for _round in range(3):
+            for k in range(300):
+                client = clients[k % 5]
+                if k % 7 == 3:
+                    client.sendto(b"\x00", ("127.0.0.1", port))  # dropped: nothing comes back
+                query = dns.message.make_query(
+                    f"svc-{k % 40}.ns-{k % 40 % 3}.svc.cluster.local", "A"
+                )
+                query.id = k * 5 + k % 5
+                client.sendto(query.to_wire(), ("127.0.0.1", port))
+            for c, client in enumerate(clients):
+                client.settimeout(2)
+                ids = set()
+                while len(ids) < 60:
+                    message = dns.message.from_wire(client.recv(65535))
+                    ids.add(message.id)
+                    k = message.id // 5
+                    assert message.id % 5 == c == k % 5
+                    assert message.answer[0][0].address == f"10.96.0.{k % 40 + 1}"
+                assert ids == {k * 5 + c for k in range(c, 300, 5)}
+        for client in clients:
+            client.close()

@@ -27,6 +27,7 @@ import platform
 import socket
 import struct
 import sys
+from collections import _count_elements  # type: ignore[attr-defined]
 from time import perf_counter
 from typing import Any
 
@@ -168,6 +169,8 @@ class BatchUdp:
         namelen = 28 if self.family == 6 else 16
         for i in range(BATCH):
             self.send.words[i * 16 + 2] = namelen
+            # Answer i goes to query i's sender, unless an earlier query got no answer.
+            self.send.quads[i * 8] = self.recv.names_at + i * _NAME
         # The protocol of the slow cases: forwarding, errors, answers longer than a slot.
         self.protocol = UdpProtocol(state)
         self.protocol.connection_made(_SocketTransport(sock))
@@ -225,12 +228,11 @@ class BatchUdp:
         names = self.send.quads
         responder = self.state.responder
         respond = responder.respond
-        counts = self.counts
         keep = []  # the answers, alive until sent: the kernel reads them where they are
+        qtypes = []  # of the queries answered, for the counters
         j = 0
-        done = 0
-        for i in range(n):
-            size = words[i * 16 + 14]
+        shifted = False  # an answer went into another header than its query's
+        for i, size in enumerate(words[14 : n * 16 : 16].tolist()):
             if size >= SLOT:  # the datagram did not fit (MSG_TRUNC): too long for a query
                 self.dropped += 1
                 continue
@@ -243,14 +245,14 @@ class BatchUdp:
             if type(response) is bytes:
                 iovs[j * 2] = id(response) + _BYTES_DATA
                 iovs[j * 2 + 1] = len(response)
-                names[j * 8] = names_at + i * _NAME
+                if i != j:  # send header j points at query j's address until then
+                    names[j * 8] = names_at + i * _NAME
+                    shifted = True
                 keep.append(response)
                 j += 1
             elif self.protocol._not_bytes(data, self._address(i), response):
                 continue
-            qtype = responder.qtype
-            counts[qtype] = counts.get(qtype, 0) + 1
-            done += 1
+            qtypes.append(responder.qtype)
         sent = 0
         while sent < j:
             k = sendmmsg(self.fd, self.send.address + sent * _MMSG, j - sent, 0)
@@ -265,5 +267,9 @@ class BatchUdp:
                 log.debug("sendmmsg: %s", errno.errorcode.get(err, err))
                 sent += 1  # that one answer cannot go; send the rest
         del keep
-        if done:
-            self.state.stats.record_many(done, started)
+        if shifted:
+            for k in range(j):
+                names[k * 8] = names_at + k * _NAME
+        if qtypes:
+            _count_elements(self.counts, qtypes)
+            self.state.stats.record_many(len(qtypes), started)
