@@ -364,3 +364,14 @@ def test_each_answer_goes_to_its_sender(zones: Path) -> None:
                 assert ids == {k * 5 + c for k in range(c, 300, 5)}
         for client in clients:
             client.close()
+
+
+def test_shutdown_closes_the_socket(zones: Path) -> None:
+    with serving(zones) as (server, port):
+        assert server.udp_batch
+    # The port is free again: nothing holds the UDP socket.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.1", port))
+    finally:
+        sock.close()

@@ -194,9 +194,11 @@ class BatchUdp:
         loop.add_reader(self.fd, self._readable)
 
     def close(self) -> None:
+        """Stop reading and close the socket (as the datagram transport's `close` does)."""
         if self._loop is not None:
             self._loop.remove_reader(self.fd)
             self._loop = None
+        self.sock.close()
 
     def _address(self, i: int) -> tuple[str, int]:
         name = self.recv.name_bytes[i * _NAME : i * _NAME + 28].tobytes()
