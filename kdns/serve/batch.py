@@ -137,7 +137,7 @@ class _Headers:
 
 class _SocketTransport(asyncio.DatagramTransport):
     """What `UdpProtocol` needs of a transport, for the answers that do not go out in a batch
-    (forwarded, too long): `sendto` on the socket itself."""
+    (forwarded, SERVFAIL for an action): `sendto` on the socket itself."""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
@@ -171,7 +171,7 @@ class BatchUdp:
             self.send.words[i * 16 + 2] = namelen
             # Answer i goes to query i's sender, unless an earlier query got no answer.
             self.send.quads[i * 8] = self.recv.names_at + i * _NAME
-        # The protocol of the slow cases: forwarding, errors, answers longer than a slot.
+        # The protocol of the rare cases: forwarding (and its answer, later), AXFR's SERVFAIL.
         self.protocol = UdpProtocol(state)
         self.protocol.connection_made(_SocketTransport(sock))
         self.counts = state.stats.counter("udp", self.family)
