@@ -73,10 +73,12 @@ endpoints:
 
 
 @contextmanager
-def serving(zones: Path, **options: Any) -> Iterator[tuple[DnsServer, int]]:
-    """A DnsServer on 127.0.0.1 in its own thread and event loop (uvloop when installed, as
+def serving(
+    zones: Path, host: str = "127.0.0.1", **options: Any
+) -> Iterator[tuple[DnsServer, int]]:
+    """A DnsServer on `host` in its own thread and event loop (uvloop when installed, as
     `kdns serve`); yields it and its port."""
-    config = Config(zones=[zones], listen=[("127.0.0.1", 0)], **options)
+    config = Config(zones=[zones], listen=[(host, 0)], **options)
     server = DnsServer(config)
     ready = threading.Event()
     failed: list[BaseException] = []
@@ -375,3 +377,31 @@ def test_shutdown_closes_the_socket(zones: Path) -> None:
         sock.bind(("127.0.0.1", port))
     finally:
         sock.close()
+
+
+def ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6(), reason="no IPv6 loopback")
+def test_ipv6(zones: Path) -> None:
+    # sockaddr_in6 taken from recvmmsg and handed back to sendmmsg, for two clients at once.
+    with serving(zones, host="::1") as (server, port):
+        assert server.udp_batch
+        clients = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(2)]
+        for k in range(100):
+            query = dns.message.make_query(f"svc-{k % 40}.ns-{k % 40 % 3}.svc.cluster.local", "A")
+            query.id = k
+            clients[k % 2].sendto(query.to_wire(), ("::1", port))
+        for c, client in enumerate(clients):
+            client.settimeout(2)
+            for _ in range(50):
+                message = dns.message.from_wire(client.recv(65535))
+                assert message.id % 2 == c
+                assert message.answer[0][0].address == f"10.96.0.{message.id % 40 + 1}"
+            client.close()
