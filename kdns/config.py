@@ -68,6 +68,8 @@ class Config:
     #: Serve /explain on the HTTP port (it shows more than DNS does: off by default).
     http_explain: bool = False
     log_queries: bool = False
+    #: Answer UDP in batches (recvmmsg/sendmmsg, `serve/batch.py`) where the short path applies.
+    udp_batch: bool = True
     upstreams: list[tuple[str, int]] = field(default_factory=list)
     upstream_timeout: float = 2.0
     rrl: float = 0.0  # responses a second per client prefix; 0: off
