@@ -252,8 +252,15 @@ class BatchUdp:
                     shifted = True
                 keep.append(response)
                 j += 1
-            elif self.protocol._not_bytes(data, self._address(i), response):
-                continue
+            else:
+                try:
+                    if self.protocol._not_bytes(data, self._address(i), response):
+                        continue
+                except Exception:
+                    # One query's trouble (the forwarder raising) must not cost the rest of
+                    # the batch their answers.
+                    log.exception("failed to hand on a query from %s", self._address(i)[0])
+                    continue
             qtypes.append(responder.qtype)
         sent = 0
         while sent < j:
