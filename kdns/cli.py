@@ -209,6 +209,14 @@ def serve(
     log_queries: Annotated[
         bool, typer.Option("--log-queries", help="Log one line per query.")
     ] = False,
+    udp_batch: Annotated[
+        bool,
+        typer.Option(
+            "--udp-batch/--no-udp-batch",
+            help="Receive and send UDP in batches (recvmmsg/sendmmsg) when nothing needs the "
+            "datagram protocol (--rrl, --log-queries, --autopath, --allow-query).",
+        ),
+    ] = True,
     rrl: Annotated[
         float,
         typer.Option("--rrl", min=0, help="UDP responses a second per client prefix (0: off)."),
@@ -348,6 +356,7 @@ def serve(
             http_explain=http_explain,
             http_show_clients=http_show_clients,
             log_queries=log_queries,
+            udp_batch=udp_batch,
             rrl=rrl,
             transfer_to=list(transfer_to or []),
             allow_query=parse_allow(allow_query or []),

@@ -70,6 +70,8 @@ class Config:
     #: Count NXDOMAIN answers per client address and show them on the page (`/`).
     http_show_clients: bool = False
     log_queries: bool = False
+    #: Answer UDP in batches (recvmmsg/sendmmsg, `serve/batch.py`) where the short path applies.
+    udp_batch: bool = True
     upstreams: list[tuple[str, int]] = field(default_factory=list)
     upstream_timeout: float = 2.0
     rrl: float = 0.0  # responses a second per client prefix; 0: off

@@ -40,6 +40,7 @@ from kdns.ops.traffic import QueryRate
 from kdns.ops.transfer import parse_networks, transfer
 from kdns.serve.acl import acl_from
 from kdns.serve.autopath import AutoPath
+from kdns.serve.batch import BatchUdp, available
 from kdns.serve.publish import Publisher
 from kdns.serve.ratelimit import RateLimiter
 from kdns.serve.responder import Chase, Responder
@@ -206,6 +207,8 @@ class DnsServer:
             tcp_idle_timeout=config.tcp_idle_timeout,
         )
         self.serving = False
+        #: True once UDP is answered in batches (`batch.py`) rather than by `UdpProtocol`.
+        self.udp_batch = False
         self.addresses: list[tuple[str, int]] = []
         self._stop = asyncio.Event()
         self._immediate = False
@@ -303,11 +306,18 @@ class DnsServer:
                     self.pool.ready_count,
                 )
             return
+        batched = _batched(self.config) and BatchUdp.applies(self.transports)
+        self.udp_batch = batched
         for udp, tcp in sockets:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpProtocol(self.transports), sock=udp
-            )
-            self._closers.append(transport.close)
+            if batched:
+                batch = BatchUdp(udp, self.transports)
+                batch.start(loop)
+                self._closers.append(batch.close)
+            else:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: UdpProtocol(self.transports), sock=udp
+                )
+                self._closers.append(transport.close)
             tcp.listen(128)
             server = await loop.create_server(lambda: TcpProtocol(self.transports), sock=tcp)
             self._closers.append(server.close)
@@ -637,6 +647,17 @@ class DnsServer:
             await asyncio.sleep(0.05)
 
 
+def _batched(config: Config) -> bool:
+    """Whether UDP is answered in batches (`batch.py`): asked for (the default), possible here,
+    and nothing on that path needs what only the datagram protocol does (a client's address as a
+    string for every query: the rate limiter, the ACL, the query log, autopath)."""
+    if not config.udp_batch or config.rrl or config.log_queries or config.autopath:
+        return False
+    if config.allow_query:
+        return False
+    return available()
+
+
 def _runtime(loop: asyncio.AbstractEventLoop, config: Config) -> str:
     """One line on what decides the cost of a query: the event loop and the UDP path."""
     module = type(loop).__module__.split(".")[0]
@@ -650,7 +671,8 @@ def _runtime(loop: asyncio.AbstractEventLoop, config: Config) -> str:
         flag for flag, on in (("--rrl", config.rrl), ("--log-queries", config.log_queries)) if on
     ]
     path = f"off ({' and '.join(slow)})" if slow else "on"
-    return f"{where}; UDP fast path {path}"
+    batches = "on" if _batched(config) else "off"
+    return f"{where}; UDP fast path {path}; UDP batches (recvmmsg/sendmmsg) {batches}"
 
 
 def run(config: Config, inherited: Inherited | None = None) -> None:
