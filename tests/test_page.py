@@ -280,6 +280,22 @@ def test_client_addresses_are_hidden_unless_asked_for(zones: Path) -> None:
     assert dom.rows("nxdomain-names") == [["nope.default.svc.cluster.local", "1"]]
 
 
+@pytest.mark.parametrize("udp", ["--udp-batch", "--no-udp-batch"])
+def test_clients_are_counted_on_either_udp_path(zones: Path, udp: str) -> None:
+    # recvmmsg batches (kdns/serve/batch.py) and the datagram protocol count alike.
+    kp = start_kdns(["--zones", str(zones), "--http-show-clients", udp], http=True)
+    try:
+        for _ in range(3):
+            assert ask(kp, "nope.default.svc.cluster.local") == dns.rcode.NXDOMAIN
+        assert ask(kp, "nope.default.svc.cluster.local", tcp=True) == dns.rcode.NXDOMAIN
+        assert ask(kp, "web.default.svc.cluster.local") == dns.rcode.NOERROR
+        dom = Dom(kp.http_get("/")[1])
+    finally:
+        kp.stop()
+    assert dom.rows("nxdomain-clients") == [["127.0.0.1", "4"]]
+    assert dom.rows("nxdomain-names") == [["nope.default.svc.cluster.local", "4"]]
+
+
 def test_with_workers_the_serving_processes_counts_reach_the_page(zones: Path) -> None:
     kp = start_kdns(["--zones", str(zones), "--workers", "1", "--http-show-clients"], http=True)
     try:

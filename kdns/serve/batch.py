@@ -8,9 +8,10 @@ bytes (no copy), to the senders' addresses exactly as the kernel gave them. The 
 address is never turned into a string unless an answer needs it (forwarding, an error).
 
 It runs on the loop thread, so the responder's caches, memo and rotation are used exactly as by
-`UdpProtocol`: no locks, nothing served that a change has dropped. It covers only the short path
-(`UdpProtocol._received_plain`): with `--rrl`, `--log-queries`, `--autopath` or `--allow-query`
-the server keeps the datagram protocol.
+`UdpProtocol`: no locks, nothing served that a change has dropped. It covers only the short
+path (`UdpProtocol._received_plain`): with `--rrl`, `--log-queries`, `--autopath` or
+`--allow-query` the server keeps the datagram protocol. With `--http-show-clients` the sender of
+an NXDOMAIN answer is turned into a string, for the page's count by client.
 
 Differences from the datagram transport: a query of `SLOT` bytes or more is dropped (a DNS
 query is a few dozen bytes; 4096 is EDNS's usual buffer), and an answer the socket cannot take at
@@ -230,6 +231,7 @@ class BatchUdp:
         names = self.send.quads
         responder = self.state.responder
         respond = responder.respond
+        clients = self.state.clients  # --http-show-clients: NXDOMAIN answers by address
         keep = []  # the answers, alive until sent: the kernel reads them where they are
         qtypes = []  # of the queries answered, for the counters
         j = 0
@@ -252,6 +254,8 @@ class BatchUdp:
                     shifted = True
                 keep.append(response)
                 j += 1
+                if clients is not None and response[3] & 0xF == 3:
+                    clients.nxdomain(self._address(i)[0])
             else:
                 try:
                     if self.protocol._not_bytes(data, self._address(i), response):
