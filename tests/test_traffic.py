@@ -3,6 +3,9 @@ name through every path of the responder, search-path expansions, percentiles, t
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
 import dns.message
 import dns.rcode
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from kdns.ops.traffic import QueryRate, expansion, expansions, percentile
 from kdns.serve.responder import Responder
 from kdns.serve.stats import DURATION_BOUNDS
-from kdns.serve.tally import ClientTally, NameTally, merged, wire_name
+from kdns.serve.tally import SLICE, ClientTally, NameTally, Rows, merged, wire_name
 from tests.builders import LAYER, clusterip, make_engine, namespaces
 
 NS = {"default", "shop"}
@@ -109,6 +112,14 @@ def test_wire_name_spells_names_as_dig_does() -> None:
     assert wire_name(b"\x00") == ""
 
 
+@dataclass
+class Cached:
+    """A cache entry as a digest reads it."""
+
+    rcode: int
+    asked: int
+
+
 def test_name_tally_prunes_to_the_busiest_half() -> None:
     tally = NameTally(limit=4)
     keys = [bytes([1, 97 + i, 0]) + b"\x00\x01\x00\x01\x00" for i in range(5)]
@@ -116,9 +127,10 @@ def test_name_tally_prunes_to_the_busiest_half() -> None:
         tally.add(key, 3, 10 * (i + 1))
     tally.add(keys[0], 3, 1)
     tally.add(keys[4], 3, 1)  # a fifth: the two busiest stay, and the new one
-    assert tally.digest() == {("d", 3): 40, ("c", 3): 30, ("e", 3): 1}
+    assert asyncio.run(tally.digest()) == {("d", 3): 40, ("c", 3): 30, ("e", 3): 1}
     # With the counts of entries still cached: summed into the same rows.
-    assert tally.digest([(keys[4], 3, 2), (keys[4], 0, 5)]) == {
+    live = [(keys[4], Cached(3, 2)), (keys[4][:-1] + b"\x01", Cached(0, 5))]
+    assert asyncio.run(tally.digest(live)) == {
         ("d", 3): 40,
         ("c", 3): 30,
         ("e", 3): 3,
@@ -153,12 +165,12 @@ def test_the_responder_counts_every_answer_by_name_on_every_path() -> None:
     responder.respond(query("WEB.shop.svc.cluster.local"), True)
     responder.respond(query(web, edns=True), False)
     responder.respond(query(web, "AAAA"), False)
-    assert responder.names_digest() == {(web, 0): 8, (nope, 3): 5}
+    assert asyncio.run(responder.names_digest()) == {(web, 0): 8, (nope, 3): 5}
     # A change drops the cached answers; their counts stay, and go on.
     engine.clusters[0].store.apply(LAYER, [clusterip("shop", "nope", "10.96.0.2")])
     for i in range(2):
         responder.respond(query(nope, qid=i), True)
-    assert responder.names_digest() == {(web, 0): 8, (nope, 3): 5, (nope, 0): 2}
+    assert asyncio.run(responder.names_digest()) == {(web, 0): 8, (nope, 3): 5, (nope, 0): 2}
     assert responder.hits + responder.misses == 15
 
 
@@ -171,10 +183,41 @@ def test_counts_survive_eviction_and_a_full_change() -> None:
             responder.respond(query(name, qid=i), True)
     assert len(responder) <= 2
     expected = {(names[0], 0): 3, (names[1], 3): 3, (names[2], 3): 3}
-    assert responder.names_digest() == expected
+    assert asyncio.run(responder.names_digest()) == expected
     # A new namespace changes every answer's ground: the whole cache goes, the counts stay.
     engine.clusters[0].store.apply(LAYER, namespaces("data"))
     assert len(responder) == 0
-    assert responder.names_digest() == expected
+    assert asyncio.run(responder.names_digest()) == expected
     responder.respond(query(names[0]), True)
-    assert responder.names_digest()[(names[0], 0)] == 4
+    assert asyncio.run(responder.names_digest())[(names[0], 0)] == 4
+
+
+def test_a_digest_lets_the_loop_run_between_slices() -> None:
+    # Full tables are summed a slice at a time: queries are answered in between.
+    def key(name: str) -> bytes:
+        return bytes([len(name)]) + name.encode() + b"\x00\x00\x01\x00\x01\x00"
+
+    tally = NameTally(limit=10 * SLICE)
+    for i in range(3 * SLICE):
+        tally.add(key(f"x{i}"), 3, 2)
+    live = [(key(f"y{i}"), Cached(0, 1)) for i in range(2 * SLICE)]
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def run() -> Rows:
+        task = asyncio.get_running_loop().create_task(other())
+        await asyncio.sleep(0)
+        before = turns
+        rows = await tally.digest(live)
+        task.cancel()
+        assert turns - before >= 5  # 3 slices of the table, 2 of the cached entries
+        return rows
+
+    rows = asyncio.run(run())
+    # The 2,000 busiest rows: every name of the table (2 answers each) before the others.
+    assert len(rows) == 2000 and set(rows.values()) == {2}

@@ -32,22 +32,27 @@ def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain") 
     return head.encode() + body
 
 
+async def page(server: DnsServer, peer: str) -> bytes:
+    """The full HTTP response for a GET of the page, `/` (`kdns.ops.page`), from `peer`:
+    like /changes, only for the addresses --allow-query allows (it lists the names clients
+    asked, and the journal's changes)."""
+    if server.acl is not None and not server.acl.allows(peer):
+        server.acl.refuse("http")
+        return _response(403, "Forbidden", b"/: this address is not in --allow-query\n")
+    from kdns.ops.page import render_page
+
+    return _response(200, "OK", (await render_page(server)).encode(), "text/html")
+
+
 def route(server: DnsServer, target: str, peer: str = "") -> bytes:
     """The full HTTP response for a GET of `target` (path and query string) from `peer`.
 
-    --allow-query covers /explain (it tells what DNS tells, and more), /changes (the names
-    that changed, which DNS would make a client guess) and the page (the names clients asked,
-    and the journal's last changes), not the probes and /metrics, which the kubelet and
-    Prometheus fetch from addresses DNS clients need not share.
+    --allow-query covers /explain (it tells what DNS tells, and more) and /changes (the names
+    that changed, which DNS would make a client guess), as it does the page (`page`), not the
+    probes and /metrics, which the kubelet and Prometheus fetch from addresses DNS clients need
+    not share.
     """
     path, _, query = target.partition("?")
-    if path == "/":
-        if server.acl is not None and not server.acl.allows(peer):
-            server.acl.refuse("http")
-            return _response(403, "Forbidden", b"/: this address is not in --allow-query\n")
-        from kdns.ops.page import render_page
-
-        return _response(200, "OK", render_page(server).encode(), "text/html")
     if path == "/changes":
         return _changes(server, query, peer)
     if path == "/metrics":
@@ -115,7 +120,11 @@ async def start_http(server: DnsServer, host: str, port: int) -> asyncio.Server:
                 writer.write(_response(405, "Method Not Allowed", b"GET only\n"))
             else:
                 peer = writer.get_extra_info("peername")
-                reply = route(server, path, peer[0] if peer else "")
+                client = peer[0] if peer else ""
+                if path.partition("?")[0] == "/":
+                    reply = await page(server, client)
+                else:
+                    reply = route(server, path, client)
                 if method == "HEAD":
                     reply = reply.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
                 writer.write(reply)

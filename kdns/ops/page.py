@@ -258,6 +258,7 @@ th, td { text-align: left; padding: 3px 12px 3px 0; vertical-align: top; }
 th { color: #57606a; font-weight: 600; border-bottom: 1px solid #d0d7de; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 td.name { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; word-break: break-all; }
+td.nw { white-space: nowrap; word-break: normal; }
 .badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px;
          font-weight: 600; margin-left: 6px; }
 .ok { background: #dafbe1; color: #116329; }
@@ -274,12 +275,13 @@ td.name { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; word-brea
 """
 
 
-def render_page(server: DnsServer, now: float | None = None) -> str:
-    """The page, as HTML text."""
+async def render_page(server: DnsServer, now: float | None = None) -> str:
+    """The page, as HTML text (a coroutine: the name tables are summed a slice at a time, with
+    queries answered in between)."""
+    names, clients = await server.tallies()
     now = time.time() if now is None else now
     cfg = server.config
     collector = server.collector()
-    names, clients = server.tallies()
     zones = [cfg.domain, *(zone for _, zone in cfg.clusters)]
     parts = [
         "<!DOCTYPE html>",
@@ -535,10 +537,11 @@ def changes_section(entries: Sequence[Any], now: float) -> str:
     ]
     for e in entries:
         rows.append(
-            f"<tr><td>{_ago(e.time, now)}</td><td class='n'>{esc(e.serial)}</td>"
-            f"<td class='name'>{esc(e.name)}</td><td>{esc(e.type)}</td>"
+            f"<tr><td class='nw'>{_ago(e.time, now)}</td><td class='n'>{esc(e.serial)}</td>"
+            f"<td class='name nw'>{esc(e.name)}</td><td>{esc(e.type)}</td>"
             f"<td class='name'>{esc(', '.join(e.before) or '-')}</td>"
-            f"<td class='name'>{esc(', '.join(e.after) or '-')}</td><td>{esc(e.cause)}</td></tr>"
+            f"<td class='name'>{esc(', '.join(e.after) or '-')}</td>"
+            f"<td class='nw'>{esc(e.cause)}</td></tr>"
         )
     if not entries:
         rows.append("<tr><td colspan='7' class='note'>no change since kdns started</td></tr>")

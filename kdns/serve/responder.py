@@ -219,10 +219,9 @@ class Responder:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def names_digest(self) -> Rows:
+    async def names_digest(self) -> Rows:
         """Answers by (name, rcode) since the start, the cached entries' and the others'."""
-        live = [(key, e.rcode, e.asked) for key, e in list(self._cache.items())]
-        return self.names.digest(live)
+        return await self.names.digest(list(self._cache.items()))
 
     def respond(self, data: bytes, udp: bool) -> bytes | Action | None:
         """The response to one query packet, or None when it gets no answer.

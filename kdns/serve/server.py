@@ -429,16 +429,12 @@ class DnsServer:
         if self._status is not None and not self._status.is_closing():
             self._status.write(pack(message))
 
-    def worker_stats(self, tallies: bool = False) -> Any:
-        """This serving process's counters, for the main process's /metrics; with `tallies`,
-        its digests of answers by name and NXDOMAIN answers by client too, for the page."""
+    def worker_stats(self) -> Any:
+        """This serving process's counters, for the main process's /metrics."""
         from kdns.serve.workers import WorkerStats
 
         r, fwd = self.responder, self.forwarder
         stats = WorkerStats(self.stats.snapshot(), dict(r.rcodes), r.hits, r.misses, len(r))
-        if tallies:
-            stats.names = r.names_digest()
-            stats.clients = self.clients.digest() if self.clients is not None else None
         if self.acl is not None:
             stats.acl_refused, stats.acl_dropped = dict(self.acl.refused), dict(self.acl.dropped)
         if fwd is not None:
@@ -455,10 +451,18 @@ class DnsServer:
 
         reports = 0
         while True:
+            stats = self.worker_stats()
             # The digests cost a pass over the tables: sent once every TALLY_EVERY reports.
-            self._report("stats", self.worker_stats(tallies=reports % TALLY_EVERY == 0))
+            if reports % TALLY_EVERY == 0:
+                await self._add_tallies(stats)
+            self._report("stats", stats)
             reports += 1
             await asyncio.sleep(STATS_INTERVAL)
+
+    async def _add_tallies(self, stats: Any) -> None:
+        """Put this serving process's digests for the page into `stats` (`WorkerStats`)."""
+        stats.names = await self.responder.names_digest()
+        stats.clients = self.clients.digest() if self.clients is not None else None
 
     def collector(self) -> KdnsCollector:
         """The metrics, with the serving processes' counters summed in when there are some."""
@@ -472,13 +476,13 @@ class DnsServer:
                 self.metrics.acl = self.pool.acl_totals(self.acl)
         return self.metrics
 
-    def tallies(self) -> tuple[Rows, dict[str, int] | None]:
+    async def tallies(self) -> tuple[Rows, dict[str, int] | None]:
         """For the page: answers by (name, rcode), and NXDOMAIN answers by client address
         (None unless --http-show-clients), the serving processes' summed with --workers."""
         if self.pool is not None:
             names, clients = self.pool.tallies()
         else:
-            names = self.responder.names_digest()
+            names = await self.responder.names_digest()
             clients = self.clients.digest() if self.clients is not None else {}
         return names, clients if self.config.http_show_clients else None
 
@@ -601,7 +605,9 @@ class DnsServer:
             await self.pool.stop()
         if self._status is not None:
             # The last counts, so the main process's totals lose nothing at a restart.
-            self._report("stats", self.worker_stats(tallies=True))
+            stats = self.worker_stats()
+            await self._add_tallies(stats)
+            self._report("stats", stats)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
