@@ -506,7 +506,12 @@ def test_lines_split_across_chunks_and_reads_arrive_whole_when_complete(
     assert store.service_names() == {"web", "a", "b"}
     assert reflector.stats.events == {"MODIFIED": 2, "ADDED": 2}
     assert reflector.stats.errors == 0, reflector.stats.last_error
-    assert reflector.resource_version == str(api.resource_version)
+    # The reflector notes an event's resourceVersion just after handing the event to the sink,
+    # and the store can show it first (it is applied on another thread): wait, do not assume.
+    wait_for(
+        lambda: reflector.resource_version == str(api.resource_version),
+        what="the last event's resourceVersion",
+    )
 
 
 def test_clean_end_of_a_hand_read_stream_reuses_the_connection(
