@@ -22,8 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from dataset import Shape, query_lines, write_manifests  # noqa: E402
-from run import SAMPLE, Result, free_port, measure, nsd_config, write_zonefile  # noqa: E402
+from dataset import Shape  # noqa: E402
+from run import Result, free_port, measure, nsd_config, prepare  # noqa: E402
 
 
 def main() -> None:
@@ -37,13 +37,7 @@ def main() -> None:
     runs: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="kdns-mmsg-") as tmp:
         work = Path(tmp)
-        zones = work / "zones"
-        write_manifests(zones, shape)
-        lines = query_lines(shape)
-        queries = work / "queries.txt"
-        queries.write_text("\n".join(lines) + "\n")
-        sample = list(dict.fromkeys(lines))[:SAMPLE]
-        zonefile = write_zonefile(zones, work / "records.zone")
+        zones, queries, sample, zonefile = prepare(work, shape)
 
         def kdns(batch: str) -> Result:
             port = free_port()

@@ -373,13 +373,7 @@ def main() -> None:
     failed = False
     with tempfile.TemporaryDirectory(prefix="kdns-bench-") as tmp:
         work = Path(tmp)
-        zones = work / "zones"
-        write_manifests(zones, shape)
-        lines = query_lines(shape)
-        queries = work / "queries.txt"
-        queries.write_text("\n".join(lines) + "\n")
-        sample = list(dict.fromkeys(lines))[:SAMPLE]
-        zonefile = write_zonefile(zones, work / "records.zone")
+        zones, queries, sample, zonefile = prepare(work, shape)
         results: list[Result] = []
 
         def run(name: str, key: str, cmd: list[str], port: int, **kw: Any) -> None:
@@ -436,6 +430,18 @@ def main() -> None:
                 f.write(report + "\n")
     if failed:
         sys.exit(1)
+
+
+def prepare(work: Path, shape: Shape) -> tuple[Path, Path, list[str], Path]:
+    """The benchmark's data in `work`: the zones/ manifests, dnsperf's query file, the sample
+    of distinct questions whose answers are compared, and the zone file nsd serves."""
+    zones = work / "zones"
+    write_manifests(zones, shape)
+    lines = query_lines(shape)
+    queries = work / "queries.txt"
+    queries.write_text("\n".join(lines) + "\n")
+    sample = list(dict.fromkeys(lines))[:SAMPLE]
+    return zones, queries, sample, write_zonefile(zones, work / "records.zone")
 
 
 def fresh_install(work: Path, notes: list[str]) -> Path | None:
