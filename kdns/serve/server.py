@@ -375,6 +375,8 @@ class DnsServer:
                     label_selector=scope.selector.text if scope.selector else None,
                     idle_timeout=cfg.watch_idle_timeout,
                     pods=cfg.pods == "verified",
+                    # Ready endpoints' targetRefs are read only to name endpoints by their pods.
+                    targets=cfg.endpoint_pod_names,
                 )
                 source.start()
                 self.sources.append(source)
