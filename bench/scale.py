@@ -857,7 +857,7 @@ def render(args: argparse.Namespace, res: Results) -> str:
             )
     for when, mem in res.mem.items():
         rss, hwm = mem.get("VmRSS", 0.0), mem.get("VmHWM", 0.0)
-        target, good = ("< 150 MB", ok(rss < 150)) if when == "after sync" else ("", "")
+        target, good = ("≤ 110 MB", ok(rss <= 110)) if when == "after sync" else ("", "")
         rows.append((f"memory {when}: VmRSS (VmHWM)", f"{rss:.0f} MB ({hwm:.0f} MB)", target, good))
     rows.append(("max rate (dnsperf, 1 core each)", f"{res.max_qps:,.0f} q/s", "", ""))
     if res.cpu_us:
