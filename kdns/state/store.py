@@ -433,6 +433,11 @@ class Store:
         """Call `listener(generation, received_at)` after every change."""
         self._listeners.append(listener)
 
+    def forget_listeners(self) -> None:
+        """Drop every listener: a serving process forked from the main process keeps the store
+        but not what the main process hung on it (its answer cache, its journal)."""
+        self._listeners.clear()
+
     # -- writing -------------------------------------------------------------------------------
 
     def apply(
