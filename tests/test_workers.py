@@ -7,6 +7,7 @@ check the per-process request counters in /metrics.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -285,6 +286,59 @@ def test_workers_forked_before_the_sync_are_forked_again_once_it_is_in(
             assert until(lambda: address(kp.port, "new.shop.svc.cluster.local") == "10.96.1.2", 10)
             # Renewed, not restarted: nothing failed.
             assert metric(kp, "kdns_worker_restarts_total") == {"": 0.0}
+        finally:
+            kp.stop()
+    finally:
+        api.stop()
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` holds open."""
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                out.add(int(target[8:-1]))
+    return out
+
+
+def tcp_inodes(port: int, *, local: bool) -> set[int]:
+    """Inodes of the TCP sockets (IPv4) whose local, or else remote, port is `port`."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address = fields[1] if local else fields[2]
+        if int(address.split(":")[1], 16) == port:
+            out.add(int(fields[9]))
+    return out
+
+
+def test_a_forked_worker_keeps_none_of_the_main_process_connections(
+    zones: Path, tmp_path: Path
+) -> None:
+    # A fork copies every descriptor: a serving process that kept the API connections would
+    # keep them open after the main process closed them, and one holding the HTTP socket would
+    # keep its port.
+    api = FakeApiServer().start()
+    try:
+        api.apply_all([namespace("shop"), service("cart", "shop", cluster_ip="10.96.1.1")])
+        kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+        kp = start_kdns(
+            ["--zones", str(zones), "--kubeconfig", str(kcfg), "--workers", "2"], http=True
+        )
+        try:
+            assert address(kp.port, "cart.shop.svc.cluster.local") == "10.96.1.1"
+            api_port = int(api.url.rsplit(":", 1)[1])
+            main = socket_inodes(kp.proc.pid)
+            to_api = tcp_inodes(api_port, local=False)
+            http = tcp_inodes(kp.http_port, local=True)
+            assert main & to_api and main & http  # what the check looks for is there
+            for pid in worker_pids(kp.proc.pid):
+                held = socket_inodes(pid)
+                assert held, "a serving process holds its DNS sockets"
+                assert not held & to_api
+                assert not held & http
         finally:
             kp.stop()
     finally:
