@@ -60,12 +60,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import http.client
 import itertools
 import json
 import math
 import os
 import platform
 import random
+import resource
 import shlex
 import shutil
 import signal
@@ -263,6 +265,8 @@ class Minute:
     rss: list[float] = field(default_factory=list)
     pss: list[float] = field(default_factory=list)
     cpu: float = 0.0
+    hits: float = 0.0  # kdns's response cache, from /metrics
+    misses: float = 0.0
     perf: dict[str, float] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
 
@@ -284,6 +288,7 @@ class Raw:
     checked: int = 0
     lost_outside: list[float] = field(default_factory=list)
     drops: int = 0
+    cpu1: dict[str, float] = field(default_factory=dict)  # share of a core over the soak
     notes: list[str] = field(default_factory=list)
 
     def minute(self, at: float) -> Minute | None:
@@ -450,6 +455,7 @@ class Conductor(threading.Thread):
         double: Double,
         pids: list[int],
         port: int,
+        http_port: int,
         queries: Path,
         rate: float,
         work: Path,
@@ -459,6 +465,7 @@ class Conductor(threading.Thread):
         super().__init__(name="conductor", daemon=True)
         self.args, self.schedule, self.double = args, schedule, double
         self.pids, self.port, self.queries, self.rate, self.work = pids, port, queries, rate, work
+        self.http_port = http_port
         self.probe, self.raw, self.truth = probe, raw, probe.truth
         self.stop = threading.Event()
         self.perf: list[tuple[subprocess.Popen[bytes], Path, float, float, bool]] = []
@@ -482,7 +489,7 @@ class Conductor(threading.Thread):
         for seg in self.schedule.segments():
             todo.append((seg[0], 3, "segment", seg))
         todo.sort()
-        cpu_last = self.cpu()
+        last = (self.cpu(), *self.cache())
         next_sample = 0.0
         next_fetch = 10.0
         minute = 0
@@ -497,9 +504,8 @@ class Conductor(threading.Thread):
                 self.sample_memory()
                 next_sample += 1.0
             if now >= (minute + 1) * 60:
-                cpu = self.cpu()
-                self.raw.minutes[minute].cpu = (cpu - cpu_last) / 60
-                cpu_last, minute = cpu, minute + 1
+                last = self.close_minute(minute, 60.0, last)
+                minute += 1
             if now >= next_fetch:
                 self.fetch(time.monotonic() - 30)
                 next_fetch += 10.0
@@ -508,7 +514,17 @@ class Conductor(threading.Thread):
         if minute < len(self.raw.minutes):
             part = time.monotonic() - t0 - minute * 60
             if part > 1:
-                self.raw.minutes[minute].cpu = (self.cpu() - cpu_last) / part
+                self.close_minute(minute, part, last)
+
+    def close_minute(
+        self, minute: int, seconds: float, last: tuple[float, float, float]
+    ) -> tuple[float, float, float]:
+        """Record kdns's CPU share and cache counts over the minute; the counters now."""
+        now = (self.cpu(), *self.cache())
+        m = self.raw.minutes[minute]
+        m.cpu = (now[0] - last[0]) / seconds
+        m.hits, m.misses = now[1] - last[1], now[2] - last[2]
+        return now
 
     def act(self, what: str, arg: Any) -> None:
         if what == "relist":
@@ -535,6 +551,7 @@ class Conductor(threading.Thread):
             cmd = dnsperf_cmd(
                 self.args.load_cpu, self.port, self.queries, end - start, self.rate, nice=19
             )
+            cmd += ["-S", "1"]  # its rate each second: the slowest second of each minute
             with out.open("wb") as f:
                 proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
             self.perf.append((proc, out, start, end, inside))
@@ -550,6 +567,22 @@ class Conductor(threading.Thread):
             with contextlib.suppress(OSError):
                 total += cpu_seconds(pid)
         return total
+
+    def cache(self) -> tuple[float, float]:
+        """kdns's response cache hits and misses so far (all serving processes), or zeros."""
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+            conn.close()
+        except OSError:
+            return (0.0, 0.0)
+        counts = [0.0, 0.0]
+        for line in text.splitlines():
+            for i, name in enumerate(("kdns_cache_hits_total", "kdns_cache_misses_total")):
+                if line.startswith(name):
+                    counts[i] += float(line.rsplit(" ", 1)[1])
+        return (counts[0], counts[1])
 
     def sample_memory(self) -> None:
         rss = pss = 0.0
@@ -578,7 +611,7 @@ class Conductor(threading.Thread):
         slices = sorted((r[3], r[1], r[2]) for r in requests if r[0] == "endpointslices")
         starts = sorted(w.start for w in self.truth.windows)
         for w in open_windows:
-            later = [s for s in starts if s > w.start]
+            later = [s for s in starts if s > w.resumed]
             stop = later[0] if later else INF
             lists = [at for at, watch, code in slices if not watch and w.resumed <= at < stop]
             after = max(lists, default=w.resumed)
@@ -613,6 +646,21 @@ class Conductor(threading.Thread):
                     m.perf.get("max_latency", 0.0), stats.get("max_latency", 0.0)
                 )
             m.perf["seconds"] = m.perf.get("seconds", 0.0) + end - start
+            series = stats.get("series") or []
+            if len(series) > 2:  # the first and last seconds of a segment are partial
+                low = min(series[1:-1])
+                m.perf["slowest"] = min(m.perf.get("slowest", low), low)
+
+
+def cpu1_seconds(double: Double) -> dict[str, float]:
+    """CPU seconds so far of what shares the load CPU: the double, this process (the probe and
+    the conductor) and the dnsperf runs waited for (RUSAGE_CHILDREN: kdns is waited for last)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "double": cpu_seconds(double.proc.pid or 0),
+        "probe": cpu_seconds(os.getpid()),
+        "dnsperf": children.ru_utime + children.ru_stime,
+    }
 
 
 def smaps_pss(pid: int) -> float:
@@ -714,14 +762,18 @@ def run(args: argparse.Namespace, setup: Setup, raw: Raw) -> None:
             double.call("churn", args.rate, schedule.seconds, None, timeout=30)
             raw.started = time.monotonic()
             drops = udp_rcvbuf_errors()
+            cpu1 = cpu1_seconds(double)
             conductor = Conductor(
-                args, schedule, double, pids, port, queries, setup.rate, work, probe, raw
+                args, schedule, double, pids, port, http_port, queries, setup.rate, work, probe, raw
             )
             conductor.start()
             soak(args, schedule, double, kdns, probe, conductor, raw)
             raw.drops = udp_rcvbuf_errors() - drops
             conductor.join(30)
             conductor.finish()
+            wall = time.monotonic() - raw.started
+            for name, used in cpu1_seconds(double).items():
+                raw.cpu1[name] = (used - cpu1[name]) / wall
             if conductor.failed is not None:
                 raise RuntimeError(f"the conductor failed: {conductor.failed!r}")
             # The last answers: once the double has said when the last changes reached kdns.
@@ -899,6 +951,12 @@ def render(args: argparse.Namespace, setup: Setup, raw: Raw, schedule: Schedule)
             ok(raw.unseen == 0),
         ),
         ("kernel UDP receive-buffer drops (all sockets)", str(raw.drops), "", ""),
+        (
+            f"CPU {args.load_cpu} (load CPU) over the soak",
+            ", ".join(f"{k} {v:.0%}" for k, v in raw.cpu1.items()),
+            "",
+            "",
+        ),
     ]
     lines = [
         f"## {datetime.datetime.now().isoformat(timespec='seconds')} — soak — {cpu}, "
@@ -923,13 +981,14 @@ def render(args: argparse.Namespace, setup: Setup, raw: Raw, schedule: Schedule)
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines += [
         "",
-        "Per minute (dnsperf: rate, lost, average and max latency; probe: lost of asked, round "
-        "trip percentiles; wrong: stale/never; RSS and PSS: medians of 1 s samples, all kdns "
-        "processes; CPU: kdns, all processes, share of one core):",
+        "Per minute (dnsperf: answers a second over the minute and in its slowest whole second, "
+        "lost, average and max latency; probe: lost of asked, round trip percentiles; wrong: "
+        "stale/never; kdns: response cache misses (/metrics), RSS and PSS (medians of 1 s "
+        "samples, all processes), CPU (all processes, share of one core)):",
         "",
-        "| min | events | dnsperf q/s | lost | avg / max ms | probe lost | p50 / p99 / p99.9 / max "
-        "ms | wrong | RSS MB | PSS MB | CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| min | events | dnsperf q/s (slowest s) | lost | avg / max ms | probe lost | p50 / p99 / "
+        "p99.9 / max ms | wrong | misses | RSS MB | PSS MB | CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, m in enumerate(raw.minutes):
         p = m.perf
@@ -937,11 +996,13 @@ def render(args: argparse.Namespace, setup: Setup, raw: Raw, schedule: Schedule)
         avg = p.get("latency_sum", 0.0) / p["completed"] if p.get("completed") else math.nan
         rtt = m.rtts
         lines.append(
-            f"| {i + 1} | {'; '.join(m.events)} | {p.get('completed', 0) / seconds:,.0f} | "
+            f"| {i + 1} | {'; '.join(m.events)} | {p.get('completed', 0) / seconds:,.0f} "
+            f"({p.get('slowest', math.nan):,.0f}) | "
             f"{p.get('lost', 0):,.0f} | {ms(avg)} / {ms(p.get('max_latency', math.nan))} | "
             f"{m.lost} of {m.asked:,}{f' ({m.lost_in_outage} in outage)' * bool(m.lost_in_outage)}"
             f" | {ms(pct(rtt, 0.5))} / {ms(pct(rtt, 0.99))} / {ms(pct(rtt, 0.999))} / "
             f"{ms(max(rtt, default=math.nan))} | {m.stale}/{m.never} | "
+            f"{m.misses / max(1.0, m.hits + m.misses):.1%} | "
             f"{statistics.median(m.rss) if m.rss else 0:.0f} | "
             f"{statistics.median(m.pss) if m.pss else 0:.0f} | {m.cpu:.0%} |"
         )
