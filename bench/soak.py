@@ -24,8 +24,9 @@ run finds the maximum rate (or `--max-qps`). Then, for `--minutes`:
   its listening socket and cuts every open connection (`go_down`: kdns gets connection refused),
   then listens again on the same port with the same objects and history (`come_up`);
 - the probe (this process): `--probe-rate` (500) queries a second over one UDP socket, half
-  of them polling the names the churn just changed (until the answer shows the change: that is
-  the propagation time), half sampled: ClusterIP services (constant), NXDOMAIN names, random
+  of them polling the names the churn just changed, round robin, until the answer shows the
+  change (the propagation time; coarse when many are pending, as each then waits its turn),
+  half sampled: ClusterIP services (constant), NXDOMAIN names, random
   endpoints and recently changed names. Every answer is checked (below); a query unanswered
   after `--timeout` (2 s) is lost. Its round trips give the latency percentiles per minute (they
   include this Python client's own delays on a shared CPU, so they are an upper bound).
@@ -39,8 +40,9 @@ its successor's deadline: the moment the successor reached kdns plus `--budget` 
 reached kdns when the double first wrote its event to a watch stream (`FakeApiServer.written`);
 a change no watch carried (made while kdns had no EndpointSlice watch: in an outage, or during
 a relist between the trigger and kdns's new LIST) reached kdns when it opened its first
-EndpointSlice watch after its last LIST of the window (the double's request log), and failing
-that when it was applied. An answer to a query sent at t0 and received at t1 is right when it
+EndpointSlice watch after its last LIST of the window (the double's request log; a window kdns
+had not closed when the next began ends with that next one), and failing that when it was
+applied. An answer to a query sent at t0 and received at t1 is right when it
 matches a state whose acceptable interval [applied, successor's deadline) meets [t0, t1]. So kdns
 may answer from its last data through an outage, must show what changed in it within the
 budget of watching again, and a stale answer past the budget is wrong ("stale"), as is an
@@ -265,6 +267,7 @@ class Minute:
     rss: list[float] = field(default_factory=list)
     pss: list[float] = field(default_factory=list)
     cpu: float = 0.0
+    load: float = 0.0  # the machine's 1-minute load average at the minute's end
     hits: float = 0.0  # kdns's response cache, from /metrics
     misses: float = 0.0
     perf: dict[str, float] = field(default_factory=dict)
@@ -524,6 +527,7 @@ class Conductor(threading.Thread):
         now = (self.cpu(), *self.cache())
         m = self.raw.minutes[minute]
         m.cpu = (now[0] - last[0]) / seconds
+        m.load = os.getloadavg()[0]  # other runs on this shared machine show here
         m.hits, m.misses = now[1] - last[1], now[2] - last[2]
         if math.isnan(now[1]):
             return (now[0], last[1], last[2])
@@ -611,19 +615,26 @@ class Conductor(threading.Thread):
         open_windows = [w for w in self.truth.windows if w.watching is None and w.resumed < INF]
         if not open_windows:
             return
-        since = min(w.start for w in open_windows)
+        since = min(w.start for w in open_windows) - 1
         requests = self.double.call("requests", since, timeout=60)
         slices = sorted((r[3], r[1], r[2]) for r in requests if r[0] == "endpointslices")
-        starts = sorted(w.start for w in self.truth.windows)
-        for w in open_windows:
-            later = [s for s in starts if s > w.resumed]
-            stop = later[0] if later else INF
+        windows = sorted(self.truth.windows, key=lambda w: w.start)
+        # Latest first: a window kdns had not closed when the next began (its relist still
+        # running at an outage, say) ends when that next one does.
+        for i in reversed(range(len(windows))):
+            w = windows[i]
+            if w.watching is not None or w.resumed == INF:
+                continue
+            later = [n for n in windows[i + 1 :] if n.start > w.resumed]
+            stop = later[0].start if later else INF
             lists = [at for at, watch, code in slices if not watch and w.resumed <= at < stop]
             after = max(lists, default=w.resumed)
             watches = [at for at, watch, code in slices if watch and code == 200 and at > after]
+            w.lists = len(lists)
             if watches and watches[0] < stop:
-                w.lists = len(lists)
                 w.watching = watches[0]
+            elif later:
+                w.watching = later[0].watching
 
     def finish(self) -> None:
         """Wait for dnsperf's last segment and read every segment's counts."""
@@ -994,11 +1005,12 @@ def render(args: argparse.Namespace, setup: Setup, raw: Raw, schedule: Schedule)
         "Per minute (dnsperf: answers a second over the minute and in its slowest whole second, "
         "lost, average and max latency; probe: lost of asked, round trip percentiles; wrong: "
         "stale/never; kdns: response cache misses (/metrics), RSS and PSS (medians of 1 s "
-        "samples, all processes), CPU (all processes, share of one core)):",
+        "samples, all processes), CPU (all processes, share of one core); the machine's 1-minute "
+        "load average at the minute's end):",
         "",
         "| min | events | dnsperf q/s (slowest s) | lost | avg / max ms | probe lost | p50 / p99 / "
-        "p99.9 / max ms | wrong | misses | RSS MB | PSS MB | CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "p99.9 / max ms | wrong | misses | RSS MB | PSS MB | CPU | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, m in enumerate(raw.minutes):
         p = m.perf
@@ -1014,7 +1026,7 @@ def render(args: argparse.Namespace, setup: Setup, raw: Raw, schedule: Schedule)
             f"{ms(max(rtt, default=math.nan))} | {m.stale}/{m.never} | "
             f"{percent(m.misses, m.hits + m.misses)} | "
             f"{statistics.median(m.rss) if m.rss else 0:.0f} | "
-            f"{statistics.median(m.pss) if m.pss else 0:.0f} | {m.cpu:.0%} |"
+            f"{statistics.median(m.pss) if m.pss else 0:.0f} | {m.cpu:.0%} | {m.load:.1f} |"
         )
     notes = list(raw.notes)
     if raw.wrong:
