@@ -289,7 +289,8 @@ class Raw:
     superseded: int = 0
     wrong: list[tuple[float, str, str, str]] = field(default_factory=list)  # at, name, got, why
     checked: int = 0
-    lost_outside: list[float] = field(default_factory=list)
+    lost_outside: list[float] = field(default_factory=list)  # sent at, s after the start
+    lost_inside: list[float] = field(default_factory=list)
     drops: int = 0
     cpu1: dict[str, float] = field(default_factory=dict)  # share of a core over the soak
     notes: list[str] = field(default_factory=list)
@@ -414,8 +415,9 @@ class Probe:
             if m is not None:
                 m.lost += 1
                 m.lost_in_outage += inside
-            if not inside:
-                self.raw.lost_outside.append(sent - self.raw.started)
+            (self.raw.lost_inside if inside else self.raw.lost_outside).append(
+                sent - self.raw.started
+            )
 
     def check(self, before: float, limit: int = 300) -> None:
         """Check up to `limit` answers received before `before`."""
@@ -1116,6 +1118,11 @@ def main() -> None:
                     ],
                     "segments": raw.segments,
                     "wrong": raw.wrong,
+                    "lost_outside": raw.lost_outside,
+                    "lost_inside": raw.lost_inside,
+                    "outages": [(a - raw.started, b - raw.started) for a, b in raw.outages],
+                    "relists": [a - raw.started for a in raw.relists],
+                    "propagation": raw.propagation,
                 }
             )
         )
