@@ -1109,6 +1109,9 @@ def main() -> None:
     report = render(args, setup, raw, schedule)
     print()
     print(report)
+    if args.append:
+        with args.append.open("a") as f:
+            f.write("\n" + report + "\n")
     if args.dump:
         args.dump.write_text(
             json.dumps(
@@ -1126,9 +1129,6 @@ def main() -> None:
                 }
             )
         )
-    if args.append:
-        with args.append.open("a") as f:
-            f.write("\n" + report + "\n")
     if failed is not None:
         sys.exit(1)
 
