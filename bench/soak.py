@@ -823,13 +823,7 @@ def run(args: argparse.Namespace, setup: Setup, raw: Raw) -> None:
                         proc.kill()
                         proc.wait(5)
             if kdns is not None:
-                if kdns.poll() is None:
-                    kdns.send_signal(signal.SIGINT)
-                    try:
-                        kdns.wait(10)
-                    except subprocess.TimeoutExpired:
-                        kdns.kill()
-                        kdns.wait(5)
+                stop_kdns(kdns)
                 if args.log is not None:
                     shutil.copy(work / "kdns.log", args.log)
                 text = (work / "kdns.log").read_text(errors="replace").strip().splitlines()
@@ -838,6 +832,17 @@ def run(args: argparse.Namespace, setup: Setup, raw: Raw) -> None:
                         f"kdns stderr: {len(text)} lines; last: " + " | ".join(text[-3:])
                     )
             double.stop()
+
+
+def stop_kdns(kdns: subprocess.Popen[bytes]) -> None:
+    """SIGINT (its clean shutdown), and SIGKILL if it is still there 10 s later."""
+    if kdns.poll() is None:
+        kdns.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        kdns.wait(10)
+    if kdns.poll() is None:
+        kdns.kill()
+        kdns.wait(5)
 
 
 def soak(
