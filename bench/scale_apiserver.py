@@ -175,6 +175,9 @@ class Cluster:
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.late = 0  # changes applied more than 50 ms after they were due
+        # The name the last change made disappear when it moved a ready endpoint to a new
+        # address (bench/soak.py checks every answer against the names' history), else None.
+        self.gone: str | None = None
 
     def populate(self) -> dict[str, Any]:
         s = self.shape
@@ -216,6 +219,7 @@ class Cluster:
         e = (n // s.slices * 37 + n) % s.endpoints_per_slice
         ns, svc = s.db(s.slice_owner(k))
         old_ip, ready = self.state[k][e]
+        self.gone = f"{dashed(old_ip)}.{svc}.{ns}.svc.{ZONE}" if ready and n % 2 else None
         if n % 2 == 0:  # readiness flips: the endpoint's name appears or disappears
             ip, ready = old_ip, not ready
         else:  # the endpoint moves to a new address (a pod replaced): the new name appears
@@ -258,6 +262,8 @@ class Cluster:
                 rv, qname, expect = self.change(self.changes)
                 self.changes += 1
                 events.send(("change", rv, qname, expect, at))
+                if self.gone is not None:
+                    events.send(("gone", rv, self.gone, at))
             rest = start + seconds - time.monotonic()
             if rest > 0 and not self.stop.is_set():
                 self.stop.wait(rest)  # with --rate 0, the probe still runs for `seconds`
@@ -313,6 +319,11 @@ def serve(commands: Connection, events: Connection, cpu: int, shape: Shape, stoc
                 commands.send("started")
             elif cmd in ("force_relist", "recreate"):
                 commands.send(getattr(api, cmd)())
+            elif cmd in ("go_down", "come_up"):
+                # An API outage (bench/soak.py): the listening socket closed and every open
+                # connection cut, then the same port again with the same objects and history.
+                getattr(api, cmd)()
+                commands.send(time.monotonic())
             elif cmd == "written":
                 commands.send({rv: api.written.get(rv) for rv in args[0]})
             elif cmd == "stop":
