@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from dnslib import QTYPE, RCODE, DNSLabel
 
 from kdns.config import RotateMode
-from kdns.dns.large_answers import encode_bulk
+from kdns.dns.large_answers import Bodies, encode_bulk
 from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, lead_of, pod_tag, tag_of
 from kdns.dns.wire import (
     DEFAULT_MAX_UDP,
@@ -180,6 +180,9 @@ class Responder:
         self._memo: dict[bytes, tuple[_Entry, bytes, bytes, int, Rotation | None]] = {}
         #: cache tag -> keys of the cached answers that carry it
         self._tags: dict[tuple[str, ...], set[bytes]] = {}
+        #: The sections of large answers, per service view: the misses that follow a change
+        #: of a service (its name asked with and without EDNS, for A then ANY) encode it once.
+        self._bodies = Bodies()
         #: The type of the last question answered (for the request counters).
         self.qtype = 0
         #: The cache key of the last question answered FORWARD (for the page's name counts).
@@ -391,7 +394,7 @@ class Responder:
         # Stale data says so in every answer (an EDE), which the large-answer encoder does not
         # write: it steps aside then.
         if res is not None and self.engine.unreachable_since(res) is None:
-            response = encode_bulk(self.engine, query, self.max_udp, res)
+            response = encode_bulk(self.engine, query, self.max_udp, res, self._bodies)
         if response is not None:
             answer = Answer()  # NOERROR, nothing that needs a serial or a wider cache tag
         else:
