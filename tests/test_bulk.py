@@ -148,8 +148,13 @@ def wire(
     return packet
 
 
-def questions(rng: random.Random, zones: tuple[str, ...]) -> list[tuple[str, bool]]:
-    """(name, whether it has a shape the direct encoder covers: service or _port._proto)."""
+#: An endpoint's name: the direct encoder covers its A, AAAA and ANY, not its SRV.
+ENDPOINT = "endpoint"
+
+
+def questions(rng: random.Random, zones: tuple[str, ...]) -> list[tuple[str, bool | str]]:
+    """(name, whether it has a shape the direct encoder covers: service or _port._proto, or
+    ENDPOINT)."""
     out = []
     for zone in zones:
         for ns in (*NAMESPACES, "nope"):
@@ -163,7 +168,7 @@ def questions(rng: random.Random, zones: tuple[str, ...]) -> list[tuple[str, boo
                 # The "_" is optional, as in CoreDNS: still a port question.
                 out.append((f"http._tcp.{base}", True))
                 out.append((f"_http.{base}", False))
-                out.append((f"{rng.choice(['h0', 'h1', '10-0-0-1'])}.{base}", False))
+                out.append((f"{rng.choice(['h0', 'h1', 'H0', '10-0-0-1'])}.{base}", ENDPOINT))
         out.append((zone, False))
         out.append((f"default.svc.{zone}", False))
     out.append(("1.0.0.10.in-addr.arpa", False))
@@ -183,7 +188,7 @@ def check(
     engine: Engine,
     responder: Responder,
     data: bytes,
-    covered: bool,
+    covered: bool | str,
     max_udp: int,
     bodies: Bodies | None = None,
 ) -> str | None:
@@ -192,6 +197,9 @@ def check(
     With `bodies`, the sections encoded for earlier questions of the same views are reused.
     """
     query = parse_query(data)
+    depth = "port" if query.labels[0].startswith(b"_") else "service"
+    if covered == ENDPOINT:
+        covered, depth = query.qtype != QTYPE.SRV, "endpoint"
     direct = encode_bulk(engine, query, max_udp, bodies=bodies)
     expected = reference(responder, query, max_udp)
     if isinstance(expected, Exception):
@@ -211,7 +219,6 @@ def check(
     assert (direct is not None) == (covered and positive), (query.labels, query.qtype)
     if direct is None:
         return None
-    depth = "port" if query.labels[0].startswith(b"_") else "service"
     return f"{depth} {QTYPE[query.qtype]}"
 
 
@@ -255,6 +262,7 @@ def test_every_covered_shape_is_exercised() -> None:
                 if kind:
                     kinds[kind] += 1
     wanted = {"service A", "service AAAA", "service ANY", "service SRV", "port SRV", "port ANY"}
+    wanted |= {"endpoint A", "endpoint AAAA", "endpoint ANY"}
     assert wanted <= set(kinds), kinds
 
 

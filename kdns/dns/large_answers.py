@@ -10,26 +10,28 @@ that SRV answer.
 What it covers, and only this (everything else returns None and takes the engine's path):
 
     A, AAAA, ANY at <svc>.<ns>.svc.<zone>             the service's addresses
+    A, AAAA, ANY at <endpoint>.<svc>.<ns>.svc.<zone>  that endpoint's addresses
     SRV at <svc>.<ns>.svc.<zone>                      every port (the compat form)
     SRV, ANY at _<port>._<proto>.<svc>.<ns>.svc.<zone>  one named port
     A, AAAA at _<port>._<proto>.<svc>.<ns>.svc.<zone>   the addresses its SRV records lead to
 
 for headless and ClusterIP services that have at least one record to give, in class IN. Negative
-answers, ExternalName services, endpoint names, other types and names that would make dnslib
-raise (odd address spellings, over-long targets) are all left to the engine.
+answers, ExternalName services, SRV at an endpoint's name, other types and names that would make
+dnslib raise (odd address spellings, over-long targets) are all left to the engine.
 
 How equality is guaranteed: the engine (`answers.Engine`) and `wire.encode` stay the definition of
 the answer. This module dispatches on nothing of its own: it encodes the engine's decision
-(`Engine.decide`: rule SERVICE or PORT, with the service's view and, for a port, the SRV targets
-the engine found), and mirrors only how `Engine._records`, `_srv` and `_address_records` turn
-that decision into records (record order, deduplication, `srv_weight`, glue) and the way dnslib
-packs the message: the header of `encode`, the lower-cased question, owners equal to the
-question as pointers to offset 12, SRV targets uncompressed, glue pointing to its target, other
-names compressed through dnslib's case-sensitive table of every name suffix it wrote (including
-its 14-bit pointer masking), the OPT record appended, the question in the spelling it was asked
-in. The test `tests/test_bulk.py` generates many services and questions and asserts that every
-response this module gives equals `encode(query, engine.resolve(...))` byte for byte; a change
-to either side that is not made to the other fails it.
+(`Engine.decide`: rule SERVICE, PORT or ENDPOINT, with the service's view and, for a port, the
+SRV targets the engine found; for an endpoint, its addresses), and mirrors only how
+`Engine._records`, `_srv` and `_address_records` turn that decision into records (record order,
+deduplication, `srv_weight`, glue) and the way dnslib packs the message: the header of `encode`,
+the lower-cased question, owners equal to the question as pointers to offset 12, SRV targets
+uncompressed, glue pointing to its target, other names compressed through dnslib's
+case-sensitive table of every name suffix it wrote (including its 14-bit pointer masking), the
+OPT record appended, the question in the spelling it was asked in. The test `tests/test_bulk.py`
+generates many services and questions and asserts that every response this module gives equals
+`encode(query, engine.resolve(...))` byte for byte; a change to either side that is not made to
+the other fails it.
 
 Once per change, not once per question. What follows the question (the records and glue) is a
 function of the service's view, the question's lower-cased name and the TTL only: not of the
@@ -59,6 +61,7 @@ _A, _AAAA, _SRV, _ANY = 1, 28, 33, 255
 #: Address family each question type asks for (None: both).
 _FAMILY: dict[int, int | None] = {_A: 4, _AAAA: 6, _ANY: None}
 _TYPES = frozenset((_A, _AAAA, _SRV, _ANY))
+_RULES = (Rule.SERVICE, Rule.PORT, Rule.ENDPOINT)
 #: QR and AA: every answer given here is authoritative NOERROR.
 _FLAGS = 0x8000 | 0x0400
 _OWNER = b"\xc0\x0c"  # the question, at offset 12
@@ -122,7 +125,7 @@ def encode_bulk(
     rule = res.rule
     view = res.view
     cluster = res.request.zone
-    if rule not in (Rule.SERVICE, Rule.PORT) or view is None or cluster is None:
+    if rule not in _RULES or view is None or cluster is None:
         return None
     ttl = engine.ttl
     if not 0 <= ttl <= 0xFFFFFFFF:
@@ -170,6 +173,16 @@ def _body(
         svc = view.service
         addresses = view.addresses() if svc.headless else svc.cluster_ips
         records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
+        if not records:
+            return None
+        return b"".join(records), len(records), 0
+    if rule is Rule.ENDPOINT:
+        # One endpoint's addresses (`Engine._addresses`, as for the service). An endpoint's
+        # answers are dropped with every change of its service, so after a change each name
+        # asked is answered again; through the engine and dnslib that cost ~0.4 ms.
+        if qtype == _SRV:
+            return None  # SRV at an endpoint's own name: the engine's
+        records = _address_records(res.values, _FAMILY[qtype], ttl_bytes)
         if not records:
             return None
         return b"".join(records), len(records), 0
