@@ -1,19 +1,19 @@
-"""Publisher, snapshot, frames and replica, in one process: a replica started at any point of a
-history of writes, from a snapshot plus the frames after it, holds what the main store holds and
-gives the same answers and SOA serial."""
+"""Publisher, frames and replica, in one process: a replica started at any point of a history of
+writes, from a copy of the store there (what a forked serving process has) plus the frames after
+it, holds what the main store holds and gives the same answers and SOA serial."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
-from collections.abc import Iterator
 
 import pytest
 from dnslib import QTYPE, DNSLabel
 
 from kdns.dns.resolution import Cluster, Engine
 from kdns.serve.frames import FrameReader, pack
-from kdns.serve.publish import Publisher, snapshot
+from kdns.serve.publish import Publisher
 from kdns.serve.replica import Replica
 from kdns.state.model import KubeObject, ObjectKey
 from kdns.state.store import Store
@@ -94,14 +94,12 @@ def test_a_replica_started_anywhere_ends_equal_to_the_main_store(seed: int) -> N
     publisher.apply("cluster", namespaces("a", "b"))
     publisher.set_synced("files")
     start = rng.randrange(1, 150)
-    snap: Iterator[bytes] = iter(())
+    forked = Store()
     for step in range(200):
         if step == start:
-            # A serving process starts here: its snapshot, then what follows. The snapshot's
-            # frames are made only at the end, as a slow reader would take them: they must
-            # still say what the store held here.
+            # A serving process is forked here: the store as it is, then what follows.
             subs.on = True
-            snap = snapshot([main])
+            forked = copy.deepcopy(main)
             subs.frames = []
         _, ups, dels = random_write(rng)
         layer = "cluster" if rng.random() < 0.8 else "files"
@@ -113,25 +111,26 @@ def test_a_replica_started_anywhere_ends_equal_to_the_main_store(seed: int) -> N
             publisher.set_synced("cluster")
 
     async def run() -> Store:
-        replica_store = Store(serial_base=7)
+        replica_store = forked
         stopped = []
         replica = Replica([replica_store], lambda: stopped.append(True))
         reader = FrameReader()
-        reader.feed(b"".join([*snap, *subs.frames]))
+        reader.feed(b"".join([pack(("ready",)), *subs.frames]))
         while (m := reader.next()) is not None:
             replica.handle(m)
         assert replica.ready.is_set() and not stopped
         return replica_store
 
-    copy = asyncio.run(run())
-    assert copy.layer_states() == main.layer_states()
+    replica = asyncio.run(run())
+    assert replica is not main
+    assert replica.layer_states() == main.layer_states()
     for layer, _, _, _ in main.layer_states():
-        assert sorted(map(repr, copy.layer_objects(layer))) == sorted(
+        assert sorted(map(repr, replica.layer_objects(layer))) == sorted(
             map(repr, main.layer_objects(layer))
         )
-    assert copy.serial == main.serial
-    assert copy.synced == main.synced
-    assert answers(copy) == answers(main)
+    assert replica.serial == main.serial
+    assert replica.synced == main.synced
+    assert answers(replica) == answers(main)
 
 
 def test_unchanged_writes_publish_nothing() -> None:

@@ -668,9 +668,9 @@ def test_relist_sends_only_changes_in_batches_and_nothing_disappears(
 
     trimmed: list[Any] = []
 
-    def counting_trim(kind: str, obj: Any) -> Any:
+    def counting_trim(kind: str, obj: Any, **options: Any) -> Any:
         trimmed.append(obj["metadata"]["name"])
-        return real_trim(kind, obj)
+        return real_trim(kind, obj, **options)
 
     monkeypatch.setattr(kdns.sources.reflector, "trim", counting_trim)
     mark = count(store)

@@ -240,6 +240,45 @@ def test_view_keeps_ready_endpoints_deduplicated_across_slices() -> None:
     assert view.named("10-1-0-2") == []
 
 
+def test_endpoints_are_found_by_the_names_their_addresses_spell_and_by_hostname() -> None:
+    # The dashed names are not stored; a label is turned into the address it spells.
+    ports = (eport("http", 80),)
+    store = Store()
+    store.add_layer("c")
+    store.apply(
+        "c",
+        [
+            headless("default", "hl"),
+            endpoint_slice(
+                "default",
+                "hl-a",
+                "hl",
+                [ep("10.1.0.1"), ep("10.1.0.2", hostname="Web-0"), ep("10.1.0.10")],
+                ports,
+            ),
+            endpoint_slice("default", "hl-6", "hl", [ep("2001:db8::"), ep("2001:db8::a:1")], ports),
+        ],
+    )
+    view = store.service("default", "hl")
+    assert view is not None
+    assert view.named("10-1-0-1") == ["10.1.0.1"]
+    assert view.named("10-1-0-01") == []  # a spelling endpoint_name never makes
+    assert view.named("010-1-0-1") == []
+    assert view.named("10-1-0-2") == []  # named by its hostname instead
+    assert view.named("web-0") == view.named("WEB-0") == ["10.1.0.2"]
+    assert view.named("2001-db8--0") == ["2001:db8::"]
+    assert view.named("2001-db8--") == []
+    assert view.named("2001-db8--a-1") == ["2001:db8::a:1"]
+    assert view.named("2001-0db8--a-1") == []
+    assert sorted(ep.name for ep in view.ready) == sorted(
+        ["10-1-0-1", "Web-0", "10-1-0-10", "2001-db8--0", "2001-db8--a-1"]
+    )
+    # PTR: the name each address is known by
+    assert store.endpoints_by_ip("10.1.0.1") == [("default", "hl", "10-1-0-1")]
+    assert store.endpoints_by_ip("10.1.0.2") == [("default", "hl", "Web-0")]
+    assert store.endpoints_by_ip("2001:db8::") == [("default", "hl", "2001-db8--0")]
+
+
 def test_build_view_rules() -> None:
     ports = (eport("http", 80),)
     manual = endpoints(
@@ -249,7 +288,8 @@ def test_build_view_rules() -> None:
 
     # slices win over v1 Endpoints
     view = build_view(headless("default", "svc"), [manual, mirrored])
-    assert view.ready == (ReadyEndpoint("10-0-0-1", "10.0.0.1", ports),)
+    assert view.ready == (ReadyEndpoint("", "10.0.0.1", ports),)
+    assert view.ready[0].name == "10-0-0-1"
     assert view.sources == (("EndpointSlice", "default", "svc-m"),)
 
     # v1 Endpoints alone: addresses ready, notReadyAddresses not

@@ -357,6 +357,34 @@ def test_endpoint_slice() -> None:
     )
 
 
+def test_without_targets_only_not_ready_endpoints_keep_their_target_ref() -> None:
+    # The cluster source drops ready endpoints' targetRefs unless --endpoint-pod-names reads
+    # them; `kdns explain` names not-ready endpoints by theirs, so those stay.
+    trimmed = trim("EndpointSlice", KUBE_DNS_SLICE, targets=False)
+    assert isinstance(trimmed, EndpointSet)
+    assert [ep.target for ep in trimmed.subsets[0].endpoints] == [
+        "",
+        "Pod/coredns-5d78c9869d-q9wz8",
+    ]
+    endpoints: Json = {
+        "metadata": {"name": "db", "namespace": "data"},
+        "subsets": [
+            {
+                "addresses": [{"ip": "10.1.0.1", "targetRef": {"kind": "Pod", "name": "db-0"}}],
+                "notReadyAddresses": [
+                    {"ip": "10.1.0.2", "targetRef": {"kind": "Pod", "name": "db-1"}}
+                ],
+            }
+        ],
+    }
+    trimmed = trim("Endpoints", endpoints, targets=False)
+    assert isinstance(trimmed, EndpointSet)
+    assert [ep.target for ep in trimmed.subsets[0].endpoints] == ["", "Pod/db-1"]
+    kept = trim("Endpoints", endpoints)
+    assert isinstance(kept, EndpointSet)
+    assert [ep.target for ep in kept.subsets[0].endpoints] == ["Pod/db-0", "Pod/db-1"]
+
+
 def test_endpoint_slice_with_null_endpoints_is_empty() -> None:
     # what the apiserver sends for a service without endpoints
     obj = copy.deepcopy(KUBE_DNS_SLICE)

@@ -1,4 +1,4 @@
-"""`kdns serve --workers N`: one process watches, N processes answer from its snapshot and writes.
+"""`kdns serve --workers N`: one process watches, N forked processes answer from its data.
 
 Each test runs the real server as a subprocess and asks it over real sockets. Which serving
 process gets a UDP query is the kernel's choice, so the tests that must reach every process
@@ -69,18 +69,17 @@ def metric(kp: KdnsProcess, name: str) -> dict[str, float]:
 
 
 def worker_pids(parent: int) -> list[int]:
-    """The kdns.serve.worker children of `parent`, from /proc."""
+    """The children of `parent` (the serving processes it forked), from /proc."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and b"kdns.serve.worker" in cmdline:
+        if ppid == parent:
             pids.append(int(entry))
     return sorted(pids)
 
@@ -251,6 +250,41 @@ def test_workers_share_one_watch_on_the_api_server(zones: Path, tmp_path: Path) 
             )
             # Still one watch per kind: the serving processes opened none of their own.
             assert api.open_watches() == watches_single
+        finally:
+            kp.stop()
+    finally:
+        api.stop()
+
+
+def test_workers_forked_before_the_sync_are_forked_again_once_it_is_in(
+    zones: Path, tmp_path: Path
+) -> None:
+    # Forked before the sync, a serving process holds the data it then receives as writes of its
+    # own; forked again after it, it shares the main process's. Answers never go wrong between.
+    api = FakeApiServer().start()
+    try:
+        api.apply_all([namespace("shop"), service("cart", "shop", cluster_ip="10.96.1.1")])
+        kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+        api.outage(4.0)  # longer than --startup-timeout: the workers start unsynced
+        args = ["--zones", str(zones), "--kubeconfig", str(kcfg), "--workers", "2"]
+        kp = start_kdns([*args, "--startup-timeout", "1"], http=True)
+        try:
+            first = worker_pids(kp.proc.pid)
+            assert len(first) == 2
+            cart = "cart.shop.svc.cluster.local"
+            assert ask(kp.port, cart).rcode() == dns.rcode.SERVFAIL  # not synced: unknown
+            assert address(kp.port) == "10.96.0.80"  # zones/ answers meanwhile
+            assert until(lambda: address(kp.port, cart) == "10.96.1.1", 30)
+            assert until(
+                lambda: len(now := worker_pids(kp.proc.pid)) == 2 and not set(now) & set(first),
+                30,
+            )
+            for _ in range(50):
+                assert address(kp.port, cart) == "10.96.1.1"
+            api.apply(service("new", "shop", cluster_ip="10.96.1.2"))
+            assert until(lambda: address(kp.port, "new.shop.svc.cluster.local") == "10.96.1.2", 10)
+            # Renewed, not restarted: nothing failed.
+            assert metric(kp, "kdns_worker_restarts_total") == {"": 0.0}
         finally:
             kp.stop()
     finally:

@@ -599,7 +599,7 @@ class Engine:
         view = res.view
         assert view is not None and res.request.zone is not None
         label = res.request.endpoint
-        endpoints = [ep for ep in view.ready if ep.name.lower() == label]
+        endpoints = view.endpoints_named(label)
         ports = list(dict.fromkeys(p.port for ep in endpoints for p in ep.ports))
         if not ports:
             return None

@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,14 @@ def engine_from_files(config: Config) -> Engine:
 class DnsServer:
     """A kdns server built from a `Config`."""
 
-    def __init__(self, config: Config, inherited: Inherited | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        inherited: Inherited | None = None,
+        stores: Sequence[Store] | None = None,
+    ) -> None:
+        """`stores`: the stores to serve (a forked serving process's, inherited; in the order
+        of `DnsServer.stores`); by default new, empty ones."""
         self.config = config
         #: What is served of every source (--namespace, --label-selector).
         self.scope = config.scope()
@@ -135,10 +142,14 @@ class DnsServer:
         self.replica: Any = None  # Replica, in a serving process
         self._status: asyncio.WriteTransport | None = None  # pipe to the main process
         rules = view_rules(config)
-        self.store = Store(serial_base=int(time.time()), rules=rules)
+        given = list(stores) if stores is not None else []
+        if given and len(given) != 1 + len(config.clusters):
+            raise ValueError(f"{len(given)} stores for {1 + len(config.clusters)} zones")
+        self.store = given[0] if given else Store(serial_base=int(time.time()), rules=rules)
         # --cluster CONTEXT=ZONE: one more store, and zone, per further cluster.
         self.extra = [
-            (ctx, Store(serial_base=int(time.time()), rules=rules)) for ctx, _ in config.clusters
+            (ctx, given[i + 1] if given else Store(serial_base=int(time.time()), rules=rules))
+            for i, (ctx, _) in enumerate(config.clusters)
         ]
         zones = [Cluster(config.domain, self.store)]
         zones += [
@@ -296,6 +307,8 @@ class DnsServer:
             log.info("%s", _runtime(loop, self.config))
         if self.pool is not None:
             await self.pool.start(self._stop)
+            if not self.synced:
+                self._spawn(self._renew_when_synced())
             self.serving = True
             for host, port in self.addresses:
                 log.info(
@@ -375,6 +388,8 @@ class DnsServer:
                     label_selector=scope.selector.text if scope.selector else None,
                     idle_timeout=cfg.watch_idle_timeout,
                     pods=cfg.pods == "verified",
+                    # Ready endpoints' targetRefs are read only to name endpoints by their pods.
+                    targets=cfg.endpoint_pod_names,
                 )
                 source.start()
                 self.sources.append(source)
@@ -498,13 +513,14 @@ class DnsServer:
         if self.replica is not None:
             from kdns.serve.workers import READY_TIMEOUT
 
-            # The main process waited for the sources; here, wait for its snapshot (or a stop).
+            # The main process waited for the sources; the stores came with the fork, and its
+            # "ready" comes first on the pipe (or a stop).
             waits = [self._spawn(self.replica.ready.wait()), self._spawn(self._stop.wait())]
             await asyncio.wait(waits, timeout=READY_TIMEOUT, return_when="FIRST_COMPLETED")
             for task in waits:
                 task.cancel()
             if not self.replica.ready.is_set() and not self._stop.is_set():
-                raise ConfigError(f"no snapshot from the main process in {READY_TIMEOUT:.0f}s")
+                raise ConfigError(f"nothing from the main process in {READY_TIMEOUT:.0f}s")
             return
         deadline = time.monotonic() + self.config.startup_timeout
         while not self.synced and time.monotonic() < deadline:
@@ -514,6 +530,16 @@ class DnsServer:
                 "sources not synced after %.1fs; answering anyway (SERVFAIL for unknown names)",
                 self.config.startup_timeout,
             )
+
+    async def _renew_when_synced(self) -> None:
+        """Serving processes forked before the sync got the data as writes of their own: fork
+        them again once it is in, so that they share it with this process (`worker.py`)."""
+        while not self.synced:
+            if self._stop.is_set():
+                return
+            await asyncio.sleep(0.1)
+        gc.freeze()
+        await self.pool.renew()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -681,9 +707,11 @@ def _runtime(loop: asyncio.AbstractEventLoop, config: Config) -> str:
     return f"{where}; UDP fast path {path}; UDP batches (recvmmsg/sendmmsg) {batches}"
 
 
-def run(config: Config, inherited: Inherited | None = None) -> None:
+def run(
+    config: Config, inherited: Inherited | None = None, stores: Sequence[Store] | None = None
+) -> None:
     """Run a server until it is told to stop (uvloop when installed)."""
-    server = DnsServer(config, inherited)
+    server = DnsServer(config, inherited, stores)
     try:
         import uvloop
     except ImportError:

@@ -1,61 +1,86 @@
-"""A serving process of `kdns serve --workers N`; the main process starts it (see `workers.py`).
+"""A serving process of `kdns serve --workers N`, forked from the main process (see `workers.py`).
 
-    python -m kdns.serve.worker INDEX FEED_FD STATUS_FD SOCKET_FD...
+Why fork. At 10,000 services and 100,000 endpoints the stores are most of a process's memory
+(60 of 104 MB). A serving process started afresh (`python -m ...`) rebuilt its own copy from a
+snapshot sent through a pipe: four of them cost four copies. Forked from the synced main process
+after `gc.freeze()` (which keeps the cyclic collector from writing to the objects it inherited),
+it shares those pages with the main process and its siblings until one of them writes to them.
+A restarted serving process is forked from the current data in the same way.
 
-The first frame on FEED_FD carries the settings; the snapshot and every later write follow.
+What the fork leaves to clean up. Only the forking thread (the main process's event loop) goes
+on in the child. The child drops the parent's running event loop (without closing it: its epoll
+instance and signal pipe are shared with the parent, and closing them would unregister the
+parent's sockets), resets signal handling, closes every file descriptor but its own, forgets the
+stores' listeners (the parent's answer cache and journal), and runs a server of its own on a new
+event loop. It never returns into the parent's code: it ends with `os._exit`, so nothing
+inherited is finalised twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
-import struct
 import sys
+import traceback
+from collections.abc import Sequence
 
-from kdns.serve.frames import FrameReader
-
-
-def _read_exactly(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            raise EOFError("the main process closed the pipe")
-        data += chunk
-    return data
+from kdns.config import Config
+from kdns.state.store import Store
 
 
-def main(argv: list[str]) -> int:
-    """Serve until the main process says stop (SIGTERM) or goes away (the pipe closes)."""
-    # Ctrl-C from a terminal, and systemd's SIGTERM, reach every process of the group: the main
-    # process decides, and says "stop" through the pipe (or closes it by dying).
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    index, feed, status = (int(a) for a in argv[:3])
-    sockets = tuple(int(a) for a in argv[3:])
-    # Read the settings frame and nothing after it: the event loop reads the rest.
+def run_forked(
+    index: int,
+    feed: int,
+    status: int,
+    sockets: Sequence[int],
+    config: Config,
+    level: int,
+    stores: Sequence[Store],
+) -> None:
+    """Serve in a child just forked by the main process, then exit (never returns)."""
+    code = 1
     try:
-        header = _read_exactly(feed, 4)
-        body = _read_exactly(feed, struct.unpack("!I", header)[0])
-    except EOFError as err:
-        print(f"kdns worker {index}: {err}", file=sys.stderr)
-        return 1
-    reader = FrameReader()
-    reader.feed(header + body)
-    hello = reader.next()
-    if not hello or hello[0] != "hello":
-        print(f"kdns worker {index}: unexpected first message", file=sys.stderr)
-        return 2
-    _, config, level = hello
-    logging.basicConfig(
-        level=level, format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s"
-    )
-    from kdns.serve.server import Inherited, run
+        # The parent's handlers would write to the parent's wakeup pipe. Ctrl-C from a terminal
+        # and systemd's SIGTERM reach every process of the group: the main process decides, and
+        # says "stop" through the pipe (or closes it by dying).
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        # Before the descriptors go: replacing the handlers closes the parent's.
+        logging.basicConfig(
+            level=level,
+            format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s",
+            force=True,
+        )
+        _close_fds_but({0, 1, 2, feed, status, *sockets})
+        asyncio.events._set_running_loop(None)
+        asyncio.set_event_loop(None)
+        for store in stores:
+            store.forget_listeners()
+        from kdns.serve.server import Inherited, run
 
-    run(config, Inherited(index, feed, status, sockets))
-    return 0
+        run(config, Inherited(index, feed, status, tuple(sockets)), stores=stores)
+        code = 0
+    except BaseException:  # anything: this process must not go on as the parent
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def _close_fds_but(keep: set[int]) -> None:
+    """Close every descriptor inherited but `keep`: the other serving processes' pipes (the main
+    process tells that one exited by its pipe closing), the API connections, the HTTP socket."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, os.sysconf("SC_OPEN_MAX")))
+    for fd in fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -1,13 +1,14 @@
 """`--workers N`: the serving processes, seen from the main process that watches.
 
-The main process binds the sockets, runs the sources and keeps the store; it starts N serving
-processes (`python -m kdns.serve.worker`) that inherit the sockets and a pipe. Through the pipe each
-one gets its settings, a snapshot of the store and then every write (`publish.py`); through a second
-pipe it reports when it serves and, every second, its counters. The kernel spreads queries over the
-processes reading the shared sockets, so the API server sees one watch however many cores answer.
+The main process binds the sockets, runs the sources and keeps the store; once synced, it forks N
+serving processes (`worker.py`) that inherit the sockets, the stores as they are at the fork (their
+memory shared with the main process until written), and two pipes. Through one each gets every
+write after the fork (`publish.py`); through the other it reports when it serves and, every second,
+its counters. The kernel spreads queries over the processes reading the shared sockets, so the API
+server sees one watch however many cores answer.
 
-A serving process that dies is started again (after a growing delay when it dies young), from a
-fresh snapshot; the others keep answering meanwhile. When the main process dies, the pipes close
+A serving process that dies is forked again (after a growing delay when it dies young), from the
+current data; the others keep answering meanwhile. When the main process dies, the pipes close
 and the serving processes stop.
 """
 
@@ -15,25 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
+import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import zip_longest
-from pathlib import Path
 from typing import Any
 
 from kdns.config import Config
 from kdns.ops.forward import Upstream
 from kdns.serve.acl import QueryAcl
 from kdns.serve.frames import FrameReader, pack
-from kdns.serve.publish import snapshot
 from kdns.serve.stats import QueryCounters, Snapshot
 from kdns.serve.tally import Rows, merged
+from kdns.serve.worker import run_forked
 from kdns.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,13 @@ STATS_INTERVAL = 1.0
 TALLY_EVERY = 5
 #: A serving process this far behind (bytes of writes it has not read) is restarted instead.
 MAX_FEED_BACKLOG = 256 << 20
-#: Seconds a serving process gets to load its snapshot and start answering.
+#: Seconds a serving process gets to start answering.
 READY_TIMEOUT = 60.0
 #: Seconds a serving process gets to stop before it is killed.
 STOP_TIMEOUT = 5.0
 #: A serving process that has said nothing (it reports every STATS_INTERVAL) for this long is
 #: stuck (stopped, deadlocked, swapping): it is killed and started again.
 SILENCE_TIMEOUT = 5.0
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 @dataclass(slots=True)
@@ -108,10 +107,40 @@ class ForwardTotals:
     cache_entries: int = 0
 
 
+class _Child:
+    """A forked serving process, with the parts of `subprocess.Popen` the pool uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already
+                self.returncode = -1
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
 @dataclass(slots=True)
 class _Worker:
     index: int
-    proc: subprocess.Popen[bytes]
+    proc: _Child
     started: float
     #: frames written before the pipe's transport was ready, in order
     pending: list[bytes] | None = field(default_factory=list)
@@ -123,26 +152,8 @@ class _Worker:
     #: its last digests for the page (see WorkerStats)
     names: Rows = field(default_factory=dict)
     clients: dict[str, int] = field(default_factory=dict)
-
-
-class _FeedWriter(asyncio.Protocol):
-    """Flow control of the pipe to a serving process."""
-
-    def __init__(self) -> None:
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._writable.set()
-
-    async def writable(self) -> None:
-        await self._writable.wait()
+    #: told to stop by `renew()`: forked again at once, not counted as a failure
+    renewing: bool = False
 
 
 class _StatusProtocol(asyncio.Protocol):
@@ -253,6 +264,31 @@ class WorkerPool:
                 worker.ready = False
                 self._kill(worker)
 
+    async def renew(self) -> None:
+        """Replace the serving processes one at a time by ones forked from the data as it is now.
+
+        For serving processes forked before the sources had synced (`--startup-timeout`
+        passed): they hold everything that came after as writes of their own, not shared with
+        the main process or with each other. The others answer meanwhile; with one serving
+        process, queries wait in the shared socket's buffer for the few milliseconds it takes.
+        """
+        for index in sorted(self._workers):
+            worker = self._workers.get(index)
+            if worker is None or self.stopping:
+                continue
+            worker.renewing = True
+            if worker.feed is not None:
+                worker.feed.write(pack(("stop",)))
+            else:
+                self._kill(worker)
+            deadline = time.monotonic() + STOP_TIMEOUT + READY_TIMEOUT
+            while not self.stopping and time.monotonic() < deadline:
+                new = self._workers.get(index)
+                if new is not None and new is not worker and new.ready:
+                    break
+                await asyncio.sleep(0.02)
+        log.info("serving processes forked again from the synced data")
+
     @property
     def ready_count(self) -> int:
         """Serving processes answering: ready, and heard from lately."""
@@ -272,44 +308,31 @@ class WorkerPool:
         feed_r, feed_w = os.pipe()
         status_r, status_w = os.pipe()
         fds = [s.fileno() for s in self.sockets]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "kdns.serve.worker", str(index), str(feed_r), str(status_w)]
-        try:
-            proc = subprocess.Popen(
-                argv + [str(fd) for fd in fds],
-                pass_fds=[feed_r, status_w, *fds],
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        finally:
-            os.close(feed_r)
-            os.close(status_w)
-        worker = _Worker(index, proc, time.monotonic())
-        # The snapshot is taken and the subscription starts in this one callback: nothing is
-        # missed, nothing comes twice. Writes published meanwhile wait in `pending`.
         level = logging.getLogger().getEffectiveLevel()
-        frames = snapshot(self.stores)
+        # Everything alive now moves out of the cyclic collector's reach, in this process and so
+        # in the child: a collection would otherwise write to every object it walks, and each
+        # page written is a page the two processes no longer share.
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:  # the serving process: never returns
+            run_forked(index, feed_r, status_w, fds, self.config, level, self.stores)
+        os.close(feed_r)
+        os.close(status_w)
+        worker = _Worker(index, _Child(pid), time.monotonic())
+        # The fork and the subscription happen in this one callback: the child has every write
+        # before it, and gets every write after it. Writes published meanwhile wait in `pending`.
         self._workers[index] = worker
-        hello = pack(("hello", self.config, level))
-        self._spawn_task(self._connect(worker, feed_w, status_r, hello, frames))
-        log.info("worker %d: started, pid %d", index, proc.pid)
+        self._spawn_task(self._connect(worker, feed_w, status_r))
+        log.info("worker %d: started, pid %d", index, pid)
 
-    async def _connect(
-        self, worker: _Worker, feed_w: int, status_r: int, hello: bytes, frames: Iterator[bytes]
-    ) -> None:
+    async def _connect(self, worker: _Worker, feed_w: int, status_r: int) -> None:
         loop = asyncio.get_running_loop()
         status = os.fdopen(status_r, "rb", buffering=0)
         feed = os.fdopen(feed_w, "wb", buffering=0)
         await loop.connect_read_pipe(lambda: _StatusProtocol(self, worker), status)
-        transport, writer = await loop.connect_write_pipe(_FeedWriter, feed)
-        transport.write(hello)
-        # The snapshot, as fast as the process reads it: a few frames in memory at a time.
-        for frame in frames:
-            if transport.is_closing():
-                return
-            transport.write(frame)
-            await writer.writable()
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, feed)
+        # The stores came with the fork: "ready" says so, then the writes since.
+        transport.write(pack(("ready",)))
         pending, worker.pending = worker.pending or [], None
         worker.feed = transport
         transport.writelines(pending)
@@ -332,9 +355,11 @@ class WorkerPool:
             await asyncio.sleep(0.02)
         if worker.proc.poll() is None:
             worker.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.proc.wait(1.0)
+            worker.proc.wait(1.0)
         if self.stopping:
+            return
+        if worker.renewing:
+            self._spawn(worker.index)
             return
         code = worker.proc.returncode
         how = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
@@ -351,8 +376,7 @@ class WorkerPool:
             self._spawn(worker.index)
 
     def _kill(self, worker: _Worker) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            worker.proc.kill()
+        worker.proc.kill()
 
     async def stop(self) -> None:
         """Stop every serving process ("stop" through the pipe, SIGKILL after STOP_TIMEOUT)."""
@@ -370,8 +394,7 @@ class WorkerPool:
             if worker.proc.poll() is None:
                 log.error("worker %d did not stop in %.0fs; killing it", worker.index, STOP_TIMEOUT)
                 self._kill(worker)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    worker.proc.wait(1.0)
+                worker.proc.wait(1.0)
             if worker.feed is not None:
                 worker.feed.close()
         for task in list(self._tasks):

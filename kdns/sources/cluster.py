@@ -30,6 +30,7 @@ immediate retries underneath would only multiply the requests a struggling apise
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -37,13 +38,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
 
 import yaml
-from kubernetes.client import ApiClient, ApiException, Configuration, CoreV1Api
+from kubernetes.client import ApiClient, ApiException, Configuration
 from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
 
 from kdns.config import ClusterConfigError
+from kdns.sources import apicall
 from kdns.sources.reflector import Recovery, Reflector, ReflectorStats, WatchSettings, backoff_delay
 from kdns.state.model import Namespace, ObjectKey
 from kdns.state.store import Sink
@@ -60,7 +61,11 @@ def node_zone(api_client: ApiClient, node: str, timeout: float = 10.0) -> str:
     kdns has no data before it reaches the API anyway, and a preference silently dropped would
     send every client across zones."""
     try:
-        obj = CoreV1Api(api_client).read_node(node, _request_timeout=timeout)
+        response = apicall.get(api_client, f"/api/v1/nodes/{node}", request_timeout=timeout)
+        try:
+            obj = json.loads(response.data)
+        finally:
+            response.release_conn()
     except ApiException as exc:
         if exc.status == 404:
             raise ClusterConfigError(f"--prefer-zone-from-node: no node {node!r}") from None
@@ -76,8 +81,8 @@ def node_zone(api_client: ApiClient, node: str, timeout: float = 10.0) -> str:
         raise ClusterConfigError(
             f"--prefer-zone-from-node: reading node {node!r} failed: {_one_line(exc)}"
         ) from None
-    labels = (obj.metadata.labels if obj.metadata is not None else None) or {}
-    return str(labels.get(ZONE_LABEL, ""))
+    labels = (obj.get("metadata") or {}).get("labels") or {} if isinstance(obj, dict) else {}
+    return str(labels.get(ZONE_LABEL, "")) if isinstance(labels, dict) else ""
 
 
 #: Every kind a cluster source watches, in the order they start.
@@ -130,7 +135,9 @@ class ClusterSource:
 
     `namespaces`: watch only these (None or empty: all namespaces, and Namespaces themselves).
     `label_selector`: only Services matching it. `settings`: list/watch knobs (tests shrink the
-    timeouts and backoff). Call `start()`, then `stop()`; `synced` turns True (and
+    timeouts and backoff). `pods`: watch Pods too (`--pods verified`). `targets`: keep ready
+    endpoints' targetRefs (`--endpoint-pod-names`; see `trim.endpoint_slice`). Call `start()`,
+    then `stop()`; `synced` turns True (and
     `sink.set_synced(layer)` is called, once) when the first list of every kind is in.
 
     Several threads write to `sink` at once, so it must be thread-safe: the server's `LoopSink`,
@@ -148,6 +155,7 @@ class ClusterSource:
         settings: WatchSettings | None = None,
         idle_timeout: float | None = None,
         pods: bool = False,
+        targets: bool = False,
     ) -> None:
         self.sink = sink
         self.layer = layer
@@ -178,6 +186,7 @@ class ClusterSource:
                         settings=self.settings,
                         on_synced=self._part_synced,
                         recovery=recovery,
+                        targets=targets,
                     )
                 )
         if self.namespaces is not None:
@@ -263,7 +272,7 @@ class NamespaceProbe:
         self.stats = ReflectorStats("Namespace", "")
         self._sink = sink
         self._layer = layer
-        self._api = CoreV1Api(api_client)
+        self._api_client = api_client
         self._on_synced = on_synced
         self._known: dict[str, bool] = {}
         self._forbidden_logged = False
@@ -310,11 +319,10 @@ class NamespaceProbe:
 
     def _exists(self, ns: str) -> bool:
         try:
-            # The raw urllib3 response (typed as the model it would otherwise be decoded into).
-            response: Any = self._api.read_namespace(
-                ns,
-                _preload_content=False,
-                _request_timeout=(self.settings.connect_timeout, self.settings.read_timeout),
+            response = apicall.get(
+                self._api_client,
+                f"/api/v1/namespaces/{ns}",
+                request_timeout=(self.settings.connect_timeout, self.settings.read_timeout),
             )
         except ApiException as exc:
             if exc.status == 404:

@@ -27,14 +27,14 @@ transfer and parsing but no store churn; a clean end of the watch needs no proof
 Why raw HTTP. The client's `watch.Watch` helper cannot be trusted with a 410 (it retries with the
 same resourceVersion, then raises; with `deserialize=False` it fails with a KeyError and resumes
 from the *starting* resourceVersion), follows bookmarks only from client 36 on, and deserialising
-lists into model objects is slow and large at 100k endpoints. So the reflector calls the official
-client's generated list functions with `_preload_content=False`, which gives the urllib3 response
-(same call in clients 36 and 37; authentication, TLS and token refresh stay the client's), and
-reads the JSON itself: list pages with `json.loads`, watch streams line by line. No model object
-is ever built; the JSON of a page is dropped as soon as its items are trimmed. Pages of endpoint
-objects are small because each item is large (a slice of 100 endpoints is ~25 kB of JSON, a page
-of 500 a 12 MB body plus its parsed form): 50 a page keeps the peak memory of a list low, and the
-extra requests cost little.
+lists into model objects is slow and large at 100k endpoints. So the reflector sends its requests
+through the official client's generic request path (`kdns.sources.apicall`: the calls the generated
+list functions end in, without importing their models), which gives the urllib3 response
+(authentication, TLS and token refresh stay the client's), and reads the JSON itself: list pages
+with `json.loads`, watch streams line by line. No model object is ever built; the JSON of a page is
+dropped as soon as its items are trimmed. Pages of endpoint objects are small because each item is
+large (a slice of 100 endpoints is ~25 kB of JSON, a page of 500 a 12 MB body plus its parsed form):
+50 a page keeps the peak memory of a list low, and the extra requests cost little.
 
 Why the watch stream is decoded here. The apiserver sends a watch as chunked transfer-encoding,
 one chunk per event. urllib3's chunked reader makes several blocking reads per chunk (the size
@@ -97,11 +97,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import partial
 from typing import Any
 
-from kubernetes.client import ApiClient, ApiException, CoreV1Api, DiscoveryV1Api
+from kubernetes.client import ApiClient, ApiException
 from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, ReadTimeoutError
 
+from kdns.sources import apicall
+from kdns.sources.apicall import collection_path
 from kdns.sources.trim import TrimError, trim
 from kdns.state.model import EndpointSet, KubeObject, ObjectKey
 from kdns.state.store import Sink
@@ -113,8 +116,9 @@ log = logging.getLogger(__name__)
 MIN_HEALTHY_WATCH = 1.0
 
 #: Most bytes asked of the socket in one read of a watch stream. A read returns what has arrived,
-#: so this only bounds how much a backlog is taken in at once.
-READ_SIZE = 1 << 20
+#: so this only bounds how much a backlog is taken in at once; but the buffer is allocated at
+#: this size while the read waits, in every watching thread (at 1 MiB: 4 MB of a process).
+READ_SIZE = 1 << 16
 
 #: Kinds whose objects are large (up to hundreds of endpoints each; a Pod's spec and status run
 #: to several kilobytes): listed in smaller pages.
@@ -123,41 +127,22 @@ LARGE_KINDS = frozenset({"EndpointSlice", "Endpoints", "Pod"})
 
 @dataclass(frozen=True, slots=True)
 class Resource:
-    """How to list and watch one kind with the official client."""
+    """Where one kind is listed and watched."""
 
     kind: str  # the record kind: "Service", "EndpointSlice", "Endpoints", "Namespace"
-    plural: str  # the API resource, for logs and metrics
-    api: Callable[[Any], Any]  # CoreV1Api or DiscoveryV1Api
-    list_all: str  # the generated function listing every namespace (or a cluster-scoped kind)
-    list_namespaced: str | None  # the one listing a single namespace; None if cluster-scoped
+    plural: str  # the API resource, in paths, logs and metrics
+    group_version: str  # "v1" for the core group, else "group/version"
+    namespaced: bool = True
 
 
 RESOURCES: dict[str, Resource] = {
     r.kind: r
     for r in (
-        Resource(
-            "Service",
-            "services",
-            CoreV1Api,
-            "list_service_for_all_namespaces",
-            "list_namespaced_service",
-        ),
-        Resource(
-            "EndpointSlice",
-            "endpointslices",
-            DiscoveryV1Api,
-            "list_endpoint_slice_for_all_namespaces",
-            "list_namespaced_endpoint_slice",
-        ),
-        Resource(
-            "Endpoints",
-            "endpoints",
-            CoreV1Api,
-            "list_endpoints_for_all_namespaces",
-            "list_namespaced_endpoints",
-        ),
-        Resource("Namespace", "namespaces", CoreV1Api, "list_namespace", None),
-        Resource("Pod", "pods", CoreV1Api, "list_pod_for_all_namespaces", "list_namespaced_pod"),
+        Resource("Service", "services", "v1"),
+        Resource("EndpointSlice", "endpointslices", "discovery.k8s.io/v1"),
+        Resource("Endpoints", "endpoints", "v1"),
+        Resource("Namespace", "namespaces", "v1", namespaced=False),
+        Resource("Pod", "pods", "v1"),
     )
 }
 
@@ -312,8 +297,9 @@ class Reflector:
     """Lists and watches one kind into a store layer, in a daemon thread.
 
     `namespace`: watch only that namespace (None: all namespaces, or a cluster-scoped kind).
-    `label_selector`: passed to the API as is. `on_synced(reflector)` is called once, from the
-    reflector's thread, right after the first complete list has been handed to the sink.
+    `label_selector`: passed to the API as is. `targets`: as `trim(targets=...)`.
+    `on_synced(reflector)` is called once, from the reflector's thread, right after the first
+    complete list has been handed to the sink.
     `recovery`: shared by the reflectors of one cluster (see `Recovery`); by default its own.
     """
 
@@ -329,6 +315,7 @@ class Reflector:
         settings: WatchSettings | None = None,
         on_synced: Callable[[Reflector], None] | None = None,
         recovery: Recovery | None = None,
+        targets: bool = True,
     ) -> None:
         if kind not in RESOURCES:
             raise ValueError(f"cannot watch kind {kind!r}; one of {', '.join(RESOURCES)}")
@@ -340,14 +327,11 @@ class Reflector:
         self.layer = layer
         self._sink = sink
         self._on_synced = on_synced
-        api = self.resource.api(api_client)
-        if namespace is None:
-            self._call: Callable[..., Any] = getattr(api, self.resource.list_all)
-        else:
-            if self.resource.list_namespaced is None:
-                raise ValueError(f"{self.resource.plural} are not namespaced")
-            list_one = getattr(api, self.resource.list_namespaced)
-            self._call = lambda **kw: list_one(namespace, **kw)
+        self._targets = targets
+        if namespace is not None and not self.resource.namespaced:
+            raise ValueError(f"{self.resource.plural} are not namespaced")
+        path = collection_path(self.resource.group_version, self.resource.plural, namespace)
+        self._call: Callable[..., Any] = partial(apicall.get, api_client, path)
         self.name = self.resource.plural + (f" in {namespace}" if namespace else "")
         self.stats = ReflectorStats(kind, namespace or "")
         self._rv = ""
@@ -470,7 +454,7 @@ class Reflector:
             params["label_selector"] = self.label_selector
         timeout = min(self.settings.connect_timeout, 2.0), min(self.settings.read_timeout, 5.0)
         try:
-            response = self._call(_preload_content=False, _request_timeout=timeout, **params)
+            response = self._call(request_timeout=timeout, **params)
             response.read()
             response.release_conn()
         except Exception:
@@ -522,9 +506,7 @@ class Reflector:
         if self.label_selector:
             params["label_selector"] = self.label_selector
         response = self._call(
-            _preload_content=False,
-            _request_timeout=(self.settings.connect_timeout, read_timeout),
-            **params,
+            request_timeout=(self.settings.connect_timeout, read_timeout), **params
         )
         with self._lock:
             if self._stop.is_set():
@@ -749,7 +731,7 @@ class Reflector:
 
     def _trim(self, obj: Any) -> KubeObject | None:
         try:
-            return trim(self.kind, obj)
+            return trim(self.kind, obj, targets=self._targets)
         except TrimError as exc:
             self.stats.invalid += 1
             log.warning("%s: ignoring %s: %s", self.name, _name(obj), exc)
@@ -826,6 +808,8 @@ def _chunked_lines(response: Any, fp: Any) -> Iterator[tuple[bytes, float]]:
             where = "inside a chunk" if chunks.in_chunk else "before its last chunk"
             raise ProtocolError(f"Connection broken: the watch stream ended {where}")
         chunks.feed(data)
+        # Neither the read nor its lines are kept while this waits for the next event.
+        data = b""
         end = body.rfind(b"\n")
         if end < 0:
             continue
@@ -834,6 +818,7 @@ def _chunked_lines(response: Any, fp: Any) -> Iterator[tuple[bytes, float]]:
         for line in lines:
             if line.strip():
                 yield line, received_at
+        lines.clear()
     if body.strip():
         yield bytes(body), time.monotonic()
     # Read to the end: close the http.client response as urllib3 does, so that the connection

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kdns.state.model import (
@@ -184,8 +184,12 @@ def _target(ref: Any) -> str:
     )
 
 
-def endpoint_slice(obj: Json) -> EndpointSet | None:
-    """A discovery.k8s.io/v1 EndpointSlice; None for FQDN slices and slices of no service."""
+def endpoint_slice(obj: Json, targets: bool = True) -> EndpointSet | None:
+    """A discovery.k8s.io/v1 EndpointSlice; None for FQDN slices and slices of no service.
+
+    `targets=False` keeps the targetRef of not-ready endpoints only (what `kdns explain` shows);
+    the ready ones' are read only by `--endpoint-pod-names`, and at 100,000 endpoints their
+    strings are 7 MB of the process."""
     ns, name = metadata(obj)
     svc = labels(obj).get(SERVICE_NAME_LABEL, "")
     family = as_str(obj.get("addressType"), "addressType") or "IPv4"
@@ -231,7 +235,7 @@ def endpoint_slice(obj: Json) -> EndpointSet | None:
                 hostname=hostname,
                 ready=ready,
                 node_name=sys.intern(node),
-                target=_target(ep.get("targetRef")),
+                target=_target(ep.get("targetRef")) if targets or not ready else "",
                 zone=sys.intern(zone),
                 for_zones=_for_zones(hints, i) if hints is not None else (),
             )
@@ -297,8 +301,9 @@ def _endpoint_ports(value: Any, what: str) -> list[EndpointPort]:
     return out
 
 
-def endpoints(obj: Json) -> EndpointSet:
-    """A v1 Endpoints: `addresses` are ready, `notReadyAddresses` are not."""
+def endpoints(obj: Json, targets: bool = True) -> EndpointSet:
+    """A v1 Endpoints: `addresses` are ready, `notReadyAddresses` are not. `targets` as for
+    `endpoint_slice`."""
     ns, name = metadata(obj)
     subsets = []
     for i, sub in enumerate(as_list(obj.get("subsets"), "subsets")):
@@ -317,7 +322,7 @@ def endpoints(obj: Json) -> EndpointSet:
                         node_name=sys.intern(
                             as_str(addr.get("nodeName"), f"subsets[{i}].{field}[{j}].nodeName")
                         ),
-                        target=_target(addr.get("targetRef")),
+                        target=_target(addr.get("targetRef")) if targets or not ready else "",
                     )
                 )
         ports = tuple(_endpoint_ports(sub.get("ports"), f"subsets[{i}].ports"))
@@ -334,7 +339,11 @@ def namespace(obj: Json) -> Namespace:
     return Namespace(name)
 
 
-_TRIMMERS = {
+_ENDPOINT_TRIMMERS: dict[str, Callable[[Json, bool], KubeObject | None]] = {
+    "EndpointSlice": endpoint_slice,
+    "Endpoints": endpoints,
+}
+_TRIMMERS: dict[str, Callable[[Json], KubeObject | None]] = {
     "Service": service,
     "EndpointSlice": endpoint_slice,
     "Endpoints": endpoints,
@@ -343,12 +352,15 @@ _TRIMMERS = {
 }
 
 
-def trim(kind: str, obj: Json) -> KubeObject | None:
-    """Convert one API object of `kind` to its record; None when DNS has no use for it."""
+def trim(kind: str, obj: Json, *, targets: bool = True) -> KubeObject | None:
+    """Convert one API object of `kind` to its record; None when DNS has no use for it.
+    `targets=False`: ready endpoints are kept without their targetRef (see `endpoint_slice`)."""
     try:
         convert = _TRIMMERS[kind]
     except KeyError:
         raise TrimError(f"kdns does not read objects of kind {kind!r}") from None
     if not isinstance(obj, Mapping):
         raise TrimError(f"a {kind} must be a mapping")
+    if not targets and kind in ("EndpointSlice", "Endpoints"):
+        return _ENDPOINT_TRIMMERS[kind](obj, False)
     return convert(obj)

@@ -163,6 +163,20 @@ def endpoint_name(hostname: str, address: str) -> str:
     return address.replace(".", "-")
 
 
+def address_of_label(label: str) -> str | None:
+    """The canonical address whose dashed form (`endpoint_name("", address)`) `label` could be,
+    or None when it spells no address. (The caller compares the dashed form to be exact: this
+    also accepts spellings such as leading zeros that `endpoint_name` never makes.)"""
+    if "-" not in label:
+        return None
+    for text in (label.replace("-", "."), label.replace("-", ":")):
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            continue
+    return None
+
+
 def is_label(text: str) -> bool:
     """True when `text` is a DNS-1123 label: 1-63 of a-z, 0-9 and '-', alphanumeric at both
     ends (what Kubernetes allows as a label-shaped name)."""

@@ -33,6 +33,7 @@ from kdns.state.model import (
     ObjectKey,
     PodAddresses,
     Service,
+    address_of_label,
     endpoint_name,
     is_label,
 )
@@ -66,9 +67,17 @@ _NO_CHANGE = Change()
 class ReadyEndpoint:
     """One address of one ready endpoint of a service."""
 
-    name: str  # the endpoint's DNS label: hostname or dashed address
+    #: The endpoint's own DNS label (its hostname, or its pod's name with
+    #: --endpoint-pod-names); "" when it is named by its address. The dashed address is made
+    #: when asked for (`name`): kept, those strings were 6 MB per 100,000 endpoints.
+    hostname: str
     address: str
     ports: tuple[EndpointPort, ...]
+
+    @property
+    def name(self) -> str:
+        """The endpoint's DNS label: hostname or dashed address."""
+        return self.hostname or endpoint_name("", self.address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +108,22 @@ class ServiceView:
 
     def named(self, label: str) -> list[str]:
         """Addresses of the ready endpoints whose name is `label` (case-insensitive)."""
+        return list(dict.fromkeys(ep.address for ep in self.endpoints_named(label)))
+
+    def endpoints_named(self, label: str) -> list[ReadyEndpoint]:
+        """The ready endpoints whose name is `label` (case-insensitive), in order."""
         label = label.lower()
-        seen: dict[str, None] = {}
-        for ep in self.ready:
-            if ep.name.lower() == label:
-                seen.setdefault(ep.address, None)
-        return list(seen)
+        # The address the label would spell, worked out once, not every endpoint's dashed name.
+        address = address_of_label(label)
+        return [
+            ep
+            for ep in self.ready
+            if (
+                ep.hostname.lower() == label
+                if ep.hostname
+                else ep.address == address and endpoint_name("", ep.address) == label
+            )
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +297,11 @@ def build_view(
                     if not ok:
                         not_ready += 1
                         continue
-                    name = endpoint_name(hostname, address)
                     before = len(seen)
-                    seen.add((name, address, pid))
+                    seen.add((hostname, address, pid))
                     if len(seen) == before:
                         continue
-                    ready.append(ReadyEndpoint(name, address, ports))
+                    ready.append(ReadyEndpoint(hostname, address, ports))
                     if zone:
                         origins.append(ep)
     preferred = 0
@@ -313,7 +331,10 @@ class Store:
         self._views: dict[ServiceKey, ServiceView] = {}
         self._owner: dict[ServiceKey, str] = {}
         self._cluster_ptr: dict[str, ServiceKey | list[ServiceKey]] = {}
-        self._endpoint_ptr: dict[str, tuple[str, str, str] | list[tuple[str, str, str]]] = {}
+        #: address -> the service of an endpoint named by its address (its key, shared with
+        #: `_views`), or (namespace, service, label) for one named otherwise; a list when several.
+        #: (A (namespace, service, label) tuple for every endpoint cost 6.4 MB per 100,000.)
+        self._endpoint_ptr: dict[str, _PtrEntry | list[_PtrEntry]] = {}
         self._listeners: list[Listener] = []
         self._conflicts_warned: set[ServiceKey] = set()
         self.generation = 0
@@ -411,6 +432,11 @@ class Store:
     def subscribe(self, listener: Listener) -> None:
         """Call `listener(generation, received_at)` after every change."""
         self._listeners.append(listener)
+
+    def forget_listeners(self) -> None:
+        """Drop every listener: a serving process forked from the main process keeps the store
+        but not what the main process hung on it (its answer cache, its journal)."""
+        self._listeners.clear()
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -539,13 +565,13 @@ class Store:
         for ip in after - before:
             _edit(self._cluster_ptr, ip, skey, False)
             changed.add(ip)
-        was = {(ep.address, ep.name) for ep in old.ready} if old is not None else set()
-        now = {(ep.address, ep.name) for ep in new.ready} if new is not None else set()
+        was = {(ep.address, ep.hostname) for ep in old.ready} if old is not None else set()
+        now = {(ep.address, ep.hostname) for ep in new.ready} if new is not None else set()
         for address, label in was - now:
-            _edit(self._endpoint_ptr, address, (ns, name, label), True)
+            _edit(self._endpoint_ptr, address, (ns, name, label) if label else skey, True)
             changed.add(address)
         for address, label in sorted(now - was):
-            _edit(self._endpoint_ptr, address, (ns, name, label), False)
+            _edit(self._endpoint_ptr, address, (ns, name, label) if label else skey, False)
             changed.add(address)
 
     def _bump(self, received_at: float | None) -> None:
@@ -600,7 +626,10 @@ class Store:
 
     def endpoints_by_ip(self, ip: str) -> list[tuple[str, str, str]]:
         """(namespace, service, endpoint name) of every ready endpoint with address `ip`."""
-        return sorted(_values(self._endpoint_ptr, ip))
+        return sorted(
+            entry if len(entry) == 3 else (*entry, endpoint_name("", ip))
+            for entry in _values(self._endpoint_ptr, ip)
+        )
 
     def views(self) -> Iterator[ServiceView]:
         """Every service view, in (namespace, name) order."""
@@ -637,6 +666,9 @@ def _edit(index: dict[str, _T | list[_T]], ip: str, value: _T, remove: bool) -> 
             bucket.append(value)
     elif bucket != value:
         index[ip] = [bucket, value]
+
+
+_PtrEntry = tuple[str, str] | tuple[str, str, str]
 
 
 def _values(index: dict[str, _T | list[_T]], ip: str) -> list[_T]:
