@@ -24,7 +24,7 @@ from dnslib import AAAA, QTYPE, RCODE, A
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdns.dns.large_answers import _rdata, encode_bulk
+from kdns.dns.large_answers import Bodies, _rdata, encode_bulk
 from kdns.dns.resolution import Cluster, Engine
 from kdns.dns.wire import Query, encode, parse_query
 from kdns.serve.responder import Responder, _fit
@@ -148,8 +148,13 @@ def wire(
     return packet
 
 
-def questions(rng: random.Random, zones: tuple[str, ...]) -> list[tuple[str, bool]]:
-    """(name, whether it has a shape the direct encoder covers: service or _port._proto)."""
+#: An endpoint's name: the direct encoder covers its A, AAAA and ANY, not its SRV.
+ENDPOINT = "endpoint"
+
+
+def questions(rng: random.Random, zones: tuple[str, ...]) -> list[tuple[str, bool | str]]:
+    """(name, whether it has a shape the direct encoder covers: service or _port._proto, or
+    ENDPOINT)."""
     out = []
     for zone in zones:
         for ns in (*NAMESPACES, "nope"):
@@ -163,7 +168,7 @@ def questions(rng: random.Random, zones: tuple[str, ...]) -> list[tuple[str, boo
                 # The "_" is optional, as in CoreDNS: still a port question.
                 out.append((f"http._tcp.{base}", True))
                 out.append((f"_http.{base}", False))
-                out.append((f"{rng.choice(['h0', 'h1', '10-0-0-1'])}.{base}", False))
+                out.append((f"{rng.choice(['h0', 'h1', 'H0', '10-0-0-1'])}.{base}", ENDPOINT))
         out.append((zone, False))
         out.append((f"default.svc.{zone}", False))
     out.append(("1.0.0.10.in-addr.arpa", False))
@@ -180,11 +185,22 @@ def reference(responder: Responder, query: Query, max_udp: int) -> bytes | Excep
 
 
 def check(
-    engine: Engine, responder: Responder, data: bytes, covered: bool, max_udp: int
+    engine: Engine,
+    responder: Responder,
+    data: bytes,
+    covered: bool | str,
+    max_udp: int,
+    bodies: Bodies | None = None,
 ) -> str | None:
-    """Assert the direct encoder against the engine for one query; the kind of what it gave."""
+    """Assert the direct encoder against the engine for one query; the kind of what it gave.
+
+    With `bodies`, the sections encoded for earlier questions of the same views are reused.
+    """
     query = parse_query(data)
-    direct = encode_bulk(engine, query, max_udp)
+    depth = "port" if query.labels[0].startswith(b"_") else "service"
+    if covered == ENDPOINT:
+        covered, depth = query.qtype != QTYPE.SRV, "endpoint"
+    direct = encode_bulk(engine, query, max_udp, bodies=bodies)
     expected = reference(responder, query, max_udp)
     if isinstance(expected, Exception):
         assert direct is None, (query.labels, query.qtype, expected)
@@ -203,7 +219,6 @@ def check(
     assert (direct is not None) == (covered and positive), (query.labels, query.qtype)
     if direct is None:
         return None
-    depth = "port" if query.labels[0].startswith(b"_") else "service"
     return f"{depth} {QTYPE[query.qtype]}"
 
 
@@ -217,14 +232,17 @@ def test_direct_bytes_equal_engine_bytes(seed: int) -> None:
     responder = Responder(engine)
     max_udp = rng.choice([512, 1232, 4096])
     kinds: Counter[str] = Counter()
+    # Every question asked twice, in other spellings and EDNS states: the second one is served
+    # from the bodies the first left (half the seeds), or encoded again.
+    bodies = Bodies() if seed % 2 else None
     for name, covered in questions(rng, zones):
-        for type_name in rng.sample(TYPES, 4):
+        for type_name in rng.sample(TYPES, 4) * 2:
             qclass = 1 if rng.random() < 0.95 else 3
             edns = rng.random() < 0.5
             data = wire(
                 rng, spell(rng, name), getattr(QTYPE, type_name), qclass, edns, rng.random() < 0.5
             )
-            kind = check(engine, responder, data, covered, max_udp)
+            kind = check(engine, responder, data, covered, max_udp, bodies)
             if kind:
                 kinds[kind] += 1
     assert kinds, "the direct encoder answered nothing"
@@ -244,6 +262,7 @@ def test_every_covered_shape_is_exercised() -> None:
                 if kind:
                     kinds[kind] += 1
     wanted = {"service A", "service AAAA", "service ANY", "service SRV", "port SRV", "port ANY"}
+    wanted |= {"endpoint A", "endpoint AAAA", "endpoint ANY"}
     assert wanted <= set(kinds), kinds
 
 
@@ -289,6 +308,49 @@ def test_answers_over_64k_are_left_to_fit(count: int, hostname: str, name: str, 
     response = responder.respond(data, udp=False)
     assert response == _fit(query, responder.resolve(query), responder.max_udp)
     assert isinstance(response, bytes) and len(response) <= 65535
+
+
+def moved(count: int, change: int, hostname: str = "") -> EndpointSet:
+    """`big_headless`'s slice after `change` changes: one endpoint moved to a new address,
+    every third change one more endpoint, every fifth one fewer."""
+    n = count + (change % 3 == 0) - (change % 5 == 0)
+    endpoints = tuple(
+        Endpoint(
+            (f"10.{1 + change % 200}.0.{i}" if i == change % n else f"10.0.{i >> 8}.{i & 255}",),
+            hostname=f"{hostname}{i}" if hostname else "",
+        )
+        for i in range(n)
+    )
+    return EndpointSet(
+        "EndpointSlice", "ns", "db-1", "db", (Subset(endpoints, (EndpointPort("http", 80),)),)
+    )
+
+
+@pytest.mark.parametrize(("hostname", "kept"), [("", 64), ("web-", 1)])
+def test_bodies_follow_every_change(hostname: str, kept: int) -> None:
+    """A service changing again and again, asked each time with and without EDNS, in other
+    spellings, for each covered type at its name and at its port: every answer built from the
+    kept bodies equals the engine's for the data of that moment (a new view is encoded anew,
+    and a kept body is never served for a later view), with room for many views or one."""
+    rng = random.Random(len(hostname) + kept)
+    engine, responder = one_service(big_headless(100, hostname))
+    store = engine.clusters[0].store
+    bodies = Bodies(kept)
+    names = ("db.ns.svc.cluster.local", "_http._tcp.db.ns.svc.cluster.local")
+    for change in range(1, 25):
+        store.apply("t", [moved(100, change, hostname)])
+        for _ in range(3):
+            for name in names:
+                for qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY, QTYPE.SRV):
+                    data = wire(rng, spell(rng, name), qtype, 1, rng.random() < 0.5)
+                    query = parse_query(data)
+                    direct = encode_bulk(engine, query, 1232, bodies=bodies)
+                    expected = encode(query, responder.resolve(query), max_udp=1232)
+                    if qtype == QTYPE.AAAA:  # no IPv6 address: NODATA, the engine's to give
+                        assert direct is None
+                    else:
+                        assert direct == expected, (name, QTYPE[qtype], change)
+        assert len(bodies) <= kept
 
 
 def test_answers_past_16k_stay_readable() -> None:

@@ -117,6 +117,28 @@ def test_large_answers_turn_too(
     check_turns(responder("round-robin"), responder("off"), data, udp=False, turns=turns)
 
 
+def test_truncated_answers_leave_the_turn_alone() -> None:
+    # A headless service of 40 addresses is too large for UDP without EDNS: those clients get
+    # TC=1 and no records, then ask again over TCP. The TC=1 answers carry no order, so they do
+    # not move the turn: the TCP answers start with the first order and visit each in turn.
+    def responder(rotate: str) -> Responder:
+        store = Store()
+        store.add_layer("t", implicit_namespaces=True)
+        store.apply("t", big_headless(40))
+        store.set_synced("t")
+        return Responder(Engine([Cluster("cluster.local", store)]), rotate=rotate)  # type: ignore[arg-type]
+
+    rotating, still = responder("round-robin"), responder("off")
+    data = wire(random.Random(2), "db.ns.svc.cluster.local", QTYPE.A)
+    for _ in range(7):
+        got = rotating.respond(data, udp=True)
+        assert isinstance(got, bytes)
+        message = dns.message.from_wire(got)
+        assert message.flags & dns.flags.TC and not message.answer
+    assert rotating.respond(data, udp=False) == still.respond(data, udp=False)
+    check_turns(rotating, still, data, udp=False, turns=39)  # the other 39 orders, once each
+
+
 def test_the_memo_does_not_pin_an_order() -> None:
     # The same bytes over UDP, again and again: the memo's path serves fixed bytes, so a
     # rotating answer must never be memoized.

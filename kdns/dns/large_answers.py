@@ -10,26 +10,36 @@ that SRV answer.
 What it covers, and only this (everything else returns None and takes the engine's path):
 
     A, AAAA, ANY at <svc>.<ns>.svc.<zone>             the service's addresses
+    A, AAAA, ANY at <endpoint>.<svc>.<ns>.svc.<zone>  that endpoint's addresses
     SRV at <svc>.<ns>.svc.<zone>                      every port (the compat form)
     SRV, ANY at _<port>._<proto>.<svc>.<ns>.svc.<zone>  one named port
     A, AAAA at _<port>._<proto>.<svc>.<ns>.svc.<zone>   the addresses its SRV records lead to
 
 for headless and ClusterIP services that have at least one record to give, in class IN. Negative
-answers, ExternalName services, endpoint names, other types and names that would make dnslib
-raise (odd address spellings, over-long targets) are all left to the engine.
+answers, ExternalName services, SRV at an endpoint's name, other types and names that would make
+dnslib raise (odd address spellings, over-long targets) are all left to the engine.
 
 How equality is guaranteed: the engine (`answers.Engine`) and `wire.encode` stay the definition of
 the answer. This module dispatches on nothing of its own: it encodes the engine's decision
-(`Engine.decide`: rule SERVICE or PORT, with the service's view and, for a port, the SRV targets
-the engine found), and mirrors only how `Engine._records`, `_srv` and `_address_records` turn
-that decision into records (record order, deduplication, `srv_weight`, glue) and the way dnslib
-packs the message: the header of `encode`, the lower-cased question, owners equal to the
-question as pointers to offset 12, SRV targets uncompressed, glue pointing to its target, other
-names compressed through dnslib's case-sensitive table of every name suffix it wrote (including
-its 14-bit pointer masking), the OPT record appended, the question in the spelling it was asked
-in. The test `tests/test_bulk.py` generates many services and questions and asserts that every
-response this module gives equals `encode(query, engine.resolve(...))` byte for byte; a change
-to either side that is not made to the other fails it.
+(`Engine.decide`: rule SERVICE, PORT or ENDPOINT, with the service's view and, for a port, the
+SRV targets the engine found; for an endpoint, its addresses), and mirrors only how
+`Engine._records`, `_srv` and `_address_records` turn that decision into records (record order,
+deduplication, `srv_weight`, glue) and the way dnslib packs the message: the header of `encode`,
+the lower-cased question, owners equal to the question as pointers to offset 12, SRV targets
+uncompressed, glue pointing to its target, other names compressed through dnslib's
+case-sensitive table of every name suffix it wrote (including its 14-bit pointer masking), the
+OPT record appended, the question in the spelling it was asked in. The test `tests/test_bulk.py`
+generates many services and questions and asserts that every response this module gives equals
+`encode(query, engine.resolve(...))` byte for byte; a change to either side that is not made to
+the other fails it.
+
+Once per change, not once per question. What follows the question (the records and glue) is a
+function of the service's view, the question's lower-cased name and the TTL only: not of the
+name's spelling, the EDNS state, the ID or the flags. A `Bodies` memo, kept by the responder,
+holds those sections for the views answered last, so the same service asked with and without
+EDNS, with DO, or for A then ANY, is encoded once per change of it (a view is immutable, and a
+change makes a new one; the memo holds a view while it keeps its bodies, so its identity is
+never reused meanwhile).
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ _A, _AAAA, _SRV, _ANY = 1, 28, 33, 255
 #: Address family each question type asks for (None: both).
 _FAMILY: dict[int, int | None] = {_A: 4, _AAAA: 6, _ANY: None}
 _TYPES = frozenset((_A, _AAAA, _SRV, _ANY))
+_RULES = (Rule.SERVICE, Rule.PORT, Rule.ENDPOINT)
 #: QR and AA: every answer given here is authoritative NOERROR.
 _FLAGS = 0x8000 | 0x0400
 _OWNER = b"\xc0\x0c"  # the question, at offset 12
@@ -61,17 +72,50 @@ _MAX_MESSAGE = 65535
 _AF = ((4, socket.AF_INET), (6, socket.AF_INET6))
 
 
+#: (records and glue, answer count, additional count), or None: not an answer given here
+_Body = tuple[bytes, int, int] | None
+
+
+class Bodies:
+    """The encoded sections of the last `views` service views answered (see the module's
+    docstring), oldest dropped first: a service changing makes a new view, whose bodies are
+    encoded anew, and the old view's age out."""
+
+    __slots__ = ("_views", "size")
+
+    def __init__(self, views: int = 64) -> None:
+        self.size = views
+        #: id(view) -> (the view, its bodies by what else they depend on)
+        self._views: dict[int, tuple[ServiceView, dict[tuple[object, ...], _Body]]] = {}
+
+    def of(self, view: ServiceView) -> dict[tuple[object, ...], _Body]:
+        """The bodies kept for `view` (empty when it is new here)."""
+        views = self._views
+        kept = views.get(id(view))
+        if kept is not None and kept[0] is view:
+            return kept[1]
+        if len(views) >= self.size:
+            del views[next(iter(views))]
+        bodies: dict[tuple[object, ...], _Body] = {}
+        views[id(view)] = (view, bodies)
+        return bodies
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+
 def encode_bulk(
     engine: Engine,
     query: Query,
     max_udp: int = DEFAULT_MAX_UDP,
     resolution: Resolution | None = None,
+    bodies: Bodies | None = None,
 ) -> bytes | None:
     """`encode(query, engine.resolve(...), max_udp=max_udp)` for the answers this module covers.
 
     `resolution` is the engine's decision for the query's name (`Engine.decide`), made here
-    when not given. None for every other question, and for answers over 65535 bytes (the
-    caller trims those).
+    when not given; `bodies`, the sections already encoded for the same view. None for every
+    other question, and for answers over 65535 bytes (the caller trims those).
     """
     qtype = query.qtype
     if query.qclass != 1 or qtype not in _TYPES:
@@ -81,37 +125,25 @@ def encode_bulk(
     rule = res.rule
     view = res.view
     cluster = res.request.zone
-    if rule not in (Rule.SERVICE, Rule.PORT) or view is None or cluster is None:
+    if rule not in _RULES or view is None or cluster is None:
         return None
     ttl = engine.ttl
     if not 0 <= ttl <= 0xFFFFFFFF:
         return None
     ttl_bytes = _TTL.pack(ttl)
-    if rule is Rule.SERVICE and qtype != _SRV:
-        svc = view.service
-        addresses = view.addresses() if svc.headless else svc.cluster_ips
-        records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
-        if not records:
-            return None
-        body = b"".join(records)
-        an, ar = len(records), 0
-    elif rule is Rule.PORT and qtype in (_A, _AAAA):
-        # The addresses the port's SRV records lead to, as `Engine._records` gives them.
-        assert res.srv is not None
-        addresses = list(dict.fromkeys(a for targets in res.srv.values() for a in targets))
-        records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
-        if not records:
-            return None
-        body = b"".join(records)
-        an, ar = len(records), 0
-    elif qtype in (_SRV, _ANY):  # SRV at the service, SRV or ANY at a port
-        found = res.srv if res.srv is not None else srv_targets(view, None, None)
-        srv = _srv(view, cluster.domain, raw, len(query.name), ttl_bytes, found)
-        if srv is None:
-            return None
-        body, an, ar = srv
+    # What the sections depend on besides the view: the lower-cased name (it decides the rule
+    # and the port; its length, where the glue's pointers point), the type, the TTL.
+    key = (tuple(raw), cluster.domain, qtype, ttl_bytes)
+    kept = bodies.of(view) if bodies is not None else None
+    if kept is not None and key in kept:
+        found_body = kept[key]
     else:
+        found_body = _body(rule, qtype, view, res, cluster.domain, raw, len(query.name), ttl_bytes)
+        if kept is not None:
+            kept[key] = found_body
+    if found_body is None:
         return None
+    body, an, ar = found_body
     flags = _FLAGS | (query.flags & RD) | (query.flags & CD)
     edns = 1 if query.edns else 0
     out = b"".join(
@@ -124,6 +156,48 @@ def encode_bulk(
         )
     )
     return out if len(out) <= _MAX_MESSAGE else None
+
+
+def _body(
+    rule: Rule,
+    qtype: int,
+    view: ServiceView,
+    res: Resolution,
+    domain: str,
+    raw: Sequence[bytes],
+    qlen: int,
+    ttl_bytes: bytes,
+) -> _Body:
+    """The answer and additional sections of `encode_bulk`'s answer; None: not given here."""
+    if rule is Rule.SERVICE and qtype != _SRV:
+        svc = view.service
+        addresses = view.addresses() if svc.headless else svc.cluster_ips
+        records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
+        if not records:
+            return None
+        return b"".join(records), len(records), 0
+    if rule is Rule.ENDPOINT:
+        # One endpoint's addresses (`Engine._addresses`, as for the service). An endpoint's
+        # answers are dropped with every change of its service, so after a change each name
+        # asked is answered again; through the engine and dnslib that cost ~0.4 ms.
+        if qtype == _SRV:
+            return None  # SRV at an endpoint's own name: the engine's
+        records = _address_records(res.values, _FAMILY[qtype], ttl_bytes)
+        if not records:
+            return None
+        return b"".join(records), len(records), 0
+    if rule is Rule.PORT and qtype in (_A, _AAAA):
+        # The addresses the port's SRV records lead to, as `Engine._records` gives them.
+        assert res.srv is not None
+        addresses = list(dict.fromkeys(a for targets in res.srv.values() for a in targets))
+        records = _address_records(addresses, _FAMILY[qtype], ttl_bytes)
+        if not records:
+            return None
+        return b"".join(records), len(records), 0
+    if qtype in (_SRV, _ANY):  # SRV at the service, SRV or ANY at a port
+        found = res.srv if res.srv is not None else srv_targets(view, None, None)
+        return _srv(view, domain, raw, qlen, ttl_bytes, found)
+    return None
 
 
 @lru_cache(maxsize=32768)

@@ -26,6 +26,7 @@ its bytes unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import struct
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from dnslib import QTYPE, RCODE, DNSLabel
 
 from kdns.config import RotateMode
-from kdns.dns.large_answers import encode_bulk
+from kdns.dns.large_answers import Bodies, encode_bulk
 from kdns.dns.resolution import ANY_TAG, Answer, Engine, Resolution, lead_of, pod_tag, tag_of
 from kdns.dns.wire import (
     DEFAULT_MAX_UDP,
@@ -118,10 +119,24 @@ class _Entry:
     chase: str | None = None
     #: The answer's records in turning orders (`--rotate`); None: one order. The memo keeps
     #: such an entry's bytes only up to the question and asks it for the rest on every hit.
+    #: Planned when the answer is first served whole (`rotated`), from `unplanned`.
     rotation: Rotation | None = None
+    #: Makes `rotation`, until the first time it is needed. A large answer that clients only
+    #: ever get truncated (UDP without EDNS: the record order is not in a TC=1 answer) never
+    #: pays for cutting its bytes into orders, which cost as much as encoding it (a headless
+    #: service of 100 endpoints: its SRV answer, after every change of an endpoint).
+    unplanned: Callable[[], Rotation | None] | None = None
     #: Queries answered with this response (for the page): added to `Responder.names` when the
     #: entry leaves the cache (`kdns.serve.tally`).
     asked: int = 0
+
+    def rotated(self) -> Rotation | None:
+        """`rotation`, planned now if this is the first time it is needed."""
+        unplanned = self.unplanned
+        if unplanned is not None:
+            self.unplanned = None
+            self.rotation = unplanned()
+        return self.rotation
 
     def refresh_serial(self) -> None:
         """Patch the current serial in, if it moved since the response was encoded."""
@@ -165,6 +180,9 @@ class Responder:
         self._memo: dict[bytes, tuple[_Entry, bytes, bytes, int, Rotation | None]] = {}
         #: cache tag -> keys of the cached answers that carry it
         self._tags: dict[tuple[str, ...], set[bytes]] = {}
+        #: The sections of large answers, per service view: the misses that follow a change
+        #: of a service (its name asked with and without EDNS, for A then ANY) encode it once.
+        self._bodies = Bodies()
         #: The type of the last question answered (for the request counters).
         self.qtype = 0
         #: The cache key of the last question answered FORWARD (for the page's name counts).
@@ -351,7 +369,7 @@ class Responder:
         memo = self._memo
         if len(memo) >= self.cache_size:
             memo.clear()
-        rotation = entry.rotation
+        rotation = entry.rotation  # planned by `_assemble` when served whole
         if rotation is not None and len(entry.response) <= limit:
             # Kept up to the question's end; each hit adds the next order's body.
             memo[data[2:]] = (entry, entry.response, out[2:qend], qtype, rotation)
@@ -376,7 +394,7 @@ class Responder:
         # Stale data says so in every answer (an EDE), which the large-answer encoder does not
         # write: it steps aside then.
         if res is not None and self.engine.unreachable_since(res) is None:
-            response = encode_bulk(self.engine, query, self.max_udp, res)
+            response = encode_bulk(self.engine, query, self.max_udp, res, self._bodies)
         if response is not None:
             answer = Answer()  # NOERROR, nothing that needs a serial or a wider cache tag
         else:
@@ -391,7 +409,7 @@ class Responder:
             self.names.add(query.key, answer.rcode, 1)  # never cached: counted at once
             return entry
         if self.rotate != "off" and response[6:8] > b"\x00\x01" and len(response) <= 65535:
-            entry.rotation = self._rotation(query, res, answer, response)
+            entry.unplanned = functools.partial(self._rotation, query, res, answer, response)
         self.count(answer.rcode)
         last = (answer.additional or answer.authority or answer.answer or [None])[-1]
         if last is not None and last.rtype == QTYPE.SOA:
@@ -470,7 +488,14 @@ def _answerable(query: Query) -> bool:
 
 def _assemble(data: bytes, entry: _Entry, qend: int, limit: int, edns: bool) -> bytes:
     """A cached response, given this query's ID, RD and CD flags and question spelling."""
-    response = entry.response if entry.rotation is None else entry.rotation.next()
+    response = entry.response
+    # An answer too large for this client is sent truncated (TC=1, no records): it neither
+    # needs the orders nor moves the turn on. Every order has the first order's records (the
+    # same length, but for an order encoded again, whose compression may differ: checked).
+    if len(response) <= limit and (entry.rotation is not None or entry.unplanned is not None):
+        rotation = entry.rotated()
+        if rotation is not None:
+            response = rotation.next()
     if len(response) > limit:
         if entry.short is None:
             entry.short = truncated(response, qend - 12, edns)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -164,7 +165,9 @@ def plan(
         return None
     try:
         records: list[bytes] = []
-        spans: list[tuple[int, int]] = []
+        #: where each answer record starts (ascending): a glue pointer's record by bisection,
+        #: not a scan, which made this quadratic (1 ms for 100 SRV records and their glue)
+        starts: list[int] = []
         at = qend
         for _ in range(ancount):
             start = at
@@ -182,7 +185,7 @@ def plan(
                     if target >= qend:
                         return None
             records.append(response[start:end])
-            spans.append((start, end))
+            starts.append(start)
             at = end
         answers_end = at
         patches: list[tuple[int, int, int]] = []
@@ -190,8 +193,10 @@ def plan(
             name_end = _name_end(response, at)
             for where, target in _pointer_sites(response, at):
                 if qend <= target < answers_end:
-                    i = next(i for i, (s, e) in enumerate(spans) if s <= target < e)
-                    patches.append((where - answers_end, i, target - spans[i][0]))
+                    # The records tile [qend, answers_end), so the last start at or before
+                    # the target is the target's record.
+                    i = bisect_right(starts, target) - 1
+                    patches.append((where - answers_end, i, target - starts[i]))
             rtype, _cls, _ttl, rdlen = _FIXED.unpack_from(response, name_end)
             if rtype not in (_A, _AAAA, _OPT):
                 return None  # a name in its data could point into the answer
