@@ -7,16 +7,16 @@ after `gc.freeze()` (which keeps the cyclic collector from writing to the object
 it shares those pages with the main process and its siblings until one of them writes to them.
 A restarted serving process is forked from the current data in the same way.
 
-What the fork leaves to clean up. Only the forking thread (the main process's event loop) goes
-on in the child. A lock another thread held at the fork stays held there: the child never takes
-the watch threads' locks, the logging module re-creates its own in the child (an at-fork hook),
-and glibc its allocator's. The fork happens on the loop thread, where every store write is made,
-so no store is ever copied half-written. The child drops the parent's running event loop (without closing it: its epoll
-instance and signal pipe are shared with the parent, and closing them would unregister the
+What the fork leaves to clean up. Only the forking thread (the main process's event loop) goes on in
+the child. A lock another thread held at the fork stays held there: the child never takes the watch
+threads' locks, the logging module re-creates its own in the child (an at-fork hook), and glibc its
+allocator's. The fork happens on the loop thread, where every store write is made, so no store is
+ever copied half-written. The child drops the parent's running event loop (without closing it: its
+epoll instance and signal pipe are shared with the parent, and closing them would unregister the
 parent's sockets), resets signal handling, closes every file descriptor but its own, forgets the
 stores' listeners (the parent's answer cache and journal), and runs a server of its own on a new
-event loop. It never returns into the parent's code: it ends with `os._exit`, so nothing
-inherited is finalised twice.
+event loop. It never returns into the parent's code: it ends with `os._exit`, so nothing inherited
+is finalised twice.
 """
 
 from __future__ import annotations
