@@ -12,6 +12,7 @@ the objects named as the cause, and the work per change bounded by what changed.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import itertools
 import json
@@ -32,6 +33,7 @@ import dns.reversename
 import pytest
 from dnslib import QTYPE, DNSLabel
 
+import kdns.ops.journal
 from kdns.dns.resolution import Cluster, Engine
 from kdns.ops.journal import LOAD, Journal, questions, record_diff
 from kdns.state.store import Store
@@ -444,6 +446,66 @@ def test_the_ring_keeps_the_last_entries_and_says_when_a_serial_is_too_old() -> 
     assert journal.since(serials[3] + 1) == ([], False)
     assert journal.since(None)[1] is False
     assert [e.name for e in journal.latest(1)] == ["5.0.96.10.in-addr.arpa."]
+
+
+def test_on_the_loop_changes_are_journaled_a_slice_at_a_time_with_the_loop_running_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A relist can change thousands of services at once: the listener only notes them, and
+    # the diffs are worked out between the loop's other callbacks (here one per turn), giving
+    # the same entries as journaling at once does.
+    monkeypatch.setattr(kdns.ops.journal, "DRAIN_BUDGET", 0.0)
+
+    def build() -> tuple[Store, Journal]:
+        store = Store()
+        store.add_layer(LAYER)
+        journal = Journal()
+        journal.follow(ZONE, store)
+        journal.open()
+        store.apply(LAYER, [clusterip("shop", "web", "10.96.0.1")])
+        store.set_synced(LAYER)
+        return store, journal
+
+    services = [clusterip("shop", f"s{i}", f"10.96.1.{i}") for i in range(40)]
+    at_once_store, at_once = build()  # no loop running: journaled in the listener
+    at_once_store.apply(LAYER, services)
+    expected = [(e.name, e.type, e.before, e.after, e.cause) for e in at_once.latest(1000)]
+    assert len(expected) == 1 + 40 * 2  # the load, and A and PTR of each service
+
+    async def on_the_loop() -> tuple[int, list[int], list[Any]]:
+        store, journal = build()
+        store.apply(LAYER, services)
+        noted = len(journal._ring)  # right after the change: only noted
+        seen: list[int] = []
+
+        def probe() -> None:  # another callback of the loop, as a query would be
+            seen.append(len(journal._ring))
+            if journal._pending:
+                asyncio.get_running_loop().call_soon(probe)
+
+        asyncio.get_running_loop().call_soon(probe)
+        for _ in range(200):
+            if not journal._pending:
+                break
+            await asyncio.sleep(0)
+        entries = [(e.name, e.type, e.before, e.after, e.cause) for e in journal.latest(1000)]
+        return noted, seen, entries
+
+    noted, seen, entries = asyncio.run(on_the_loop())
+    assert noted == 1  # the load entry only
+    assert len(seen) > 10 and seen == sorted(seen) and seen[0] < seen[-1]
+    assert [(n, t, b, a) for n, t, b, a, _ in entries] == [
+        (n, t, b, a) for n, t, b, a, _ in expected
+    ]
+    assert [c for *_, c in entries] == [c for *_, c in expected]
+
+    # A reader gets every change at once, even mid-way.
+    async def read_at_once() -> int:
+        store, journal = build()
+        store.apply(LAYER, services)
+        return len(journal.latest(1000))
+
+    assert asyncio.run(read_at_once()) == len(expected)
 
 
 def test_the_initial_load_is_one_entry_and_changes_before_it_are_not_journaled() -> None:

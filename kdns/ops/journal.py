@@ -31,9 +31,13 @@ Bounded work. Only the changed services are looked at. When a service object is 
 before and after, only the names and addresses of the ready endpoints that came, went or changed
 are asked (a set difference of the two views' endpoints): one endpoint of a thousand moving
 costs a few questions besides the service's own names, not thousands; and when only the order
-or the not-ready count moved, nothing is asked. The journal runs in the store's listener, on
-the loop, after the answer cache has dropped what the change touched; it never runs for a
-query. With `--workers` it lives in the main process (the serving processes keep none).
+or the not-ready count moved, nothing is asked. The store's listener (on the loop, after the
+answer cache has dropped what the change touched) only notes the old and new views of each
+changed service; the diffs are worked out later on the loop, 5 ms at a time with everything
+else running in between (a relist or the end of an API outage changes thousands of services at
+once: diffing them in the listener held the loop, and every query, for seconds), or at once
+when someone reads the journal. It never runs for a query. With `--workers` it lives in the
+main process (the serving processes keep none).
 
 The initial load. Until every source of a zone has loaded once, changes are not journaled one
 by one (the first list of a large cluster would fill the ring with its own arrival): the
@@ -60,6 +64,7 @@ is exact for the cluster domain only.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -86,6 +91,8 @@ CAPACITY = 10_000
 MAX_RECORDS = 250_000
 #: How many entries `since(None)` gives: the latest.
 LATEST = 100
+#: Seconds of diffing per turn of the event loop (see `Journal._drain`).
+DRAIN_BUDGET = 0.005
 #: The most entries, and record texts, one answer of `/changes` gives (see `changes_json`).
 PAGE_ENTRIES = 1000
 PAGE_RECORDS = 20_000
@@ -143,6 +150,10 @@ class Journal:
         self._floor: int | None = None
         self._dropped = False
         self._open = False
+        #: Changed services not journaled yet: (zone, serial, time, key, before, after), taken
+        #: in order by `_drain`, a few milliseconds of work per turn of the event loop.
+        self._pending: deque[tuple[_Zone, int, float, ServiceKey, _Seen, _Seen]] = deque()
+        self._draining = False
 
     def follow(self, domain: str, store: Store) -> None:
         """Journal the changes of `store`, which answers for `domain` (lower case, no trailing
@@ -174,10 +185,12 @@ class Journal:
     @property
     def oldest(self) -> int | None:
         """The lowest serial `since` can be given and still get every change after it."""
+        self.flush()
         return self._floor
 
     def latest(self, n: int) -> list[Entry]:
         """The last `n` entries, oldest first."""
+        self.flush()
         if n <= 0:
             return []
         out = list(islice(reversed(self._ring), n))
@@ -188,6 +201,7 @@ class Journal:
         """The entries after SOA serial `serial`, oldest first, and whether they are all the
         changes since then. None: the latest `LATEST` entries, complete when they are every
         change since the journal started."""
+        self.flush()
         if serial is None:
             entries = self.latest(LATEST)
             complete = (
@@ -279,23 +293,61 @@ class Journal:
             return
         if not services:
             return
+        # Only what the diff needs is taken now (views and endpoint objects are immutable);
+        # the diffs are worked out by `_drain`, a slice at a time, between the loop's other
+        # work: after a relist or an outage thousands of services change at once, and working
+        # them all out in this listener held the loop, and every query, for seconds.
         serial, now = store.serial, time.time()
         for skey in sorted(services):
             old = zone.seen.get(skey)
             new = _remember(zone, skey)
+            if old is not None or new is not None:
+                self._pending.append((zone, serial, now, skey, old, new))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._draining or not self._pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop (a tool, a test): at once
+            self.flush()
+            return
+        self._draining = True
+        loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._draining = False
+        until = time.perf_counter() + DRAIN_BUDGET
+        while self._pending and time.perf_counter() < until:
+            self._journal(*self._pending.popleft())
+        self._schedule()
+
+    def flush(self) -> None:
+        """Journal every change still waiting (readers call it: they see every change)."""
+        while self._pending:
+            self._journal(*self._pending.popleft())
+
+    def _journal(
+        self, zone: _Zone, serial: int, when: float, skey: ServiceKey, old: _Seen, new: _Seen
+    ) -> None:
+        try:
             old_view = old[0] if old is not None else None
             new_view = new[0] if new is not None else None
-            if old_view is None and new_view is None:
-                continue
             diffs = record_diff(zone.domain, old_view, new_view)
             if not diffs:
-                continue
+                return
             cause = _cause(skey, old, new)
             for name, rtype, before, after in diffs:
-                self._append(serial, now, name, rtype, before, after, cause)
+                self._append(serial, when, name, rtype, before, after, cause)
+        except Exception:
+            log.exception("change journal: could not record a change of %s", zone.domain)
 
 
-def _remember(zone: _Zone, skey: ServiceKey) -> tuple[ServiceView, tuple[EndpointSet, ...]] | None:
+_Seen = tuple[ServiceView, tuple[EndpointSet, ...]] | None
+
+
+def _remember(zone: _Zone, skey: ServiceKey) -> _Seen:
     """Keep what the store now holds for `skey`, and return it."""
     view = zone.store.service(*skey)
     if view is None:
