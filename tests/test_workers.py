@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -257,39 +258,47 @@ def test_workers_share_one_watch_on_the_api_server(zones: Path, tmp_path: Path) 
         api.stop()
 
 
-def test_workers_forked_before_the_sync_are_forked_again_once_it_is_in(
-    zones: Path, tmp_path: Path
-) -> None:
-    # Forked before the sync, a serving process holds the data it then receives as writes of its
-    # own; forked again after it, it shares the main process's. Answers never go wrong between.
+@pytest.fixture
+def cart_api(tmp_path: Path) -> Iterator[tuple[FakeApiServer, Path]]:
+    """An API double with the service shop/cart (10.96.1.1), and a kubeconfig for it."""
     api = FakeApiServer().start()
     try:
         api.apply_all([namespace("shop"), service("cart", "shop", cluster_ip="10.96.1.1")])
-        kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-        api.outage(4.0)  # longer than --startup-timeout: the workers start unsynced
-        args = ["--zones", str(zones), "--kubeconfig", str(kcfg), "--workers", "2"]
-        kp = start_kdns([*args, "--startup-timeout", "1"], http=True)
-        try:
-            first = worker_pids(kp.proc.pid)
-            assert len(first) == 2
-            cart = "cart.shop.svc.cluster.local"
-            assert ask(kp.port, cart).rcode() == dns.rcode.SERVFAIL  # not synced: unknown
-            assert address(kp.port) == "10.96.0.80"  # zones/ answers meanwhile
-            assert until(lambda: address(kp.port, cart) == "10.96.1.1", 30)
-            assert until(
-                lambda: len(now := worker_pids(kp.proc.pid)) == 2 and not set(now) & set(first),
-                30,
-            )
-            for _ in range(50):
-                assert address(kp.port, cart) == "10.96.1.1"
-            api.apply(service("new", "shop", cluster_ip="10.96.1.2"))
-            assert until(lambda: address(kp.port, "new.shop.svc.cluster.local") == "10.96.1.2", 10)
-            # Renewed, not restarted: nothing failed.
-            assert metric(kp, "kdns_worker_restarts_total") == {"": 0.0}
-        finally:
-            kp.stop()
+        yield api, write_kubeconfig(tmp_path / "kubeconfig", api.url)
     finally:
         api.stop()
+
+
+def test_workers_forked_before_the_sync_are_forked_again_once_it_is_in(
+    zones: Path, cart_api: tuple[FakeApiServer, Path]
+) -> None:
+    # Forked before the sync, a serving process holds the data it then receives as writes of its
+    # own; forked again after it, it shares the main process's. Answers never go wrong between.
+    api, kcfg = cart_api
+    # Until the first answers are checked: the workers start unsynced (--startup-timeout).
+    outage = api.outage(600.0)
+    args = ["--zones", str(zones), "--kubeconfig", str(kcfg), "--workers", "2"]
+    kp = start_kdns([*args, "--startup-timeout", "1"], http=True)
+    try:
+        first = worker_pids(kp.proc.pid)
+        assert len(first) == 2
+        cart = "cart.shop.svc.cluster.local"
+        assert ask(kp.port, cart).rcode() == dns.rcode.SERVFAIL  # not synced: unknown
+        assert address(kp.port) == "10.96.0.80"  # zones/ answers meanwhile
+        api.remove(outage)
+        assert until(lambda: address(kp.port, cart) == "10.96.1.1", 30)
+        assert until(
+            lambda: len(now := worker_pids(kp.proc.pid)) == 2 and not set(now) & set(first),
+            30,
+        )
+        for _ in range(50):
+            assert address(kp.port, cart) == "10.96.1.1"
+        api.apply(service("new", "shop", cluster_ip="10.96.1.2"))
+        assert until(lambda: address(kp.port, "new.shop.svc.cluster.local") == "10.96.1.2", 10)
+        # Renewed, not restarted: nothing failed.
+        assert metric(kp, "kdns_worker_restarts_total") == {"": 0.0}
+    finally:
+        kp.stop()
 
 
 def socket_inodes(pid: int) -> set[int]:
@@ -315,34 +324,27 @@ def tcp_inodes(port: int, *, local: bool) -> set[int]:
 
 
 def test_a_forked_worker_keeps_none_of_the_main_process_connections(
-    zones: Path, tmp_path: Path
+    zones: Path, cart_api: tuple[FakeApiServer, Path]
 ) -> None:
     # A fork copies every descriptor: a serving process that kept the API connections would
     # keep them open after the main process closed them, and one holding the HTTP socket would
     # keep its port.
-    api = FakeApiServer().start()
+    api, kcfg = cart_api
+    kp = start_kdns(["--zones", str(zones), "--kubeconfig", str(kcfg), "--workers", "2"], http=True)
     try:
-        api.apply_all([namespace("shop"), service("cart", "shop", cluster_ip="10.96.1.1")])
-        kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-        kp = start_kdns(
-            ["--zones", str(zones), "--kubeconfig", str(kcfg), "--workers", "2"], http=True
-        )
-        try:
-            assert address(kp.port, "cart.shop.svc.cluster.local") == "10.96.1.1"
-            api_port = int(api.url.rsplit(":", 1)[1])
-            main = socket_inodes(kp.proc.pid)
-            to_api = tcp_inodes(api_port, local=False)
-            http = tcp_inodes(kp.http_port, local=True)
-            assert main & to_api and main & http  # what the check looks for is there
-            for pid in worker_pids(kp.proc.pid):
-                held = socket_inodes(pid)
-                assert held, "a serving process holds its DNS sockets"
-                assert not held & to_api
-                assert not held & http
-        finally:
-            kp.stop()
+        assert address(kp.port, "cart.shop.svc.cluster.local") == "10.96.1.1"
+        api_port = int(api.url.rsplit(":", 1)[1])
+        main = socket_inodes(kp.proc.pid)
+        to_api = tcp_inodes(api_port, local=False)
+        http = tcp_inodes(kp.http_port, local=True)
+        assert main & to_api and main & http  # what the check looks for is there
+        for pid in worker_pids(kp.proc.pid):
+            held = socket_inodes(pid)
+            assert held, "a serving process holds its DNS sockets"
+            assert not held & to_api
+            assert not held & http
     finally:
-        api.stop()
+        kp.stop()
 
 
 def test_a_stuck_worker_is_killed_and_started_again(zones: Path) -> None:
