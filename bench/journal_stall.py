@@ -1,7 +1,7 @@
 """How long the change journal holds the event loop when 1,000 headless services (100 endpoints
 each) all change at once, as after a relist or an API outage.
 
-    PYTHONPATH=CHECKOUT:. .venv/bin/python bench/journal_stall.py
+    PYTHONPATH=CHECKOUT .venv/bin/python bench/journal_stall.py
 
 Prints how long `store.apply` took with the journal following (its listeners run inside it),
 the longest turn of the loop while the journal worked out its diffs afterwards, how long that
@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-# The checkout measured comes first on PYTHONPATH (with its tests/, for the builders).
+# The checkout measured comes first on PYTHONPATH.
 from kdns.ops.journal import Journal
-from kdns.state.model import EndpointSet
+from kdns.state.model import Endpoint, EndpointPort, EndpointSet, Service, Subset
 from kdns.state.store import Store
-from tests.builders import endpoint_slice, ep, eport, headless
 
 SERVICES = 1000
 ENDPOINTS = 100
@@ -27,7 +26,9 @@ def slice_of(i: int, moved: bool) -> EndpointSet:
     """Service i's slice; `moved`: its first endpoint has another address."""
     base = f"10.{i // 250}.{i % 250}"
     addresses = [f"{base}.{j + 200 if moved and j == 0 else j}" for j in range(ENDPOINTS)]
-    return endpoint_slice("ns", f"s{i}-a", f"s{i}", [ep(a) for a in addresses], [eport("http", 80)])
+    endpoints = tuple(Endpoint((a,)) for a in addresses)
+    subset = Subset(endpoints, (EndpointPort("http", 80),))
+    return EndpointSet("EndpointSlice", "ns", f"s{i}-a", f"s{i}", (subset,))
 
 
 async def measure(store: Store, journal: Journal) -> tuple[float, float, float]:
@@ -49,7 +50,7 @@ def main() -> None:
     journal = Journal()
     journal.follow("cluster.local", store)
     journal.open()
-    store.apply("c", [headless("ns", f"s{i}") for i in range(SERVICES)])
+    store.apply("c", [Service("ns", f"s{i}", headless=True) for i in range(SERVICES)])
     store.apply("c", [slice_of(i, False) for i in range(SERVICES)])
     store.set_synced("c")
     held, longest, total = asyncio.run(measure(store, journal))

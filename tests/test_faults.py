@@ -457,8 +457,10 @@ def test_apiserver_restart_with_reset_versions_relists_and_loses_no_name(
             prober.wait_probes(15)
             new = restarted = RestartedApiServer()
             new.port = port
-            new.start()
+            # Its objects are there when it answers, as etcd's are for a real apiserver (loaded
+            # after the start, a relist could find half of them, and follow it).
             new.apply_all(cluster_objects())
+            new.start()
             assert new.resource_version < old_version
             new.apply(service("fresh", "shop", cluster_ip="10.96.1.7"))
             until(lambda: len(new.requests()) >= 6, WAIT, "kdns to reconnect")
