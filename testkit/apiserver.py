@@ -79,6 +79,10 @@ FAST = WatchSettings(
 CREATED = "2024-05-01T10:00:00Z"
 
 
+GATEWAY_PREFIX = "/apis/gateway.networking.k8s.io/v1"
+MCS_PREFIX = "/apis/multicluster.x-k8s.io/v1alpha1"
+
+
 @dataclass(frozen=True)
 class Resource:
     plural: str
@@ -99,9 +103,31 @@ RESOURCES = {
         Resource(
             "endpointslices", "EndpointSlice", "discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1"
         ),
+        Resource("ingresses", "Ingress", "networking.k8s.io/v1", "/apis/networking.k8s.io/v1"),
+        *(
+            Resource(plural, kind, "gateway.networking.k8s.io/v1", GATEWAY_PREFIX)
+            for plural, kind in (
+                ("gateways", "Gateway"),
+                ("httproutes", "HTTPRoute"),
+                ("grpcroutes", "GRPCRoute"),
+                ("tlsroutes", "TLSRoute"),
+            )
+        ),
+        *(
+            Resource(plural, kind, "multicluster.x-k8s.io/v1alpha1", MCS_PREFIX)
+            for plural, kind in (
+                ("serviceimports", "ServiceImport"),
+                ("serviceexports", "ServiceExport"),
+            )
+        ),
     )
 }
 KIND_TO_PLURAL = {r.kind: r.plural for r in RESOURCES.values()}
+#: The kinds a CustomResourceDefinition serves: absent (404) unless the double is told they
+#: are installed (`FakeApiServer(crds=...)`), as on a real cluster without those CRDs.
+CRD_PLURALS = frozenset(
+    r.plural for r in RESOURCES.values() if r.prefix in (GATEWAY_PREFIX, MCS_PREFIX)
+)
 
 _ROUTES = [
     (re.compile(r"^/api/v1/(services|endpoints|namespaces|pods)$"), ("plural",)),
@@ -114,6 +140,14 @@ _ROUTES = [
         ("ns", "plural"),
     ),
 ]
+for _prefix in sorted({r.prefix for r in RESOURCES.values()} - {"/api/v1"}):
+    if _prefix == "/apis/discovery.k8s.io/v1":
+        continue
+    _plurals = "|".join(r.plural for r in RESOURCES.values() if r.prefix == _prefix)
+    _ROUTES.append((re.compile(f"^{re.escape(_prefix)}/({_plurals})$"), ("plural",)))
+    _ROUTES.append(
+        (re.compile(f"^{re.escape(_prefix)}/namespaces/([^/]+)/({_plurals})$"), ("ns", "plural"))
+    )
 
 
 # -- objects as the apiserver sends them ----------------------------------------------------------
@@ -500,6 +534,7 @@ class FakeApiServer:
     `retain`: keep only the last N events (older resourceVersions expire automatically);
     `bookmark_interval`: seconds between periodic bookmarks on watches that allow them;
     `max_watch_seconds`: end every watch after this long, whatever the client asked for;
+    `crds`: the plurals of `CRD_PLURALS` that are installed (the others are not found, 404);
     `expired_as_http`: answer a watch from an expired resourceVersion with an HTTP 410 instead
     of an ERROR event in a 200 stream; `record_writes`: remember when each event was first written
     to a client (`written[rv]`, time.monotonic()), for the propagation benchmark.
@@ -514,8 +549,11 @@ class FakeApiServer:
         max_watch_seconds: float | None = None,
         expired_as_http: bool = False,
         record_writes: bool = False,
+        crds: Iterable[str] = (),
     ) -> None:
         self.token = token
+        #: The CRD-served plurals that are installed (the others answer 404); `install()`.
+        self.crds = set(crds)
         self.retain = retain
         self.bookmark_interval = bookmark_interval
         self.max_watch_seconds = max_watch_seconds
@@ -897,7 +935,7 @@ class _Handler(BaseHTTPRequestHandler):
             log(401)
             self._send_status(401, "Unauthorized")
             return
-        if not params:
+        if not params or (params.get("plural") in CRD_PLURALS and params["plural"] not in api.crds):
             log(404)
             self._send_status(404, f"the server could not find the requested resource ({path})")
             return
