@@ -35,6 +35,20 @@ Gateway API route, and the labels in front of the zone are read as k8s_external 
     _<port>._<proto>.<svc>.<ns>.<zone>        EXTERNAL, port and protocol set
     longer names                              EXTERNAL (a host name only)
 
+A clusterset zone (`--clusterset-domain`, the Multi-Cluster Services API's `clusterset.local`)
+reads `svc.` names as the MCS DNS specification and CoreDNS's multicluster plugin do; it has no
+pod names, and its four-label names are either a named port or a cluster's endpoint, told apart
+by the second label (CoreDNS's rule: a protocol label starts with "_"):
+
+    <zone>, dns-version., ns.dns., dns., svc.  as in a cluster zone
+    <ns>.svc.<zone>                           NAMESPACE
+    <svc>.<ns>.svc.<zone>                     SERVICE (a ServiceImport)
+    <label>.<svc>.<ns>.svc.<zone>             ENDPOINT, endpoint = the label (`_<proto>`, or a
+                                              cluster id: both have names below them)
+    <a>._<b>.<svc>.<ns>.svc.<zone>            PORT_SERVICE (`_<port>._<proto>`)
+    <host>.<clusterid>.<svc>.<ns>.svc.<zone>  ENDPOINT, endpoint = "<host>.<clusterid>"
+    anything else                             UNKNOWN (NXDOMAIN)
+
 The parser looks nothing up: whether a namespace, service or endpoint exists is the resolver's
 business. Labels are compared in lower case; the question's own spelling stays with the caller.
 """
@@ -57,6 +71,7 @@ class ZoneKind(Enum):
 
     CLUSTER = "cluster"  # the Kubernetes DNS specification: `svc.`, `pod.`
     EXTERNAL = "external"  # what is reachable from outside (`--external-zone`)
+    CLUSTERSET = "clusterset"  # the Multi-Cluster Services API (`--clusterset-domain`)
 
 
 class Shape(Enum):
@@ -142,6 +157,8 @@ class Grammar(Generic[Z]):
                 rel = labels[: len(labels) - len(zone_labels)]
                 if kind is ZoneKind.EXTERNAL:
                     return _external(zone, rel)
+                if kind is ZoneKind.CLUSTERSET:
+                    return _clusterset(zone, rel)
                 return _forward(zone, rel)
         for reverse in REVERSE_ZONES:
             if labels[-2:] == reverse:
@@ -226,6 +243,26 @@ def _external(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
             protocol=_strip_underscore(rel[1]),
         )
     return Request(Shape.EXTERNAL, zone, rel)
+
+
+def _clusterset(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
+    if not rel or rel[-1] != "svc" or len(rel) != 5:
+        if rel and rel[-1] == "pod":
+            return Request(Shape.UNKNOWN, zone, rel)  # the MCS API names no pods
+        return _forward(zone, rel)
+    # `<a>.<b>.<svc>.<ns>.svc`: a port when <b> starts with "_", else a cluster's endpoint.
+    a, b, svc, ns = rel[:4]
+    if b.startswith("_"):
+        return Request(
+            Shape.PORT_SERVICE,
+            zone,
+            rel,
+            namespace=ns,
+            service=svc,
+            port=_strip_underscore(a),
+            protocol=b[1:],
+        )
+    return Request(Shape.ENDPOINT, zone, rel, namespace=ns, service=svc, endpoint=f"{a}.{b}")
 
 
 def _strip_underscore(label: str) -> str:

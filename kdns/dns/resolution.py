@@ -39,6 +39,9 @@ from kdns.state.store import ServiceView, Store
 
 #: The schema version of the Kubernetes DNS specification that kdns implements.
 SCHEMA_VERSION = "1.1.0"
+#: The schema version of the Multi-Cluster Services DNS specification (KEP-1645), which a
+#: clusterset zone's `dns-version` gives.
+MCS_SCHEMA_VERSION = "1.0.0"
 SCHEMA_TTL = 28800
 #: SOA timers, as CoreDNS sets them: refresh, retry, expire.
 SOA_TIMERS = (7200, 1800, 86400)
@@ -60,7 +63,9 @@ class Cluster:
 
     A CLUSTER zone answers as the Kubernetes DNS specification says; an EXTERNAL zone
     (`--external-zone`) answers for the same store's Services, Ingresses and Gateway API routes
-    with the addresses that reach them from outside (see `Engine._decide_external`)."""
+    with the addresses that reach them from outside (see `Engine._decide_external`); a
+    CLUSTERSET zone (`--clusterset-domain`) answers for the store's ServiceImports and their
+    EndpointSlices as the MCS DNS specification says (`Store.service_import`)."""
 
     domain: str  # lower case, no trailing dot, e.g. "cluster.local"
     store: Store
@@ -133,6 +138,10 @@ class Rule(Enum):
     NO_ADDRESS_YET = "no-address-yet"  # NODATA: a host whose load balancer has no address
     NOT_EXPOSED = "not-exposed"  # a service with no external IP nor load balancer ingress
     NO_EXPOSED_NAME = "no-exposed-name"  # nothing in the cluster has this name
+    # clusterset zones (--clusterset-domain)
+    NO_IMPORT = "no-import"  # no ServiceImport of this name in the namespace
+    IMPORT_NO_IPS = "import-no-ips"  # a ClusterSetIP import without spec.ips
+    CLUSTER_LABEL = "cluster-label"  # NODATA: `<clusterid>.<svc>`, above a cluster's endpoints
 
 
 #: The rules whose records are the addresses that reach a name from outside.
@@ -169,12 +178,21 @@ NXDOMAIN_RULES = frozenset(
         Rule.NO_PTR,
         Rule.NOT_EXPOSED,
         Rule.NO_EXPOSED_NAME,
+        Rule.NO_IMPORT,
+        Rule.IMPORT_NO_IPS,
     }
 )
 
 #: The rules of names that exist and hold no record of any type (NODATA).
 _NODATA_RULES = frozenset(
-    {Rule.NAMESPACE, Rule.EMPTY, Rule.PROTOCOL_LABEL, Rule.REVERSE_PREFIX, Rule.NO_ADDRESS_YET}
+    {
+        Rule.NAMESPACE,
+        Rule.EMPTY,
+        Rule.PROTOCOL_LABEL,
+        Rule.REVERSE_PREFIX,
+        Rule.NO_ADDRESS_YET,
+        Rule.CLUSTER_LABEL,
+    }
 )
 
 #: The shapes whose rule the shape alone decides.
@@ -311,6 +329,10 @@ class Engine:
             return (0, f"service {ns}/{svc} has no externalIPs and no load balancer ingress")
         if rule is Rule.NO_EXPOSED_NAME:
             return (0, "no Ingress rule, route or exposed service has this name")
+        if rule is Rule.NO_IMPORT:
+            return (0, f"no ServiceImport {svc} in namespace {ns}")
+        if rule is Rule.IMPORT_NO_IPS:
+            return (0, f"ServiceImport {ns}/{svc} (ClusterSetIP) has no spec.ips")
         return None
 
     def is_local(self, qname: DNSLabel) -> bool:
@@ -423,11 +445,19 @@ class Engine:
             return Resolution(Rule.POD, req, values=(address,))
         if shape not in (Shape.SERVICE, Shape.ENDPOINT, Shape.PORT_SERVICE):
             return Resolution(Rule.UNKNOWN, req)
-        view = store.service(req.namespace, req.service)
+        clusterset = cluster.kind is ZoneKind.CLUSTERSET
+        if clusterset:
+            view = store.service_import(req.namespace, req.service)
+            missing = Rule.NO_IMPORT
+        else:
+            view = store.service(req.namespace, req.service)
+            missing = Rule.NO_SERVICE
         if view is None:
-            rule = Rule.NO_SERVICE if store.has_namespace(req.namespace) else Rule.NO_NAMESPACE
+            rule = missing if store.has_namespace(req.namespace) else Rule.NO_NAMESPACE
             return Resolution(rule, req)
         svc = view.service
+        if clusterset and not svc.headless and not svc.cluster_ips:
+            return Resolution(Rule.IMPORT_NO_IPS, req, view)
         if svc.type == "ExternalName":
             if shape is not Shape.SERVICE:
                 return Resolution(Rule.EXTERNAL_NAME_LEAF, req, view)
@@ -445,6 +475,8 @@ class Engine:
                 return Resolution(Rule.ENDPOINT, req, view, values=tuple(addresses))
             if label.startswith("_") and label[1:] in _protocols(view):
                 return Resolution(Rule.PROTOCOL_LABEL, req, view)  # above _port._proto
+            if clusterset and any(ep.hostname.lower().endswith("." + label) for ep in view.ready):
+                return Resolution(Rule.CLUSTER_LABEL, req, view)  # above <host>.<clusterid>
             return Resolution(Rule.NO_ENDPOINT, req, view)
         if not req.port_form:
             return Resolution(Rule.NOT_PORT_FORM, req, view)
@@ -680,7 +712,10 @@ class Engine:
             return None
         if rule is Rule.DNS_VERSION:
             if qtype in (QTYPE.TXT, QTYPE.ANY):
-                txt = RR(qname, QTYPE.TXT, ttl=SCHEMA_TTL, rdata=TXT(SCHEMA_VERSION))
+                zone = res.request.zone
+                clusterset = zone is not None and zone.kind is ZoneKind.CLUSTERSET
+                version = MCS_SCHEMA_VERSION if clusterset else SCHEMA_VERSION
+                txt = RR(qname, QTYPE.TXT, ttl=SCHEMA_TTL, rdata=TXT(version))
                 return Answer(answer=[txt])
             return None
         if rule is Rule.NAMESERVER:
@@ -833,6 +868,9 @@ def tag_of(req: Request[Cluster]) -> tuple[str, ...] | None:
             return ANY_TAG
         if req.zone.kind is ZoneKind.EXTERNAL:
             return None
+        if req.zone.kind is ZoneKind.CLUSTERSET:
+            # ServiceImports change no service's tag (see `Store._refresh_import`).
+            return ANY_TAG if req.service else None
         if len(req.rel) >= 3 and req.rel[-1] == "svc":
             return (req.zone.domain, req.rel[-2], req.rel[-3])
         if req.shape is Shape.POD:

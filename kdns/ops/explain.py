@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
 from kdns.dns.names import REVERSE_ZONES, Shape, ZoneKind
-from kdns.dns.resolution import SCHEMA_VERSION, Answer, Engine, Resolution, Rule
+from kdns.dns.resolution import (
+    MCS_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    Answer,
+    Engine,
+    Resolution,
+    Rule,
+)
 from kdns.state.model import EndpointSet, ObjectKey
 from kdns.state.store import ServiceView, Store
 
@@ -33,7 +40,12 @@ if TYPE_CHECKING:
 
 #: How the server's layers are described (other names are shown as they are).
 LAYER_NAMES = {"files": "files (zones/)", "cluster": "cluster (the Kubernetes API)"}
-_KIND_PLURAL = {"EndpointSlice": "EndpointSlices", "Endpoints": "Endpoints", "Pods": "Pods"}
+_KIND_PLURAL = {
+    "EndpointSlice": "EndpointSlices",
+    "Endpoints": "Endpoints",
+    "Pods": "Pods",
+    "ImportSlice": "ImportSlices",
+}
 _ADDRESS_TYPES = ("A", "AAAA", "ANY")
 
 
@@ -152,13 +164,24 @@ def _why(engine: Engine, res: Resolution, qtype: str) -> tuple[str, list[str]]:
     external = req.zone is not None and req.zone.kind is ZoneKind.EXTERNAL
     if rule in _EXTERNAL_ZONE_RULES or external:
         return _why_exposed(res, zone)
+    clusterset = req.zone is not None and req.zone.kind is ZoneKind.CLUSTERSET
+    if view is not None and clusterset:
+        return _why_import(res, view, qtype)
     if view is not None:
         return _why_svc(engine, res, view, qtype)
     ns = req.namespace
+    version = (
+        f"the version of the Multi-Cluster Services DNS specification kdns implements in the "
+        f"clusterset zone {zone}, {MCS_SCHEMA_VERSION}"
+        if clusterset
+        else f"the version of the Kubernetes DNS specification kdns implements, {SCHEMA_VERSION}"
+    )
     simple = {
         Rule.APEX: f"the apex of zone {zone}: kdns's own SOA and NS records",
-        Rule.DNS_VERSION: (
-            f"the version of the Kubernetes DNS specification kdns implements, {SCHEMA_VERSION}"
+        Rule.DNS_VERSION: version,
+        Rule.NO_IMPORT: (
+            f"NXDOMAIN: no ServiceImport {req.service!r} in namespace {ns!r} "
+            f"(clusterset zone {zone})"
         ),
         Rule.NAMESERVER: f"the address of kdns itself, the name server of {zone}",
         Rule.NAMESPACE: f"NODATA: namespace {ns} exists but has no records of its own",
@@ -218,6 +241,8 @@ def _why(engine: Engine, res: Resolution, qtype: str) -> tuple[str, list[str]]:
     kind = req.rel[-1] if req.rel else ""
     if kind == "svc":
         return "NXDOMAIN: too many labels for a service name", []
+    if kind == "pod" and clusterset:
+        return f"NXDOMAIN: the clusterset zone {zone} has no pod names", []
     if kind == "pod":
         return "NXDOMAIN: a pod name is <a-b-c-d>.<namespace>.pod.<zone>", []
     return f"NXDOMAIN: {kind!r} is neither 'svc' nor 'pod', the two kinds of names under {zone}", []
@@ -403,6 +428,71 @@ def _why_svc(
         )
     via = "its ready endpoints" if svc.headless else "the service itself"
     return f"SRV for port {wanted} of {desc}, pointing at {via}", details
+
+
+def _why_import(res: Resolution, view: ServiceView, qtype: str) -> tuple[str, list[str]]:
+    """A name at or under a ServiceImport, in a clusterset zone (`--clusterset-domain`)."""
+    req = res.request
+    assert req.zone is not None
+    store = req.zone.store
+    rule = res.rule
+    svc = view.service
+    kind = "Headless" if svc.headless else "ClusterSetIP"
+    desc = f"{kind} ServiceImport {svc.namespace}/{svc.name}"
+    slices = store.import_slices(svc.namespace, svc.name)
+    details = []
+    if slices:
+        clusters = sorted({s.cluster for s in slices})
+        details.append(
+            f"EndpointSlices from cluster{'s' if len(clusters) > 1 else ''} {_join(clusters)}"
+        )
+    if not svc.headless and slices:
+        details.append(
+            "a ClusterSetIP import answers with its IPs only: no name singles out one "
+            "cluster's endpoints (MCS DNS specification 2.3.4)"
+        )
+    if rule is Rule.IMPORT_NO_IPS:
+        return f"NXDOMAIN: {desc} has no spec.ips (its controller has not given it any)", details
+    if rule is Rule.NO_READY_ENDPOINTS:
+        return f"NXDOMAIN: {desc} has no ready endpoints in any cluster ({_counts(view)})", details
+    if rule is Rule.SERVICE:
+        if svc.headless:
+            reason = f"{desc}; {_counts(view)}; answered from {_sources(view.sources)}"
+        else:
+            reason = f"{desc}: {', '.join(svc.cluster_ips)}"
+        if qtype in ("SRV", "ANY"):
+            ports = _ports(view)
+            reason += f"; SRV for ports {_join(ports)}" if ports else "; no ports for SRV"
+        return reason, details
+    label = req.endpoint
+    if rule is Rule.ENDPOINT:
+        return (
+            f"endpoint {label!r} (<hostname>.<clusterid>) of {desc}: {', '.join(res.values)}",
+            details,
+        )
+    if rule is Rule.PROTOCOL_LABEL:
+        return f"NODATA: {label!r} is only the protocol part of SRV names of {desc}", details
+    if rule is Rule.CLUSTER_LABEL:
+        return f"NODATA: cluster {label!r} has endpoints of {desc}, named below this name", details
+    if rule is Rule.NO_ENDPOINT:
+        if not svc.headless:
+            return f"NXDOMAIN: {desc} has no endpoint names (MCS DNS specification 2.3.4)", details
+        names = sorted({ep.name for ep in view.ready})
+        return (
+            f"NXDOMAIN: {desc} has no ready endpoint named {label!r}"
+            f" (ready: {', '.join(names) or 'none'})",
+            details,
+        )
+    if rule is Rule.NOT_PORT_FORM:
+        return "NXDOMAIN: an SRV name is _<port>._<proto>.<service>...", details
+    if rule is Rule.NO_PORT:
+        return (
+            f"NXDOMAIN: {desc} has no port named {req.port!r} over {req.protocol.upper()}"
+            f" (named ports: {', '.join(_ports(view)) or 'none'})",
+            details,
+        )
+    via = "its ready endpoints, <hostname>.<clusterid>" if svc.headless else "the import itself"
+    return f"SRV for port {req.port}/{req.protocol.upper()} of {desc}, pointing at {via}", details
 
 
 def _ports(view: ServiceView) -> list[str]:

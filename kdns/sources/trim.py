@@ -19,17 +19,22 @@ from functools import partial
 from typing import Any
 
 from kdns.state.model import (
+    MCS_SERVICE_NAME_LABEL,
+    MCS_SOURCE_CLUSTER_LABEL,
     SERVICE_NAME_LABEL,
     Endpoint,
     EndpointPort,
     EndpointSet,
     Gateway,
     HostRoute,
+    ImportSlice,
+    ImportType,
     KubeObject,
     Namespace,
     PodAddresses,
     RouteKind,
     Service,
+    ServiceImport,
     ServicePort,
     ServiceType,
     Subset,
@@ -304,6 +309,30 @@ def endpoint_slice(obj: Json, targets: bool = True) -> EndpointSet | None:
     family = as_str(obj.get("addressType"), "addressType") or "IPv4"
     if not svc or family not in ("IPv4", "IPv6"):
         return None
+    return EndpointSet("EndpointSlice", ns, name, svc, (_slice_subset(obj, family, targets),))
+
+
+def import_slice(obj: Json) -> ImportSlice | None:
+    """An EndpointSlice of a ServiceImport (labelled `multicluster.kubernetes.io/service-name`,
+    as an MCS controller makes them); None for FQDN slices and slices of no import. The cluster
+    its endpoints are in is its `multicluster.kubernetes.io/source-cluster` label, which must
+    be a DNS label: it is one in `<hostname>.<clusterid>.<svc>.<ns>.svc.<clusterset>`."""
+    ns, name = metadata(obj)
+    found = labels(obj)
+    svc = found.get(MCS_SERVICE_NAME_LABEL, "")
+    family = as_str(obj.get("addressType"), "addressType") or "IPv4"
+    if not svc or family not in ("IPv4", "IPv6"):
+        return None
+    cluster = found.get(MCS_SOURCE_CLUSTER_LABEL, "")
+    if not cluster:
+        raise TrimError(f"metadata.labels: {MCS_SOURCE_CLUSTER_LABEL} is missing")
+    if not is_label(cluster.lower()):
+        raise TrimError(f"metadata.labels: {MCS_SOURCE_CLUSTER_LABEL} {cluster!r} is no DNS label")
+    return ImportSlice(ns, name, svc, cluster, (_slice_subset(obj, family, False),))
+
+
+def _slice_subset(obj: Json, family: str, targets: bool) -> Subset:
+    """The endpoints and ports of an EndpointSlice of address type `family` (IPv4 or IPv6)."""
     v6 = family == "IPv6"
     endpoints = []
     # The hot loop of a sync (100,000 endpoints): field paths for error messages are built only
@@ -350,7 +379,7 @@ def endpoint_slice(obj: Json, targets: bool = True) -> EndpointSet | None:
             )
         )
     ports = tuple(_endpoint_ports(obj.get("ports"), "ports"))
-    return EndpointSet("EndpointSlice", ns, name, svc, (Subset(tuple(endpoints), ports),))
+    return Subset(tuple(endpoints), ports)
 
 
 def _for_zones(hints: Any, i: int) -> tuple[str, ...]:
@@ -439,6 +468,38 @@ def endpoints(obj: Json, targets: bool = True) -> EndpointSet:
     return EndpointSet("Endpoints", ns, name, name, tuple(subsets))
 
 
+IMPORT_TYPES = ("ClusterSetIP", "Headless")
+
+
+def service_import(obj: Json) -> ServiceImport:
+    """A multicluster.x-k8s.io ServiceImport: `spec.type`, `spec.ips` (the clusterset IPs of
+    a ClusterSetIP import) and `spec.ports`. An import without IPs is kept (its controller may
+    not have allocated them yet); its names answer NXDOMAIN with the reason."""
+    ns, name = metadata(obj)
+    spec = as_map(obj.get("spec"), "spec")
+    kind = as_str(spec.get("type"), "spec.type") or "ClusterSetIP"
+    if kind == "ClusterSetIP":
+        typed: ImportType = "ClusterSetIP"
+    elif kind == "Headless":
+        typed = "Headless"
+    else:
+        raise TrimError(f"spec.type must be one of {', '.join(IMPORT_TYPES)}, not {kind!r}")
+    ips = [as_ip(ip, f"spec.ips[{i}]") for i, ip in enumerate(as_list(spec.get("ips"), "spec.ips"))]
+    ports = []
+    for i, port in enumerate(as_list(spec.get("ports"), "spec.ports")):
+        port = as_map(port, f"spec.ports[{i}]")
+        ports.append(
+            ServicePort(
+                name=as_str(port.get("name"), f"spec.ports[{i}].name"),
+                port=as_port(port.get("port"), f"spec.ports[{i}].port"),
+                protocol=as_protocol(port.get("protocol"), f"spec.ports[{i}].protocol"),
+            )
+        )
+    return ServiceImport(
+        ns, name, typed, tuple(dict.fromkeys(ips)) if typed == "ClusterSetIP" else (), tuple(ports)
+    )
+
+
 def namespace(obj: Json) -> Namespace:
     """A v1 Namespace (its own namespace field is meaningless and ignored)."""
     meta = as_map(obj.get("metadata"), "metadata")
@@ -463,6 +524,8 @@ _TRIMMERS: dict[str, Callable[[Json], KubeObject | None]] = {
     "GRPCRoute": partial(route, "GRPCRoute"),
     "TLSRoute": partial(route, "TLSRoute"),
     "Gateway": gateway,
+    "ServiceImport": service_import,
+    "ImportSlice": import_slice,
 }
 
 

@@ -20,6 +20,10 @@ EndpointKind = Literal["EndpointSlice", "Endpoints", "Pods"]
 
 #: The label that joins an EndpointSlice to its Service.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+#: The labels that join an EndpointSlice to a ServiceImport (the Multi-Cluster Services API,
+#: KEP-1645), and name the cluster its endpoints are in.
+MCS_SERVICE_NAME_LABEL = "multicluster.kubernetes.io/service-name"
+MCS_SOURCE_CLUSTER_LABEL = "multicluster.kubernetes.io/source-cluster"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +196,59 @@ class Gateway:
         return ("Gateway", self.namespace, self.name)
 
 
+ImportType = Literal["ClusterSetIP", "Headless"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceImport:
+    """A ServiceImport of the Multi-Cluster Services API (multicluster.x-k8s.io/v1alpha1):
+    a service exported by the clusters of a clusterset, as it is reachable from this one
+    (`--clusterset-domain`)."""
+
+    namespace: str
+    name: str
+    type: ImportType = "ClusterSetIP"
+    #: `spec.ips`, canonical: the clusterset IPs (a ClusterSetIP import's answers).
+    ips: tuple[str, ...] = ()
+    ports: tuple[ServicePort, ...] = ()
+
+    @property
+    def key(self) -> ObjectKey:
+        return ("ServiceImport", self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSlice:
+    """An EndpointSlice labelled `multicluster.kubernetes.io/service-name`: endpoints of a
+    ServiceImport in one cluster of the clusterset (`cluster`, from
+    `multicluster.kubernetes.io/source-cluster`). Kept apart from the cluster's own slices
+    (kind "ImportSlice"), so that they never answer for a cluster-local service."""
+
+    namespace: str
+    name: str
+    service: str
+    cluster: str
+    subsets: tuple[Subset, ...] = ()
+
+    @property
+    def key(self) -> ObjectKey:
+        return ("ImportSlice", self.namespace, self.name)
+
+
 #: (kind, namespace, name): identifies one object within one source.
 ObjectKey = tuple[str, str, str]
 
 #: What sources hand to the store.
-KubeObject = Service | EndpointSet | Namespace | PodAddresses | HostRoute | Gateway
+KubeObject = (
+    Service
+    | EndpointSet
+    | Namespace
+    | PodAddresses
+    | HostRoute
+    | Gateway
+    | ServiceImport
+    | ImportSlice
+)
 
 
 def endpoint_name(hostname: str, address: str) -> str:

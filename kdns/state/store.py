@@ -31,11 +31,13 @@ from kdns.state.model import (
     EndpointSet,
     Gateway,
     HostRoute,
+    ImportSlice,
     KubeObject,
     Namespace,
     ObjectKey,
     PodAddresses,
     Service,
+    ServiceImport,
     address_of_label,
     endpoint_name,
     is_label,
@@ -165,6 +167,10 @@ class _Layer:
     #: every name strictly above a route's host -> how many hosts are below it: those names
     #: exist without records of their own (empty non-terminals: NODATA, not NXDOMAIN)
     above_hosts: dict[str, int] = field(default_factory=dict)
+    #: ServiceImports and their EndpointSlices (`--clusterset-domain`)
+    imports: dict[ObjectKey, ServiceImport] = field(default_factory=dict)
+    import_slices: dict[ObjectKey, ImportSlice] = field(default_factory=dict)
+    slices_by_import: dict[ServiceKey, dict[ObjectKey, ImportSlice]] = field(default_factory=dict)
 
     def has_namespace(self, ns: str) -> bool:
         if ns in self.namespaces:
@@ -183,6 +189,10 @@ class _Layer:
             return self.gateways.get(key)
         if kind in ROUTE_KINDS:
             return self.routes.get(key)
+        if kind == "ServiceImport":
+            return self.imports.get(key)
+        if kind == "ImportSlice":
+            return self.import_slices.get(key)
         return self.endpoint_sets.get(key)
 
     def keys(self, kinds: Collection[str] | None) -> list[ObjectKey]:
@@ -197,6 +207,10 @@ class _Layer:
         out.extend(k for k in self.routes if kinds is None or k[0] in kinds)
         if kinds is None or "Gateway" in kinds:
             out.extend(self.gateways)
+        if kinds is None or "ServiceImport" in kinds:
+            out.extend(self.imports)
+        if kinds is None or "ImportSlice" in kinds:
+            out.extend(self.import_slices)
         return out
 
     def _index_route(self, route: HostRoute, delta: int) -> None:
@@ -255,6 +269,20 @@ class _Layer:
         if isinstance(obj, Gateway):
             self.gateways[obj.key] = obj
             return None
+        if isinstance(obj, ServiceImport):
+            if obj.key not in self.imports:
+                self._count(obj.namespace, 1)
+            self.imports[obj.key] = obj
+            return None
+        if isinstance(obj, ImportSlice):
+            old_slice = self.import_slices.get(obj.key)
+            if old_slice is not None:
+                self._unlink_slice(old_slice)
+            else:
+                self._count(obj.namespace, 1)
+            self.import_slices[obj.key] = obj
+            self.slices_by_import.setdefault((obj.namespace, obj.service), {})[obj.key] = obj
+            return None
         old = self.endpoint_sets.get(obj.key)
         if old is not None:
             self._unlink(old)
@@ -272,6 +300,14 @@ class _Layer:
             group.pop(eps.key, None)
             if not group:
                 del self.by_service[skey]
+
+    def _unlink_slice(self, piece: ImportSlice) -> None:
+        ikey = (piece.namespace, piece.service)
+        group = self.slices_by_import.get(ikey)
+        if group is not None:
+            group.pop(piece.key, None)
+            if not group:
+                del self.slices_by_import[ikey]
 
     def remove(self, key: ObjectKey) -> list[ServiceKey]:
         """Remove the object at `key`; return the services whose views it affects."""
@@ -296,6 +332,16 @@ class _Layer:
             route = self.routes.pop(key, None)
             if route is not None:
                 self._index_route(route, -1)
+            return []
+        if kind == "ServiceImport":
+            if self.imports.pop(key, None) is not None:
+                self._count(ns, -1)
+            return []
+        if kind == "ImportSlice":
+            piece = self.import_slices.pop(key, None)
+            if piece is not None:
+                self._unlink_slice(piece)
+                self._count(ns, -1)
             return []
         eps = self.endpoint_sets.pop(key, None)
         if eps is None:
@@ -373,6 +419,43 @@ def build_view(
     return ServiceView(service, tuple(ready), not_ready, tuple(s.key for s in chosen), preferred)
 
 
+def build_import_view(imp: ServiceImport, slices: Iterable[ImportSlice]) -> ServiceView:
+    """A ServiceImport as the view the answer engine reads for `<svc>.<ns>.svc.<clusterset>`:
+    a service with the import's clusterset IPs and ports, and for a Headless import the ready
+    endpoints of its slices, each named `<hostname>.<clusterid>` (the hostname, or the dashed
+    address when it has none, as in the cluster zone and CoreDNS's multicluster plugin). A
+    ClusterSetIP import has no endpoint names: the MCS DNS specification (2.3.4) rules out
+    names that single out one cluster's backends."""
+    headless = imp.type == "Headless"
+    service = Service(
+        imp.namespace,
+        imp.name,
+        cluster_ips=() if headless else imp.ips,
+        headless=headless,
+        ports=imp.ports,
+    )
+    if not headless:
+        return ServiceView(service)
+    chosen = sorted(slices, key=lambda s: (s.cluster, s.name))
+    ready: list[ReadyEndpoint] = []
+    seen: set[tuple[str, str, tuple[EndpointPort, ...]]] = set()
+    not_ready = 0
+    for piece in chosen:
+        for subset in piece.subsets:
+            for ep in subset.endpoints:
+                for address in ep.addresses:
+                    if not ep.ready:
+                        not_ready += 1
+                        continue
+                    label = f"{ep.hostname or endpoint_name('', address)}.{piece.cluster}"
+                    entry = (label.lower(), address, subset.ports)
+                    if entry in seen:
+                        continue
+                    seen.add(entry)
+                    ready.append(ReadyEndpoint(label, address, subset.ports))
+    return ServiceView(service, tuple(ready), not_ready, tuple(s.key for s in chosen))
+
+
 class Store:
     """Current DNS-relevant objects from every source, with a generation counter."""
 
@@ -400,6 +483,9 @@ class Store:
         self._changed_services: set[ServiceKey] = set()
         self._changed_addresses: set[str] = set()
         self._full = False
+        #: ServiceImports as views (`build_import_view`), of the first layer that has each.
+        self._imports: dict[ServiceKey, ServiceView] = {}
+        self._imports_warned: set[ServiceImport] = set()
 
     @classmethod
     def of_views(cls, views: Iterable[ServiceView]) -> Store:
@@ -508,6 +594,7 @@ class Store:
         """
         lay = self._layers[layer]
         touched: set[ServiceKey] = set()
+        imports: set[ServiceKey] = set()
         changed = False
         for key in deletes:
             old = lay.get(key)
@@ -516,6 +603,8 @@ class Store:
             changed = True
             if isinstance(old, PodAddresses):
                 self._index_pod(old, -1)
+            elif isinstance(old, (ServiceImport, ImportSlice)):
+                imports.add(_import_key(old))
             touched.update(lay.remove(key))
         for obj in upserts:
             old = lay.get(obj.key)
@@ -530,6 +619,10 @@ class Store:
                 old = lay.endpoint_sets.get(obj.key)
                 if old is not None and old.service != obj.service:
                     touched.add((old.namespace, old.service))
+            elif isinstance(obj, (ServiceImport, ImportSlice)):
+                imports.add(_import_key(obj))
+                if isinstance(old, ImportSlice):
+                    imports.add(_import_key(old))
             skey = lay.put(obj)
             if skey is not None:
                 touched.add(skey)
@@ -537,6 +630,8 @@ class Store:
             return False
         for skey in touched:
             self._refresh(skey)
+        for ikey in imports:
+            self._refresh_import(ikey)
         if lay.namespaces_changed:
             lay.namespaces_changed = False
             self._full = True
@@ -591,6 +686,28 @@ class Store:
         else:
             self._views[skey] = view
             self._owner[skey] = owner or ""
+
+    def _refresh_import(self, ikey: ServiceKey) -> None:
+        """Recompute the view of one ServiceImport: the first layer that has it wins. (Answers
+        in the clusterset zone are cached under `ANY_TAG`, dropped on every change: no change
+        record is kept for them.)"""
+        key = ("ServiceImport", *ikey)
+        for lay in self._layers.values():
+            imp = lay.imports.get(key)
+            if imp is None:
+                continue
+            if imp.type == "ClusterSetIP" and not imp.ips and imp not in self._imports_warned:
+                self._imports_warned.add(imp)
+                log.warning(
+                    "ServiceImport %s/%s (ClusterSetIP) has no spec.ips: its names answer "
+                    "NXDOMAIN until it has",
+                    *ikey,
+                )
+            self._imports[ikey] = build_import_view(
+                imp, lay.slices_by_import.get(ikey, {}).values()
+            )
+            return
+        self._imports.pop(ikey, None)
 
     def _index_pod(self, pod: PodAddresses, delta: int) -> None:
         index = self._pod_ips
@@ -655,6 +772,22 @@ class Store:
     def service(self, namespace: str, name: str) -> ServiceView | None:
         """The view of a service, by lower-case namespace and name."""
         return self._views.get((namespace, name))
+
+    def service_import(self, namespace: str, name: str) -> ServiceView | None:
+        """The view of a ServiceImport (`build_import_view`), by lower-case namespace and name."""
+        return self._imports.get((namespace, name))
+
+    def import_views(self) -> Iterator[ServiceView]:
+        """Every ServiceImport's view, in (namespace, name) order."""
+        for key in sorted(self._imports):
+            yield self._imports[key]
+
+    def import_slices(self, namespace: str, name: str) -> list[ImportSlice]:
+        """The EndpointSlices of a ServiceImport, of every layer."""
+        out: list[ImportSlice] = []
+        for lay in self._layers.values():
+            out.extend(lay.slices_by_import.get((namespace, name), {}).values())
+        return out
 
     def has_pod_ip(self, namespace: str, ip: str) -> bool:
         """True when a pod in `namespace` has the address `ip` (canonical text)."""
@@ -751,6 +884,10 @@ def _edit(index: dict[str, _T | list[_T]], ip: str, value: _T, remove: bool) -> 
 
 
 _PtrEntry = tuple[str, str] | tuple[str, str, str]
+
+
+def _import_key(obj: ServiceImport | ImportSlice) -> ServiceKey:
+    return (obj.namespace, obj.name if isinstance(obj, ServiceImport) else obj.service)
 
 
 def _values(index: dict[str, _T | list[_T]], ip: str) -> list[_T]:
