@@ -107,6 +107,17 @@ ExternalZoneOpt = Annotated[
         "HTTPRoutes, GRPCRoutes, TLSRoutes: deploy/components/external-zone).",
     ),
 ]
+ClustersetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clusterset-domain",
+        help="Also answer this zone (clusterset.local) as the Multi-Cluster Services DNS "
+        "specification says: <svc>.<ns>.svc.ZONE and its SRV and endpoint names from "
+        "ServiceImports (multicluster.x-k8s.io) and the EndpointSlices labelled "
+        "multicluster.kubernetes.io/service-name, of the first cluster and zones/ "
+        "(RBAC: deploy/components/clusterset). Off by default.",
+    ),
+]
 SelectorOpt = Annotated[
     str | None,
     typer.Option(
@@ -198,6 +209,7 @@ def serve(
     namespace: NamespaceOpt = None,
     label_selector: SelectorOpt = None,
     external_zone: ExternalZoneOpt = None,
+    clusterset_domain: ClustersetOpt = None,
     startup_timeout: Annotated[
         float, typer.Option("--startup-timeout", min=0, help="Seconds to wait for the first sync.")
     ] = 5.0,
@@ -342,6 +354,7 @@ def serve(
             zones=list(zones or []),
             clusters=[parse_cluster(c) for c in cluster or []],
             external_zones=list(dict.fromkeys(normalize_domain(z) for z in external_zone or [])),
+            clusterset_domain=normalize_domain(clusterset_domain) if clusterset_domain else "",
             listen=listen_addrs,
             upstreams=upstreams,
             upstream_timeout=upstream_timeout,
@@ -430,11 +443,13 @@ def _one_shot_config(
     endpoint_pod_names: bool = False,
     prefer_zone: str | None = None,
     external_zone: list[str] | None = None,
+    clusterset_domain: str | None = None,
 ) -> Config:
     """The settings of `kdns serve` that decide what a one-shot command reads."""
     try:
         config = Config(
             external_zones=list(dict.fromkeys(normalize_domain(z) for z in external_zone or [])),
+            clusterset_domain=normalize_domain(clusterset_domain) if clusterset_domain else "",
             zones=list(zones or []),
             domain=normalize_domain(domain),
             service_cidr=check_cidr(service_cidr),
@@ -514,6 +529,7 @@ def explain(
     endpoint_pod_names: PodNamesOpt = False,
     prefer_zone: PreferZoneOpt = None,
     external_zone: ExternalZoneOpt = None,
+    clusterset_domain: ClustersetOpt = None,
     server: Annotated[
         str | None,
         typer.Option("--server", help="HOST:PORT of a running kdns's --http: use its live data."),
@@ -536,6 +552,7 @@ def explain(
         endpoint_pod_names,
         prefer_zone,
         external_zone,
+        clusterset_domain,
     )
     engine = _load_engine(config)
     try:

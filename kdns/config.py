@@ -61,6 +61,9 @@ class Config:
     #: Zones answering with what reaches the (first) cluster from outside: LoadBalancer and
     #: external IPs as `<svc>.<ns>.<zone>`, and Ingress and Gateway API route host names.
     external_zones: list[str] = field(default_factory=list)
+    #: The clusterset zone of the Multi-Cluster Services API (`clusterset.local`), answering
+    #: from the (first) cluster's ServiceImports; "" when off.
+    clusterset_domain: str = ""
     #: Serve only the Services matching this Kubernetes label selector, of every source.
     label_selector: str | None = None
     startup_timeout: float = 5.0

@@ -126,15 +126,18 @@ def engine_from_files(config: Config) -> Engine:
 
 def zones_of(config: Config, stores: Sequence[Store]) -> list[Cluster]:
     """The zones served: `--domain` and each `--cluster` zone with its store (in that order),
-    then each `--external-zone`, answering from the first store. Raises `ConfigError` when two
-    zones are the same."""
+    then each `--external-zone` and the `--clusterset-domain`, answering from the first store.
+    Raises `ConfigError` when two zones are the same."""
     domains = [config.domain, *(zone for _, zone in config.clusters)]
     zones = [Cluster(domain, store) for domain, store in zip(domains, stores, strict=False)]
     zones += [Cluster(zone, stores[0], ZoneKind.EXTERNAL) for zone in config.external_zones]
+    if config.clusterset_domain:
+        zones.append(Cluster(config.clusterset_domain, stores[0], ZoneKind.CLUSTERSET))
     seen = [c.domain for c in zones]
     if len(set(seen)) != len(seen):
         raise ConfigError(
-            "every --cluster and --external-zone needs a zone of its own, other than --domain"
+            "every --cluster, --external-zone and --clusterset-domain needs a zone of its own, "
+            "other than --domain"
         )
     return zones
 
@@ -402,6 +405,8 @@ class DnsServer:
                     targets=cfg.endpoint_pod_names,
                     # The external zones answer from the first cluster's store.
                     exposure=bool(cfg.external_zones) and index == 0,
+                    # So does the clusterset zone.
+                    clusterset=bool(cfg.clusterset_domain) and index == 0,
                 )
                 source.start()
                 self.sources.append(source)

@@ -46,7 +46,7 @@ from kubernetes.config import ConfigException, load_incluster_config, load_kube_
 from kdns.config import ClusterConfigError
 from kdns.sources import apicall
 from kdns.sources.reflector import Recovery, Reflector, ReflectorStats, WatchSettings, backoff_delay
-from kdns.state.model import Namespace, ObjectKey
+from kdns.state.model import MCS_SERVICE_NAME_LABEL, Namespace, ObjectKey
 from kdns.state.store import Sink
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,10 @@ KINDS = ("Service", "EndpointSlice", "Endpoints", "Namespace")
 NAMESPACED_KINDS = ("Service", "EndpointSlice", "Endpoints")
 #: What `--external-zone` adds: the objects that give host names addresses from outside.
 EXPOSURE_KINDS = ("Ingress", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
+#: What `--clusterset-domain` adds: ServiceImports (optional: a cluster without the MCS CRDs has
+#: none) and the EndpointSlices of the Multi-Cluster Services API (kind "ImportSlice": the
+#: EndpointSlices labelled multicluster.kubernetes.io/service-name, by a second reflector).
+CLUSTERSET_KINDS = ("ServiceImport", "ImportSlice")
 
 
 def load_api_client(
@@ -140,7 +144,9 @@ class ClusterSource:
     timeouts and backoff). `pods`: watch Pods too (`--pods verified`). `targets`: keep ready
     endpoints' targetRefs (`--endpoint-pod-names`; see `trim.endpoint_slice`). `exposure`: watch
     Ingresses and the Gateway API's Gateways and routes too (`--external-zone`; the Gateway API
-    kinds are optional: a cluster without their CRDs has none). Call `start()`,
+    kinds are optional: a cluster without their CRDs has none). `clusterset`: watch
+    ServiceImports and the EndpointSlices labelled multicluster.kubernetes.io/service-name
+    (`--clusterset-domain`; ServiceImport is optional as well). Call `start()`,
     then `stop()`; `synced` turns True (and
     `sink.set_synced(layer)` is called, once) when the first list of every kind is in.
 
@@ -161,6 +167,7 @@ class ClusterSource:
         pods: bool = False,
         targets: bool = False,
         exposure: bool = False,
+        clusterset: bool = False,
     ) -> None:
         self.sink = sink
         self.layer = layer
@@ -180,6 +187,8 @@ class ClusterSource:
             kinds = (*kinds, "Pod")
         if exposure:
             kinds = (*kinds, *EXPOSURE_KINDS)
+        if clusterset:
+            kinds = (*kinds, *CLUSTERSET_KINDS)
         for kind in kinds:
             for ns in scopes:
                 self.reflectors.append(
@@ -189,7 +198,7 @@ class ClusterSource:
                         layer,
                         api_client,
                         namespace=ns,
-                        label_selector=self.label_selector if kind == "Service" else None,
+                        label_selector=self._selector(kind),
                         settings=self.settings,
                         on_synced=self._part_synced,
                         recovery=recovery,
@@ -204,6 +213,15 @@ class ClusterSource:
         self._pending = len(self.reflectors) + (self._probe is not None)
         self._synced = threading.Event()
         self._started = False
+
+    def _selector(self, kind: str) -> str | None:
+        """The label selector of `kind`'s list and watch: --label-selector for Services, the
+        MCS service-name label for the EndpointSlices of ServiceImports."""
+        if kind == "Service":
+            return self.label_selector
+        if kind == "ImportSlice":
+            return MCS_SERVICE_NAME_LABEL
+        return None
 
     def start(self) -> None:
         """Start every reflector (and the namespace probe) in its own thread."""

@@ -38,7 +38,14 @@ except ImportError:  # PyYAML built without libyaml: the same, slower
 from kdns.sources import pods
 from kdns.sources.trim import TrimError, trim
 from kdns.sources.trim import labels as trim_labels
-from kdns.state.model import SERVICE_NAME_LABEL, KubeObject, Namespace, ObjectKey, Service
+from kdns.state.model import (
+    MCS_SERVICE_NAME_LABEL,
+    SERVICE_NAME_LABEL,
+    KubeObject,
+    Namespace,
+    ObjectKey,
+    Service,
+)
 
 Severity = Literal["error", "warning"]
 
@@ -55,6 +62,9 @@ KINDS: dict[str, str] = {
     "HTTPRoute": "gateway.networking.k8s.io/v1",
     "GRPCRoute": "gateway.networking.k8s.io/v1",
     "TLSRoute": "gateway.networking.k8s.io/v1",
+    # read for --clusterset-domain, with the EndpointSlices labelled
+    # multicluster.kubernetes.io/service-name
+    "ServiceImport": "multicluster.x-k8s.io/v1alpha1",
 }
 
 #: Older apiVersions that are still read, with the warning they deserve.
@@ -396,6 +406,21 @@ class _Parser:
             return
         line = node.start_mark.line + 1 if node is not None else 0
         origin = Origin(self.path, document, line)
+        imported = kind == "EndpointSlice" and bool(
+            trim_labels_safe(obj).get(MCS_SERVICE_NAME_LABEL)
+        )
+        if imported:
+            # An EndpointSlice of a ServiceImport (the Multi-Cluster Services API): kept apart
+            # from the cluster's own slices; one with kubernetes.io/service-name as well also
+            # answers for that service, as on a cluster, where both watches see it.
+            try:
+                record = self.convert("ImportSlice", obj, origin)
+            except TrimError as exc:
+                message = str(exc)
+                self.problem(f"{prefix}{message}", document, node, _field(message))
+                return
+            if record is not None:
+                self.records.append(record)
         try:
             record = self.convert(kind, obj, origin)
         except TrimError as exc:
@@ -404,7 +429,7 @@ class _Parser:
             return
         if record is not None:
             self.records.append(record)
-        elif kind == "EndpointSlice":
+        elif kind == "EndpointSlice" and not imported:
             self.problem(f"{prefix}{_unused_slice(obj)}", document, node, "", "warning")
 
     def list(
@@ -467,6 +492,14 @@ def _check_label(
             f"{where} {value!r} is not a valid {what}: lower-case letters, digits and '-', "
             f"starting with {start}, not ending with '-', at most 63 characters"
         )
+
+
+def trim_labels_safe(obj: Mapping[str, Any]) -> dict[str, str]:
+    """An object's labels, or none when they are malformed (the trimmer reports that)."""
+    try:
+        return trim_labels(obj)
+    except TrimError:
+        return {}
 
 
 def _unused_slice(obj: Mapping[str, Any]) -> str:

@@ -122,7 +122,7 @@ READ_SIZE = 1 << 16
 
 #: Kinds whose objects are large (up to hundreds of endpoints each; a Pod's spec and status run
 #: to several kilobytes): listed in smaller pages.
-LARGE_KINDS = frozenset({"EndpointSlice", "Endpoints", "Pod"})
+LARGE_KINDS = frozenset({"EndpointSlice", "Endpoints", "Pod", "ImportSlice"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +152,11 @@ RESOURCES: dict[str, Resource] = {
         Resource("HTTPRoute", "httproutes", "gateway.networking.k8s.io/v1", optional=True),
         Resource("GRPCRoute", "grpcroutes", "gateway.networking.k8s.io/v1", optional=True),
         Resource("TLSRoute", "tlsroutes", "gateway.networking.k8s.io/v1", optional=True),
+        Resource(
+            "ServiceImport", "serviceimports", "multicluster.x-k8s.io/v1alpha1", optional=True
+        ),
+        # The EndpointSlices of ServiceImports: the same resource, listed by the MCS label.
+        Resource("ImportSlice", "endpointslices", "discovery.k8s.io/v1"),
     )
 }
 
@@ -343,7 +348,10 @@ class Reflector:
             raise ValueError(f"{self.resource.plural} are not namespaced")
         path = collection_path(self.resource.group_version, self.resource.plural, namespace)
         self._call: Callable[..., Any] = partial(apicall.get, api_client, path)
-        self.name = self.resource.plural + (f" in {namespace}" if namespace else "")
+        plural = self.resource.plural
+        if kind == "ImportSlice":  # told apart from the cluster's own slices in logs
+            plural = "multicluster endpointslices"
+        self.name = plural + (f" in {namespace}" if namespace else "")
         self.stats = ReflectorStats(kind, namespace or "")
         self._rv = ""
         #: key -> `_version` (resourceVersion and uid) of every object handed to the sink and
