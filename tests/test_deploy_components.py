@@ -39,10 +39,18 @@ from tests.deploy_render import (
 
 PODS = "pods-verified"
 ZONE = "prefer-zone-from-node"
+CLUSTERSET = "clusterset"
 #: What each component adds: (apiGroup, resource, verb) triples, and container arguments.
 ADDS: dict[str, tuple[set[tuple[str, str, str]], list[str]]] = {
     PODS: ({("", "pods", "list"), ("", "pods", "watch")}, ["--pods=verified"]),
     ZONE: ({("", "nodes", "get")}, ["--prefer-zone-from-node=$(NODE_NAME)"]),
+    CLUSTERSET: (
+        {
+            ("multicluster.x-k8s.io", "serviceimports", "list"),
+            ("multicluster.x-k8s.io", "serviceimports", "watch"),
+        },
+        ["--clusterset-domain=clusterset.local"],
+    ),
 }
 
 
@@ -135,6 +143,17 @@ def test_a_component_adds_its_rule_and_arguments_and_nothing_else(
 def test_pods_verified_reads_pods_with_list_and_watch_only() -> None:
     (rule,) = rbac(render([PODS]))[1]["rules"][-1:]
     assert rule == {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}
+
+
+def test_clusterset_lists_and_watches_serviceimports_only() -> None:
+    (rule,) = rbac(render([CLUSTERSET]))[1]["rules"][-1:]
+    assert rule == {
+        "apiGroups": ["multicluster.x-k8s.io"],
+        "resources": ["serviceimports"],
+        "verbs": ["list", "watch"],
+    }
+    # The slices of imports are EndpointSlices: the base already lists and watches them.
+    assert ("discovery.k8s.io", "endpointslices", "watch") in granted(rbac(render([]))[1])
 
 
 def test_prefer_zone_from_node_gets_nodes_and_its_own_node_name() -> None:
