@@ -19,7 +19,19 @@ from kdns.dns.resolution import Cluster, Engine, Rule
 from kdns.dns.wire import encode, parse_query
 from kdns.ops.explain import explanation
 from kdns.serve.responder import Responder
-from kdns.state.model import Gateway, HostRoute, KubeObject, PodAddresses, Service, ServicePort
+from kdns.state.model import (
+    Endpoint,
+    EndpointPort,
+    Gateway,
+    HostRoute,
+    ImportSlice,
+    KubeObject,
+    PodAddresses,
+    Service,
+    ServiceImport,
+    ServicePort,
+    Subset,
+)
 from kdns.state.store import Store
 from tests.test_bulk import NAMESPACES, SERVICES, ZONE_SETS, random_store, spell, wire
 
@@ -29,6 +41,10 @@ LABELS = ("h0", "h1", "web-0", "svc", "db", "a", "_tcp", "_udp", "_http", "*", "
 EXTERNAL = "ext.example"
 #: Host names of the generated Ingresses and routes, in front of EXTERNAL.
 HOSTS = ("www", "api", "*.apps", "*.preview", "deep.app", "pending")
+#: The clusterset zone (`--clusterset-domain`), its imports and their clusters.
+CLUSTERSET = "clusterset.test"
+IMPORTS = ("web", "db", "empty", "missing")
+CLUSTER_IDS = ("cluster-a", "Cluster-B")
 
 
 def store_for(rng: random.Random, zones: tuple[str, ...]) -> Store:
@@ -72,7 +88,32 @@ def store_for(rng: random.Random, zones: tuple[str, ...]) -> Store:
             HostRoute("Ingress", ns, "ing", tuple(hosted[:2]), ips=ips[:1], hostnames=hosts),
             HostRoute("HTTPRoute", ns, "route", tuple(hosted[1:]), parents=((ns, "gw"),)),
             Gateway(ns, "gw", ips=ips[1:]),
+            *imports(ns),
         ]
+
+    def imports(ns: str) -> list[KubeObject]:
+        # The clusterset zone: a ClusterSetIP import with or without IPs, a Headless one with
+        # slices from two clusters (some endpoints not ready, some without a hostname), and a
+        # Headless one with none.
+        ports = (ServicePort("http", 80), ServicePort("", 8080, "UDP"))
+        ips = tuple(rng.sample(("10.42.0.1", "10.42.0.2", "fd42::1"), rng.randrange(3)))
+        out: list[KubeObject] = [
+            ServiceImport(ns, "web", "ClusterSetIP", ips, ports),
+            ServiceImport(ns, "db", "Headless", (), ports),
+            ServiceImport(ns, "empty", "Headless", (), ports),
+        ]
+        for i, cluster in enumerate(CLUSTER_IDS):
+            endpoints = tuple(
+                Endpoint(
+                    (f"10.{i + 1}.0.{n}",) if n % 3 else (f"fd0{i + 1}::{n}",),
+                    hostname=rng.choice(("", "h0", "h1", "web-0")),
+                    ready=rng.random() < 0.8,
+                )
+                for n in range(1, rng.randrange(2, 5))
+            )
+            port = EndpointPort(rng.choice(("http", "pg", "")), 80)
+            out.append(ImportSlice(ns, f"db-{i}", "db", cluster, (Subset(endpoints, (port,)),)))
+        return out
 
     return random_store(rng, external_names)
 
@@ -106,6 +147,22 @@ def names(rng: random.Random, zones: tuple[str, ...]) -> list[str]:
         nibbles = ".".join(reversed(f"fd00{0:028x}"[:31] + f"{last:x}"))
         out.append(f"{nibbles}.ip6.arpa")
     out += ["d.f.ip6.arpa", "0.0.d.f.ip6.arpa", "e.f.ip6.arpa", "example.org", "com"]
+    out += [CLUSTERSET, f"dns-version.{CLUSTERSET}", f"ns.dns.{CLUSTERSET}", f"dns.{CLUSTERSET}"]
+    out += [f"svc.{CLUSTERSET}", f"pod.{CLUSTERSET}", f"x.{CLUSTERSET}"]
+    for ns in (*NAMESPACES, "nope"):
+        out += [f"{ns}.svc.{CLUSTERSET}", f"10-0-0-1.{ns}.pod.{CLUSTERSET}"]
+        for svc in IMPORTS:
+            base = f"{svc}.{ns}.svc.{CLUSTERSET}"
+            out += [base, f"_tcp.{base}", f"_udp.{base}", f"x.{base}", f"a.b.c.{base}"]
+            out += [f"_._tcp.{base}", f"http.tcp.{base}"]
+            for cluster in (*CLUSTER_IDS, "cluster-c"):
+                out.append(f"{cluster}.{base}")
+                for host in rng.sample(("h0", "h1", "web-0", "x"), 2):
+                    out.append(f"{host}.{cluster}.{base}")
+                out.append(f"10-1-0-{rng.randrange(1, 5)}.{cluster}.{base}")
+                out.append(f"fd01--{rng.randrange(1, 5)}.{cluster}.{base}")
+            for port in ("http", "pg", "none"):
+                out += [f"_{port}._tcp.{base}", f"_{port}._udp.{base}"]
     out += [EXTERNAL, f"dns.{EXTERNAL}", f"ns1.dns.{EXTERNAL}", f"ns.dns.{EXTERNAL}"]
     for host in HOSTS:
         out += [f"{host.replace('*', 'x')}.{EXTERNAL}", f"a.{host.replace('*.', '')}.{EXTERNAL}"]
@@ -150,7 +207,8 @@ def check_seed(seed: int, seen: set[str]) -> None:
             store.set_synced("pods")
     engine = Engine(
         [Cluster(zone, store) for zone, store in zip(zones, stores, strict=True)]
-        + [Cluster(EXTERNAL, stores[0], ZoneKind.EXTERNAL)],
+        + [Cluster(EXTERNAL, stores[0], ZoneKind.EXTERNAL)]
+        + [Cluster(CLUSTERSET, stores[0], ZoneKind.CLUSTERSET)],
         pods=pods,
     )
     responder = Responder(engine)
