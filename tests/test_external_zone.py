@@ -356,3 +356,20 @@ def test_explain_names_the_objects(tmp_path: Path) -> None:
     ).stdout  # fmt: skip
     assert "host name of HTTPRoute web/api: 203.0.113.30" in out
     assert json.dumps(out)  # printable
+
+
+def test_no_zone_transfer_of_an_external_zone(tmp_path: Path) -> None:
+    """AXFR is for the cluster zones: an external zone's names are not enumerated."""
+    write(tmp_path / "exposed.yaml", bundle())
+    kp = start_kdns(
+        ["--zones", str(tmp_path), "--external-zone", ZONE, "--transfer-to", "127.0.0.1/32"]
+    )
+    try:
+        external = dns.query.tcp(dns.message.make_query(ZONE, "AXFR"), "127.0.0.1", port=kp.port)
+        assert external.rcode() == dns.rcode.NOTAUTH
+        cluster = dns.query.tcp(
+            dns.message.make_query("cluster.local", "AXFR"), "127.0.0.1", port=kp.port, timeout=5
+        )
+        assert cluster.rcode() == dns.rcode.NOERROR and cluster.answer
+    finally:
+        kp.stop()
