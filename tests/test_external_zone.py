@@ -154,6 +154,8 @@ CASES = [
     ("_http._tcp.legacy.web.example.test", "SRV", ["0 100 80 legacy.web.example.test."]),
     ("_dns._udp.legacy.web.example.test", "SRV", ["0 100 53 legacy.web.example.test."]),
     ("_dns._tcp.legacy.web.example.test", "SRV", "NXDOMAIN"),
+    ("_tcp.legacy.web.example.test", "A", "NOERROR"),  # above _http._tcp: exists, empty
+    ("_sctp.legacy.web.example.test", "A", "NXDOMAIN"),
     ("elb.web.example.test", "A", ["lb-1.elb.example.net."]),
     ("internal.web.example.test", "A", "NXDOMAIN"),
     ("missing.web.example.test", "A", "NXDOMAIN"),
