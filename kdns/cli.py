@@ -97,6 +97,16 @@ PreferZoneOpt = Annotated[
         "(hints.forZones when every ready endpoint has hints, else their zone).",
     ),
 ]
+ExternalZoneOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--external-zone",
+        help="Also answer ZONE (repeatable) with what reaches the cluster from outside: "
+        "<svc>.<ns>.ZONE from LoadBalancer ingress and externalIPs (CoreDNS k8s_external), and "
+        "the host names of Ingress rules and Gateway API routes (watches Ingresses, Gateways, "
+        "HTTPRoutes, GRPCRoutes, TLSRoutes: deploy/components/external-zone).",
+    ),
+]
 SelectorOpt = Annotated[
     str | None,
     typer.Option(
@@ -187,6 +197,7 @@ def serve(
     ] = None,
     namespace: NamespaceOpt = None,
     label_selector: SelectorOpt = None,
+    external_zone: ExternalZoneOpt = None,
     startup_timeout: Annotated[
         float, typer.Option("--startup-timeout", min=0, help="Seconds to wait for the first sync.")
     ] = 5.0,
@@ -330,6 +341,7 @@ def serve(
         config = Config(
             zones=list(zones or []),
             clusters=[parse_cluster(c) for c in cluster or []],
+            external_zones=list(dict.fromkeys(normalize_domain(z) for z in external_zone or [])),
             listen=listen_addrs,
             upstreams=upstreams,
             upstream_timeout=upstream_timeout,
@@ -417,10 +429,12 @@ def _one_shot_config(
     label_selector: str | None,
     endpoint_pod_names: bool = False,
     prefer_zone: str | None = None,
+    external_zone: list[str] | None = None,
 ) -> Config:
     """The settings of `kdns serve` that decide what a one-shot command reads."""
     try:
         config = Config(
+            external_zones=list(dict.fromkeys(normalize_domain(z) for z in external_zone or [])),
             zones=list(zones or []),
             domain=normalize_domain(domain),
             service_cidr=check_cidr(service_cidr),
@@ -499,6 +513,7 @@ def explain(
     label_selector: SelectorOpt = None,
     endpoint_pod_names: PodNamesOpt = False,
     prefer_zone: PreferZoneOpt = None,
+    external_zone: ExternalZoneOpt = None,
     server: Annotated[
         str | None,
         typer.Option("--server", help="HOST:PORT of a running kdns's --http: use its live data."),
@@ -513,7 +528,14 @@ def explain(
         return
     logging.basicConfig(level=logging.ERROR)
     config = _one_shot_config(
-        zones, domain, service_cidr, namespace, label_selector, endpoint_pod_names, prefer_zone
+        zones,
+        domain,
+        service_cidr,
+        namespace,
+        label_selector,
+        endpoint_pod_names,
+        prefer_zone,
+        external_zone,
     )
     engine = _load_engine(config)
     try:

@@ -58,6 +58,9 @@ class Config:
     namespaces: list[str] = field(default_factory=list)
     #: Further clusters, each under its own zone: (kubeconfig context, zone).
     clusters: list[tuple[str, str]] = field(default_factory=list)
+    #: Zones answering with what reaches the (first) cluster from outside: LoadBalancer and
+    #: external IPs as `<svc>.<ns>.<zone>`, and Ingress and Gateway API route host names.
+    external_zones: list[str] = field(default_factory=list)
     #: Serve only the Services matching this Kubernetes label selector, of every source.
     label_selector: str | None = None
     startup_timeout: float = 5.0

@@ -14,16 +14,21 @@ import re
 
 from dnslib import QTYPE, RCODE
 
+from kdns.dns.names import ZoneKind
 from kdns.dns.resolution import Cluster, Engine, Rule
 from kdns.dns.wire import encode, parse_query
 from kdns.ops.explain import explanation
 from kdns.serve.responder import Responder
-from kdns.state.model import KubeObject, PodAddresses, Service
+from kdns.state.model import Gateway, HostRoute, KubeObject, PodAddresses, Service, ServicePort
 from kdns.state.store import Store
 from tests.test_bulk import NAMESPACES, SERVICES, ZONE_SETS, random_store, spell, wire
 
 TYPES = ("A", "AAAA", "SRV", "PTR", "TXT", "CNAME", "NS", "SOA", "MX", "ANY", "TYPE65280")
 LABELS = ("h0", "h1", "web-0", "svc", "db", "a", "_tcp", "_udp", "_http", "*", "x-y")
+#: The external zone (`--external-zone`) every generated engine serves beside its clusters.
+EXTERNAL = "ext.example"
+#: Host names of the generated Ingresses and routes, in front of EXTERNAL.
+HOSTS = ("www", "api", "*.apps", "*.preview", "deep.app", "pending")
 
 
 def store_for(rng: random.Random, zones: tuple[str, ...]) -> Store:
@@ -36,6 +41,37 @@ def store_for(rng: random.Random, zones: tuple[str, ...]) -> Store:
             Service(ns, "to-none", type="ExternalName", external_name=f"none.{ns}.svc.{zone}"),
             Service(ns, "chain", type="ExternalName", external_name=f"to-web.{ns}.svc.{zone}"),
             Service(ns, "by-ip", type="ExternalName", external_name="192.0.2.1"),
+            *exposed(ns),
+        ]
+
+    def exposed(ns: str) -> list[KubeObject]:
+        # What the external zone answers: services with external IPs or a load balancer host
+        # name, Ingresses and routes (wildcards too) and Gateways with and without addresses.
+        ports = (ServicePort("http", 80), ServicePort("", 8080, "UDP"))
+        ips = tuple(rng.sample(("192.0.2.7", "198.51.100.7", "2001:db8::7"), rng.randrange(4)))
+        hosts = ("lb.example.net",) if rng.random() < 0.5 else ()
+        hosted = [f"{h}.{EXTERNAL}" for h in rng.sample(HOSTS, 3)]
+        return [
+            Service(
+                ns,
+                "lb",
+                type="LoadBalancer",
+                cluster_ips=("10.9.0.1",),
+                ports=ports,
+                external_ips=ips,
+                external_hosts=hosts,
+            ),
+            Service(
+                ns,
+                "by-name",
+                type="LoadBalancer",
+                cluster_ips=("10.9.0.2",),
+                ports=ports,
+                external_hosts=("lb.example.net",),
+            ),
+            HostRoute("Ingress", ns, "ing", tuple(hosted[:2]), ips=ips[:1], hostnames=hosts),
+            HostRoute("HTTPRoute", ns, "route", tuple(hosted[1:]), parents=((ns, "gw"),)),
+            Gateway(ns, "gw", ips=ips[1:]),
         ]
 
     return random_store(rng, external_names)
@@ -70,6 +106,15 @@ def names(rng: random.Random, zones: tuple[str, ...]) -> list[str]:
         nibbles = ".".join(reversed(f"fd00{0:028x}"[:31] + f"{last:x}"))
         out.append(f"{nibbles}.ip6.arpa")
     out += ["d.f.ip6.arpa", "0.0.d.f.ip6.arpa", "e.f.ip6.arpa", "example.org", "com"]
+    out += [EXTERNAL, f"dns.{EXTERNAL}", f"ns1.dns.{EXTERNAL}", f"ns.dns.{EXTERNAL}"]
+    for host in HOSTS:
+        out += [f"{host.replace('*', 'x')}.{EXTERNAL}", f"a.{host.replace('*.', '')}.{EXTERNAL}"]
+        out.append(f"b.c.{host.replace('*.', '')}.{EXTERNAL}")
+    for ns in (*NAMESPACES, "nope"):
+        out.append(f"{ns}.{EXTERNAL}")
+        for svc in ("lb", "by-name", "web", "missing"):
+            base = f"{svc}.{ns}.{EXTERNAL}"
+            out += [base, f"x.{base}", f"_http._tcp.{base}", f"_http._udp.{base}"]
     return out
 
 
@@ -104,7 +149,9 @@ def check_seed(seed: int, seen: set[str]) -> None:
             store.apply("pods", [PodAddresses(NAMESPACES[0], "p", ("10.0.0.1", "fd00::1"))])
             store.set_synced("pods")
     engine = Engine(
-        [Cluster(zone, store) for zone, store in zip(zones, stores, strict=True)], pods=pods
+        [Cluster(zone, store) for zone, store in zip(zones, stores, strict=True)]
+        + [Cluster(EXTERNAL, stores[0], ZoneKind.EXTERNAL)],
+        pods=pods,
     )
     responder = Responder(engine)
     for name in names(rng, zones):

@@ -22,6 +22,19 @@ the shape, by count and by the `svc`/`pod` label, before anything is looked up:
     anything else in a zone                   UNKNOWN (NXDOMAIN)
     anything outside every zone               OUTSIDE (REFUSED, or forwarded)
 
+An external zone (`--external-zone`, CoreDNS's k8s_external) has a grammar of its own, since its
+names are what is reachable from outside: any name in it may be a host name of an Ingress or a
+Gateway API route, and the labels in front of the zone are read as k8s_external reads them:
+
+    <zone>                                    APEX
+    dns.<zone>, ns1.dns.<zone>                NAMESERVER_PARENT, NAMESERVER
+    <anything else>.dns.<zone>                UNKNOWN (k8s_external keeps `dns.` for itself)
+    <ns>.<zone>                               EXTERNAL, namespace set
+    <svc>.<ns>.<zone>                         EXTERNAL, service set
+    <label>.<svc>.<ns>.<zone>                 EXTERNAL, endpoint set
+    _<port>._<proto>.<svc>.<ns>.<zone>        EXTERNAL, port and protocol set
+    longer names                              EXTERNAL (a host name only)
+
 The parser looks nothing up: whether a namespace, service or endpoint exists is the resolver's
 business. Labels are compared in lower case; the question's own spelling stays with the caller.
 """
@@ -37,6 +50,13 @@ from typing import Generic, TypeVar
 REVERSE_ZONES = (("in-addr", "arpa"), ("ip6", "arpa"))
 
 Z = TypeVar("Z")
+
+
+class ZoneKind(Enum):
+    """What a served zone holds, which decides how its names are read."""
+
+    CLUSTER = "cluster"  # the Kubernetes DNS specification: `svc.`, `pod.`
+    EXTERNAL = "external"  # what is reachable from outside (`--external-zone`)
 
 
 class Shape(Enum):
@@ -55,6 +75,7 @@ class Shape(Enum):
     REVERSE_APEX = "reverse-apex"
     REVERSE = "reverse"
     REVERSE_PARTIAL = "reverse-partial"
+    EXTERNAL = "external"  # a name in an external zone below its apex (see the module doc)
     UNKNOWN = "unknown"
     OUTSIDE = "outside"
 
@@ -101,19 +122,27 @@ class Request(Generic[Z]):
 
 
 class Grammar(Generic[Z]):
-    """Parses names for a set of zones. `zones` pairs each zone's labels with its value."""
+    """Parses names for a set of zones. `zones` pairs each zone's labels with its value, and
+    optionally its kind (CLUSTER when left out)."""
 
-    def __init__(self, zones: Sequence[tuple[tuple[str, ...], Z]]) -> None:
+    def __init__(
+        self,
+        zones: Sequence[tuple[tuple[str, ...], Z] | tuple[tuple[str, ...], Z, ZoneKind]],
+    ) -> None:
         # Longest zone first, so that a zone nested in another one wins its names; on a tie
         # the first given.
-        self._zones = sorted(zones, key=lambda z: -len(z[0]))
+        full = [(z[0], z[1], z[2] if len(z) == 3 else ZoneKind.CLUSTER) for z in zones]
+        self._zones = sorted(full, key=lambda z: -len(z[0]))
 
     def parse(self, labels: Sequence[str]) -> Request[Z]:
         """The request of a name given as its lower-case labels (no trailing empty label)."""
         labels = tuple(labels)
-        for zone_labels, zone in self._zones:
+        for zone_labels, zone, kind in self._zones:
             if labels[len(labels) - len(zone_labels) :] == zone_labels:
-                return _forward(zone, labels[: len(labels) - len(zone_labels)])
+                rel = labels[: len(labels) - len(zone_labels)]
+                if kind is ZoneKind.EXTERNAL:
+                    return _external(zone, rel)
+                return _forward(zone, rel)
         for reverse in REVERSE_ZONES:
             if labels[-2:] == reverse:
                 return _reverse(reverse, labels[:-2])
@@ -167,6 +196,36 @@ def _forward(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
             return Request(Shape.POD_NAMESPACE, zone, rel, namespace=parts[0])
         return Request(Shape.POD, zone, rel, namespace=parts[1], pod=parts[0])
     return Request(Shape.UNKNOWN, zone, rel)
+
+
+def _external(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
+    if not rel:
+        return Request(Shape.APEX, zone)
+    if rel[-1] == "dns":
+        if len(rel) == 1:
+            return Request(Shape.NAMESERVER_PARENT, zone, rel)
+        if rel == ("ns1", "dns"):
+            return Request(Shape.NAMESERVER, zone, rel)
+        return Request(Shape.UNKNOWN, zone, rel)
+    ns = rel[-1]
+    if len(rel) == 1:
+        return Request(Shape.EXTERNAL, zone, rel, namespace=ns)
+    svc = rel[-2]
+    if len(rel) == 2:
+        return Request(Shape.EXTERNAL, zone, rel, namespace=ns, service=svc)
+    if len(rel) == 3:
+        return Request(Shape.EXTERNAL, zone, rel, namespace=ns, service=svc, endpoint=rel[0])
+    if len(rel) == 4:
+        return Request(
+            Shape.EXTERNAL,
+            zone,
+            rel,
+            namespace=ns,
+            service=svc,
+            port=_strip_underscore(rel[0]),
+            protocol=_strip_underscore(rel[1]),
+        )
+    return Request(Shape.EXTERNAL, zone, rel)
 
 
 def _strip_underscore(label: str) -> str:

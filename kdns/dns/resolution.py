@@ -32,8 +32,8 @@ from enum import Enum
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
 
 from kdns.config import PodsMode
-from kdns.dns.names import NIBBLES, Grammar, Request, Shape
-from kdns.state.model import ip_family
+from kdns.dns.names import NIBBLES, Grammar, Request, Shape, ZoneKind
+from kdns.state.model import HostRoute, ip_family
 from kdns.state.reverse_index import ReverseIndex
 from kdns.state.store import ServiceView, Store
 
@@ -56,10 +56,15 @@ _TEXT_TYPES = frozenset((QTYPE.A, QTYPE.AAAA, QTYPE.SRV, QTYPE.CNAME, QTYPE.PTR)
 
 @dataclass(frozen=True, slots=True)
 class Cluster:
-    """One served zone and the store whose objects answer for it."""
+    """One served zone and the store whose objects answer for it.
+
+    A CLUSTER zone answers as the Kubernetes DNS specification says; an EXTERNAL zone
+    (`--external-zone`) answers for the same store's Services, Ingresses and Gateway API routes
+    with the addresses that reach them from outside (see `Engine._decide_external`)."""
 
     domain: str  # lower case, no trailing dot, e.g. "cluster.local"
     store: Store
+    kind: ZoneKind = ZoneKind.CLUSTER
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -121,7 +126,17 @@ class Rule(Enum):
     PTR_SERVICE = "ptr-service"
     PTR_ENDPOINT = "ptr-endpoint"
     NO_PTR = "no-ptr"
+    # external zones (--external-zone)
+    EXPOSED_HOST = "exposed-host"  # an Ingress's or a route's host name
+    EXPOSED_SERVICE = "exposed-service"  # `<svc>.<ns>`: external IPs, load balancer ingress
+    EXPOSED_PORT = "exposed-port"  # `_<port>._<proto>.<svc>.<ns>`: SRV
+    NO_ADDRESS_YET = "no-address-yet"  # NODATA: a host whose load balancer has no address
+    NOT_EXPOSED = "not-exposed"  # a service with no external IP nor load balancer ingress
+    NO_EXPOSED_NAME = "no-exposed-name"  # nothing in the cluster has this name
 
+
+#: The rules whose records are the addresses that reach a name from outside.
+_EXPOSED_RULES = frozenset({Rule.EXPOSED_HOST, Rule.EXPOSED_SERVICE, Rule.EXPOSED_PORT})
 
 #: RFC 8914 info-code 14, Not Ready: the server cannot answer yet (SERVFAIL before the first sync).
 NOT_SYNCED = (14, "not synced with the API yet")
@@ -152,11 +167,15 @@ NXDOMAIN_RULES = frozenset(
         Rule.NOT_AN_ADDRESS,
         Rule.NO_POD,
         Rule.NO_PTR,
+        Rule.NOT_EXPOSED,
+        Rule.NO_EXPOSED_NAME,
     }
 )
 
 #: The rules of names that exist and hold no record of any type (NODATA).
-_NODATA_RULES = frozenset({Rule.NAMESPACE, Rule.EMPTY, Rule.PROTOCOL_LABEL, Rule.REVERSE_PREFIX})
+_NODATA_RULES = frozenset(
+    {Rule.NAMESPACE, Rule.EMPTY, Rule.PROTOCOL_LABEL, Rule.REVERSE_PREFIX, Rule.NO_ADDRESS_YET}
+)
 
 #: The shapes whose rule the shape alone decides.
 _SIMPLE_RULES = {
@@ -182,8 +201,11 @@ class Resolution:
     values: tuple[str, ...] = ()
     #: PORT: the SRV targets, as `srv_targets` gives them.
     srv: dict[tuple[str | None, int], list[str]] | None = None
-    #: PTR_*: the objects that have the address, the one answered first.
+    #: PTR_*: the objects that have the address, the one answered first; EXPOSED_*: the
+    #: objects whose addresses answer ("Ingress shop/web").
     owners: tuple[str, ...] = ()
+    #: EXPOSED_*: the load balancer's host name, when it has no address (a CNAME to it).
+    target: str = ""
 
 
 class Engine:
@@ -199,9 +221,12 @@ class Engine:
         namespaces: frozenset[str] | None = None,
         forwarding: bool = False,
     ) -> None:
-        if not clusters:
+        #: Every served zone; `clusters` are those of kind CLUSTER (the reverse zones, AXFR
+        #: and the zone listings read those), external zones answer from their stores too.
+        self.zones = list(clusters)
+        self.clusters = [c for c in self.zones if c.kind is ZoneKind.CLUSTER]
+        if not self.clusters:
             raise ValueError("at least one cluster zone is needed")
-        self.clusters = list(clusters)
         self.ttl = ttl
         self.pods = pods
         self.ns_addresses = [a for a in ns_addresses if ip_family(a)]
@@ -210,7 +235,7 @@ class Engine:
         #: Whether ExternalName targets outside the zones are followed upstream (--upstream).
         self.forwarding = forwarding
         #: The one parser of names for these zones (longest zone first, see `kdns.dns.names`).
-        self.grammar: Grammar[Cluster] = Grammar([(c.labels, c) for c in self.clusters])
+        self.grammar: Grammar[Cluster] = Grammar([(c.labels, c, c.kind) for c in self.zones])
         self._ptrs = ReverseIndex([c.store for c in self.clusters])
 
     # -- entry point -------------------------------------------------------------------------
@@ -282,6 +307,10 @@ class Engine:
             return (0, f"no pod has the address {address} in namespace {ns}")
         if rule is Rule.NO_PTR:
             return (0, f"no service or ready endpoint has the address {req.address}")
+        if rule is Rule.NOT_EXPOSED:
+            return (0, f"service {ns}/{svc} has no externalIPs and no load balancer ingress")
+        if rule is Rule.NO_EXPOSED_NAME:
+            return (0, "no Ingress rule, route or exposed service has this name")
         return None
 
     def is_local(self, qname: DNSLabel) -> bool:
@@ -336,7 +365,8 @@ class Engine:
             ttl=self.ttl,
             rdata=SOA(
                 mname + ".",
-                "hostmaster." + mname.split(".", 2)[-1] + ".",
+                # hostmaster.<zone>, or hostmaster.dns.<zone> below k8s_external's ns1.dns.
+                "hostmaster." + mname.split(".", 1 if mname.startswith("ns1.") else 2)[-1] + ".",
                 (serial, refresh, retry, expire, self.ttl),
             ),
         )
@@ -368,6 +398,8 @@ class Engine:
         store = cluster.store
         if shape in _SIMPLE_RULES:
             return Resolution(_SIMPLE_RULES[shape], req)
+        if shape is Shape.EXTERNAL:
+            return self._decide_external(req, store)
         if shape is Shape.NAMESPACE:
             rule = Rule.NAMESPACE if store.has_namespace(req.namespace) else Rule.NO_NAMESPACE
             return Resolution(rule, req)
@@ -421,6 +453,104 @@ class Engine:
             return Resolution(Rule.NO_PORT, req, view)
         return Resolution(Rule.PORT, req, view, srv=found)
 
+    def _decide_external(self, req: Request[Cluster], store: Store) -> Resolution:
+        """A name in an external zone. In this order, so that what a user wrote wins over
+        what kdns derives, and a wildcard covers only names that do not exist (RFC 4592):
+        the exact host name of an Ingress rule or a route; `<svc>.<ns>` and
+        `_<port>._<proto>.<svc>.<ns>` as CoreDNS's k8s_external answers them; a name above a
+        host name, or a namespace (NODATA); the closest wildcard host that covers the name."""
+        assert req.zone is not None
+        domain = req.zone.domain
+        host = ".".join(req.rel) + "." + domain
+        routes = store.routes_at(host)
+        if routes:
+            return self._exposed_host(req, store, routes)
+        ns, name = req.namespace, req.service
+        if name:
+            view = store.service(ns, name)
+            if view is not None and not req.endpoint:
+                svc = view.service
+                if not (svc.external_ips or svc.external_hosts):
+                    if not (store.has_host_below(host) or self._wildcard(store, req.rel, domain)):
+                        return Resolution(Rule.NOT_EXPOSED, req, view)
+                elif not req.port:
+                    return Resolution(
+                        Rule.EXPOSED_SERVICE,
+                        req,
+                        view,
+                        values=svc.external_ips,
+                        target=svc.external_hosts[0] if svc.external_hosts else "",
+                        owners=(f"Service {ns}/{name}",),
+                    )
+                else:
+                    ports = tuple(
+                        p.port
+                        for p in svc.ports
+                        if p.name
+                        and p.name.lower() == req.port
+                        and p.protocol.lower() == req.protocol
+                    )
+                    if ports:
+                        srv: dict[tuple[str | None, int], list[str]] = {
+                            (None, port): list(svc.external_ips) for port in ports
+                        }
+                        return Resolution(
+                            Rule.EXPOSED_PORT,
+                            req,
+                            view,
+                            values=svc.external_ips,
+                            srv=srv,
+                            target=svc.external_hosts[0] if svc.external_hosts else "",
+                            owners=(f"Service {ns}/{name}",),
+                        )
+        if store.has_host_below(host) or (len(req.rel) == 1 and store.has_namespace(ns)):
+            return Resolution(Rule.EMPTY, req)
+        wildcard = self._wildcard(store, req.rel, domain)
+        if wildcard:
+            return self._exposed_host(req, store, wildcard)
+        return Resolution(Rule.NO_EXPOSED_NAME, req)
+
+    @staticmethod
+    def _wildcard(store: Store, rel: tuple[str, ...], domain: str) -> list[HostRoute]:
+        """The routes of the closest wildcard host that covers `rel` in `domain`: an Ingress's
+        `*.<rest>` covers one label in front of `<rest>` (the Ingress API's rule), a Gateway
+        API route's covers one or more."""
+        for i in range(1, len(rel) + 1):
+            rest = ".".join((*rel[i:], domain))
+            found = [r for r in store.routes_at("*." + rest) if i == 1 or r.kind != "Ingress"]
+            if found:
+                return found
+        return []
+
+    def _exposed_host(
+        self, req: Request[Cluster], store: Store, routes: Sequence[HostRoute]
+    ) -> Resolution:
+        """A host name: the addresses of its Ingresses, and of the Gateways its routes are
+        attached to, in that order and without repeats; a CNAME to a load balancer's host
+        name only when none has an address."""
+        ips: dict[str, None] = {}
+        hosts: dict[str, None] = {}
+        owners = []
+        for route in routes:
+            owners.append(f"{route.kind} {route.namespace}/{route.name}")
+            if route.kind == "Ingress":
+                ips.update(dict.fromkeys(route.ips))
+                hosts.update(dict.fromkeys(route.hostnames))
+            for ns, name in route.parents:
+                gateway = store.gateway(ns, name)
+                if gateway is not None:
+                    ips.update(dict.fromkeys(gateway.ips))
+                    hosts.update(dict.fromkeys(gateway.hostnames))
+        if not ips and not hosts:
+            return Resolution(Rule.NO_ADDRESS_YET, req, owners=tuple(owners))
+        return Resolution(
+            Rule.EXPOSED_HOST,
+            req,
+            values=tuple(ips),
+            target=next(iter(hosts), ""),
+            owners=tuple(owners),
+        )
+
     def _decide_reverse(self, req: Request[Cluster]) -> Resolution:
         zone = req.reverse_zone
         assert zone is not None
@@ -460,7 +590,8 @@ class Engine:
         if req.zone is not None:
             zone = req.zone.domain
             serial = req.zone.store.serial
-            mname = f"ns.dns.{zone}"
+            # An external zone names its server as k8s_external does.
+            mname = f"ns1.dns.{zone}" if req.zone.kind is ZoneKind.EXTERNAL else f"ns.dns.{zone}"
         else:
             assert req.reverse_zone is not None
             zone = ".".join(req.reverse_zone)
@@ -585,7 +716,44 @@ class Engine:
             )
         if rule is Rule.EXTERNAL_NAME:
             return self._external_name(res.values[0], qname, qtype, depth)
+        if rule in _EXPOSED_RULES:
+            if qtype in (QTYPE.SRV, QTYPE.ANY) and rule is not Rule.EXPOSED_HOST:
+                return self._exposed_srv(res, qname)
+            if res.values:
+                return self._addresses(qname, res.values, qtype)
+            # Known to the load balancer only by name: a CNAME to it, followed as an
+            # ExternalName's is (upstream with --upstream).
+            return self._external_name(res.target, qname, qtype, depth)
         return None  # the names that exist and hold nothing of this kind: NODATA
+
+    def _exposed_srv(self, res: Resolution, qname: DNSLabel) -> Answer | None:
+        """SRV at `<svc>.<ns>.<zone>` (every port) or `_<port>._<proto>.<svc>.<ns>.<zone>`, as
+        k8s_external answers: one record per port, aimed at `<svc>.<ns>.<zone>` with the
+        external IPs as glue, or at the load balancer's host name when it has no address.
+        The weight is k8s_external's: 100 shared over every (address, port) pair."""
+        view, zone = res.view, res.request.zone
+        assert view is not None and zone is not None
+        svc = view.service
+        if res.srv is not None:
+            ports = [port for _, port in res.srv]
+        else:
+            ports = list(dict.fromkeys(p.port for p in svc.ports))
+        if not ports:
+            return None
+        entries = len(svc.external_ips) + len(svc.external_hosts)
+        weight = srv_weight(entries * len(ports))
+        if res.values:
+            target = f"{svc.name}.{svc.namespace}.{zone.domain}."
+            glue = self._address_records(target, res.values, QTYPE.ANY)
+        else:
+            target, glue = res.target + ".", []
+        return Answer(
+            answer=[
+                RR(qname, QTYPE.SRV, ttl=self.ttl, rdata=SRV(0, weight, port, target))
+                for port in ports
+            ],
+            additional=glue,
+        )
 
     def _addresses(self, owner: DNSLabel, addresses: Sequence[str], qtype: int) -> Answer | None:
         if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
@@ -660,6 +828,11 @@ class Engine:
 def tag_of(req: Request[Cluster]) -> tuple[str, ...] | None:
     """The cache tag of a request's answers (see `Engine.cache_tag`)."""
     if req.zone is not None:
+        if req.shape is Shape.EXTERNAL:
+            # Its answers read routes, Gateways and services of any namespace: no narrower tag.
+            return ANY_TAG
+        if req.zone.kind is ZoneKind.EXTERNAL:
+            return None
         if len(req.rel) >= 3 and req.rel[-1] == "svc":
             return (req.zone.domain, req.rel[-2], req.rel[-3])
         if req.shape is Shape.POD:

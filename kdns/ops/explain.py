@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel
 
-from kdns.dns.names import REVERSE_ZONES, Shape
+from kdns.dns.names import REVERSE_ZONES, Shape, ZoneKind
 from kdns.dns.resolution import SCHEMA_VERSION, Answer, Engine, Resolution, Rule
 from kdns.state.model import EndpointSet, ObjectKey
 from kdns.state.store import ServiceView, Store
@@ -149,6 +149,9 @@ def _why(engine: Engine, res: Resolution, qtype: str) -> tuple[str, list[str]]:
             [],
         )
     zone = req.zone.domain if req.zone is not None else ".".join(req.reverse_zone or ())
+    external = req.zone is not None and req.zone.kind is ZoneKind.EXTERNAL
+    if rule in _EXTERNAL_ZONE_RULES or external:
+        return _why_exposed(res, zone)
     if view is not None:
         return _why_svc(engine, res, view, qtype)
     ns = req.namespace
@@ -218,6 +221,56 @@ def _why(engine: Engine, res: Resolution, qtype: str) -> tuple[str, list[str]]:
     if kind == "pod":
         return "NXDOMAIN: a pod name is <a-b-c-d>.<namespace>.pod.<zone>", []
     return f"NXDOMAIN: {kind!r} is neither 'svc' nor 'pod', the two kinds of names under {zone}", []
+
+
+_EXTERNAL_ZONE_RULES = frozenset(
+    {
+        Rule.EXPOSED_HOST,
+        Rule.EXPOSED_SERVICE,
+        Rule.EXPOSED_PORT,
+        Rule.NO_ADDRESS_YET,
+        Rule.NOT_EXPOSED,
+        Rule.NO_EXPOSED_NAME,
+    }
+)
+
+
+def _why_exposed(res: Resolution, zone: str) -> tuple[str, list[str]]:
+    """A name of an external zone (`--external-zone`)."""
+    rule, req = res.rule, res.request
+    owners = _join(res.owners)
+    where = ", ".join(res.values) or f"CNAME {res.target}"
+    if rule is Rule.EXPOSED_HOST:
+        return f"host name of {owners}: {where}", []
+    if rule is Rule.EXPOSED_SERVICE:
+        return f"{owners} from outside (externalIPs, load balancer ingress): {where}", []
+    if rule is Rule.EXPOSED_PORT:
+        ports = ", ".join(str(port) for _, port in res.srv or {})
+        return f"SRV for port {req.port}/{req.protocol.upper()} of {owners}: {ports}", []
+    if rule is Rule.NO_ADDRESS_YET:
+        return (
+            f"NODATA: host name of {owners}, whose load balancer or Gateway has no address yet",
+            [],
+        )
+    if rule is Rule.NOT_EXPOSED:
+        return (
+            f"NXDOMAIN: service {req.namespace}/{req.service} has no externalIPs and no "
+            "load balancer ingress",
+            [],
+        )
+    if rule is Rule.NO_EXPOSED_NAME:
+        return (
+            f"NXDOMAIN: no Ingress rule, Gateway API route or exposed service has this name "
+            f"in {zone}",
+            [],
+        )
+    if rule is Rule.EMPTY:
+        return "NODATA: a namespace, or a name above a host name, with no records of its own", []
+    if rule is Rule.APEX:
+        return f"the apex of external zone {zone}: kdns's own SOA and NS records", []
+    if rule is Rule.NAMESERVER:
+        return f"the address of kdns itself, the name server of {zone}", []
+    return f"NXDOMAIN: {zone} keeps dns.{zone} for its name server (ns1.dns.{zone})", []
 
 
 def _describe(view: ServiceView) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kdns.config import Config, ConfigError
+from kdns.dns.names import ZoneKind
 from kdns.dns.resolution import Cluster, Engine
 from kdns.dns.wire import servfail_for
 from kdns.ops.external import follow
@@ -120,7 +121,22 @@ def engine_from_files(config: Config) -> Engine:
     store = Store(rules=view_rules(config))
     store.add_layer(FILES_LAYER, implicit_namespaces=True)
     FileSource(store, FILES_LAYER, config.zone_dirs(), config.service_cidr, scope=scope).load()
-    return build_engine(config, [Cluster(config.domain, store)])
+    return build_engine(config, zones_of(config, [store]))
+
+
+def zones_of(config: Config, stores: Sequence[Store]) -> list[Cluster]:
+    """The zones served: `--domain` and each `--cluster` zone with its store (in that order),
+    then each `--external-zone`, answering from the first store. Raises `ConfigError` when two
+    zones are the same."""
+    domains = [config.domain, *(zone for _, zone in config.clusters)]
+    zones = [Cluster(domain, store) for domain, store in zip(domains, stores, strict=False)]
+    zones += [Cluster(zone, stores[0], ZoneKind.EXTERNAL) for zone in config.external_zones]
+    seen = [c.domain for c in zones]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(
+            "every --cluster and --external-zone needs a zone of its own, other than --domain"
+        )
+    return zones
 
 
 class DnsServer:
@@ -151,14 +167,8 @@ class DnsServer:
             (ctx, given[i + 1] if given else Store(serial_base=int(time.time()), rules=rules))
             for i, (ctx, _) in enumerate(config.clusters)
         ]
-        zones = [Cluster(config.domain, self.store)]
-        zones += [
-            Cluster(zone, store)
-            for (_, zone), (_, store) in zip(config.clusters, self.extra, strict=True)
-        ]
-        if len({c.domain for c in zones}) != len(zones):
-            raise ConfigError("every --cluster needs a zone of its own, other than --domain")
-        self.stores = [c.store for c in zones]
+        zones = zones_of(config, [self.store, *(store for _, store in self.extra)])
+        self.stores = [c.store for c in zones if c.kind is ZoneKind.CLUSTER]
         self.engine = build_engine(config, zones)
         self.forwarder: Any = None
         self.responder = Responder(
@@ -175,7 +185,7 @@ class DnsServer:
         if inherited is None and config.http is not None:
             # Subscribed last, after the answer cache's invalidation, and before the sources
             # start, so it sees their initial load.
-            for cluster in zones:
+            for cluster in self.engine.clusters:
                 self.journal.follow(cluster.domain, cluster.store)
         listen_host, listen_port = config.listen[0]
         self.metrics = KdnsCollector(
@@ -390,6 +400,8 @@ class DnsServer:
                     pods=cfg.pods == "verified",
                     # Ready endpoints' targetRefs are read only to name endpoints by their pods.
                     targets=cfg.endpoint_pod_names,
+                    # The external zones answer from the first cluster's store.
+                    exposure=bool(cfg.external_zones) and index == 0,
                 )
                 source.start()
                 self.sources.append(source)

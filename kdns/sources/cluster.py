@@ -88,6 +88,8 @@ def node_zone(api_client: ApiClient, node: str, timeout: float = 10.0) -> str:
 #: Every kind a cluster source watches, in the order they start.
 KINDS = ("Service", "EndpointSlice", "Endpoints", "Namespace")
 NAMESPACED_KINDS = ("Service", "EndpointSlice", "Endpoints")
+#: What `--external-zone` adds: the objects that give host names addresses from outside.
+EXPOSURE_KINDS = ("Ingress", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
 
 
 def load_api_client(
@@ -136,7 +138,9 @@ class ClusterSource:
     `namespaces`: watch only these (None or empty: all namespaces, and Namespaces themselves).
     `label_selector`: only Services matching it. `settings`: list/watch knobs (tests shrink the
     timeouts and backoff). `pods`: watch Pods too (`--pods verified`). `targets`: keep ready
-    endpoints' targetRefs (`--endpoint-pod-names`; see `trim.endpoint_slice`). Call `start()`,
+    endpoints' targetRefs (`--endpoint-pod-names`; see `trim.endpoint_slice`). `exposure`: watch
+    Ingresses and the Gateway API's Gateways and routes too (`--external-zone`; the Gateway API
+    kinds are optional: a cluster without their CRDs has none). Call `start()`,
     then `stop()`; `synced` turns True (and
     `sink.set_synced(layer)` is called, once) when the first list of every kind is in.
 
@@ -156,6 +160,7 @@ class ClusterSource:
         idle_timeout: float | None = None,
         pods: bool = False,
         targets: bool = False,
+        exposure: bool = False,
     ) -> None:
         self.sink = sink
         self.layer = layer
@@ -173,6 +178,8 @@ class ClusterSource:
         kinds = KINDS if self.namespaces is None else NAMESPACED_KINDS
         if pods:
             kinds = (*kinds, "Pod")
+        if exposure:
+            kinds = (*kinds, *EXPOSURE_KINDS)
         for kind in kinds:
             for ns in scopes:
                 self.reflectors.append(

@@ -49,6 +49,12 @@ KINDS: dict[str, str] = {
     "Pod": "v1",
     "Namespace": "v1",
     "EndpointSlice": "discovery.k8s.io/v1",
+    # read for --external-zone (served only where one is asked for)
+    "Ingress": "networking.k8s.io/v1",
+    "Gateway": "gateway.networking.k8s.io/v1",
+    "HTTPRoute": "gateway.networking.k8s.io/v1",
+    "GRPCRoute": "gateway.networking.k8s.io/v1",
+    "TLSRoute": "gateway.networking.k8s.io/v1",
 }
 
 #: Older apiVersions that are still read, with the warning they deserve.
@@ -370,8 +376,7 @@ class _Parser:
             if kind not in self._skipped:
                 self._skipped.add(kind)
                 self.problem(
-                    f"{prefix}skipping kind {kind}: kdns reads only "
-                    "Service, Endpoints, EndpointSlice, Pod and Namespace",
+                    f"{prefix}skipping kind {kind}: kdns reads only {', '.join(KINDS)}",
                     document,
                     node,
                     "kind",

@@ -133,6 +133,10 @@ class Resource:
     plural: str  # the API resource, in paths, logs and metrics
     group_version: str  # "v1" for the core group, else "group/version"
     namespaced: bool = True
+    #: Served only where a CRD is installed (the Gateway API): a 404 on the list means the
+    #: API server does not know the kind, which is no failure: nothing of it exists, the
+    #: reflector counts as synced, and it asks again every `WatchSettings.absent_recheck`.
+    optional: bool = False
 
 
 RESOURCES: dict[str, Resource] = {
@@ -143,6 +147,11 @@ RESOURCES: dict[str, Resource] = {
         Resource("Endpoints", "endpoints", "v1"),
         Resource("Namespace", "namespaces", "v1", namespaced=False),
         Resource("Pod", "pods", "v1"),
+        Resource("Ingress", "ingresses", "networking.k8s.io/v1"),
+        Resource("Gateway", "gateways", "gateway.networking.k8s.io/v1", optional=True),
+        Resource("HTTPRoute", "httproutes", "gateway.networking.k8s.io/v1", optional=True),
+        Resource("GRPCRoute", "grpcroutes", "gateway.networking.k8s.io/v1", optional=True),
+        Resource("TLSRoute", "tlsroutes", "gateway.networking.k8s.io/v1", optional=True),
     )
 }
 
@@ -178,6 +187,8 @@ class WatchSettings:
     idle_timeout: float = 120.0
     #: How often the listed namespaces are checked again when namespaces are not watched.
     namespace_recheck: float = 300.0
+    #: How often an optional kind the API server does not serve (no CRD) is asked for again.
+    absent_recheck: float = 60.0
 
 
 def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
@@ -422,6 +433,16 @@ class Reflector:
                     need_list = True  # a silent, perhaps dead, connection: see the module doc
             except _Stopped:
                 break
+            except ApiException as exc:
+                if self._stop.is_set():
+                    break
+                if exc.status == 404 and self.resource.optional:
+                    self._absent()
+                    self._stop.wait(self.settings.absent_recheck)
+                    need_list = True
+                    continue
+                self._failed(exc)
+                need_list = True
             except Exception as exc:
                 if self._stop.is_set():
                     break
@@ -485,8 +506,45 @@ class Reflector:
             self._complaint = key
         log.log(level, "%s: %s; keeping the last data, retrying", self.name, message)
 
+    def _absent(self) -> None:
+        """The API server does not serve this optional kind (404: its CRD is not installed,
+        or was removed): none of it exists. What was held of it goes, and the kind counts as
+        synced, so that a cluster without the Gateway API is served at once."""
+        if self._complaint != "absent":
+            log.warning(
+                "%s: not served by this API server (%s not installed?); none assumed, asking "
+                "again every %.0f s",
+                self.name,
+                self.resource.group_version,
+                self.settings.absent_recheck,
+            )
+            self._complaint = "absent"
+        self._healthy_api()
+        if self._versions:
+            gone = list(self._versions)
+            self._versions = {}
+            self._sink.apply(self.layer, (), gone, time.monotonic())
+        self.stats.objects = 0
+        if not self._synced.is_set():
+            self._synced.set()
+            if self._on_synced is not None:
+                self._on_synced(self)
+
+    def _healthy_api(self) -> None:
+        """The API answered (if only with a 404): no outage to report."""
+        if self._failures:
+            self._recovery.success()
+        if self._said_unreachable:
+            self._said_unreachable = False
+            self._sink.set_unreachable(self.layer, None)
+        self._failures = 0
+        self._away = False
+
     def _healthy(self) -> None:
-        if self._complaint:
+        if self._complaint == "absent":
+            log.info("%s: served by the API server now", self.name)
+            self._complaint = ""
+        elif self._complaint:
             log.info("%s: working again after %d failures", self.name, self._failures)
             self._complaint = ""
         if self._failures:

@@ -15,6 +15,7 @@ import ipaddress
 import socket
 import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from kdns.state.model import (
@@ -22,13 +23,17 @@ from kdns.state.model import (
     Endpoint,
     EndpointPort,
     EndpointSet,
+    Gateway,
+    HostRoute,
     KubeObject,
     Namespace,
     PodAddresses,
+    RouteKind,
     Service,
     ServicePort,
     ServiceType,
     Subset,
+    is_label,
 )
 
 Json = Mapping[str, Any]
@@ -156,6 +161,11 @@ def service(obj: Json) -> Service:
     external = as_str(spec.get("externalName"), "spec.externalName").rstrip(".").lower()
     if kind == "ExternalName" and not external:
         raise TrimError("spec.externalName is required for an ExternalName service")
+    external_ips = [
+        as_ip(ip, f"spec.externalIPs[{i}]")
+        for i, ip in enumerate(as_list(spec.get("externalIPs"), "spec.externalIPs"))
+    ]
+    lb_ips, lb_hosts = load_balancer(obj)
     selector_map = spec.get("selector")
     selector = (
         tuple(sorted((str(k), str(v)) for k, v in as_map(selector_map, "spec.selector").items()))
@@ -172,7 +182,106 @@ def service(obj: Json) -> Service:
         ports=tuple(ports),
         publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
         selector=selector,
+        external_ips=tuple(dict.fromkeys(external_ips + lb_ips)),
+        external_hosts=lb_hosts,
     )
+
+
+def load_balancer(obj: Json) -> tuple[list[str], tuple[str, ...]]:
+    """`status.loadBalancer.ingress` of a Service or an Ingress: (IPs, host names). An entry
+    may carry both; CoreDNS takes the IP then, and so does kdns."""
+    status = as_map(obj.get("status"), "status")
+    lb = as_map(status.get("loadBalancer"), "status.loadBalancer")
+    ips: list[str] = []
+    hosts: list[str] = []
+    for i, entry in enumerate(as_list(lb.get("ingress"), "status.loadBalancer.ingress")):
+        what = f"status.loadBalancer.ingress[{i}]"
+        entry = as_map(entry, what)
+        if entry.get("ip"):
+            ips.append(as_ip(entry.get("ip"), f"{what}.ip"))
+        elif entry.get("hostname"):
+            hosts.append(as_host(entry.get("hostname"), f"{what}.hostname", wildcard=False))
+    return ips, tuple(dict.fromkeys(hosts))
+
+
+def as_host(value: Any, what: str, *, wildcard: bool = True) -> str:
+    """A DNS host name, lower case without a trailing dot; `*.` in front when `wildcard`
+    allows it (Ingress rules and route hostnames may be wildcards, nothing else)."""
+    text = as_str(value, what).rstrip(".").lower()
+    rest = text[2:] if wildcard and text.startswith("*.") else text
+    labels = rest.split(".")
+    if (
+        not rest
+        or len(text) > 253
+        or not all(is_label(label) for label in labels)
+        or (rest is not text and len(labels) < 2)
+    ):
+        raise TrimError(f"{what} is not a host name: {value!r}")
+    return text
+
+
+def ingress(obj: Json) -> HostRoute:
+    """A networking.k8s.io/v1 Ingress: its rules' hosts and its load balancer's addresses."""
+    ns, name = metadata(obj)
+    spec = as_map(obj.get("spec"), "spec")
+    hosts: list[str] = []
+    for i, rule in enumerate(as_list(spec.get("rules"), "spec.rules")):
+        rule = as_map(rule, f"spec.rules[{i}]")
+        if rule.get("host"):  # a rule without host is for every host: no name of its own
+            hosts.append(as_host(rule.get("host"), f"spec.rules[{i}].host"))
+    ips, hostnames = load_balancer(obj)
+    return HostRoute(
+        "Ingress", ns, name, tuple(dict.fromkeys(hosts)), tuple(dict.fromkeys(ips)), hostnames
+    )
+
+
+#: The group of the Gateway API.
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+
+def route(kind: RouteKind, obj: Json) -> HostRoute:
+    """A Gateway API route (HTTPRoute, GRPCRoute, TLSRoute): its hostnames and the Gateways
+    of its parentRefs (other parents, such as a Service for a mesh, have no address)."""
+    ns, name = metadata(obj)
+    spec = as_map(obj.get("spec"), "spec")
+    hosts = [
+        as_host(host, f"spec.hostnames[{i}]")
+        for i, host in enumerate(as_list(spec.get("hostnames"), "spec.hostnames"))
+    ]
+    parents: list[tuple[str, str]] = []
+    for i, ref in enumerate(as_list(spec.get("parentRefs"), "spec.parentRefs")):
+        what = f"spec.parentRefs[{i}]"
+        ref = as_map(ref, what)
+        group = as_str(ref.get("group"), f"{what}.group") if "group" in ref else GATEWAY_GROUP
+        kind_ = as_str(ref.get("kind"), f"{what}.kind") or "Gateway"
+        if group != GATEWAY_GROUP or kind_ != "Gateway":
+            continue
+        gateway = as_str(ref.get("name"), f"{what}.name")
+        if not gateway:
+            raise TrimError(f"{what}.name is missing")
+        parents.append((as_str(ref.get("namespace"), f"{what}.namespace") or ns, gateway))
+    return HostRoute(
+        kind, ns, name, tuple(dict.fromkeys(hosts)), parents=tuple(dict.fromkeys(parents))
+    )
+
+
+def gateway(obj: Json) -> Gateway:
+    """A Gateway API Gateway, trimmed to `status.addresses`: IPAddress entries (and those
+    without a type, which the API reads as IPAddress) and Hostname entries; other types
+    (NamedAddress, implementation-specific ones) name no DNS answer and are left out."""
+    ns, name = metadata(obj)
+    status = as_map(obj.get("status"), "status")
+    ips: list[str] = []
+    hosts: list[str] = []
+    for i, entry in enumerate(as_list(status.get("addresses"), "status.addresses")):
+        what = f"status.addresses[{i}]"
+        entry = as_map(entry, what)
+        kind = as_str(entry.get("type"), f"{what}.type") or "IPAddress"
+        if kind == "IPAddress":
+            ips.append(as_ip(entry.get("value"), f"{what}.value"))
+        elif kind == "Hostname":
+            hosts.append(as_host(entry.get("value"), f"{what}.value", wildcard=False))
+    return Gateway(ns, name, tuple(dict.fromkeys(ips)), tuple(dict.fromkeys(hosts)))
 
 
 def _target(ref: Any) -> str:
@@ -349,6 +458,11 @@ _TRIMMERS: dict[str, Callable[[Json], KubeObject | None]] = {
     "Endpoints": endpoints,
     "Namespace": namespace,
     "Pod": pod,
+    "Ingress": ingress,
+    "HTTPRoute": partial(route, "HTTPRoute"),
+    "GRPCRoute": partial(route, "GRPCRoute"),
+    "TLSRoute": partial(route, "TLSRoute"),
+    "Gateway": gateway,
 }
 
 

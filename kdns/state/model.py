@@ -47,6 +47,11 @@ class Service:
     #: `spec.selector` as sorted pairs; None when the service has no selector (hand-written
     #: endpoints). Only the file source uses it, to build endpoints from Pod manifests.
     selector: tuple[tuple[str, str], ...] | None = None
+    #: What reaches the service from outside the cluster (`--external-zone`): `spec.externalIPs`
+    #: then `status.loadBalancer.ingress[].ip`, canonical, in that order (CoreDNS's order).
+    external_ips: tuple[str, ...] = ()
+    #: `status.loadBalancer.ingress[].hostname`: a load balancer known by name (a CNAME).
+    external_hosts: tuple[str, ...] = ()
 
     @property
     def key(self) -> ObjectKey:
@@ -140,11 +145,58 @@ class Namespace:
         return ("Namespace", "", self.name)
 
 
+RouteKind = Literal["Ingress", "HTTPRoute", "GRPCRoute", "TLSRoute"]
+#: The kinds whose host names `--external-zone` answers.
+ROUTE_KINDS: tuple[RouteKind, ...] = ("Ingress", "HTTPRoute", "GRPCRoute", "TLSRoute")
+
+
+@dataclass(frozen=True, slots=True)
+class HostRoute:
+    """Host names that reach the cluster through a load balancer: the rules of an Ingress
+    (networking.k8s.io/v1), or the hostnames of a Gateway API route (gateway.networking.k8s.io).
+
+    An Ingress carries its own addresses (its `status.loadBalancer.ingress`); a route answers
+    with the addresses of the Gateways it is attached to (`parents`).
+    """
+
+    kind: RouteKind
+    namespace: str
+    name: str
+    #: Lower case, no trailing dot; a wildcard host keeps its leading `*.`.
+    hosts: tuple[str, ...] = ()
+    #: Ingress: `status.loadBalancer.ingress[].ip`, canonical.
+    ips: tuple[str, ...] = ()
+    #: Ingress: `status.loadBalancer.ingress[].hostname`.
+    hostnames: tuple[str, ...] = ()
+    #: Routes: the Gateways of `spec.parentRefs`, as (namespace, name).
+    parents: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> ObjectKey:
+        return (self.kind, self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """A Gateway API Gateway, trimmed to the addresses its controller published."""
+
+    namespace: str
+    name: str
+    #: `status.addresses[]` of type IPAddress (or without type), canonical.
+    ips: tuple[str, ...] = ()
+    #: `status.addresses[]` of type Hostname.
+    hostnames: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> ObjectKey:
+        return ("Gateway", self.namespace, self.name)
+
+
 #: (kind, namespace, name): identifies one object within one source.
 ObjectKey = tuple[str, str, str]
 
 #: What sources hand to the store.
-KubeObject = Service | EndpointSet | Namespace | PodAddresses
+KubeObject = Service | EndpointSet | Namespace | PodAddresses | HostRoute | Gateway
 
 
 def endpoint_name(hostname: str, address: str) -> str:

@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from kdns.state.model import (
+    ROUTE_KINDS,
     Endpoint,
     EndpointPort,
     EndpointSet,
+    Gateway,
+    HostRoute,
     KubeObject,
     Namespace,
     ObjectKey,
@@ -154,6 +157,14 @@ class _Layer:
     unreachable_since: float | None = None
     #: Set when a namespace came into or went out of existence; the store resets it.
     namespaces_changed: bool = False
+    #: Ingresses and Gateway API routes (`--external-zone`), and the Gateways routes attach to.
+    routes: dict[ObjectKey, HostRoute] = field(default_factory=dict)
+    gateways: dict[ObjectKey, Gateway] = field(default_factory=dict)
+    #: host name (wildcards as `*.<rest>`) -> the routes that have it
+    by_host: dict[str, set[ObjectKey]] = field(default_factory=dict)
+    #: every name strictly above a route's host -> how many hosts are below it: those names
+    #: exist without records of their own (empty non-terminals: NODATA, not NXDOMAIN)
+    above_hosts: dict[str, int] = field(default_factory=dict)
 
     def has_namespace(self, ns: str) -> bool:
         if ns in self.namespaces:
@@ -168,6 +179,10 @@ class _Layer:
             return Namespace(name) if name in self.namespaces else None
         if kind == "Pod":
             return self.pods.get(key)
+        if kind == "Gateway":
+            return self.gateways.get(key)
+        if kind in ROUTE_KINDS:
+            return self.routes.get(key)
         return self.endpoint_sets.get(key)
 
     def keys(self, kinds: Collection[str] | None) -> list[ObjectKey]:
@@ -179,7 +194,29 @@ class _Layer:
         out.extend(k for k in self.endpoint_sets if kinds is None or k[0] in kinds)
         if kinds is None or "Pod" in kinds:
             out.extend(self.pods)
+        out.extend(k for k in self.routes if kinds is None or k[0] in kinds)
+        if kinds is None or "Gateway" in kinds:
+            out.extend(self.gateways)
         return out
+
+    def _index_route(self, route: HostRoute, delta: int) -> None:
+        for host in route.hosts:
+            if delta > 0:
+                self.by_host.setdefault(host, set()).add(route.key)
+            else:
+                keys = self.by_host.get(host)
+                if keys is not None:
+                    keys.discard(route.key)
+                    if not keys:
+                        del self.by_host[host]
+            labels = host.split(".")
+            for i in range(1, len(labels)):
+                above = ".".join(labels[i:])
+                n = self.above_hosts.get(above, 0) + delta
+                if n > 0:
+                    self.above_hosts[above] = n
+                else:
+                    self.above_hosts.pop(above, None)
 
     def _count(self, ns: str, delta: int) -> None:
         before = self.populated.get(ns, 0)
@@ -207,6 +244,16 @@ class _Layer:
         if isinstance(obj, PodAddresses):
             # Pods make no namespace exist: a pod name's namespace must exist by itself.
             self.pods[obj.key] = obj
+            return None
+        if isinstance(obj, HostRoute):
+            old_route = self.routes.get(obj.key)
+            if old_route is not None:
+                self._index_route(old_route, -1)
+            self.routes[obj.key] = obj
+            self._index_route(obj, 1)
+            return None
+        if isinstance(obj, Gateway):
+            self.gateways[obj.key] = obj
             return None
         old = self.endpoint_sets.get(obj.key)
         if old is not None:
@@ -241,6 +288,14 @@ class _Layer:
             return [(ns, name)]
         if kind == "Pod":
             self.pods.pop(key, None)
+            return []
+        if kind == "Gateway":
+            self.gateways.pop(key, None)
+            return []
+        if kind in ROUTE_KINDS:
+            route = self.routes.pop(key, None)
+            if route is not None:
+                self._index_route(route, -1)
             return []
         eps = self.endpoint_sets.pop(key, None)
         if eps is None:
@@ -639,6 +694,33 @@ class Store:
     def owner(self, namespace: str, name: str) -> str | None:
         """The layer a service's answers come from."""
         return self._owner.get((namespace, name))
+
+    def routes_at(self, host: str) -> list[HostRoute]:
+        """The Ingresses and routes that have the host name `host` (lower case, no trailing
+        dot; `*.<rest>` for a wildcard), of every layer, in layer order then by key."""
+        out: list[HostRoute] = []
+        for lay in self._layers.values():
+            keys = lay.by_host.get(host)
+            if keys:
+                out.extend(lay.routes[key] for key in sorted(keys))
+        return out
+
+    def has_host_below(self, name: str) -> bool:
+        """True when some route's host name is strictly below `name`."""
+        return any(name in lay.above_hosts for lay in self._layers.values())
+
+    def gateway(self, namespace: str, name: str) -> Gateway | None:
+        """The Gateway `namespace/name`, from the first layer that has it."""
+        for lay in self._layers.values():
+            gw = lay.gateways.get(("Gateway", namespace, name))
+            if gw is not None:
+                return gw
+        return None
+
+    def routes(self) -> Iterator[HostRoute]:
+        """Every Ingress and route, of every layer."""
+        for lay in self._layers.values():
+            yield from lay.routes.values()
 
     def endpoint_sets(self, namespace: str, service: str) -> list[EndpointSet]:
         """Every endpoint object of a service in its owning layer (including ignored ones)."""
