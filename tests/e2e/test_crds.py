@@ -258,8 +258,8 @@ def test_gateway_api_objects(cluster: ControlPlane, crds: list[Obj]) -> None:
         "edge",
         [
             Listener("http", 80),
-            Listener("https", 443, "HTTPS", "*.shop.example.org"),
-            Listener("tls", 8443, "TLS", "secure.example.org"),
+            Listener("https", 443, "HTTPS", "*.shop.crd.test"),
+            Listener("tls", 8443, "TLS", "secure.crd.test"),
         ],
         addresses=(
             ("IPAddress", "192.0.2.10"),
@@ -274,7 +274,7 @@ def test_gateway_api_objects(cluster: ControlPlane, crds: list[Obj]) -> None:
     ]
     assert [c["type"] for c in gw["status"]["conditions"]] == ["Accepted", "Programmed"]
     assert [lst["name"] for lst in gw["spec"]["listeners"]] == ["http", "https", "tls"]
-    assert gw["spec"]["listeners"][1]["hostname"] == "*.shop.example.org"
+    assert gw["spec"]["listeners"][1]["hostname"] == "*.shop.crd.test"
 
     http = create_route(
         cluster,
@@ -282,14 +282,14 @@ def test_gateway_api_objects(cluster: ControlPlane, crds: list[Obj]) -> None:
         NS,
         "web",
         parents=(ParentRef("edge"),),
-        hostnames=("www.example.org", "www2.example.org"),
+        hostnames=("www.crd.test", "www2.crd.test"),
         backend=("web", 80),
     )
     # The apiserver defaults a parentRef's group and kind as upstream does; ours are explicit.
     assert http["spec"]["parentRefs"] == [
         {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge"}
     ]
-    assert http["spec"]["hostnames"] == ["www.example.org", "www2.example.org"]
+    assert http["spec"]["hostnames"] == ["www.crd.test", "www2.crd.test"]
     assert http["status"]["parents"][0]["parentRef"]["name"] == "edge"
     assert http["spec"]["rules"] == [{"backendRefs": [{"name": "web", "port": 80}]}]
 
@@ -299,7 +299,7 @@ def test_gateway_api_objects(cluster: ControlPlane, crds: list[Obj]) -> None:
         OTHER_NS,
         "api",
         parents=(ParentRef("edge", namespace=NS, section_name="https", port=443),),
-        hostnames=("api.shop.example.org",),
+        hostnames=("api.shop.crd.test",),
     )
     assert grpc["spec"]["parentRefs"][0] == {
         "group": "gateway.networking.k8s.io",
@@ -315,7 +315,7 @@ def test_gateway_api_objects(cluster: ControlPlane, crds: list[Obj]) -> None:
         NS,
         "secure",
         parents=(ParentRef("edge", section_name="tls"),),
-        hostnames=("secure.example.org",),
+        hostnames=("secure.crd.test",),
         backend=("secure", 8443),
     )
     assert tls["status"]["parents"][0]["conditions"][0]["type"] == "Accepted"
@@ -330,7 +330,7 @@ def test_gateway_api_objects(cluster: ControlPlane, crds: list[Obj]) -> None:
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
             "metadata": {"name": "bare"},
-            "spec": {"parentRefs": [{"name": "edge"}], "hostnames": ["bare.example.org"]},
+            "spec": {"parentRefs": [{"name": "edge"}], "hostnames": ["bare.crd.test"]},
         },
     )
     assert bare["spec"]["parentRefs"] == [
@@ -346,7 +346,7 @@ def test_gateway_api_objects(cluster: ControlPlane, crds: list[Obj]) -> None:
             "metadata": {"name": "upstream-shape"},
             "spec": {
                 "parentRefs": [{"name": "edge", "sectionName": "http"}],
-                "hostnames": ["shape.example.org"],
+                "hostnames": ["shape.crd.test"],
                 "rules": [
                     {
                         "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
@@ -445,12 +445,12 @@ def test_load_balancer_services_and_ingress(cluster: ControlPlane, crds: list[Ob
         cluster,
         NS,
         "web",
-        ("shop.example.org", "*.wild.example.org"),
+        ("shop.crd.test", "*.wild.crd.test"),
         service="web",
         ips=("192.0.2.20", "2001:db8::20"),
         hostnames=("ing.cloud.example.net",),
     )
-    assert [r["host"] for r in ing["spec"]["rules"]] == ["shop.example.org", "*.wild.example.org"]
+    assert [r["host"] for r in ing["spec"]["rules"]] == ["shop.crd.test", "*.wild.crd.test"]
     assert ing["status"]["loadBalancer"]["ingress"] == [
         {"ip": "192.0.2.20"},
         {"ip": "2001:db8::20"},
