@@ -247,10 +247,17 @@ def generated_questions(services: list[Svc], rng: random.Random) -> list[tuple[s
 #: occur (the workload is seeded), so a stale entry fails too.
 EXTERNAL_DIFFERENCES: dict[str, str] = {
     "extra-labels-are-not-the-service": (
-        "<x>.<svc>.<ns>.<zone> and _<proto>.<svc>.<ns>.<zone>: k8s_external reads only the last "
+        "<x>.<svc>.<ns>.<zone> (and _<proto>.<svc>.<ns>.<zone> without a named port of that "
+        "protocol): k8s_external reads only the last "
         "two labels below the zone and answers any longer name as the service itself (its "
         "addresses, its SRV records); kdns answers only the names its grammar defines "
         "(<svc>.<ns>, _<port>._<proto>.<svc>.<ns>) and says NXDOMAIN below them."
+    ),
+    "protocol-label-empty-non-terminal": (
+        "_<proto>.<svc>.<ns>.<zone> of a service with a named port of that protocol: "
+        "k8s_external answers the service's records there (the extra label is ignored); kdns "
+        "answers NODATA: the name exists, above _<port>._<proto>.<svc>.<ns>.<zone>, and holds "
+        "nothing (RFC 8020), as kdns answers the same name in the cluster zone."
     ),
     "lb-hostname-beside-addresses": (
         "A service whose load balancer ingress has a hostname and which also has addresses "
@@ -312,6 +319,17 @@ def classify_external(
     prefix = below[:-2]
     port_name = len(prefix) == 2 and prefix[0].startswith("_") and prefix[1].startswith("_")
     if prefix and not port_name:
+        protos_named = {p.protocol.lower() for p in svc.ports if p.name}
+        if (
+            len(prefix) == 1
+            and prefix[0].startswith("_")
+            and prefix[0][1:] in protos_named
+            and k.rcode == "NOERROR"
+            and _nodata(k)
+            and c.rcode == "NOERROR"
+            and c.answer
+        ):
+            return "protocol-label-empty-non-terminal"
         if k.rcode == "NXDOMAIN" and c.rcode == "NOERROR":
             # ...but _<proto>.<svc> above a _<port>._<proto> name kdns answers is an empty
             # non-terminal: NODATA, not NXDOMAIN (RFC 8020), as kdns says in cluster.local.
