@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kdns serve --zones zones --listen 127.0.0.1:1053
+	$(BIN)/kdns serve --zones zones --listen 127.0.0.1:1053 --external-zone example.test
 
 lint: $(STAMP)
 	$(BIN)/ruff check kdns tests bench testkit

@@ -668,6 +668,16 @@ def resolver(
         typer.Argument(help="systemd-resolved, macos or dnsmasq [default: detected]."),
     ] = None,
     domain: DomainOpt = "cluster.local",
+    external_zone: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--external-zone", help="Route this zone to kdns too (repeatable), as kdns serves it."
+        ),
+    ] = None,
+    clusterset_domain: Annotated[
+        str | None,
+        typer.Option("--clusterset-domain", help="Route this clusterset domain to kdns too."),
+    ] = None,
     address: Annotated[str, typer.Option("--address", help="Where kdns listens.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="kdns's port.")] = 1053,
     apply_: Annotated[
@@ -680,7 +690,8 @@ def resolver(
         bool, typer.Option("--undo", help="Remove what --apply wrote, restoring any backup.")
     ] = False,
 ) -> None:
-    """Print (or --apply) the resolver configuration that sends only DOMAIN to kdns."""
+    """Print (or --apply) the resolver configuration that sends only DOMAIN (and each
+    --external-zone and --clusterset-domain) to kdns: one file per domain."""
     from kdns.ops.resolver_config import (
         ResolverError,
         activate_commands,
@@ -692,23 +703,30 @@ def resolver(
     )
 
     try:
-        domain = normalize_domain(domain)
+        extra = [*(external_zone or []), *([clusterset_domain] if clusterset_domain else [])]
+        domains = list(dict.fromkeys(normalize_domain(d) for d in (domain, *extra)))
         chosen = kind or detect()
-        target = path_for(chosen, domain)
+        targets = [(d, path_for(chosen, d)) for d in domains]
         if undo_:
-            typer.echo(f"{'undone:' if undo(chosen, domain) else 'nothing at'} {target}")
+            for d, target in targets:
+                typer.echo(f"{'undone:' if undo(chosen, d) else 'nothing at'} {target}")
             return
         if not apply_:
-            typer.echo(f"# {target}")
-            typer.echo(render(chosen, domain, address, port), nl=False)
+            for d, target in targets:
+                typer.echo(f"# {target}")
+                typer.echo(render(chosen, d, address, port), nl=False)
             return
-        commands = apply(chosen, domain, address, port)
+        commands = [apply(chosen, d, address, port) for d, _ in targets]
     except (ResolverError, ConfigError) as err:
         _fail(str(err))
-    typer.echo(f"wrote {target}", err=True)
+    for _, target in targets:
+        typer.echo(f"wrote {target}", err=True)
     for cmd in activate_commands(chosen):
         typer.echo(f"now run: sudo {cmd}", err=True)
-    typer.echo("to undo: sudo " + " && sudo ".join(commands), err=True)
+    # One reload at the end of the undo, not one per file.
+    removals = [c for cmds in commands for c in cmds if c not in activate_commands(chosen)]
+    undo_all = removals + activate_commands(chosen)
+    typer.echo("to undo: sudo " + " && sudo ".join(undo_all), err=True)
 
 
 def main() -> None:

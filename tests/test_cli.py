@@ -71,6 +71,18 @@ def test_version_and_help() -> None:
             "/nonexistent/kubeconfig",
         ),
         (["records", "--zones", "/nonexistent/zones"], 1, "/nonexistent/zones"),
+        (
+            ["serve", "--external-zone", "Cluster.Local.", "--listen", "127.0.0.1:0"],
+            1,
+            "every --cluster, --external-zone and --clusterset-domain needs a zone of its own",
+        ),
+        (
+            ["serve", "--clusterset-domain", "cluster.local", "--listen", "127.0.0.1:0"],
+            1,
+            "every --cluster, --external-zone and --clusterset-domain needs a zone of its own",
+        ),
+        (["serve", "--clusterset-domain", "a..b"], 1, "bad domain 'a..b'"),
+        (["serve", "--external-zone", "a..b"], 1, "bad domain 'a..b'"),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], code: int, message: str) -> None:
@@ -84,7 +96,12 @@ def test_user_errors_are_one_line(args: list[str], code: int, message: str) -> N
 
 
 #: Config fields whose flag is singular because it is repeated.
-_REPEATED = {"namespaces": "--namespace", "clusters": "--cluster", "upstreams": "--upstream"}
+_REPEATED = {
+    "namespaces": "--namespace",
+    "clusters": "--cluster",
+    "upstreams": "--upstream",
+    "external_zones": "--external-zone",
+}
 
 
 def test_every_config_field_has_a_flag() -> None:

@@ -40,6 +40,8 @@ from tests.deploy_render import (
 PODS = "pods-verified"
 ZONE = "prefer-zone-from-node"
 CLUSTERSET = "clusterset"
+EXTERNAL = "external-zone"
+_GATEWAY_KINDS = ("gateways", "httproutes", "grpcroutes", "tlsroutes")
 #: What each component adds: (apiGroup, resource, verb) triples, and container arguments.
 ADDS: dict[str, tuple[set[tuple[str, str, str]], list[str]]] = {
     PODS: ({("", "pods", "list"), ("", "pods", "watch")}, ["--pods=verified"]),
@@ -51,7 +53,18 @@ ADDS: dict[str, tuple[set[tuple[str, str, str]], list[str]]] = {
         },
         ["--clusterset-domain=clusterset.local"],
     ),
+    EXTERNAL: (
+        {("networking.k8s.io", "ingresses", verb) for verb in ("list", "watch")}
+        | {
+            ("gateway.networking.k8s.io", kind, verb)
+            for kind in _GATEWAY_KINDS
+            for verb in ("list", "watch")
+        },
+        ["--external-zone=$(KDNS_EXTERNAL_ZONE)"],
+    ),
 }
+#: How many ClusterRole rules each component appends (one per API group it reads).
+RULES = {PODS: 1, ZONE: 1, EXTERNAL: 2, CLUSTERSET: 1}
 
 
 def _key(doc: Doc) -> tuple[str, str]:
@@ -111,7 +124,9 @@ def test_without_components_the_base_is_unchanged() -> None:
     (deployment,) = yaml.safe_load_all((DEPLOY / "deployment.yaml").read_text())
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert kdns_container(docs)["args"] == container["args"]
-    assert not any(a.startswith(("--pods", "--prefer-zone")) for a in container["args"])
+    assert not any(
+        a.startswith(("--pods", "--prefer-zone", "--external-zone")) for a in container["args"]
+    )
     assert "env" not in kdns_container(docs)
 
 
@@ -130,7 +145,7 @@ def test_a_component_adds_its_rule_and_arguments_and_nothing_else(
     assert granted(base_role) <= granted(role)
     # A rule of its own per component, appended: the base's rules stay as they were.
     assert role["rules"][: len(base_role["rules"])] == base_role["rules"]
-    assert len(role["rules"]) == len(base_role["rules"]) + len(components)
+    assert len(role["rules"]) == len(base_role["rules"]) + sum(RULES[c] for c in components)
     base_args, args = kdns_container(base)["args"], kdns_container(docs)["args"]
     assert args[: len(base_args)] == base_args
     assert args[len(base_args) :] == [a for c in components for a in ADDS[c][1]]
@@ -170,6 +185,31 @@ def test_prefer_zone_from_node_gets_nodes_and_its_own_node_name() -> None:
     for arg in container["args"]:
         for var in re.findall(r"\$\((\w+)\)", arg):
             assert var in env, arg
+
+
+def test_external_zone_reads_ingresses_and_gateway_api_routes_only() -> None:
+    docs = render([EXTERNAL])
+    ingresses, gateway_api = rbac(docs)[1]["rules"][-2:]
+    assert ingresses == {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["ingresses"],
+        "verbs": ["list", "watch"],
+    }
+    assert gateway_api == {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": list(_GATEWAY_KINDS),
+        "verbs": ["list", "watch"],
+    }
+    env = {e["name"]: e for e in kdns_container(docs)["env"]}
+    assert env["KDNS_EXTERNAL_ZONE"] == {"name": "KDNS_EXTERNAL_ZONE", "value": "example.org"}
+    # The kinds granted are the kinds the watch reads, no more, no fewer.
+    from kdns.sources.cluster import EXPOSURE_KINDS
+    from kdns.sources.reflector import RESOURCES
+
+    watched = {
+        (RESOURCES[k].group_version.rpartition("/")[0], RESOURCES[k].plural) for k in EXPOSURE_KINDS
+    }
+    assert watched == {(g, r) for g, r, _ in ADDS[EXTERNAL][0]}
 
 
 def test_the_env_patch_merges_with_an_existing_env() -> None:
@@ -219,18 +259,31 @@ def test_json_patch_operations() -> None:
 
 @pytest.mark.parametrize(
     "components",
-    [(), (PODS,), (ZONE,), (PODS, ZONE), (ZONE, PODS)],
+    [(), (PODS,), (ZONE,), (EXTERNAL,), (PODS, ZONE), (ZONE, PODS), (ZONE, EXTERNAL)],
     ids=lambda c: "+".join(c) or "base",
 )
 def test_kubectl_kustomize_renders_the_same(components: tuple[str, ...], tmp_path: Path) -> None:
     built = kustomize_build(components, tmp_path)
     if isinstance(built, str):
         pytest.skip(f"{built}: the Python rendering is the check")
-    by_key = {_key(d): d for d in built}
-    ours = {_key(d): d for d in render(components)}
+    by_key = {_key(d): _env_by_name(d) for d in built}
+    ours = {_key(d): _env_by_name(d) for d in render(components)}
     assert sorted(by_key) == sorted(ours)
     for key in ours:
         assert by_key[key] == ours[key], key
+
+
+def _env_by_name(doc: Doc) -> Doc:
+    """`doc` with its containers' env sorted by name: kustomize puts an entry a strategic merge
+    adds before the ones there (the Python rendering, after them); none of these values refers
+    to another variable, so the order means nothing to the kubelet."""
+    doc = copy.deepcopy(doc)
+    if doc["kind"] == "Deployment":
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            if "env" in c:
+                assert not any("$(" in str(e.get("value", "")) for e in c["env"])
+                c["env"] = sorted(c["env"], key=lambda e: e["name"])
+    return doc
 
 
 AUTOSCALERS = ("autoscale-hpa", "autoscale-proportional")

@@ -171,7 +171,7 @@ def names(rng: random.Random, zones: tuple[str, ...]) -> list[str]:
         out.append(f"{ns}.{EXTERNAL}")
         for svc in ("lb", "by-name", "web", "missing"):
             base = f"{svc}.{ns}.{EXTERNAL}"
-            out += [base, f"x.{base}", f"_http._tcp.{base}", f"_http._udp.{base}"]
+            out += [base, f"x.{base}", f"_tcp.{base}", f"_http._tcp.{base}", f"_http._udp.{base}"]
     return out
 
 

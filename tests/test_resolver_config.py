@@ -227,3 +227,29 @@ def test_undo_commands_quote_paths() -> None:
         "rm /etc/dnsmasq.d/kdns-cluster.local.conf",
         "systemctl restart dnsmasq",
     ]
+
+
+def test_cli_routes_every_served_domain(tmp_path: Path) -> None:
+    """`kdns resolver` prints one file per domain kdns answers: the cluster domain, each
+    --external-zone and the --clusterset-domain, each the file `render` makes for it."""
+    from typer.testing import CliRunner
+
+    from kdns.cli import app
+
+    out = CliRunner().invoke(
+        app,
+        [
+            "resolver",
+            "dnsmasq",
+            "--external-zone",
+            "Apps.Example.test.",
+            "--external-zone",
+            "example.org",
+            "--clusterset-domain",
+            "clusterset.local",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    domains = ["cluster.local", "apps.example.test", "example.org", "clusterset.local"]
+    want = "".join(f"# {path_for('dnsmasq', d)}\n{render('dnsmasq', d)}" for d in domains)
+    assert out.output == want

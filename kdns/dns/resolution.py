@@ -500,6 +500,14 @@ class Engine:
         ns, name = req.namespace, req.service
         if name:
             view = store.service(ns, name)
+            if view is not None and req.endpoint:
+                svc = view.service
+                label = req.endpoint
+                if (svc.external_ips or svc.external_hosts) and label[1:] in {
+                    p.protocol.lower() for p in svc.ports if p.name and label.startswith("_")
+                }:
+                    # Above `_<port>._<proto>.<svc>.<ns>`: exists, empty (RFC 8020).
+                    return Resolution(Rule.PROTOCOL_LABEL, req, view)
             if view is not None and not req.endpoint:
                 svc = view.service
                 if not (svc.external_ips or svc.external_hosts):

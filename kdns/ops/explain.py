@@ -291,6 +291,12 @@ def _why_exposed(res: Resolution, zone: str) -> tuple[str, list[str]]:
         )
     if rule is Rule.EMPTY:
         return "NODATA: a namespace, or a name above a host name, with no records of its own", []
+    if rule is Rule.PROTOCOL_LABEL:
+        return (
+            f"NODATA: {req.endpoint!r} is only the protocol part of SRV names of service "
+            f"{req.namespace}/{req.service}",
+            [],
+        )
     if rule is Rule.APEX:
         return f"the apex of external zone {zone}: kdns's own SOA and NS records", []
     if rule is Rule.NAMESERVER:

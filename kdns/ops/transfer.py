@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from dnslib import QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
-from kdns.dns.names import Shape
+from kdns.dns.names import Shape, ZoneKind
 from kdns.dns.resolution import Engine
 from kdns.dns.wire import parse_query
 from kdns.ops.zonefile import records
@@ -58,7 +58,10 @@ def transfer(
     if not allowed(client, networks):
         return [message(RCODE.REFUSED, [], True)]
     request = engine.parse(query.labels)
-    if request.shape is not Shape.APEX:
+    if request.shape is not Shape.APEX or (
+        # An external zone's names are not enumerated (wildcards, and names of every kind).
+        request.zone is not None and request.zone.kind is not ZoneKind.CLUSTER
+    ):
         return [message(RCODE.NOTAUTH, [], True)]
     cluster = request.zone
     soa = engine.resolve(DNSLabel(zone), QTYPE.SOA).answer
