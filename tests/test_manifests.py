@@ -151,9 +151,11 @@ def test_other_kinds_are_skipped_with_one_warning_per_kind() -> None:
     )
     assert messages(parsed) == [
         "zones/test.yaml:2: document 1: warning: skipping kind Deployment: kdns reads only "
-        "Service, Endpoints, EndpointSlice, Pod and Namespace",
+        "Service, Endpoints, Pod, Namespace, EndpointSlice, Ingress, Gateway, HTTPRoute, "
+        "GRPCRoute, TLSRoute and ServiceImport",
         "zones/test.yaml:10: document 3: warning: skipping kind ConfigMap: kdns reads only "
-        "Service, Endpoints, EndpointSlice, Pod and Namespace",
+        "Service, Endpoints, Pod, Namespace, EndpointSlice, Ingress, Gateway, HTTPRoute, "
+        "GRPCRoute, TLSRoute and ServiceImport",
     ]
     assert parsed.ok
 

@@ -77,6 +77,9 @@ _OLD_VERSIONS: dict[tuple[str, str], str] = {
 
 #: List kinds: `List` holds anything; typed lists (`kubectl get --raw` output) imply their
 #: items' kind, which the apiserver leaves out of the items.
+#: The kinds read, for the warning about the others.
+_READ = ", ".join(list(KINDS)[:-1]) + " and " + list(KINDS)[-1]
+
 _LIST_KINDS: dict[str, str | None] = {"List": None} | {f"{kind}List": kind for kind in KINDS}
 
 _YAML_SUFFIXES = (".yaml", ".yml")
@@ -386,7 +389,7 @@ class _Parser:
             if kind not in self._skipped:
                 self._skipped.add(kind)
                 self.problem(
-                    f"{prefix}skipping kind {kind}: kdns reads only {', '.join(KINDS)}",
+                    f"{prefix}skipping kind {kind}: kdns reads only {_READ}",
                     document,
                     node,
                     "kind",
