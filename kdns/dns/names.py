@@ -195,15 +195,7 @@ def _forward(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
             return Request(Shape.ENDPOINT, zone, rel, namespace=ns, service=svc, endpoint=parts[0])
         # `_<port>._<proto>`; as CoreDNS's parse.go does, one leading "_" is optional on each
         # (`http.tcp.<svc>` is the same question), so clients that drop it are answered too.
-        return Request(
-            Shape.PORT_SERVICE,
-            zone,
-            rel,
-            namespace=ns,
-            service=svc,
-            port=_strip_underscore(parts[0]),
-            protocol=_strip_underscore(parts[1]),
-        )
+        return _port_form(Shape.PORT_SERVICE, zone, rel, ns, svc, parts[0], parts[1])
     if kind == "pod":
         if not parts:
             return Request(Shape.POD_ROOT, zone, rel)
@@ -233,15 +225,7 @@ def _external(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
     if len(rel) == 3:
         return Request(Shape.EXTERNAL, zone, rel, namespace=ns, service=svc, endpoint=rel[0])
     if len(rel) == 4:
-        return Request(
-            Shape.EXTERNAL,
-            zone,
-            rel,
-            namespace=ns,
-            service=svc,
-            port=_strip_underscore(rel[0]),
-            protocol=_strip_underscore(rel[1]),
-        )
+        return _port_form(Shape.EXTERNAL, zone, rel, ns, svc, rel[0], rel[1])
     return Request(Shape.EXTERNAL, zone, rel)
 
 
@@ -253,16 +237,24 @@ def _clusterset(zone: Z, rel: tuple[str, ...]) -> Request[Z]:
     # `<a>.<b>.<svc>.<ns>.svc`: a port when <b> starts with "_", else a cluster's endpoint.
     a, b, svc, ns = rel[:4]
     if b.startswith("_"):
-        return Request(
-            Shape.PORT_SERVICE,
-            zone,
-            rel,
-            namespace=ns,
-            service=svc,
-            port=_strip_underscore(a),
-            protocol=b[1:],
-        )
+        return _port_form(Shape.PORT_SERVICE, zone, rel, ns, svc, a, b)
     return Request(Shape.ENDPOINT, zone, rel, namespace=ns, service=svc, endpoint=f"{a}.{b}")
+
+
+def _port_form(
+    shape: Shape, zone: Z, rel: tuple[str, ...], ns: str, svc: str, port: str, proto: str
+) -> Request[Z]:
+    """`_<port>._<proto>.<svc>.<ns>...`; as CoreDNS's parse.go does, one leading "_" is
+    optional on each label (`http.tcp.<svc>` is the same question)."""
+    return Request(
+        shape,
+        zone,
+        rel,
+        namespace=ns,
+        service=svc,
+        port=_strip_underscore(port),
+        protocol=_strip_underscore(proto),
+    )
 
 
 def _strip_underscore(label: str) -> str:

@@ -498,6 +498,9 @@ class Engine:
         if routes:
             return self._exposed_host(req, store, routes)
         ns, name = req.namespace, req.service
+        # A service at this name with no external address: NXDOMAIN, unless a host name
+        #: below it or a wildcard over it makes the name exist.
+        unexposed: ServiceView | None = None
         if name:
             view = store.service(ns, name)
             if view is not None and req.endpoint:
@@ -511,8 +514,7 @@ class Engine:
             if view is not None and not req.endpoint:
                 svc = view.service
                 if not (svc.external_ips or svc.external_hosts):
-                    if not (store.has_host_below(host) or self._wildcard(store, req.rel, domain)):
-                        return Resolution(Rule.NOT_EXPOSED, req, view)
+                    unexposed = view
                 elif not req.port:
                     return Resolution(
                         Rule.EXPOSED_SERVICE,
@@ -548,6 +550,8 @@ class Engine:
         wildcard = self._wildcard(store, req.rel, domain)
         if wildcard:
             return self._exposed_host(req, store, wildcard)
+        if unexposed is not None:
+            return Resolution(Rule.NOT_EXPOSED, req, unexposed)
         return Resolution(Rule.NO_EXPOSED_NAME, req)
 
     @staticmethod

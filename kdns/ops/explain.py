@@ -304,6 +304,14 @@ def _why_exposed(res: Resolution, zone: str) -> tuple[str, list[str]]:
     return f"NXDOMAIN: {zone} keeps dns.{zone} for its name server (ns1.dns.{zone})", []
 
 
+def _no_endpoint(desc: str, label: str, view: ServiceView) -> str:
+    names = sorted({ep.name for ep in view.ready})
+    return (
+        f"NXDOMAIN: {desc} has no ready endpoint named {label!r}"
+        f" (ready: {', '.join(names) or 'none'})"
+    )
+
+
 def _describe(view: ServiceView) -> str:
     svc = view.service
     who = f"{svc.namespace}/{svc.name}"
@@ -417,12 +425,7 @@ def _why_svc(
     if rule is Rule.PROTOCOL_LABEL:
         return f"NODATA: {label!r} is only the protocol part of SRV names of {desc}", details
     if rule is Rule.NO_ENDPOINT:
-        names = sorted({ep.name for ep in view.ready})
-        return (
-            f"NXDOMAIN: {desc} has no ready endpoint named {label!r}"
-            f" (ready: {', '.join(names) or 'none'})",
-            details,
-        )
+        return _no_endpoint(desc, label, view), details
     if rule is Rule.NOT_PORT_FORM:
         return "NXDOMAIN: an SRV name is _<port>._<proto>.<service>...", details
     wanted = f"{req.port}/{req.protocol.upper()}"
@@ -483,12 +486,7 @@ def _why_import(res: Resolution, view: ServiceView, qtype: str) -> tuple[str, li
     if rule is Rule.NO_ENDPOINT:
         if not svc.headless:
             return f"NXDOMAIN: {desc} has no endpoint names (MCS DNS specification 2.3.4)", details
-        names = sorted({ep.name for ep in view.ready})
-        return (
-            f"NXDOMAIN: {desc} has no ready endpoint named {label!r}"
-            f" (ready: {', '.join(names) or 'none'})",
-            details,
-        )
+        return _no_endpoint(desc, label, view), details
     if rule is Rule.NOT_PORT_FORM:
         return "NXDOMAIN: an SRV name is _<port>._<proto>.<service>...", details
     if rule is Rule.NO_PORT:

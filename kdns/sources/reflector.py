@@ -541,7 +541,7 @@ class Reflector:
     def _healthy_api(self) -> None:
         """The API answered (if only with a 404): no outage to report."""
         if self._failures:
-            self._recovery.success()
+            self._recovery.success()  # the other kinds need not wait out their backoff
         if self._said_unreachable:
             self._said_unreachable = False
             self._sink.set_unreachable(self.layer, None)
@@ -555,13 +555,7 @@ class Reflector:
         elif self._complaint:
             log.info("%s: working again after %d failures", self.name, self._failures)
             self._complaint = ""
-        if self._failures:
-            self._recovery.success()  # the other kinds need not wait out their backoff
-        if self._said_unreachable:
-            self._said_unreachable = False
-            self._sink.set_unreachable(self.layer, None)
-        self._failures = 0
-        self._away = False
+        self._healthy_api()
 
     # -- requests --------------------------------------------------------------------------------
 

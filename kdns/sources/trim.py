@@ -153,16 +153,7 @@ def service(obj: Json) -> Service:
     if headless or kind == "ExternalName":
         ips, fields = [], []
     ips = [as_ip(ip, field) for ip, field in zip(ips, fields, strict=True)]
-    ports = []
-    for i, port in enumerate(as_list(spec.get("ports"), "spec.ports")):
-        port = as_map(port, f"spec.ports[{i}]")
-        ports.append(
-            ServicePort(
-                name=as_str(port.get("name"), f"spec.ports[{i}].name"),
-                port=as_port(port.get("port"), f"spec.ports[{i}].port"),
-                protocol=as_protocol(port.get("protocol"), f"spec.ports[{i}].protocol"),
-            )
-        )
+    ports = service_ports(spec)
     external = as_str(spec.get("externalName"), "spec.externalName").rstrip(".").lower()
     if kind == "ExternalName" and not external:
         raise TrimError("spec.externalName is required for an ExternalName service")
@@ -190,6 +181,21 @@ def service(obj: Json) -> Service:
         external_ips=tuple(dict.fromkeys(external_ips + lb_ips)),
         external_hosts=lb_hosts,
     )
+
+
+def service_ports(spec: Json) -> list[ServicePort]:
+    """`spec.ports` of a Service or a ServiceImport (the same fields)."""
+    ports = []
+    for i, port in enumerate(as_list(spec.get("ports"), "spec.ports")):
+        port = as_map(port, f"spec.ports[{i}]")
+        ports.append(
+            ServicePort(
+                name=as_str(port.get("name"), f"spec.ports[{i}].name"),
+                port=as_port(port.get("port"), f"spec.ports[{i}].port"),
+                protocol=as_protocol(port.get("protocol"), f"spec.ports[{i}].protocol"),
+            )
+        )
+    return ports
 
 
 def load_balancer(obj: Json) -> tuple[list[str], tuple[str, ...]]:
@@ -485,16 +491,7 @@ def service_import(obj: Json) -> ServiceImport:
     else:
         raise TrimError(f"spec.type must be one of {', '.join(IMPORT_TYPES)}, not {kind!r}")
     ips = [as_ip(ip, f"spec.ips[{i}]") for i, ip in enumerate(as_list(spec.get("ips"), "spec.ips"))]
-    ports = []
-    for i, port in enumerate(as_list(spec.get("ports"), "spec.ports")):
-        port = as_map(port, f"spec.ports[{i}]")
-        ports.append(
-            ServicePort(
-                name=as_str(port.get("name"), f"spec.ports[{i}].name"),
-                port=as_port(port.get("port"), f"spec.ports[{i}].port"),
-                protocol=as_protocol(port.get("protocol"), f"spec.ports[{i}].protocol"),
-            )
-        )
+    ports = service_ports(spec)
     return ServiceImport(
         ns, name, typed, tuple(dict.fromkeys(ips)) if typed == "ClusterSetIP" else (), tuple(ports)
     )
