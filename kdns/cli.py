@@ -118,6 +118,27 @@ ClustersetOpt = Annotated[
         "(RBAC: deploy/components/clusterset). Off by default.",
     ),
 ]
+ClustersetUnionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clusterset",
+        help="Also answer this zone (clusterset.local) for the services exported across the "
+        "served clusters (the first and every --cluster), with no MCS controller: a Service is "
+        "exported by a ServiceExport of its name (or labelled multicluster.kubernetes.io/"
+        'service-name with it), or by the annotation kdns.io/export: "true". ClusterIP '
+        "services answer with every exporting cluster's ClusterIPs, headless ones with every "
+        "cluster's endpoints as <host>.<cluster id>.<svc>.<ns>.svc.ZONE (RBAC: "
+        "deploy/components/clusterset-exports). Off by default.",
+    ),
+]
+ClusterIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster-id",
+        help="The first cluster's id in --clusterset names [default: its kubeconfig context, "
+        "else local]; each --cluster's is its CONTEXT.",
+    ),
+]
 SelectorOpt = Annotated[
     str | None,
     typer.Option(
@@ -210,6 +231,8 @@ def serve(
     label_selector: SelectorOpt = None,
     external_zone: ExternalZoneOpt = None,
     clusterset_domain: ClustersetOpt = None,
+    clusterset: ClustersetUnionOpt = None,
+    cluster_id: ClusterIdOpt = None,
     startup_timeout: Annotated[
         float, typer.Option("--startup-timeout", min=0, help="Seconds to wait for the first sync.")
     ] = 5.0,
@@ -355,6 +378,8 @@ def serve(
             clusters=[parse_cluster(c) for c in cluster or []],
             external_zones=list(dict.fromkeys(normalize_domain(z) for z in external_zone or [])),
             clusterset_domain=normalize_domain(clusterset_domain) if clusterset_domain else "",
+            clusterset=normalize_domain(clusterset) if clusterset else "",
+            cluster_id=cluster_id or "",
             listen=listen_addrs,
             upstreams=upstreams,
             upstream_timeout=upstream_timeout,
@@ -392,6 +417,12 @@ def serve(
         # Checked before anything starts: the API server would reject a malformed selector at
         # every list, and the files would never be filtered.
         config.scope()
+        if config.clusterset:
+            if not config.cluster_id and not config.context and config.kubeconfig:
+                from kdns.sources.cluster import current_context
+
+                config.cluster_id = current_context(config.kubeconfig)
+            config.cluster_ids()
     except ConfigError as err:
         _fail(str(err))
     _setup_logging(log_level)
@@ -444,12 +475,16 @@ def _one_shot_config(
     prefer_zone: str | None = None,
     external_zone: list[str] | None = None,
     clusterset_domain: str | None = None,
+    clusterset: str | None = None,
+    cluster_id: str | None = None,
 ) -> Config:
     """The settings of `kdns serve` that decide what a one-shot command reads."""
     try:
         config = Config(
             external_zones=list(dict.fromkeys(normalize_domain(z) for z in external_zone or [])),
             clusterset_domain=normalize_domain(clusterset_domain) if clusterset_domain else "",
+            clusterset=normalize_domain(clusterset) if clusterset else "",
+            cluster_id=cluster_id or "",
             zones=list(zones or []),
             domain=normalize_domain(domain),
             service_cidr=check_cidr(service_cidr),
@@ -459,6 +494,7 @@ def _one_shot_config(
             prefer_zone=check_zone_name(prefer_zone) if prefer_zone is not None else "",
         )
         config.scope()
+        config.cluster_ids()
     except ConfigError as err:
         _fail(str(err))
     return config
@@ -530,6 +566,8 @@ def explain(
     prefer_zone: PreferZoneOpt = None,
     external_zone: ExternalZoneOpt = None,
     clusterset_domain: ClustersetOpt = None,
+    clusterset: ClustersetUnionOpt = None,
+    cluster_id: ClusterIdOpt = None,
     server: Annotated[
         str | None,
         typer.Option("--server", help="HOST:PORT of a running kdns's --http: use its live data."),
@@ -553,6 +591,8 @@ def explain(
         prefer_zone,
         external_zone,
         clusterset_domain,
+        clusterset,
+        cluster_id,
     )
     engine = _load_engine(config)
     try:
@@ -676,7 +716,11 @@ def resolver(
     ] = None,
     clusterset_domain: Annotated[
         str | None,
-        typer.Option("--clusterset-domain", help="Route this clusterset domain to kdns too."),
+        typer.Option(
+            "--clusterset-domain",
+            "--clusterset",
+            help="Route this clusterset zone (of --clusterset-domain or --clusterset) to kdns too.",
+        ),
     ] = None,
     address: Annotated[str, typer.Option("--address", help="Where kdns listens.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="kdns's port.")] = 1053,

@@ -64,6 +64,13 @@ class Config:
     #: The clusterset zone of the Multi-Cluster Services API (`clusterset.local`), answering
     #: from the (first) cluster's ServiceImports; "" when off.
     clusterset_domain: str = ""
+    #: A clusterset zone answering for the services that the served clusters (the first and
+    #: every `--cluster`) export, merged by kdns itself (`kdns.state.clusterset`: no MCS
+    #: controller needed); "" when off.
+    clusterset: str = ""
+    #: The first cluster's id in `--clusterset` endpoint names (`<host>.<id>.<svc>.<ns>.svc.`);
+    #: "": its --context, else "local" (the CLI fills in the kubeconfig's current context).
+    cluster_id: str = ""
     #: Serve only the Services matching this Kubernetes label selector, of every source.
     label_selector: str | None = None
     startup_timeout: float = 5.0
@@ -97,6 +104,22 @@ class Config:
     @property
     def uses_cluster(self) -> bool:
         return bool(self.kubeconfig or self.in_cluster)
+
+    def cluster_ids(self) -> list[str]:
+        """The id of every served cluster in `--clusterset` names, in the order of the stores
+        (the first cluster, then each `--cluster`): `cluster_id` or the context, lower case.
+        Raises `ConfigError` when one is no DNS label or two are the same."""
+        ids = [(self.cluster_id or self.context or "local").lower()]
+        ids += [ctx.lower() for ctx, _ in self.clusters]
+        for cid in ids:
+            if not is_label(cid):
+                raise ConfigError(
+                    f"--clusterset: cluster id {cid!r} is no DNS label (it names endpoints, "
+                    "<host>.<id>.<svc>.<ns>.svc.ZONE): pass --cluster-id, or rename the context"
+                )
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"--clusterset: two clusters have the same id ({', '.join(ids)})")
+        return ids
 
     def zone_dirs(self) -> list[Path]:
         """The manifest directories to load: those named, else ./zones unless a cluster is

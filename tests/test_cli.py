@@ -74,12 +74,23 @@ def test_version_and_help() -> None:
         (
             ["serve", "--external-zone", "Cluster.Local.", "--listen", "127.0.0.1:0"],
             1,
-            "every --cluster, --external-zone and --clusterset-domain needs a zone of its own",
+            "every --cluster, --external-zone, --clusterset-domain and --clusterset needs a zone",
         ),
         (
             ["serve", "--clusterset-domain", "cluster.local", "--listen", "127.0.0.1:0"],
             1,
-            "every --cluster, --external-zone and --clusterset-domain needs a zone of its own",
+            "every --cluster, --external-zone, --clusterset-domain and --clusterset needs a zone",
+        ),
+        (
+            ["serve", "--clusterset", "a.test", "--clusterset-domain", "a.test"],
+            1,
+            "every --cluster, --external-zone, --clusterset-domain and --clusterset needs a zone",
+        ),
+        (["serve", "--clusterset", "cs.test", "--cluster-id", "a.b"], 1, "'a.b' is no DNS label"),
+        (
+            ["serve", "--clusterset", "cs.test", "--cluster-id", "x", "--cluster", "X=x.test"],
+            1,
+            "--clusterset: two clusters have the same id (x, x)",
         ),
         (["serve", "--clusterset-domain", "a..b"], 1, "bad domain 'a..b'"),
         (["serve", "--external-zone", "a..b"], 1, "bad domain 'a..b'"),

@@ -152,10 +152,10 @@ def test_other_kinds_are_skipped_with_one_warning_per_kind() -> None:
     assert messages(parsed) == [
         "zones/test.yaml:2: document 1: warning: skipping kind Deployment: kdns reads only "
         "Service, Endpoints, Pod, Namespace, EndpointSlice, Ingress, Gateway, HTTPRoute, "
-        "GRPCRoute, TLSRoute and ServiceImport",
+        "GRPCRoute, TLSRoute, ServiceImport and ServiceExport",
         "zones/test.yaml:10: document 3: warning: skipping kind ConfigMap: kdns reads only "
         "Service, Endpoints, Pod, Namespace, EndpointSlice, Ingress, Gateway, HTTPRoute, "
-        "GRPCRoute, TLSRoute and ServiceImport",
+        "GRPCRoute, TLSRoute, ServiceImport and ServiceExport",
     ]
     assert parsed.ok
 

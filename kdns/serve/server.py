@@ -48,6 +48,7 @@ from kdns.serve.responder import Chase, Responder
 from kdns.serve.stats import QueryCounters
 from kdns.serve.tally import ClientTally, Rows
 from kdns.serve.transport import TcpProtocol, TransportState, UdpProtocol
+from kdns.state.clusterset import ExportUnion
 from kdns.state.store import LoopSink, Sink, Store, ViewRules
 
 log = logging.getLogger(__name__)
@@ -126,18 +127,23 @@ def engine_from_files(config: Config) -> Engine:
 
 def zones_of(config: Config, stores: Sequence[Store]) -> list[Cluster]:
     """The zones served: `--domain` and each `--cluster` zone with its store (in that order),
-    then each `--external-zone` and the `--clusterset-domain`, answering from the first store.
+    then each `--external-zone` and the `--clusterset-domain`, answering from the first store,
+    and the `--clusterset` zone, answering from the merge of what every store exports.
     Raises `ConfigError` when two zones are the same."""
     domains = [config.domain, *(zone for _, zone in config.clusters)]
     zones = [Cluster(domain, store) for domain, store in zip(domains, stores, strict=False)]
     zones += [Cluster(zone, stores[0], ZoneKind.EXTERNAL) for zone in config.external_zones]
     if config.clusterset_domain:
         zones.append(Cluster(config.clusterset_domain, stores[0], ZoneKind.CLUSTERSET))
+    if config.clusterset:
+        # The union listens to the stores from now on: it lives as long as they do.
+        union = ExportUnion(list(zip(config.cluster_ids(), stores, strict=False)))
+        zones.append(Cluster(config.clusterset, union.store, ZoneKind.CLUSTERSET))
     seen = [c.domain for c in zones]
     if len(set(seen)) != len(seen):
         raise ConfigError(
-            "every --cluster, --external-zone and --clusterset-domain needs a zone of its own, "
-            "other than --domain"
+            "every --cluster, --external-zone, --clusterset-domain and --clusterset needs a zone "
+            "of its own, other than --domain"
         )
     return zones
 
@@ -407,6 +413,8 @@ class DnsServer:
                     exposure=bool(cfg.external_zones) and index == 0,
                     # So does the clusterset zone.
                     clusterset=bool(cfg.clusterset_domain) and index == 0,
+                    # --clusterset merges the exports of every cluster.
+                    exports=bool(cfg.clusterset),
                 )
                 source.start()
                 self.sources.append(source)

@@ -41,7 +41,12 @@ from dataclasses import replace
 
 import yaml
 from kubernetes.client import ApiClient, ApiException, Configuration
-from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
+from kubernetes.config import (
+    ConfigException,
+    list_kube_config_contexts,
+    load_incluster_config,
+    load_kube_config,
+)
 
 from kdns.config import ClusterConfigError
 from kdns.sources import apicall
@@ -94,6 +99,9 @@ EXPOSURE_KINDS = ("Ingress", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
 #: none) and the EndpointSlices of the Multi-Cluster Services API (kind "ImportSlice": the
 #: EndpointSlices labelled multicluster.kubernetes.io/service-name, by a second reflector).
 CLUSTERSET_KINDS = ("ServiceImport", "ImportSlice")
+#: What `--clusterset` adds in every cluster: ServiceExports (optional: without the MCS CRDs a
+#: Service is exported by the kdns.io/export annotation alone).
+EXPORT_KINDS = ("ServiceExport",)
 
 
 def load_api_client(
@@ -136,6 +144,19 @@ def load_api_client(
     return ApiClient(configuration=config)
 
 
+def current_context(kubeconfig: str) -> str:
+    """The name of `kubeconfig`'s current context (the first cluster's id in `--clusterset`
+    names when no --context or --cluster-id says otherwise). Raises `ClusterConfigError`."""
+    try:
+        _, active = list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, yaml.YAMLError, ValueError, TypeError, KeyError) as exc:
+        raise ClusterConfigError(f"kubeconfig {kubeconfig} unusable: {_one_line(exc)}") from None
+    name = active.get("name") if isinstance(active, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ClusterConfigError(f"kubeconfig {kubeconfig} has no current context: pass --context")
+    return name
+
+
 class ClusterSource:
     """Keeps store layer `layer` in step with a cluster, through `sink`.
 
@@ -146,8 +167,8 @@ class ClusterSource:
     Ingresses and the Gateway API's Gateways and routes too (`--external-zone`; the Gateway API
     kinds are optional: a cluster without their CRDs has none). `clusterset`: watch
     ServiceImports and the EndpointSlices labelled multicluster.kubernetes.io/service-name
-    (`--clusterset-domain`; ServiceImport is optional as well). Call `start()`,
-    then `stop()`; `synced` turns True (and
+    (`--clusterset-domain`; ServiceImport is optional as well). `exports`: watch ServiceExports
+    (`--clusterset`; optional too). Call `start()`, then `stop()`; `synced` turns True (and
     `sink.set_synced(layer)` is called, once) when the first list of every kind is in.
 
     Several threads write to `sink` at once, so it must be thread-safe: the server's `LoopSink`,
@@ -168,6 +189,7 @@ class ClusterSource:
         targets: bool = False,
         exposure: bool = False,
         clusterset: bool = False,
+        exports: bool = False,
     ) -> None:
         self.sink = sink
         self.layer = layer
@@ -189,6 +211,8 @@ class ClusterSource:
             kinds = (*kinds, *EXPOSURE_KINDS)
         if clusterset:
             kinds = (*kinds, *CLUSTERSET_KINDS)
+        if exports:
+            kinds = (*kinds, *EXPORT_KINDS)
         for kind in kinds:
             for ns in scopes:
                 self.reflectors.append(

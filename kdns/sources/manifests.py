@@ -65,6 +65,8 @@ KINDS: dict[str, str] = {
     # read for --clusterset-domain, with the EndpointSlices labelled
     # multicluster.kubernetes.io/service-name
     "ServiceImport": "multicluster.x-k8s.io/v1alpha1",
+    # read for --clusterset (as is the kdns.io/export annotation of Services)
+    "ServiceExport": "multicluster.x-k8s.io/v1alpha1",
 }
 
 #: Older apiVersions that are still read, with the warning they deserve.

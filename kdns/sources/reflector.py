@@ -157,6 +157,9 @@ RESOURCES: dict[str, Resource] = {
         ),
         # The EndpointSlices of ServiceImports: the same resource, listed by the MCS label.
         Resource("ImportSlice", "endpointslices", "discovery.k8s.io/v1"),
+        Resource(
+            "ServiceExport", "serviceexports", "multicluster.x-k8s.io/v1alpha1", optional=True
+        ),
     )
 }
 

@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from kdns.state.model import (
+    EXPORT_ANNOTATION,
     MCS_SERVICE_NAME_LABEL,
     MCS_SOURCE_CLUSTER_LABEL,
     SERVICE_NAME_LABEL,
@@ -34,6 +35,7 @@ from kdns.state.model import (
     PodAddresses,
     RouteKind,
     Service,
+    ServiceExport,
     ServiceImport,
     ServicePort,
     ServiceType,
@@ -135,6 +137,13 @@ def labels(obj: Json) -> dict[str, str]:
     return {str(k): str(v) for k, v in as_map(meta.get("labels"), "metadata.labels").items()}
 
 
+def exported(obj: Json) -> bool:
+    """Whether a Service is annotated `kdns.io/export: "true"` (any case of true)."""
+    meta = as_map(obj.get("metadata"), "metadata")
+    value = as_map(meta.get("annotations"), "metadata.annotations").get(EXPORT_ANNOTATION)
+    return str(value).lower() == "true"
+
+
 def service(obj: Json) -> Service:
     """A v1 Service. A missing clusterIP stays empty: the file source allocates one."""
     ns, name = metadata(obj)
@@ -180,6 +189,7 @@ def service(obj: Json) -> Service:
         selector=selector,
         external_ips=tuple(dict.fromkeys(external_ips + lb_ips)),
         external_hosts=lb_hosts,
+        exported=exported(obj),
     )
 
 
@@ -497,6 +507,16 @@ def service_import(obj: Json) -> ServiceImport:
     )
 
 
+def service_export(obj: Json) -> ServiceExport:
+    """A multicluster.x-k8s.io ServiceExport: the service it exports is the one of its name, or
+    the one its `multicluster.kubernetes.io/service-name` label names."""
+    ns, name = metadata(obj)
+    svc = labels(obj).get(MCS_SERVICE_NAME_LABEL, "") or name
+    if not is_label(svc.lower()):
+        raise TrimError(f"metadata.labels: {MCS_SERVICE_NAME_LABEL} {svc!r} is no DNS label")
+    return ServiceExport(ns, name, svc.lower())
+
+
 def namespace(obj: Json) -> Namespace:
     """A v1 Namespace (its own namespace field is meaningless and ignored)."""
     meta = as_map(obj.get("metadata"), "metadata")
@@ -523,6 +543,7 @@ _TRIMMERS: dict[str, Callable[[Json], KubeObject | None]] = {
     "Gateway": gateway,
     "ServiceImport": service_import,
     "ImportSlice": import_slice,
+    "ServiceExport": service_export,
 }
 
 

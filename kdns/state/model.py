@@ -24,6 +24,9 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 #: KEP-1645), and name the cluster its endpoints are in.
 MCS_SERVICE_NAME_LABEL = "multicluster.kubernetes.io/service-name"
 MCS_SOURCE_CLUSTER_LABEL = "multicluster.kubernetes.io/source-cluster"
+#: The annotation that exports a Service to `--clusterset` where no ServiceExport can (a cluster
+#: without the MCS CRDs, or a manifest file): `kdns.io/export: "true"`.
+EXPORT_ANNOTATION = "kdns.io/export"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,8 @@ class Service:
     external_ips: tuple[str, ...] = ()
     #: `status.loadBalancer.ingress[].hostname`: a load balancer known by name (a CNAME).
     external_hosts: tuple[str, ...] = ()
+    #: Annotated `kdns.io/export: "true"`: in the `--clusterset` union like a ServiceExport.
+    exported: bool = False
 
     @property
     def key(self) -> ObjectKey:
@@ -235,6 +240,21 @@ class ImportSlice:
         return ("ImportSlice", self.namespace, self.name)
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceExport:
+    """A ServiceExport of the Multi-Cluster Services API (multicluster.x-k8s.io/v1alpha1): the
+    Service `service` of its namespace is exported to the clusterset (`--clusterset`). Its name
+    is the service's, unless it carries the label `multicluster.kubernetes.io/service-name`."""
+
+    namespace: str
+    name: str
+    service: str
+
+    @property
+    def key(self) -> ObjectKey:
+        return ("ServiceExport", self.namespace, self.name)
+
+
 #: (kind, namespace, name): identifies one object within one source.
 ObjectKey = tuple[str, str, str]
 
@@ -248,6 +268,7 @@ KubeObject = (
     | Gateway
     | ServiceImport
     | ImportSlice
+    | ServiceExport
 )
 
 

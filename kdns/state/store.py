@@ -37,6 +37,7 @@ from kdns.state.model import (
     ObjectKey,
     PodAddresses,
     Service,
+    ServiceExport,
     ServiceImport,
     address_of_label,
     endpoint_name,
@@ -171,6 +172,9 @@ class _Layer:
     imports: dict[ObjectKey, ServiceImport] = field(default_factory=dict)
     import_slices: dict[ObjectKey, ImportSlice] = field(default_factory=dict)
     slices_by_import: dict[ServiceKey, dict[ObjectKey, ImportSlice]] = field(default_factory=dict)
+    #: ServiceExports (`--clusterset`), and how many name each service
+    exports: dict[ObjectKey, ServiceExport] = field(default_factory=dict)
+    exported: dict[ServiceKey, int] = field(default_factory=dict)
 
     def has_namespace(self, ns: str) -> bool:
         if ns in self.namespaces:
@@ -193,6 +197,8 @@ class _Layer:
             return self.imports.get(key)
         if kind == "ImportSlice":
             return self.import_slices.get(key)
+        if kind == "ServiceExport":
+            return self.exports.get(key)
         return self.endpoint_sets.get(key)
 
     def keys(self, kinds: Collection[str] | None) -> list[ObjectKey]:
@@ -211,6 +217,8 @@ class _Layer:
             out.extend(self.imports)
         if kinds is None or "ImportSlice" in kinds:
             out.extend(self.import_slices)
+        if kinds is None or "ServiceExport" in kinds:
+            out.extend(self.exports)
         return out
 
     def _index_route(self, route: HostRoute, delta: int) -> None:
@@ -274,6 +282,13 @@ class _Layer:
                 self._count(obj.namespace, 1)
             self.imports[obj.key] = obj
             return None
+        if isinstance(obj, ServiceExport):
+            old_export = self.exports.get(obj.key)
+            if old_export is not None:
+                self._index_export(old_export, -1)
+            self.exports[obj.key] = obj
+            self._index_export(obj, 1)
+            return None
         if isinstance(obj, ImportSlice):
             old_slice = self.import_slices.get(obj.key)
             if old_slice is not None:
@@ -292,6 +307,14 @@ class _Layer:
         skey = (obj.namespace, obj.service)
         self.by_service.setdefault(skey, {})[obj.key] = obj
         return skey
+
+    def _index_export(self, export: ServiceExport, delta: int) -> None:
+        skey = (export.namespace, export.service)
+        n = self.exported.get(skey, 0) + delta
+        if n > 0:
+            self.exported[skey] = n
+        else:
+            self.exported.pop(skey, None)
 
     def _unlink(self, eps: EndpointSet) -> None:
         skey = (eps.namespace, eps.service)
@@ -342,6 +365,11 @@ class _Layer:
             if piece is not None:
                 self._unlink_slice(piece)
                 self._count(ns, -1)
+            return []
+        if kind == "ServiceExport":
+            export = self.exports.pop(key, None)
+            if export is not None:
+                self._index_export(export, -1)
             return []
         eps = self.endpoint_sets.pop(key, None)
         if eps is None:
@@ -605,6 +633,9 @@ class Store:
                 self._index_pod(old, -1)
             elif isinstance(old, (ServiceImport, ImportSlice)):
                 imports.add(_import_key(old))
+            elif isinstance(old, ServiceExport):
+                # No view changes, but what `exported` says does (the `--clusterset` union).
+                self._changed_services.add((old.namespace, old.service))
             touched.update(lay.remove(key))
         for obj in upserts:
             old = lay.get(obj.key)
@@ -623,6 +654,10 @@ class Store:
                 imports.add(_import_key(obj))
                 if isinstance(old, ImportSlice):
                     imports.add(_import_key(old))
+            elif isinstance(obj, ServiceExport):
+                self._changed_services.add((obj.namespace, obj.service))
+                if isinstance(old, ServiceExport):
+                    self._changed_services.add((old.namespace, old.service))
             skey = lay.put(obj)
             if skey is not None:
                 touched.add(skey)
@@ -781,6 +816,14 @@ class Store:
         """Every ServiceImport's view, in (namespace, name) order."""
         for key in sorted(self._imports):
             yield self._imports[key]
+
+    def exported(self, namespace: str, name: str) -> bool:
+        """Whether the service is exported to the clusterset (`--clusterset`): a ServiceExport
+        of any layer names it, or the Service that answers is annotated kdns.io/export."""
+        view = self._views.get((namespace, name))
+        if view is not None and view.service.exported:
+            return True
+        return any((namespace, name) in lay.exported for lay in self._layers.values())
 
     def import_slices(self, namespace: str, name: str) -> list[ImportSlice]:
         """The EndpointSlices of a ServiceImport, of every layer."""
