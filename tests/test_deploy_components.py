@@ -40,6 +40,7 @@ from tests.deploy_render import (
 PODS = "pods-verified"
 ZONE = "prefer-zone-from-node"
 CLUSTERSET = "clusterset"
+EXPORTS = "clusterset-exports"
 EXTERNAL = "external-zone"
 _GATEWAY_KINDS = ("gateways", "httproutes", "grpcroutes", "tlsroutes")
 #: What each component adds: (apiGroup, resource, verb) triples, and container arguments.
@@ -53,6 +54,13 @@ ADDS: dict[str, tuple[set[tuple[str, str, str]], list[str]]] = {
         },
         ["--clusterset-domain=clusterset.local"],
     ),
+    EXPORTS: (
+        {
+            ("multicluster.x-k8s.io", "serviceexports", "list"),
+            ("multicluster.x-k8s.io", "serviceexports", "watch"),
+        },
+        ["--clusterset=clusterset.local"],
+    ),
     EXTERNAL: (
         {("networking.k8s.io", "ingresses", verb) for verb in ("list", "watch")}
         | {
@@ -64,7 +72,7 @@ ADDS: dict[str, tuple[set[tuple[str, str, str]], list[str]]] = {
     ),
 }
 #: How many ClusterRole rules each component appends (one per API group it reads).
-RULES = {PODS: 1, ZONE: 1, EXTERNAL: 2, CLUSTERSET: 1}
+RULES = {PODS: 1, ZONE: 1, EXTERNAL: 2, CLUSTERSET: 1, EXPORTS: 1}
 
 
 def _key(doc: Doc) -> tuple[str, str]:
