@@ -30,6 +30,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.reversename
 import pytest
 
 import tests.kdns_process as kdns_process
@@ -321,6 +322,8 @@ def from_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KdnsP
     zones = tmp_path_factory.mktemp("zones")
     fixed = [
         service("web", "shop", cluster_ip="10.96.0.10"),
+        # A cluster service with the clusterset IP of `mixed`: the cluster-local PTR stays.
+        service("mixed-local", "shop", cluster_ip="10.42.9.9"),
         service_import("pending", "shop"),
         service_import("mixed", "shop", "ClusterSetIP", ["10.42.9.9"], [("http", 80, "TCP")]),
     ]
@@ -403,6 +406,42 @@ def test_an_import_without_ips_says_why(from_files: tuple[KdnsProcess, Model]) -
     assert "ServiceImport shop/pending (ClusterSetIP) has no spec.ips" in kp.log()
     missing = ask(kp.port, f"missing.shop.svc.{ZONE}", "A", edns=True)
     assert ede_texts(missing) == ["no ServiceImport missing in namespace shop"]
+
+
+def test_ptr_records_of_clusterset_names(from_files: tuple[KdnsProcess, Model]) -> None:
+    """MCS DNS specification 2.3.3 and 2.4.3: a clusterset IP's PTR names its import (the
+    first, by namespace and name, when several share it), a ready imported endpoint's names
+    `<hostname>.<clusterid>.<svc>` (each import it is in); an address that has a cluster-local
+    PTR keeps that one (the specification's Limitations)."""
+    kp, model = from_files
+    want: dict[str, set[str]] = {}
+    first: dict[str, tuple[str, str]] = {}
+    for imp in model.imports.values():
+        base = f"{imp.name}.{imp.ns}.svc.{ZONE}."
+        if imp.kind == "ClusterSetIP":
+            for ip in imp.ips:
+                if ip not in first or (imp.ns, imp.name) < first[ip]:
+                    first[ip] = (imp.ns, imp.name)
+                    want[ip] = {base}
+        else:
+            for label, address, _ in model.ready(imp):
+                want.setdefault(address, set()).add(f"{label}.{base}")
+    want["10.42.9.9"] = {"mixed-local.shop.svc.cluster.local."}
+    assert len(want) > 20
+    for i, (address, names) in enumerate(sorted(want.items())):
+        reverse = dns.reversename.from_address(address).to_text()
+        msg = ask(kp.port, reverse, "PTR", tcp=i % 2 == 1)
+        assert (dns.rcode.to_text(msg.rcode()), texts(msg, "PTR")) == ("NOERROR", names), address
+    # Not-ready and ClusterSetIP-import endpoints have none; the names above a clusterset IP
+    # exist (NODATA), as above any address with a PTR record.
+    not_ready = [a for imp in model.imports.values() for _, _, a, ok, _ in imp.endpoints if not ok]
+    for address in [*not_ready, "10.11.0.1"]:
+        if address not in want:
+            reverse = dns.reversename.from_address(address).to_text()
+            assert ask(kp.port, reverse, "PTR").rcode() == dns.rcode.NXDOMAIN, address
+    above = ask(kp.port, "42.10.in-addr.arpa.", "PTR")
+    assert (above.rcode(), above.answer) == (dns.rcode.NOERROR, [])
+    assert ask(kp.port, "44.10.in-addr.arpa.", "PTR").rcode() == dns.rcode.NXDOMAIN
 
 
 def test_off_by_default(tmp_path: Path) -> None:

@@ -254,7 +254,11 @@ class Engine:
         self.forwarding = forwarding
         #: The one parser of names for these zones (longest zone first, see `kdns.dns.names`).
         self.grammar: Grammar[Cluster] = Grammar([(c.labels, c, c.kind) for c in self.zones])
-        self._ptrs = ReverseIndex([c.store for c in self.clusters])
+        #: The clusterset zones, whose names have PTR records where no cluster's do.
+        self.clustersets = [c for c in self.zones if c.kind is ZoneKind.CLUSTERSET]
+        self._ptrs = ReverseIndex(
+            [c.store for c in self.clusters], [c.store for c in self.clustersets]
+        )
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -619,6 +623,20 @@ class Engine:
             for ns, svc, ep in cluster.store.endpoints_by_ip(address):
                 targets.append(f"{ep}.{svc}.{ns}.svc.{cluster.domain}.")
                 owners_.append(f"endpoint {ep!r} of service {ns}/{svc}")
+        if targets:
+            return Resolution(Rule.PTR_ENDPOINT, req, values=tuple(targets), owners=tuple(owners_))
+        # An address no cluster names: the clusterset names (MCS DNS specification 2.3.3 and
+        # 2.4.3 ask for PTR records only where no cluster-local one exists).
+        for clusterset in self.clustersets:
+            keys, endpoints = clusterset.store.imports_by_ip(address)
+            if keys:
+                owners = tuple(f"ServiceImport {ns}/{name}" for ns, name in keys)
+                ns, name = keys[0]
+                target = f"{name}.{ns}.svc.{clusterset.domain}."
+                return Resolution(Rule.PTR_SERVICE, req, values=(target,), owners=owners)
+            for ns, svc, ep in endpoints:
+                targets.append(f"{ep}.{svc}.{ns}.svc.{clusterset.domain}.")
+                owners_.append(f"endpoint {ep!r} of ServiceImport {ns}/{svc}")
         if targets:
             return Resolution(Rule.PTR_ENDPOINT, req, values=tuple(targets), owners=tuple(owners_))
         return Resolution(Rule.NO_PTR, req)

@@ -44,8 +44,11 @@ class ReverseIndex:
     #: More pending addresses than this, and more than the index holds: drop it.
     BACKLOG = 4096
 
-    def __init__(self, stores: Sequence[Store]) -> None:
-        self._stores = list({id(s): s for s in stores}.values())
+    def __init__(self, stores: Sequence[Store], import_stores: Sequence[Store] = ()) -> None:
+        """`stores`: those whose services and endpoints have PTR records; `import_stores`:
+        those whose ServiceImports have them too (the clusterset zones' stores)."""
+        self._stores = list({id(s): s for s in [*stores, *import_stores]}.values())
+        self._importing = {id(s) for s in import_stores}
         self._values: dict[int, list[int]] | None = None
         self._pending: set[str] = set()
         self._subscribed = False
@@ -72,14 +75,20 @@ class ReverseIndex:
 
     def _has_ptr(self, address: str) -> bool:
         return any(
-            s.services_by_cluster_ip(address) or s.endpoints_by_ip(address) for s in self._stores
+            s.services_by_cluster_ip(address)
+            or s.endpoints_by_ip(address)
+            or (id(s) in self._importing and any(s.imports_by_ip(address)))
+            for s in self._stores
         )
 
     def _build(self) -> dict[int, list[int]]:
         # The same addresses the store's PTR indexes hold: ClusterIPs and ready endpoints.
         found: dict[int, set[int]] = {4: set(), 6: set()}
         for store in self._stores:
-            for view in store.views():
+            views = list(store.views())
+            if id(store) in self._importing:
+                views += store.import_views()
+            for view in views:
                 for address in view.service.cluster_ips:
                     parsed = _ip_value(address)
                     if parsed is not None:

@@ -513,6 +513,9 @@ class Store:
         self._full = False
         #: ServiceImports as views (`build_import_view`), of the first layer that has each.
         self._imports: dict[ServiceKey, ServiceView] = {}
+        #: The PTR index of the import views, as `_cluster_ptr` and `_endpoint_ptr` together:
+        #: a clusterset IP -> its import's key, an endpoint address -> (ns, import, label).
+        self._import_ptr: dict[str, _PtrEntry | list[_PtrEntry]] = {}
         self._imports_warned: set[ServiceImport] = set()
 
     @classmethod
@@ -727,6 +730,7 @@ class Store:
         in the clusterset zone are cached under `ANY_TAG`, dropped on every change: no change
         record is kept for them.)"""
         key = ("ServiceImport", *ikey)
+        old = self._imports.get(ikey)
         for lay in self._layers.values():
             imp = lay.imports.get(key)
             if imp is None:
@@ -738,11 +742,32 @@ class Store:
                     "NXDOMAIN until it has",
                     *ikey,
                 )
-            self._imports[ikey] = build_import_view(
-                imp, lay.slices_by_import.get(ikey, {}).values()
-            )
+            view = build_import_view(imp, lay.slices_by_import.get(ikey, {}).values())
+            self._imports[ikey] = view
+            self._reindex_import(ikey, old, view)
             return
         self._imports.pop(ikey, None)
+        self._reindex_import(ikey, old, None)
+
+    def _reindex_import(
+        self, ikey: ServiceKey, old: ServiceView | None, new: ServiceView | None
+    ) -> None:
+        """Update the import PTR index from `old` to `new` (the clusterset names' PTR records,
+        which answer where no cluster-local one does: `Engine._decide_reverse`)."""
+        ns, name = ikey
+        was: set[tuple[str, _PtrEntry]] = set()
+        now: set[tuple[str, _PtrEntry]] = set()
+        for view, into in ((old, was), (new, now)):
+            if view is None:
+                continue
+            into.update((ip, ikey) for ip in view.service.cluster_ips)
+            into.update((ep.address, (ns, name, ep.name)) for ep in view.ready)
+        for address, entry in was - now:
+            _edit(self._import_ptr, address, entry, True)
+            self._changed_addresses.add(address)
+        for address, entry in sorted(now - was):
+            _edit(self._import_ptr, address, entry, False)
+            self._changed_addresses.add(address)
 
     def _index_pod(self, pod: PodAddresses, delta: int) -> None:
         index = self._pod_ips
@@ -831,6 +856,19 @@ class Store:
         for lay in self._layers.values():
             out.extend(lay.slices_by_import.get((namespace, name), {}).values())
         return out
+
+    def imports_by_ip(self, ip: str) -> tuple[list[ServiceKey], list[tuple[str, str, str]]]:
+        """The ServiceImports that have `ip` among their clusterset IPs, and (namespace,
+        import, `<hostname>.<clusterid>`) of every ready imported endpoint with that address;
+        both sorted."""
+        ips: list[ServiceKey] = []
+        endpoints: list[tuple[str, str, str]] = []
+        for entry in _values(self._import_ptr, ip):
+            if len(entry) == 2:
+                ips.append((entry[0], entry[1]))
+            else:
+                endpoints.append((entry[0], entry[1], entry[2]))
+        return sorted(ips), sorted(endpoints)
 
     def has_pod_ip(self, namespace: str, ip: str) -> bool:
         """True when a pod in `namespace` has the address `ip` (canonical text)."""
