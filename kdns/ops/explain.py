@@ -230,9 +230,9 @@ def _why(engine: Engine, res: Resolution, qtype: str) -> tuple[str, list[str]]:
     if rule in (Rule.PTR_SERVICE, Rule.PTR_ENDPOINT):
         owner, *others = res.owners
         if rule is Rule.PTR_SERVICE:
-            what = "clusterset IP" if owner.startswith("ServiceImport") else "ClusterIP"
-            also = f"also the {what} of {_join(others)} (the first one wins)"
-            return f"PTR for {req.address}: the {what} of {owner}", [also] if others else []
+            named = "clusterset IP" if owner.startswith("ServiceImport") else "ClusterIP"
+            also = f"also the {named} of {_join(others)} (the first one wins)"
+            return f"PTR for {req.address}: the {named} of {owner}", [also] if others else []
         return f"PTR for {req.address}: {_join(res.owners)}", []
     if rule is Rule.NO_PTR:
         if req.shape is Shape.REVERSE:
