@@ -510,3 +510,66 @@ def test_clusterset_needs_usable_cluster_ids(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "is no DNS label" in proc.stderr and "--cluster-id" in proc.stderr
+
+
+def test_servfail_until_every_cluster_has_synced(
+    apis: tuple[FakeApiServer, FakeApiServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launcher(monkeypatch)
+    east, west = apis
+    for api, ip in ((east, "10.96.0.10"), (west, "10.97.0.10")):
+        obj = service("web", "shop", cluster_ip=ip)
+        obj["metadata"]["annotations"] = {"kdns.io/export": "true"}
+        api.apply_all([namespace("shop"), obj])
+    only_west = service("api", "shop", cluster_ip="10.97.0.11")
+    only_west["metadata"]["annotations"] = {"kdns.io/export": "true"}
+    west.apply(only_west)
+    west.go_down()
+    kcfg = write_kubeconfig(
+        tmp_path / "kubeconfig", east.url, context="east", other_contexts={"west": west.url}
+    )
+    args = ["--kubeconfig", str(kcfg), "--cluster", "west=west.local", "--clusterset", ZONE]
+    kp = start_kdns([*args, "--startup-timeout", "0"])
+    try:
+        name, api = f"web.shop.svc.{ZONE}", f"api.shop.svc.{ZONE}"
+        # east alone has synced: what the clusterset has answers (as a cluster zone answers
+        # what it has before its sync), but no name is denied until west is in too.
+        assert until(lambda: ask(kp.port, "web.shop.svc.cluster.local", "A").answer, WAIT)
+        assert texts(ask(kp.port, name, "A"), "A") == {"10.96.0.10"}
+        assert ask(kp.port, api, "A").rcode() == dns.rcode.SERVFAIL
+        west.come_up()
+        assert until(lambda: texts(ask(kp.port, name, "A"), "A") == {"10.96.0.10", "10.97.0.10"})
+        assert texts(ask(kp.port, api, "A"), "A") == {"10.97.0.11"}
+    finally:
+        kp.stop()
+
+
+def test_malformed_exports_are_reported_and_skipped(
+    apis: tuple[FakeApiServer, FakeApiServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launcher(monkeypatch)
+    east, _ = apis
+    east.apply_all(
+        [
+            namespace("shop"),
+            service("web", "shop", cluster_ip="10.96.0.10"),
+            service("api", "shop", cluster_ip="10.96.0.11"),
+            export_object("shop", "web", False),
+        ]
+    )
+    bad = export_object("shop", "api", True)
+    bad["metadata"]["labels"][SERVICE_LABEL] = "Not_A_Label"
+    east.apply(bad)
+    kp = serve_two(apis, tmp_path)
+    try:
+        assert texts(ask(kp.port, f"web.shop.svc.{ZONE}", "A"), "A") == {"10.96.0.10"}
+        assert ask(kp.port, f"api.shop.svc.{ZONE}", "A").rcode() == dns.rcode.NXDOMAIN
+        assert until(lambda: "shop/export-of-api" in kp.log(), WAIT), kp.log()
+        assert "is no DNS label" in kp.log()
+        # Mended by watch: it exports api now; web kept answering throughout.
+        bad["metadata"]["labels"][SERVICE_LABEL] = "api"
+        east.apply(bad)
+        assert until(lambda: texts(ask(kp.port, f"api.shop.svc.{ZONE}", "A"), "A") != set(), WAIT)
+        assert texts(ask(kp.port, f"web.shop.svc.{ZONE}", "A"), "A") == {"10.96.0.10"}
+    finally:
+        kp.stop()
