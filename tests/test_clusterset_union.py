@@ -344,10 +344,11 @@ def expected(world: list[Exported]) -> dict[str, Observed]:
 
 def observed(port: int, name: str, *, tcp: bool) -> Observed:
     a, aaaa, srv = (ask(port, name, t, tcp=tcp) for t in ("A", "AAAA", "SRV"))
-    rcodes = {dns.rcode.to_text(m.rcode()) for m in (a, aaaa, srv)}
-    assert len(rcodes) == 1, (name, rcodes)
+    # One rcode for the three types, or all three (a change landed between the questions,
+    # or a server that answers types apart): either way no model answer equals it.
+    rcode = "/".join(dict.fromkeys(dns.rcode.to_text(m.rcode()) for m in (a, aaaa, srv)))
     srvs = {" ".join(t.split()[2:]) for t in texts(srv, "SRV")}
-    return rcodes.pop(), texts(a, "A"), texts(aaaa, "AAAA"), srvs
+    return rcode, texts(a, "A"), texts(aaaa, "AAAA"), srvs
 
 
 def mismatches(port: int, want: dict[str, Observed], *, tcp: bool) -> list[str]:

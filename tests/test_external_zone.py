@@ -77,12 +77,15 @@ def ingress(name: str, ns: str, hosts: list[str], lb: list[Obj]) -> Obj:
     }
 
 
-def gateway(name: str, ns: str, addresses: list[Obj]) -> Obj:
+def gateway(name: str, ns: str, addresses: list[Obj], listeners: list[Obj] | None = None) -> Obj:
     obj: Obj = {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "Gateway",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"gatewayClassName": "test", "listeners": [{"name": "h", "port": 80}]},
+        "spec": {
+            "gatewayClassName": "test",
+            "listeners": listeners or [{"name": "h", "port": 80}],
+        },
     }
     if addresses:
         obj["status"] = {"addresses": addresses}
@@ -128,6 +131,18 @@ def bundle() -> list[Obj]:
               [{"name": "public", "namespace": "infra"}]),
         route("TLSRoute", "later", "web", ["later.example.test"],
               [{"name": "waiting", "namespace": "infra"}]),
+        # Listeners with hostnames: a route's host reaches this Gateway only through a
+        # listener that takes it, and only through the one its sectionName names.
+        gateway("edge", "infra", [{"type": "IPAddress", "value": "203.0.113.40"}], [
+            {"name": "shop", "port": 443, "hostname": "*.shop.example.test"},
+            {"name": "admin", "port": 443, "hostname": "admin.example.test"},
+        ]),
+        route("HTTPRoute", "edge", "web",
+              ["cart.shop.example.test", "a.b.shop.example.test", "admin.example.test",
+               "stray.example.test"],
+              [{"name": "edge", "namespace": "infra"}]),
+        route("HTTPRoute", "pinned", "web", ["pinned.shop.example.test", "pinned.example.test"],
+              [{"name": "edge", "namespace": "infra", "sectionName": "admin"}]),
     ]  # fmt: skip
 
 
@@ -174,6 +189,12 @@ CASES = [
     ("pr-7.preview.example.test", "A", ["203.0.113.30"]),
     ("b.pr-7.preview.example.test", "A", ["203.0.113.30"]),  # a route's wildcard: one or more
     ("later.example.test", "A", "NOERROR"),  # its Gateway has no address yet
+    ("cart.shop.example.test", "A", ["203.0.113.40"]),  # through listener shop's wildcard
+    ("a.b.shop.example.test", "A", ["203.0.113.40"]),  # a listener wildcard: one or more
+    ("admin.example.test", "A", ["203.0.113.40"]),
+    ("stray.example.test", "A", "NOERROR"),  # no listener takes it: written, not reached
+    ("pinned.shop.example.test", "A", "NOERROR"),  # listener admin does not take it
+    ("pinned.example.test", "A", "NOERROR"),
     # the zone's own records
     ("example.test", "SOA", ["ns1.dns.example.test. hostmaster.dns.example.test."]),
     ("example.test", "NS", ["ns1.dns.example.test."]),

@@ -41,6 +41,15 @@ LABELS = ("h0", "h1", "web-0", "svc", "db", "a", "_tcp", "_udp", "_http", "*", "
 EXTERNAL = "ext.example"
 #: Host names of the generated Ingresses and routes, in front of EXTERNAL.
 HOSTS = ("www", "api", "*.apps", "*.preview", "deep.app", "pending")
+#: A Gateway's listeners, (name, hostname): none (a manifest without spec), every host, the
+#: zone's hosts, one host only, or a name elsewhere beside every host.
+LISTENERS: tuple[tuple[tuple[str, str], ...], ...] = (
+    (),
+    (("a", ""),),
+    (("a", f"*.{EXTERNAL}"),),
+    (("a", f"www.{EXTERNAL}"),),
+    (("a", "elsewhere.invalid"), ("b", "")),
+)
 #: The clusterset zone (`--clusterset-domain`), its imports and their clusters.
 CLUSTERSET = "clusterset.test"
 IMPORTS = ("web", "db", "empty", "missing")
@@ -86,8 +95,15 @@ def store_for(rng: random.Random, zones: tuple[str, ...]) -> Store:
                 external_hosts=("lb.example.net",),
             ),
             HostRoute("Ingress", ns, "ing", tuple(hosted[:2]), ips=ips[:1], hostnames=hosts),
-            HostRoute("HTTPRoute", ns, "route", tuple(hosted[1:]), parents=((ns, "gw"),)),
-            Gateway(ns, "gw", ips=ips[1:]),
+            HostRoute(
+                "HTTPRoute",
+                ns,
+                "route",
+                tuple(hosted[1:]),
+                parents=((ns, "gw", rng.choice(("", "", "a", "b"))),),
+            ),
+            # Listeners that take every host, the zone's, or only some other name.
+            Gateway(ns, "gw", ips=ips[1:], listeners=rng.choice(LISTENERS)),
             *imports(ns),
         ]
 

@@ -33,7 +33,7 @@ from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNS
 
 from kdns.config import PodsMode
 from kdns.dns.names import NIBBLES, Grammar, Request, Shape, ZoneKind
-from kdns.state.model import HostRoute, ip_family
+from kdns.state.model import Gateway, HostRoute, ip_family
 from kdns.state.reverse_index import ReverseIndex
 from kdns.state.store import ServiceView, Store
 
@@ -136,6 +136,7 @@ class Rule(Enum):
     EXPOSED_SERVICE = "exposed-service"  # `<svc>.<ns>`: external IPs, load balancer ingress
     EXPOSED_PORT = "exposed-port"  # `_<port>._<proto>.<svc>.<ns>`: SRV
     NO_ADDRESS_YET = "no-address-yet"  # NODATA: a host whose load balancer has no address
+    NO_LISTENER = "no-listener"  # NODATA: a route's host that no listener of its Gateways takes
     NOT_EXPOSED = "not-exposed"  # a service with no external IP nor load balancer ingress
     NO_EXPOSED_NAME = "no-exposed-name"  # nothing in the cluster has this name
     # clusterset zones (--clusterset-domain)
@@ -149,6 +150,23 @@ _EXPOSED_RULES = frozenset({Rule.EXPOSED_HOST, Rule.EXPOSED_SERVICE, Rule.EXPOSE
 
 #: RFC 8914 info-code 14, Not Ready: the server cannot answer yet (SERVFAIL before the first sync).
 NOT_SYNCED = (14, "not synced with the API yet")
+
+
+def _takes(gateway: Gateway, section: str, name: str) -> bool:
+    """Whether `gateway` takes traffic for host `name` through the listener `section` (any
+    listener when ""): one whose hostname is absent, is `name`, or is a wildcard `*.<suffix>`
+    that `name` is under (one or more labels, as the Gateway API matches it). A Gateway read
+    without listeners (a manifest that leaves its spec out) takes every name."""
+    if not gateway.listeners:
+        return True
+    for listener, hostname in gateway.listeners:
+        if section and listener != section:
+            continue
+        if not hostname or hostname == name:
+            return True
+        if hostname.startswith("*.") and name.endswith(hostname[1:]):
+            return True
+    return False
 
 
 def stale(since: float) -> tuple[int, str]:
@@ -191,6 +209,7 @@ _NODATA_RULES = frozenset(
         Rule.PROTOCOL_LABEL,
         Rule.REVERSE_PREFIX,
         Rule.NO_ADDRESS_YET,
+        Rule.NO_LISTENER,
         Rule.CLUSTER_LABEL,
     }
 )
@@ -576,21 +595,35 @@ class Engine:
         """A host name: the addresses of its Ingresses, and of the Gateways its routes are
         attached to, in that order and without repeats; a CNAME to a load balancer's host
         name only when none has an address."""
+        assert req.zone is not None
+        name = ".".join(req.rel) + "." + req.zone.domain
         ips: dict[str, None] = {}
         hosts: dict[str, None] = {}
         owners = []
+        #: Gateways whose listeners take no traffic for this name: a route's hostname reaches
+        #: a Gateway only through a listener whose hostname matches (Gateway API hostname
+        #: intersection), and only the listener its parentRef's sectionName names, if any.
+        refused = []
+        taken = False
         for route in routes:
             owners.append(f"{route.kind} {route.namespace}/{route.name}")
             if route.kind == "Ingress":
+                taken = True
                 ips.update(dict.fromkeys(route.ips))
                 hosts.update(dict.fromkeys(route.hostnames))
-            for ns, name in route.parents:
-                gateway = store.gateway(ns, name)
-                if gateway is not None:
-                    ips.update(dict.fromkeys(gateway.ips))
-                    hosts.update(dict.fromkeys(gateway.hostnames))
+            for ns, gw, section in route.parents:
+                gateway = store.gateway(ns, gw)
+                if gateway is None:
+                    continue
+                if not _takes(gateway, section, name):
+                    refused.append(f"Gateway {ns}/{gw}")
+                    continue
+                taken = True
+                ips.update(dict.fromkeys(gateway.ips))
+                hosts.update(dict.fromkeys(gateway.hostnames))
         if not ips and not hosts:
-            return Resolution(Rule.NO_ADDRESS_YET, req, owners=tuple(owners))
+            rule = Rule.NO_LISTENER if refused and not taken else Rule.NO_ADDRESS_YET
+            return Resolution(rule, req, owners=tuple(owners), values=tuple(refused))
         return Resolution(
             Rule.EXPOSED_HOST,
             req,

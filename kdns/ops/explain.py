@@ -255,6 +255,7 @@ _EXTERNAL_ZONE_RULES = frozenset(
         Rule.EXPOSED_SERVICE,
         Rule.EXPOSED_PORT,
         Rule.NO_ADDRESS_YET,
+        Rule.NO_LISTENER,
         Rule.NOT_EXPOSED,
         Rule.NO_EXPOSED_NAME,
     }
@@ -276,6 +277,12 @@ def _why_exposed(res: Resolution, zone: str) -> tuple[str, list[str]]:
     if rule is Rule.NO_ADDRESS_YET:
         return (
             f"NODATA: host name of {owners}, whose load balancer or Gateway has no address yet",
+            [],
+        )
+    if rule is Rule.NO_LISTENER:
+        return (
+            f"NODATA: host name of {owners}, but no listener of {_join(list(res.values))} takes "
+            "traffic for it (their hostnames, or the parentRef's sectionName, leave it out)",
             [],
         )
     if rule is Rule.NOT_EXPOSED:

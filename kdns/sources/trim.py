@@ -269,7 +269,7 @@ def route(kind: RouteKind, obj: Json) -> HostRoute:
         as_host(host, f"spec.hostnames[{i}]")
         for i, host in enumerate(as_list(spec.get("hostnames"), "spec.hostnames"))
     ]
-    parents: list[tuple[str, str]] = []
+    parents: list[tuple[str, str, str]] = []
     for i, ref in enumerate(as_list(spec.get("parentRefs"), "spec.parentRefs")):
         what = f"spec.parentRefs[{i}]"
         ref = as_map(ref, what)
@@ -280,7 +280,9 @@ def route(kind: RouteKind, obj: Json) -> HostRoute:
         gateway = as_str(ref.get("name"), f"{what}.name")
         if not gateway:
             raise TrimError(f"{what}.name is missing")
-        parents.append((as_str(ref.get("namespace"), f"{what}.namespace") or ns, gateway))
+        parent_ns = as_str(ref.get("namespace"), f"{what}.namespace") or ns
+        section = as_str(ref.get("sectionName"), f"{what}.sectionName")
+        parents.append((parent_ns, gateway, section))
     return HostRoute(
         kind, ns, name, tuple(dict.fromkeys(hosts)), parents=tuple(dict.fromkeys(parents))
     )
@@ -289,7 +291,8 @@ def route(kind: RouteKind, obj: Json) -> HostRoute:
 def gateway(obj: Json) -> Gateway:
     """A Gateway API Gateway, trimmed to `status.addresses`: IPAddress entries (and those
     without a type, which the API reads as IPAddress) and Hostname entries; other types
-    (NamedAddress, implementation-specific ones) name no DNS answer and are left out."""
+    (NamedAddress, implementation-specific ones) name no DNS answer and are left out. And the
+    name and hostname of each listener: which host names it takes traffic for."""
     ns, name = metadata(obj)
     status = as_map(obj.get("status"), "status")
     ips: list[str] = []
@@ -302,7 +305,17 @@ def gateway(obj: Json) -> Gateway:
             ips.append(as_ip(entry.get("value"), f"{what}.value"))
         elif kind == "Hostname":
             hosts.append(as_host(entry.get("value"), f"{what}.value", wildcard=False))
-    return Gateway(ns, name, tuple(dict.fromkeys(ips)), tuple(dict.fromkeys(hosts)))
+    spec = as_map(obj.get("spec"), "spec")
+    listeners: list[tuple[str, str]] = []
+    for i, entry in enumerate(as_list(spec.get("listeners"), "spec.listeners")):
+        what = f"spec.listeners[{i}]"
+        entry = as_map(entry, what)
+        host = entry.get("hostname")
+        hostname = as_host(host, f"{what}.hostname") if host else ""
+        listeners.append((as_str(entry.get("name"), f"{what}.name"), hostname))
+    return Gateway(
+        ns, name, tuple(dict.fromkeys(ips)), tuple(dict.fromkeys(hosts)), tuple(listeners)
+    )
 
 
 def _target(ref: Any) -> str:

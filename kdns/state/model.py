@@ -177,8 +177,9 @@ class HostRoute:
     ips: tuple[str, ...] = ()
     #: Ingress: `status.loadBalancer.ingress[].hostname`.
     hostnames: tuple[str, ...] = ()
-    #: Routes: the Gateways of `spec.parentRefs`, as (namespace, name).
-    parents: tuple[tuple[str, str], ...] = ()
+    #: Routes: the Gateways of `spec.parentRefs`, as (namespace, name, sectionName): the
+    #: section "" when the route attaches to every listener.
+    parents: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def key(self) -> ObjectKey:
@@ -195,6 +196,9 @@ class Gateway:
     ips: tuple[str, ...] = ()
     #: `status.addresses[]` of type Hostname.
     hostnames: tuple[str, ...] = ()
+    #: `spec.listeners[]` as (name, hostname): the hostname lower case, "" when the listener
+    #: takes every host, a wildcard keeping its leading `*.`.
+    listeners: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> ObjectKey:
