@@ -143,6 +143,16 @@ def bundle() -> list[Obj]:
               [{"name": "edge", "namespace": "infra"}]),
         route("HTTPRoute", "pinned", "web", ["pinned.shop.example.test", "pinned.example.test"],
               [{"name": "edge", "namespace": "infra", "sectionName": "admin"}]),
+        # A route without hostnames takes its listeners' (the one of its sectionName).
+        gateway("tenant", "infra", [{"type": "IPAddress", "value": "203.0.113.50"}], [
+            {"name": "main", "port": 443, "hostname": "tenant.example.test"},
+            {"name": "docs", "port": 443, "hostname": "*.docs.example.test"},
+            {"name": "any", "port": 80},
+        ]),
+        route("HTTPRoute", "tenant", "web", [],
+              [{"name": "tenant", "namespace": "infra"}]),
+        route("GRPCRoute", "docs-only", "web", [],
+              [{"name": "edge", "namespace": "infra", "sectionName": "admin"}]),
     ]  # fmt: skip
 
 
@@ -195,6 +205,9 @@ CASES = [
     ("stray.example.test", "A", "NOERROR"),  # no listener takes it: written, not reached
     ("pinned.shop.example.test", "A", "NOERROR"),  # listener admin does not take it
     ("pinned.example.test", "A", "NOERROR"),
+    ("tenant.example.test", "A", ["203.0.113.50"]),  # a hostless route: its listeners' names
+    ("v1.docs.example.test", "A", ["203.0.113.50"]),
+    ("docs.example.test", "A", "NOERROR"),  # above the wildcard
     # the zone's own records
     ("example.test", "SOA", ["ns1.dns.example.test. hostmaster.dns.example.test."]),
     ("example.test", "NS", ["ns1.dns.example.test."]),
@@ -361,6 +374,18 @@ def test_watch_gateway_and_routes(tmp_path: Path) -> None:
             assert until(lambda: answer(kp.port, "x.tls.example.test") == ["203.0.113.30"], 10)
             api.delete("HTTPRoute", "api", "web")
             assert until(lambda: answer(kp.port, "v2.example.test") == "NXDOMAIN", 10)
+            # A route without hostnames follows its Gateway's listener hostnames.
+            api.apply(route("HTTPRoute", "bare", "web", [], public))
+            listener = {"name": "h", "port": 80, "hostname": "bare.example.test"}
+            addr = [{"value": "203.0.113.30"}]
+            api.apply(gateway("public", "infra", addr, [listener]))
+            assert until(lambda: answer(kp.port, "bare.example.test") == ["203.0.113.30"], 10)
+            listener["hostname"] = "moved.example.test"
+            api.apply(gateway("public", "infra", addr, [listener]))
+            assert until(lambda: answer(kp.port, "moved.example.test") == ["203.0.113.30"], 10)
+            assert answer(kp.port, "bare.example.test") == "NXDOMAIN"
+            api.apply(gateway("public", "infra", addr))  # a listener for every host again
+            assert until(lambda: answer(kp.port, "moved.example.test") == "NXDOMAIN", 10)
             # A malformed route (the apiserver would refuse it; a double does not) is skipped
             # and reported; everything else keeps answering.
             api.apply(route("HTTPRoute", "odd", "web", ["bad_host!"], public))

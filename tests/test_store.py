@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 import pytest
 
-from kdns.state.model import EndpointSet, Namespace, endpoint_name
+from kdns.state.model import EndpointSet, Gateway, HostRoute, Namespace, endpoint_name
 from kdns.state.store import ReadyEndpoint, Store, build_view
 from tests.builders import (
     clusterip,
@@ -539,3 +540,35 @@ def test_a_change_reports_only_the_addresses_whose_ptr_entries_moved() -> None:
     store.apply("c", deletes=[("Service", "ns", "db")])
     assert seen[-1] == {"10.0.0.1", "10.0.0.2", "10.0.0.4"}
     assert store.endpoints_by_ip("10.0.0.2") == []
+
+
+def test_a_route_without_hostnames_follows_its_listeners_in_any_order() -> None:
+    """A hostless route takes the hostnames of the listeners it attaches to, whether the route
+    or the Gateway arrives first; they move with the Gateway; nothing is left behind in the
+    host indexes when both go (generated orders of puts and deletes)."""
+    listeners = [
+        (("a", "one.example.test"), ("b", "*.two.example.test")),
+        (("a", "three.example.test"),),
+        (("a", ""),),
+    ]
+    for seed in range(30):
+        rng = random.Random(seed)
+        store = Store()
+        store.add_layer("c")
+        section = rng.choice(("", "a", "b"))
+        route = HostRoute("HTTPRoute", "web", "r", (), parents=(("infra", "gw", section),))
+        gateways = [Gateway("infra", "gw", ("192.0.2.1",), (), rng.choice(listeners))]
+        gateways.append(Gateway("infra", "gw", ("192.0.2.1",), (), rng.choice(listeners)))
+        steps = [route, *gateways]
+        rng.shuffle(steps)
+        for obj in steps:
+            store.apply("c", [obj])
+        final = next(o for o in reversed(steps) if isinstance(o, Gateway))
+        want = {h for name, h in final.listeners if h and (not section or name == section)}
+        got = {h for h in want if store.routes_at(h)}
+        assert got == want, (seed, steps)
+        assert all(not store.routes_at(h) for ls in listeners for _, h in ls if h not in want)
+        for key in rng.sample([route.key, final.key], 2):
+            store.apply("c", deletes=[key])
+        lay = store._layers["c"]
+        assert (lay.by_host, lay.above_hosts, lay.inherited, lay.hostless) == ({}, {}, {}, {})

@@ -168,6 +168,11 @@ class _Layer:
     #: every name strictly above a route's host -> how many hosts are below it: those names
     #: exist without records of their own (empty non-terminals: NODATA, not NXDOMAIN)
     above_hosts: dict[str, int] = field(default_factory=dict)
+    #: A route without hostnames takes those of the listeners it attaches to (the Gateway
+    #: API's rule): route -> the hosts it inherits from this layer's Gateways, and Gateway
+    #: (namespace, name) -> the routes without hostnames that name it.
+    inherited: dict[ObjectKey, tuple[str, ...]] = field(default_factory=dict)
+    hostless: dict[tuple[str, str], set[ObjectKey]] = field(default_factory=dict)
     #: ServiceImports and their EndpointSlices (`--clusterset-domain`)
     imports: dict[ObjectKey, ServiceImport] = field(default_factory=dict)
     import_slices: dict[ObjectKey, ImportSlice] = field(default_factory=dict)
@@ -221,8 +226,58 @@ class _Layer:
             out.extend(self.exports)
         return out
 
+    def _hosts(self, route: HostRoute) -> tuple[str, ...]:
+        return route.hosts or self.inherited.get(route.key, ())
+
+    def _inherit(self, route: HostRoute) -> None:
+        """Work out the hosts a route without hostnames takes from its parents' listeners."""
+        hosts: dict[str, None] = {}
+        for ns, name, section in route.parents:
+            gateway = self.gateways.get(("Gateway", ns, name))
+            for listener, hostname in gateway.listeners if gateway is not None else ():
+                if hostname and (not section or listener == section):
+                    hosts[hostname] = None
+        if hosts:
+            self.inherited[route.key] = tuple(hosts)
+        else:
+            self.inherited.pop(route.key, None)
+
+    def _attach(self, route: HostRoute, delta: int) -> None:
+        """Index (delta 1) or unindex (-1) a route, with what it inherits when hostless."""
+        if route.hosts or not route.parents:
+            self._index_route(route, delta)
+            return
+        if delta > 0:
+            for ns, name, _ in route.parents:
+                self.hostless.setdefault((ns, name), set()).add(route.key)
+            self._inherit(route)
+            self._index_route(route, 1)
+            return
+        self._index_route(route, -1)
+        self.inherited.pop(route.key, None)
+        for ns, name, _ in route.parents:
+            keys = self.hostless.get((ns, name))
+            if keys is not None:
+                keys.discard(route.key)
+                if not keys:
+                    del self.hostless[(ns, name)]
+
+    def _put_gateway(self, key: ObjectKey, gateway: Gateway | None) -> None:
+        """Store (or, None: drop) a Gateway, moving the routes that inherit its listeners'
+        hostnames to their new hosts."""
+        attached = [self.routes[k] for k in sorted(self.hostless.get((key[1], key[2]), ()))]
+        for route in attached:
+            self._index_route(route, -1)
+        if gateway is None:
+            self.gateways.pop(key, None)
+        else:
+            self.gateways[key] = gateway
+        for route in attached:
+            self._inherit(route)
+            self._index_route(route, 1)
+
     def _index_route(self, route: HostRoute, delta: int) -> None:
-        for host in route.hosts:
+        for host in self._hosts(route):
             if delta > 0:
                 self.by_host.setdefault(host, set()).add(route.key)
             else:
@@ -270,12 +325,12 @@ class _Layer:
         if isinstance(obj, HostRoute):
             old_route = self.routes.get(obj.key)
             if old_route is not None:
-                self._index_route(old_route, -1)
+                self._attach(old_route, -1)
             self.routes[obj.key] = obj
-            self._index_route(obj, 1)
+            self._attach(obj, 1)
             return None
         if isinstance(obj, Gateway):
-            self.gateways[obj.key] = obj
+            self._put_gateway(obj.key, obj)
             return None
         if isinstance(obj, ServiceImport):
             if obj.key not in self.imports:
@@ -349,12 +404,13 @@ class _Layer:
             self.pods.pop(key, None)
             return []
         if kind == "Gateway":
-            self.gateways.pop(key, None)
+            self._put_gateway(key, None)
             return []
         if kind in ROUTE_KINDS:
-            route = self.routes.pop(key, None)
+            route = self.routes.get(key)
             if route is not None:
-                self._index_route(route, -1)
+                self._attach(route, -1)
+                del self.routes[key]
             return []
         if kind == "ServiceImport":
             if self.imports.pop(key, None) is not None:
