@@ -101,6 +101,17 @@ def route(kind: str, name: str, ns: str, hosts: list[str], parents: list[Obj]) -
     }
 
 
+def refused_route(name: str, host: str, reason: str | None) -> Obj:
+    """An HTTPRoute on Gateway infra/public whose status says it was refused for `reason`
+    (None: accepted)."""
+    parent = {"name": "public", "namespace": "infra"}
+    obj = route("HTTPRoute", name, "web", [host], [parent])
+    cond = {"type": "Accepted", "status": "False" if reason else "True"}
+    cond["reason"] = reason or "Accepted"
+    obj["status"] = {"parents": [{"parentRef": parent, "conditions": [cond]}]}
+    return obj
+
+
 def write(path: Path, objects: list[Obj]) -> None:
     path.write_text(yaml.safe_dump_all(objects))
 
@@ -153,6 +164,10 @@ def bundle() -> list[Obj]:
               [{"name": "tenant", "namespace": "infra"}]),
         route("GRPCRoute", "docs-only", "web", [],
               [{"name": "edge", "namespace": "infra", "sectionName": "admin"}]),
+        # Refused by its Gateway's controller (status.parents: Accepted False), and one it
+        # accepted; one without status (no controller looked yet) answers as before.
+        refused_route("refused", "refused.example.test", "NotAllowedByListeners"),
+        refused_route("welcome", "welcome.example.test", None),
     ]  # fmt: skip
 
 
@@ -208,6 +223,8 @@ CASES = [
     ("tenant.example.test", "A", ["203.0.113.50"]),  # a hostless route: its listeners' names
     ("v1.docs.example.test", "A", ["203.0.113.50"]),
     ("docs.example.test", "A", "NOERROR"),  # above the wildcard
+    ("refused.example.test", "A", "NOERROR"),
+    ("welcome.example.test", "A", ["203.0.113.30"]),
     # the zone's own records
     ("example.test", "SOA", ["ns1.dns.example.test. hostmaster.dns.example.test."]),
     ("example.test", "NS", ["ns1.dns.example.test."]),

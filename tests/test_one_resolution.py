@@ -76,6 +76,7 @@ def store_for(rng: random.Random, zones: tuple[str, ...]) -> Store:
         ips = tuple(rng.sample(("192.0.2.7", "198.51.100.7", "2001:db8::7"), rng.randrange(4)))
         hosts = ("lb.example.net",) if rng.random() < 0.5 else ()
         hosted = [f"{h}.{EXTERNAL}" for h in rng.sample(HOSTS, 3)]
+        section = rng.choice(("", "", "a", "b"))
         return [
             Service(
                 ns,
@@ -100,7 +101,9 @@ def store_for(rng: random.Random, zones: tuple[str, ...]) -> Store:
                 ns,
                 "route",
                 tuple(hosted[1:]),
-                parents=((ns, "gw", rng.choice(("", "", "a", "b"))),),
+                parents=((ns, "gw", section),),
+                # Now and then refused by the Gateway's controller.
+                refused=((ns, "gw", section, "NotAllowed"),) if rng.random() < 0.2 else (),
             ),
             # Listeners that take every host, the zone's, or only some other name.
             Gateway(ns, "gw", ips=ips[1:], listeners=rng.choice(LISTENERS)),

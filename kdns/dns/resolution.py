@@ -136,7 +136,7 @@ class Rule(Enum):
     EXPOSED_SERVICE = "exposed-service"  # `<svc>.<ns>`: external IPs, load balancer ingress
     EXPOSED_PORT = "exposed-port"  # `_<port>._<proto>.<svc>.<ns>`: SRV
     NO_ADDRESS_YET = "no-address-yet"  # NODATA: a host whose load balancer has no address
-    NO_LISTENER = "no-listener"  # NODATA: a route's host that no listener of its Gateways takes
+    NO_LISTENER = "no-listener"  # NODATA: a route's host that none of its Gateways takes
     NOT_EXPOSED = "not-exposed"  # a service with no external IP nor load balancer ingress
     NO_EXPOSED_NAME = "no-exposed-name"  # nothing in the cluster has this name
     # clusterset zones (--clusterset-domain)
@@ -611,12 +611,17 @@ class Engine:
                 taken = True
                 ips.update(dict.fromkeys(route.ips))
                 hosts.update(dict.fromkeys(route.hostnames))
+            not_accepted = {r[:3]: r[3] for r in route.refused}
             for ns, gw, section in route.parents:
                 gateway = store.gateway(ns, gw)
                 if gateway is None:
                     continue
+                why = not_accepted.get((ns, gw, section))
+                if why is not None:
+                    refused.append(f"Gateway {ns}/{gw} (the route is not Accepted: {why})")
+                    continue
                 if not _takes(gateway, section, name):
-                    refused.append(f"Gateway {ns}/{gw}")
+                    refused.append(f"Gateway {ns}/{gw} (no listener takes this host)")
                     continue
                 taken = True
                 ips.update(dict.fromkeys(gateway.ips))

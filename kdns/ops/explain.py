@@ -281,8 +281,8 @@ def _why_exposed(res: Resolution, zone: str) -> tuple[str, list[str]]:
         )
     if rule is Rule.NO_LISTENER:
         return (
-            f"NODATA: host name of {owners}, but no listener of {_join(list(res.values))} takes "
-            "traffic for it (their hostnames, or the parentRef's sectionName, leave it out)",
+            f"NODATA: host name of {owners}, but no Gateway takes traffic for it: "
+            f"{_join(list(res.values))}",
             [],
         )
     if rule is Rule.NOT_EXPOSED:

@@ -284,8 +284,36 @@ def route(kind: RouteKind, obj: Json) -> HostRoute:
         section = as_str(ref.get("sectionName"), f"{what}.sectionName")
         parents.append((parent_ns, gateway, section))
     return HostRoute(
-        kind, ns, name, tuple(dict.fromkeys(hosts)), parents=tuple(dict.fromkeys(parents))
+        kind,
+        ns,
+        name,
+        tuple(dict.fromkeys(hosts)),
+        parents=tuple(dict.fromkeys(parents)),
+        refused=_refused(obj, ns),
     )
+
+
+def _refused(obj: Json, ns: str) -> tuple[tuple[str, str, str, str], ...]:
+    """(namespace, name, sectionName, reason) of each Gateway whose entry in the route's
+    `status.parents` has the condition Accepted False."""
+    status = as_map(obj.get("status"), "status")
+    out = []
+    for i, entry in enumerate(as_list(status.get("parents"), "status.parents")):
+        what = f"status.parents[{i}]"
+        entry = as_map(entry, what)
+        ref = as_map(entry.get("parentRef"), f"{what}.parentRef")
+        for j, cond in enumerate(as_list(entry.get("conditions"), f"{what}.conditions")):
+            cond = as_map(cond, f"{what}.conditions[{j}]")
+            if cond.get("type") == "Accepted" and cond.get("status") == "False":
+                out.append(
+                    (
+                        as_str(ref.get("namespace"), f"{what}.parentRef.namespace") or ns,
+                        as_str(ref.get("name"), f"{what}.parentRef.name"),
+                        as_str(ref.get("sectionName"), f"{what}.parentRef.sectionName"),
+                        as_str(cond.get("reason"), f"{what}.conditions[{j}].reason"),
+                    )
+                )
+    return tuple(out)
 
 
 def gateway(obj: Json) -> Gateway:

@@ -180,6 +180,10 @@ class HostRoute:
     #: Routes: the Gateways of `spec.parentRefs`, as (namespace, name, sectionName): the
     #: section "" when the route attaches to every listener.
     parents: tuple[tuple[str, str, str], ...] = ()
+    #: The parents whose controller refused the route: `status.parents[]` with the condition
+    #: Accepted False (its reason after the parent). A parent without status is not refused:
+    #: no controller has looked yet, or none runs (manifests on a laptop).
+    refused: tuple[tuple[str, str, str, str], ...] = ()
 
     @property
     def key(self) -> ObjectKey:
