@@ -25,6 +25,7 @@ import pytest
 
 from testkit.controlplane import ControlPlane, wait_for
 from testkit.exposure import (
+    GATEWAY_CONTROLLER,
     Listener,
     ParentRef,
     Port,
@@ -33,9 +34,11 @@ from testkit.exposure import (
     create_ingress,
     create_route,
     install_crds,
+    route_path,
     set_gateway_addresses,
     set_ingress_status,
     set_lb_ingress,
+    write_status,
 )
 from tests.e2e.conftest import REPO, coredns_running, start_kdns_for
 from tests.e2e.dnsutil import Reply, ask
@@ -511,3 +514,57 @@ def test_ingress_and_route_hostnames(cluster: ControlPlane, servers: Servers) ->
     # The Ingress loses its address: its name stays, with nothing to answer yet.
     set_ingress_status(cluster, ns, "shop")
     _until(port, "shop.example.org", "A", set())
+
+
+def test_gateway_listeners_and_route_status(cluster: ControlPlane, servers: Servers) -> None:
+    """A route's host name reaches its Gateway only through a listener that takes it (and the
+    one its sectionName names); a route without hostnames answers for its listener's hostname;
+    a route the Gateway's controller refused (status.parents Accepted False, written through
+    the status subresource) does not answer, and does once it is accepted."""
+    port = servers.kdns.port
+    ns = "ext-listeners"
+    cluster.create_namespace(ns)
+    create_gateway(
+        cluster,
+        ns,
+        "lsn",
+        (
+            Listener("shop", 80, hostname="*.shop.example.org"),
+            Listener("docs", 8080, hostname="docs.example.org"),
+        ),
+        addresses=(("IPAddress", "192.0.2.220"),),
+    )
+    gw = ParentRef("lsn", namespace=ns)
+    hosts = ("cart.shop.example.org", "stray.example.org")
+    create_route(cluster, "HTTPRoute", ns, "cart", parents=(gw,), hostnames=hosts)
+    shop_only = ParentRef("lsn", namespace=ns, section_name="shop")
+    create_route(
+        cluster, "HTTPRoute", ns, "bare", parents=(shop_only,), hostnames=(), accepted=False
+    )
+    create_route(
+        cluster, "HTTPRoute", ns, "pinned", parents=(shop_only,), hostnames=("pin.example.org",)
+    )
+    host = "refused.shop.example.org"
+    create_route(cluster, "HTTPRoute", ns, "refused", parents=(gw,), hostnames=(host,))
+
+    def accepted(ok: bool) -> None:
+        cond = {
+            "type": "Accepted",
+            "status": "True" if ok else "False",
+            "reason": "Accepted" if ok else "NotAllowedByListeners",
+            "message": "set by the e2e harness",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+            "observedGeneration": 1,
+        }
+        entry = {"parentRef": gw.obj(), "controllerName": GATEWAY_CONTROLLER, "conditions": [cond]}
+        write_status(cluster, route_path("HTTPRoute", ns, "refused"), {"parents": [entry]})
+
+    _until(port, "cart.shop.example.org", "A", {"192.0.2.220"})
+    _until(port, "x.y.shop.example.org", "A", {"192.0.2.220"})  # the hostless route: *.shop
+    _until(port, "stray.example.org", "A", set())  # written, but no listener takes it: NODATA
+    _until(port, "pin.example.org", "A", set())  # listener shop does not take it
+    _until(port, host, "A", {"192.0.2.220"})  # no status yet: taken as accepted
+    accepted(False)
+    _until(port, host, "A", set())
+    accepted(True)
+    _until(port, host, "A", {"192.0.2.220"})
