@@ -471,12 +471,18 @@ class Fault:
     resource: str | None = None  # plural: "services", "endpointslices", ...
     watch: bool | None = None  # True: watches only; False: everything but watches
     path: str | None = None  # exact request path
+    #: A query parameter the request must carry ("continue": a list's later pages only).
+    query: str | None = None
     delay: float = 0.0
     until: float | None = None
     gate: threading.Event | None = None
     hits: int = 0
 
-    def matches(self, path: str, plural: str | None, watch: bool, now: float) -> bool:
+    def matches(
+        self, path: str, plural: str | None, watch: bool, now: float, query: Iterable[str] = ()
+    ) -> bool:
+        if self.query is not None and self.query not in query:
+            return False
         if self.until is not None and now >= self.until:
             return False
         if self.times is not None and self.hits >= self.times:
@@ -772,11 +778,13 @@ class FakeApiServer:
 
     # -- request handling (called from handler threads) -------------------------------------------
 
-    def _fault_for(self, path: str, plural: str | None, watch: bool) -> Fault | None:
+    def _fault_for(
+        self, path: str, plural: str | None, watch: bool, query: Iterable[str] = ()
+    ) -> Fault | None:
         now = time.monotonic()
         with self._cond:
             for fault in self._faults:
-                if fault.matches(path, plural, watch, now):
+                if fault.matches(path, plural, watch, now, query):
                     fault.hits += 1
                     return fault
         return None
@@ -917,7 +925,7 @@ class _Handler(BaseHTTPRequestHandler):
         def log(code: int) -> None:
             api._log_request(Request("GET", path, query, plural, ns, watch, code, time.monotonic()))
 
-        fault = api._fault_for(path, plural, watch)
+        fault = api._fault_for(path, plural, watch, query)
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)

@@ -55,16 +55,17 @@ Why a relist is a diff. After a 410 the reflector has missed an unknown number o
 must replace what it holds. Clearing and refilling would make every name answer NXDOMAIN for a
 moment (and caches keep NXDOMAIN); instead the reflector remembers the resourceVersion of every
 object it handed to the store. Listed items with the same resourceVersion are unchanged (a
-resourceVersion changes with every write of the object): they are neither trimmed nor sent
-again (the uid is compared too: a re-created object can reuse an old resourceVersion after a
-restore). New and changed items are trimmed and sent, keys no longer listed are deleted, and all of
-it goes to the sink in `apply` calls of at most `batch_size` objects each, because each call is
-one callback on the event loop and diffing 100k endpoints in one callback stalls every query
-behind it. Deletes touch only keys this reflector handed over, so a reflector for one namespace
-never touches other namespaces' objects of the same kind. The store compares object by object as
-well, so names that did not change never stop answering, and the generation only moves if
-something DNS can see moved; once the last batch is in, the layer's content for the kind is the
-list. The first list goes the same way (everything is new).
+resourceVersion changes with every write of the object): they are neither trimmed nor sent again
+(the uid is compared too: a re-created object can reuse an old resourceVersion after a restore).
+New and changed items are trimmed and sent as each page arrives (the pages are one snapshot, newer
+than anything held), keys no longer listed are deleted with the last page's changes, and all of it
+goes to the sink in `apply` calls of at most `batch_size` objects each, because each call is one
+callback on the event loop and diffing 100k endpoints in one callback stalls every query behind it.
+Deletes touch only keys this reflector handed over, so a reflector for one namespace never touches
+other namespaces' objects of the same kind. The store compares object by object as well, so names
+that did not change never stop answering, and the generation only moves if something DNS can see
+moved; once the last batch is in, the layer's content for the kind is the list. The first list goes
+the same way (everything is new).
 
 Failures. Any error (API unreachable, 5xx, 403, a broken stream, bad JSON) keeps the store as it
 is, is counted, and is retried after an exponential backoff with full jitter (a random wait
@@ -620,6 +621,14 @@ class Reflector:
             del page
             if not cont:
                 break
+            if changed:
+                # What changed is handed over page by page: every page comes from the list's
+                # one snapshot, newer than anything held, so it may answer at once; a relist
+                # of 100,000 endpoints under load took seconds during which changes made
+                # while the watch was down stayed unanswered. Only what is gone must wait for
+                # the last page (and goes with its changes).
+                self._hand_over(changed, [], versions, time.monotonic())
+                changed = []
         received_at = time.monotonic()
         if self._stop.is_set():
             raise _Stopped
