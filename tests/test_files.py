@@ -673,7 +673,7 @@ def test_check_reports_problems_between_files(tmp_path: Path) -> None:
     assert lines == [
         f"{t}/d.yaml:8: document 2: warning: skipping kind Deployment: kdns reads only "
         "Service, Endpoints, Pod, Namespace, EndpointSlice, Ingress, Gateway, HTTPRoute, "
-        "GRPCRoute, TLSRoute and ServiceImport",
+        "GRPCRoute, TLSRoute, ServiceImport and ServiceExport",
         f"{t}/e.yaml:4: document 1: spec.type must be one of ClusterIP, NodePort, LoadBalancer, "
         "ExternalName, not 'X'",
         f"{t / 'missing'}: no such directory",
