@@ -279,6 +279,13 @@ def objects(svc: Exported) -> list[dict[str, Any]]:
     return out
 
 
+def annotated(name: str, ip: str) -> dict[str, Any]:
+    """A ClusterIP service of namespace shop, exported by the kdns.io/export annotation."""
+    obj = service(name, "shop", cluster_ip=ip)
+    obj["metadata"]["annotations"] = {"kdns.io/export": "true"}
+    return obj
+
+
 def export_object(ns: str, name: str, labelled: bool) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": f"export-of-{name}" if labelled else name, "namespace": ns}
     if labelled:
@@ -461,10 +468,8 @@ def test_one_cluster_away_leaves_the_last_answers(
 ) -> None:
     launcher(monkeypatch)
     east, west = apis
-    for api, ip in ((east, "10.96.0.10"), (west, "10.97.0.10")):
-        obj = service("web", "shop", cluster_ip=ip)
-        obj["metadata"]["annotations"] = {"kdns.io/export": "true"}
-        api.apply_all([namespace("shop"), obj])
+    east.apply_all([namespace("shop"), annotated("web", "10.96.0.10")])
+    west.apply_all([namespace("shop"), annotated("web", "10.97.0.10")])
     kp = serve_two(apis, tmp_path)
     try:
         name = f"web.shop.svc.{ZONE}"
@@ -518,13 +523,9 @@ def test_servfail_until_every_cluster_has_synced(
 ) -> None:
     launcher(monkeypatch)
     east, west = apis
-    for api, ip in ((east, "10.96.0.10"), (west, "10.97.0.10")):
-        obj = service("web", "shop", cluster_ip=ip)
-        obj["metadata"]["annotations"] = {"kdns.io/export": "true"}
-        api.apply_all([namespace("shop"), obj])
-    only_west = service("api", "shop", cluster_ip="10.97.0.11")
-    only_west["metadata"]["annotations"] = {"kdns.io/export": "true"}
-    west.apply(only_west)
+    east.apply_all([namespace("shop"), annotated("web", "10.96.0.10")])
+    west.apply_all([namespace("shop"), annotated("web", "10.97.0.10")])
+    west.apply(annotated("api", "10.97.0.11"))
     west.go_down()
     kcfg = write_kubeconfig(
         tmp_path / "kubeconfig", east.url, context="east", other_contexts={"west": west.url}

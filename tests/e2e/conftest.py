@@ -62,10 +62,11 @@ def skip_or_fail(reason: str | None) -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+def control_plane(workdir: Path) -> Iterator[ControlPlane]:
+    """A started control plane in `workdir` (its logs printed if it fails to start), stopped
+    when the generator is closed: the suite's, and any further one a test needs beside it."""
     skip_or_fail(unavailable())
-    cp = ControlPlane(tmp_path_factory.mktemp("controlplane"))
+    cp = ControlPlane(workdir)
     try:
         cp.start()
     except BaseException:
@@ -75,6 +76,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    yield from control_plane(tmp_path_factory.mktemp("controlplane"))
 
 
 def start_kdns_for(

@@ -10,7 +10,6 @@ as exports, pods and a whole API server come and go.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +17,12 @@ import pytest
 
 from testkit.controlplane import ADMIN_TOKEN, ControlPlane
 from testkit.exposure import create, install_crds
-from tests.e2e.conftest import skip_or_fail, start_kdns_for, unavailable
+from tests.e2e.conftest import control_plane, start_kdns_for
+from tests.e2e.test_clusterset import dig, until
 from tests.kdns_process import KdnsProcess
 
 ZONE = "clusterset.local"
 NS = "union-e2e"
-WAIT = 30.0
 EXPORTS = "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/" + NS + "/serviceexports"
 #: ClusterIPs given, not allocated: the two control planes share a service range.
 WEB_IP = {"east": "10.96.70.1", "west": "10.96.71.1"}
@@ -32,17 +31,7 @@ DB_PODS = {"east": [("db-0", "10.11.0.1"), ("db-1", "10.11.0.2")], "west": [("db
 
 @pytest.fixture(scope="module")
 def west(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    skip_or_fail(unavailable())
-    cp = ControlPlane(tmp_path_factory.mktemp("west-controlplane"))
-    try:
-        cp.start()
-    except BaseException:
-        print(cp.logs())
-        raise
-    try:
-        yield cp
-    finally:
-        cp.stop()
+    yield from control_plane(tmp_path_factory.mktemp("west-controlplane"))
 
 
 def two_contexts(east: ControlPlane, west: ControlPlane, path: Path) -> Path:
@@ -115,20 +104,6 @@ def kdns(
         yield kp
     finally:
         kp.stop()
-
-
-def dig(kp: KdnsProcess, name: str, rdtype: str = "A", tcp: bool = False) -> tuple[str, set[str]]:
-    out = kp.dig(name, rdtype, tcp=tcp)
-    status = out.split("status: ", 1)[1].split(",", 1)[0] if "status: " in out else "?"
-    short = kp.dig(name, rdtype, "+short", tcp=tcp)
-    return status, set(short.split("\n")) - {""}
-
-
-def until(kp: KdnsProcess, name: str, want: tuple[str, set[str]], rdtype: str = "A") -> None:
-    deadline = time.monotonic() + WAIT
-    while dig(kp, name, rdtype) != want:
-        assert time.monotonic() < deadline, (name, dig(kp, name, rdtype), kp.log()[-3000:])
-        time.sleep(0.2)
 
 
 def test_exports_of_two_control_planes_answer_as_one_clusterset(
