@@ -11,9 +11,10 @@ Two CoreDNS answer the MCS DNS names:
 
 The workload is varied by hand (ClusterSetIP with one and several IPs incl. IPv6, none, with
 slices; Headless with slices from three clusters, with and without hostnames, not-ready
-endpoints, an IPv6 address ending in `::`; named and unnamed TCP/UDP ports; the same names in two
-namespaces) and the questions are generated from it: every name shape of the zone and the shapes
-around it, with every type of QTYPES, one in three again in mixed case.
+endpoints, an IPv6 address ending in `::`, a slice without source-cluster label; named and unnamed
+TCP/UDP ports; the same names in two namespaces) and the questions are generated from it: every
+name shape of the zone and the shapes around it, with every type of QTYPES, one in three again in
+mixed case, and the reverse names of every address.
 """
 
 from __future__ import annotations
@@ -376,7 +377,7 @@ def test_clusterset_against_multicluster_plugin(
 
 # --------------------------------------------------------------------------- the differences
 
-#: Differences from both CoreDNS that are the clusterset zone's own, with the reason
+#: Differences from CoreDNS (either build) that are the clusterset zone's own, with the reason
 #: (docs/coredns-differences.md carries the same list). The classes the cluster zone's
 #: differential knows (test_e2e.KNOWN_DIFFERENCES) apply here too; `classify_clusterset` tries
 #: those first, then recognises each of these narrowly.
