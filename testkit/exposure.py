@@ -461,7 +461,7 @@ def create_mcs_slice(
     cp: ControlPlane,
     ns: str,
     service_import: str,
-    cluster: str,
+    cluster: str | None,
     endpoints: Sequence[McsEndpoint],
     *,
     ports: Sequence[Port] = (),
@@ -470,18 +470,20 @@ def create_mcs_slice(
 ) -> Obj:
     """An EndpointSlice an MCS controller imports from `cluster` for ServiceImport ns/name:
     labelled multicluster.kubernetes.io/service-name and .../source-cluster (not
-    kubernetes.io/service-name: it belongs to no Service of this cluster)."""
+    kubernetes.io/service-name: it belongs to no Service of this cluster). `cluster` None: a
+    faulty controller's slice without the source-cluster label."""
+    labels = {
+        MCS_SERVICE_NAME: service_import,
+        MCS_SOURCE_CLUSTER: cluster,
+        "endpointslice.kubernetes.io/managed-by": MCS_CONTROLLER,
+    }
     body = {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": name or f"{service_import}-{cluster}-{address_type.lower()}",
+            "name": name or f"{service_import}-{cluster or 'unknown'}-{address_type.lower()}",
             "namespace": ns,
-            "labels": {
-                MCS_SERVICE_NAME: service_import,
-                MCS_SOURCE_CLUSTER: cluster,
-                "endpointslice.kubernetes.io/managed-by": MCS_CONTROLLER,
-            },
+            "labels": {k: v for k, v in labels.items() if v is not None},
         },
         "addressType": address_type,
         "endpoints": [

@@ -4,11 +4,14 @@
 #   etcd                                     go.etcd.io/etcd/server/v3 at the version that
 #                                            Kubernetes release is built with (cluster/go.mod)
 #   coredns                                  github.com/coredns/coredns@$COREDNS_VERSION
+#   coredns-multicluster                     the same CoreDNS with the external plugin
+#                                            github.com/coredns/multicluster (coredns-mc/go.mod);
+#                                            skipped while the module proxy does not serve it
 # Binaries are reused when they were built from the same pins (a stamp file records them), so a
 # warm run takes well under a second. Prints the time each part took.
 #
 #   KDNS_E2E_CACHE     cache folder (default ${XDG_CACHE_HOME:-$HOME/.cache}/kdns-e2e); binaries in bin/
-#   KDNS_E2E_REQUIRE=1 fail when Go is missing instead of skipping (CI)
+#   KDNS_E2E_REQUIRE=1 fail when Go is missing, or a part fails to build, instead of skipping (CI)
 #   build.sh --force       rebuild even when the stamps match
 #   build.sh --print-bin   print the bin folder and exit
 #   K8S_VERSION=v1.X.Y build.sh --update
@@ -19,6 +22,7 @@ set -euo pipefail
 COREDNS_VERSION=v1.14.7
 HERE="$(cd "$(dirname "$0")" && pwd)"
 MOD="$HERE/cluster"
+MC_MOD="$HERE/coredns-mc"
 CACHE="${KDNS_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kdns-e2e}"
 BIN="$CACHE/bin"
 
@@ -111,6 +115,39 @@ else
         "$GO" install -ldflags="$LDFLAGS" "github.com/coredns/coredns@$COREDNS_VERSION") 2>&1 | quiet
     printf '%s\n' "$dns_stamp" >"$BIN/.stamp-coredns"
     echo "e2e build: coredns built in $(elapsed "$t") s"
+fi
+
+# The external plugin's module may be refused by the module proxy (it is not served here): that is
+# no fault of this build, so it skips even under KDNS_E2E_REQUIRE=1, and the refusal is kept
+# beside the stamp so a warm run does not ask again (--force asks again). The e2e test reads
+# the reason from that file. Past the download, a failed build is a failure under REQUIRE.
+mc_stamp="$("$GO" version) $(cat "$MC_MOD/go.mod" "$MC_MOD/go.sum" "$MC_MOD/main.go" | sha256sum)"
+mc_refused="$BIN/.coredns-multicluster-unavailable"
+if [ $force = 0 ] && have coredns-multicluster &&
+    [ "$(cat "$BIN/.stamp-coredns-multicluster" 2>/dev/null)" = "$mc_stamp" ]; then
+    echo "e2e build: coredns-multicluster up to date"
+elif [ $force = 0 ] && [ "$(head -n 1 "$mc_refused" 2>/dev/null)" = "$mc_stamp" ]; then
+    echo "e2e build: coredns-multicluster SKIPPED, $(sed -n 2p "$mc_refused") (--force asks again)"
+else
+    t=$(now)
+    echo "e2e build: building coredns-multicluster ..."
+    rm -f "$BIN/.stamp-coredns-multicluster" "$mc_refused" "$BIN/coredns-multicluster"
+    if ! out="$(cd "$MC_MOD" && timeout 300 "$GO" mod download github.com/coredns/multicluster 2>&1)"; then
+        why="github.com/coredns/multicluster could not be downloaded: $(printf '%s\n' "$out" | grep -v '^go: downloading' | tr '\n' ' ' | cut -c 1-300)"
+        printf '%s\n%s\n' "$mc_stamp" "$why" >"$mc_refused"
+        echo "e2e build: coredns-multicluster SKIPPED, $why"
+    elif (cd "$MC_MOD" && timeout 1200 "$GO" build -ldflags="$LDFLAGS" -o "$BIN/coredns-multicluster" .) 2>&1 | quiet &&
+        "$BIN/coredns-multicluster" -plugins | grep -x multicluster >/dev/null; then
+        printf '%s\n' "$mc_stamp" >"$BIN/.stamp-coredns-multicluster"
+        echo "e2e build: coredns-multicluster built in $(elapsed "$t") s"
+    else
+        rm -f "$BIN/coredns-multicluster"
+        if [ "${KDNS_E2E_REQUIRE:-0}" = "1" ]; then
+            echo "e2e build: coredns-multicluster failed to build, and KDNS_E2E_REQUIRE=1" >&2
+            exit 1
+        fi
+        echo "e2e build: coredns-multicluster SKIPPED, it failed to build (see above)" >&2
+    fi
 fi
 
 echo "e2e build: done in $(elapsed "$t_all") s; binaries in $BIN"

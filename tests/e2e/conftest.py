@@ -141,19 +141,19 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @contextlib.contextmanager
 def coredns_running(
-    cp: ControlPlane, tmp: Path, corefile: Callable[[int, int], str]
+    cp: ControlPlane, tmp: Path, corefile: Callable[[int, int], str], binary: str = "coredns"
 ) -> Iterator[int]:
-    """CoreDNS (the e2e build) serving `corefile(port, ready_port)` from `tmp`, once its
-    /ready says 200; yields its port, and stops it (printing its log's tail) at the end."""
-    skip_or_fail(unavailable(("coredns",)))
+    """CoreDNS (`binary` of the e2e build) serving `corefile(port, ready_port)` from `tmp`, once
+    its /ready says 200; yields its port, and stops it (printing its log's tail) at the end."""
+    skip_or_fail(unavailable((binary,)))
     tmp.mkdir(parents=True, exist_ok=True)
     port, ready_port = free_port(), free_port()
     (tmp / "Corefile").write_text(corefile(port, ready_port))
-    proc = start_process("coredns", [str(cp.bins / "coredns"), "-conf", "Corefile"], tmp)
+    proc = start_process(binary, [str(cp.bins / binary), "-conf", "Corefile"], tmp)
 
     def ready() -> bool:
         if not proc.alive():
-            raise RuntimeError(f"coredns exited:\n{proc.tail()}")
+            raise RuntimeError(f"{binary} exited:\n{proc.tail()}")
         with urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=2) as r:
             return bool(r.status == 200)
 
@@ -162,4 +162,4 @@ def coredns_running(
         yield port
     finally:
         proc.stop()
-        print("--- coredns log ---\n" + proc.tail(20))
+        print(f"--- {binary} log ---\n" + proc.tail(20))

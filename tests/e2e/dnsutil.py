@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -116,3 +118,77 @@ def ask(
         _rr_texts(r.additional),
         bool(r.flags & dns.flags.AA),
     )
+
+
+#: Why two servers' replies to one question differ (a key of the test's table of known
+#: differences), or None when nothing known explains it.
+Classifier = Callable[[str, str, Reply, Reply], str | None]
+
+
+@dataclass
+class Tally:
+    """The outcome of asking two servers the same questions (`differential`)."""
+
+    questions: int = 0
+    identical: int = 0
+    explained: dict[str, int] = field(default_factory=dict)
+    unexplained: list[str] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        known = sum(self.explained.values())
+        return (
+            f"{self.questions} questions, {self.identical} identical, {known} known differences "
+            f"{dict(sorted(self.explained.items()))}, {len(self.unexplained)} unexplained"
+        )
+
+    def write(self, path: Path, header: str) -> None:
+        """The header, then every difference with its class, for reading after a run."""
+        path.write_text(f"{header}\n\n" + "\n".join(self.report) + "\n")
+
+    def check(self, known: Iterable[str], summary: str) -> None:
+        """Fail on any unexplained difference, and on a known one that no longer occurs (the
+        workloads are seeded, so each class must show up)."""
+        assert not self.unexplained, summary + "\n" + "\n".join(self.unexplained[:40])
+        unused = set(known) - set(self.explained)
+        assert not unused, f"known differences that no longer occur: {sorted(unused)}"
+
+
+#: (name, qtype, the first server's reply, the second's)
+Replies = list[tuple[str, str, Reply, Reply]]
+
+
+def ask_both(ports: tuple[int, int], questions: Iterable[tuple[str, str]]) -> Replies:
+    """Each (name, qtype) asked of the servers at `ports` (kdns first), over UDP."""
+    return [(n, t, ask(ports[0], n, t), ask(ports[1], n, t)) for n, t in questions]
+
+
+def noerror_names(replies: Replies) -> frozenset[str]:
+    """The names (lower case, no final dot) the second server answered NOERROR for some type."""
+    return frozenset(n.lower().rstrip(".") for n, _, _, b in replies if b.rcode == "NOERROR")
+
+
+def differential(
+    replies: Replies, classify: Classifier, names: tuple[str, str] = ("kdns", "coredns")
+) -> Tally:
+    """Compare the two servers' replies: rcode and answer records (TTLs left out, sets
+    compared); `classify(name, qtype, first, second)` names the known class of each difference."""
+    tally = Tally()
+    width = max(len(n) for n in names) + 1
+    for name, qtype, a, b in replies:
+        tally.questions += 1
+        if (a.rcode, a.answer) == (b.rcode, b.answer):
+            tally.identical += 1
+            continue
+        line = (
+            f"{name} {qtype}\n    {names[0] + ':':<{width}} {a.short()}"
+            f"\n    {names[1] + ':':<{width}} {b.short()}"
+        )
+        key = classify(name, qtype, a, b)
+        if key:
+            tally.explained[key] = tally.explained.get(key, 0) + 1
+            tally.report.append(f"[known: {key}] {line}")
+        else:
+            tally.unexplained.append(line)
+            tally.report.append(f"[UNEXPLAINED] {line}")
+    return tally

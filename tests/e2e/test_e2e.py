@@ -876,10 +876,16 @@ def _nodata(r: Reply) -> bool:
 
 
 def classify(
-    name: str, qtype: str, k: Reply, c: Reply, coredns_noerror: frozenset[str] = frozenset()
+    name: str,
+    qtype: str,
+    k: Reply,
+    c: Reply,
+    coredns_noerror: frozenset[str] = frozenset(),
+    zone: str = ZONE,
 ) -> str | None:
     """The KNOWN_DIFFERENCES key that explains a difference, or None. `coredns_noerror`: the
-    (lower-case) names where CoreDNS answered NOERROR for some type."""
+    (lower-case) names where CoreDNS answered NOERROR for some type. `zone`: the zone asked
+    (the clusterset differential shares the classes that are not the cluster zone's own)."""
     lname = name.lower().rstrip(".")
     labels = lname.split(".")
     if qtype == "SRV" and k.rcode == c.rcode == "NOERROR":
@@ -898,7 +904,7 @@ def classify(
     ):
         return "externalname-cname-every-type"
     if (
-        lname in (f"svc.{ZONE}", f"pod.{ZONE}", f"dns-version.{ZONE}")
+        lname in (f"svc.{zone}", f"pod.{zone}", f"dns-version.{zone}")
         and (k.rcode, c.rcode) == ("NOERROR", "NXDOMAIN")
         and not k.answer
     ):
@@ -906,9 +912,9 @@ def classify(
     if qtype == "ANY" and k.rcode == "NOERROR" and k.answer and not c.answer:
         return "any-gets-records"
     # Outside a cluster CoreDNS has no NS record: no ns.dns.<zone> name, no dns.<zone> above it.
-    if lname in (f"ns.dns.{ZONE}", f"dns.{ZONE}") and k.rcode == "NOERROR" and not c.answer:
+    if lname in (f"ns.dns.{zone}", f"dns.{zone}") and k.rcode == "NOERROR" and not c.answer:
         return "zone-ns-outside-cluster"
-    if lname in (ZONE, "in-addr.arpa", "ip6.arpa") and qtype == "NS" and k.answer and _nodata(c):
+    if lname in (zone, "in-addr.arpa", "ip6.arpa") and qtype == "NS" and k.answer and _nodata(c):
         return "zone-ns-outside-cluster"
     if (
         lname in ("in-addr.arpa", "ip6.arpa")
@@ -929,7 +935,7 @@ def classify(
     ):
         return "reverse-empty-non-terminal"
     if (
-        len(labels) == 4 + len(ZONE.split("."))
+        len(labels) == 4 + len(zone.split("."))
         and labels[0] in ("_tcp", "_udp", "_sctp")
         and labels[3] == "svc"
         and (k.rcode, c.rcode) == ("NOERROR", "NXDOMAIN")

@@ -41,7 +41,7 @@ from testkit.exposure import (
     write_status,
 )
 from tests.e2e.conftest import REPO, coredns_running, start_kdns_for
-from tests.e2e.dnsutil import Reply, ask
+from tests.e2e.dnsutil import Reply, ask, ask_both, differential
 from tests.e2e.test_e2e import ZONE
 from tests.kdns_process import KdnsProcess
 
@@ -399,36 +399,18 @@ def test_external_zone_against_k8s_external(cluster: ControlPlane, servers: Serv
         )
     questions = generated_questions(services, rng)
     by_name = {(s.ns, s.name): s for s in services}
-    report: list[str] = []
-    unexplained: list[str] = []
-    explained: dict[str, int] = {}
-    same = 0
-    for name, qtype in questions:
-        k, c = ask(servers.kdns.port, name, qtype), ask(servers.coredns, name, qtype)
-        if (k.rcode, k.answer) == (c.rcode, c.answer):
-            same += 1
-            continue
-        line = f"{name} {qtype}\n    kdns:    {k.short()}\n    coredns: {c.short()}"
-        key = classify_external(name, qtype, k, c, by_name)
-        if key:
-            explained[key] = explained.get(key, 0) + 1
-            report.append(f"[known: {key}] {line}")
-        else:
-            unexplained.append(line)
-            report.append(f"[UNEXPLAINED] {line}")
-    summary = (
-        f"external zone: {len(services)} services, {len(questions)} questions, {same} identical, "
-        f"{sum(explained.values())} known differences {explained}, {len(unexplained)} unexplained"
+    tally = differential(
+        ask_both((servers.kdns.port, servers.coredns), questions),
+        lambda name, qtype, k, c: classify_external(name, qtype, k, c, by_name),
     )
+    summary = f"external zone: {len(services)} services, {tally.summary()}"
     out = Path(
         os.environ.get("KDNS_E2E_EXTERNAL_REPORT", cluster.workdir / "k8s-external-differences.txt")
     )
     workload = "\n".join(svc.describe() for svc in services)
-    out.write_text(f"{summary}\n\n{workload}\n\n" + "\n".join(report) + "\n")
+    tally.write(out, f"{summary}\n\n{workload}")
     print(summary, f"(details in {out})")
-    assert not unexplained, summary + "\n" + "\n".join(unexplained[:40])
-    unused = set(EXTERNAL_DIFFERENCES) - set(explained)
-    assert not unused, f"known differences that no longer occur: {sorted(unused)}"
+    tally.check(EXTERNAL_DIFFERENCES, summary)
 
 
 def _until(port: int, name: str, qtype: str, want: set[str], rcode: str = "NOERROR") -> None:
