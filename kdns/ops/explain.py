@@ -312,6 +312,13 @@ def _why_exposed(res: Resolution, zone: str) -> tuple[str, list[str]]:
     return f"NXDOMAIN: {zone} keeps dns.{zone} for its name server (ns1.dns.{zone})", []
 
 
+def _no_port(desc: str, port: str, protocol: str, view: ServiceView) -> str:
+    return (
+        f"NXDOMAIN: {desc} has no port named {port!r} over {protocol.upper()}"
+        f" (named ports: {', '.join(_ports(view)) or 'none'})"
+    )
+
+
 def _no_endpoint(desc: str, label: str, view: ServiceView) -> str:
     names = sorted({ep.name for ep in view.ready})
     return (
@@ -438,11 +445,7 @@ def _why_svc(
         return "NXDOMAIN: an SRV name is _<port>._<proto>.<service>...", details
     wanted = f"{req.port}/{req.protocol.upper()}"
     if rule is Rule.NO_PORT:
-        return (
-            f"NXDOMAIN: {desc} has no port named {req.port!r} over {req.protocol.upper()}"
-            f" (named ports: {', '.join(_ports(view)) or 'none'})",
-            details,
-        )
+        return _no_port(desc, req.port, req.protocol, view), details
     via = "its ready endpoints" if svc.headless else "the service itself"
     return f"SRV for port {wanted} of {desc}, pointing at {via}", details
 
@@ -498,11 +501,7 @@ def _why_import(res: Resolution, view: ServiceView, qtype: str) -> tuple[str, li
     if rule is Rule.NOT_PORT_FORM:
         return "NXDOMAIN: an SRV name is _<port>._<proto>.<service>...", details
     if rule is Rule.NO_PORT:
-        return (
-            f"NXDOMAIN: {desc} has no port named {req.port!r} over {req.protocol.upper()}"
-            f" (named ports: {', '.join(_ports(view)) or 'none'})",
-            details,
-        )
+        return _no_port(desc, req.port, req.protocol, view), details
     via = "its ready endpoints, <hostname>.<clusterid>" if svc.headless else "the import itself"
     return f"SRV for port {req.port}/{req.protocol.upper()} of {desc}, pointing at {via}", details
 

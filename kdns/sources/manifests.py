@@ -418,24 +418,35 @@ class _Parser:
             # An EndpointSlice of a ServiceImport (the Multi-Cluster Services API): kept apart
             # from the cluster's own slices; one with kubernetes.io/service-name as well also
             # answers for that service, as on a cluster, where both watches see it.
-            try:
-                record = self.convert("ImportSlice", obj, origin)
-            except TrimError as exc:
-                message = str(exc)
-                self.problem(f"{prefix}{message}", document, node, _field(message))
+            ok, record = self._converted("ImportSlice", obj, origin, prefix, document, node)
+            if not ok:
                 return
             if record is not None:
                 self.records.append(record)
-        try:
-            record = self.convert(kind, obj, origin)
-        except TrimError as exc:
-            message = str(exc)
-            self.problem(f"{prefix}{message}", document, node, _field(message))
+        ok, record = self._converted(kind, obj, origin, prefix, document, node)
+        if not ok:
             return
         if record is not None:
             self.records.append(record)
         elif kind == "EndpointSlice" and not imported:
             self.problem(f"{prefix}{_unused_slice(obj)}", document, node, "", "warning")
+
+    def _converted(
+        self,
+        kind: str,
+        obj: Mapping[str, Any],
+        origin: Origin,
+        prefix: str,
+        document: int,
+        node: Node | None,
+    ) -> tuple[bool, Record | None]:
+        """`convert`, with a refusal reported at the field it names: (False, None) then."""
+        try:
+            return True, self.convert(kind, obj, origin)
+        except TrimError as exc:
+            message = str(exc)
+            self.problem(f"{prefix}{message}", document, node, _field(message))
+            return False, None
 
     def list(
         self,
