@@ -327,7 +327,11 @@ class Probe:
         self.inflight: dict[int, tuple[float, str, str, int, str]] = {}
         # name -> (rv, value, applied at) of the latest change not yet seen answered
         self.pending: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
-        self.seen: dict[int, float] = {}  # rv -> first answered with it
+        # (rv, name) -> first answered with it. A move is one write (one resourceVersion) that
+        # changes two names, the new one and the one gone: keyed by rv alone, the second name to
+        # be answered was never taken off `pending`, and those names, polled round robin for the
+        # rest of the soak, stretched every other change's polling turn to tens of seconds.
+        self.seen: dict[tuple[int, str], float] = {}
         self.applied: dict[int, float] = {}
         self.recent: deque[str] = deque(maxlen=1000)  # names changed lately
         self.answers: deque[tuple[float, float, str, str, str]] = deque()
@@ -407,8 +411,8 @@ class Probe:
                 m.rtts.append(got - sent)
             value = answer_value(data)
             self.answers.append((sent, got, name, initial, value))
-            if rv and value == awaited and rv not in self.seen:
-                self.seen[rv] = got
+            if rv and value == awaited and (rv, name) not in self.seen:
+                self.seen[rv, name] = got
                 current = self.pending.get(name)
                 if current is not None and current[0] == rv:
                     del self.pending[name]
@@ -824,7 +828,7 @@ def run(args: argparse.Namespace, setup: Setup, raw: Raw) -> None:
             raw.unseen = sum(
                 1 for _, _, at in probe.pending.values() if at < raw.started + schedule.seconds - 10
             )
-            for rv, got in probe.seen.items():
+            for (rv, _), got in probe.seen.items():
                 raw.propagation.append(got - truth.reached(probe.applied[rv], rv))
             raw.changes = len(probe.applied)
             for w in truth.windows:
