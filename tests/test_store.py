@@ -572,3 +572,66 @@ def test_a_route_without_hostnames_follows_its_listeners_in_any_order() -> None:
             store.apply("c", deletes=[key])
         lay = store._layers["c"]
         assert (lay.by_host, lay.above_hosts, lay.inherited, lay.hostless) == ({}, {}, {}, {})
+
+
+def test_fast_records_build_compare_and_pickle_as_the_dataclass_would() -> None:
+    # `fast_record` replaces the dataclass's __init__ and pickling of the hot records: the
+    # same signature and defaults, still frozen, equal and hashed alike, and a pickle (what a
+    # serving process is sent) gives back an equal record.
+    import copy
+    import dataclasses
+    import inspect
+    import pickle
+
+    import kdns.state.model as model
+    import kdns.state.store as store_module
+
+    decorated = [
+        cls
+        for module in (model, store_module)
+        for cls in vars(module).values()
+        if isinstance(cls, type)
+        and dataclasses.is_dataclass(cls)
+        and cls.__module__ == module.__name__
+        and cls.__init__.__code__.co_filename == "<string>"
+        and "_set_" in " ".join(cls.__init__.__code__.co_freevars)
+    ]
+    assert {c.__name__ for c in decorated} >= {
+        "Endpoint",
+        "Service",
+        "ReadyEndpoint",
+        "ServiceView",
+    }
+    for cls in decorated:
+        params = list(inspect.signature(cls).parameters.values())
+        assert [p.name for p in params] == [f.name for f in dataclasses.fields(cls)]
+        for p, f in zip(params, dataclasses.fields(cls), strict=True):
+            assert p.default == (
+                inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+            )
+    endpoint = model.Endpoint(("10.0.0.1", "fd00::1"), "web-0", False, "node-1", "Pod/web-0")
+    assert endpoint == model.Endpoint(
+        addresses=("10.0.0.1", "fd00::1"),
+        hostname="web-0",
+        ready=False,
+        node_name="node-1",
+        target="Pod/web-0",
+    )
+    assert (endpoint.zone, endpoint.for_zones) == ("", ())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        endpoint.ready = True  # type: ignore[misc]
+    view = build_view(
+        service=headless("shop", "db"),
+        sets=[endpoint_slice("shop", "db-a", "db", [ep("10.0.0.2")])],
+    )
+    for record in (endpoint, model.Namespace("shop"), view, view.ready[0]):
+        again = pickle.loads(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+        assert again == record and hash(again) == hash(record) and type(again) is type(record)
+        assert copy.deepcopy(record) == record
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithFactory:
+        items: list[str] = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError, match="plain fields only"):
+        model.fast_record(WithFactory)

@@ -12,8 +12,9 @@ an update that changes nothing DNS can see).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import MISSING, dataclass, fields
+from operator import attrgetter
+from typing import Any, Literal, TypeVar
 
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]
 EndpointKind = Literal["EndpointSlice", "Endpoints", "Pods"]
@@ -28,7 +29,57 @@ MCS_SOURCE_CLUSTER_LABEL = "multicluster.kubernetes.io/source-cluster"
 #: without the MCS CRDs, or a manifest file): `kdns.io/export: "true"`.
 EXPORT_ANNOTATION = "kdns.io/export"
 
+_R = TypeVar("_R")
 
+
+def fast_record(cls: type[_R]) -> type[_R]:
+    """Make a frozen slots dataclass cheap to build and to pickle; its behaviour is unchanged.
+
+    - `__init__`: a frozen dataclass's sets each field through `object.__setattr__`, looked up
+      by name at every call, 1.8 µs for an `Endpoint`; this one calls the slots' own setters,
+      bound once, 0.65 µs. Trimming a 100-endpoint EndpointSlice builds a hundred, and every
+      store rebuilds a hundred `ReadyEndpoint`s when one of them changes.
+    - pickling (every write `--workers` publishes is one): as the class and its field values,
+      rebuilt by that `__init__`. What dataclasses gives a frozen slots class calls `fields()`
+      and sets each attribute from Python, per record: for a 100-endpoint slice that was half
+      a millisecond on each side of the pipe, more than decoding and trimming it.
+
+    Only for plain fields: a default factory, an init-only or keyword-only field, or a
+    `__post_init__` would need the dataclass's own `__init__`, so they are refused.
+    """
+    found = fields(cls)  # type: ignore[arg-type]
+    if hasattr(cls, "__post_init__") or any(
+        f.default_factory is not MISSING or not f.init or f.kw_only for f in found
+    ):
+        raise TypeError(f"{cls.__name__}: fast_record takes plain fields only")
+    names = [f.name for f in found]
+    env: dict[str, Any] = {f"_set_{n}": getattr(cls, n).__set__ for n in names}
+    env.update({f"_default_{f.name}": f.default for f in found if f.default is not MISSING})
+    params = ", ".join(
+        f.name if f.default is MISSING else f"{f.name}=_default_{f.name}" for f in found
+    )
+    body = "".join(f"        _set_{n}(self, {n})\n" for n in names) or "        pass\n"
+    source = (
+        f"def _make({', '.join(env)}):\n"
+        f"    def __init__(self, {params}) -> None:\n{body}"
+        "    return __init__\n"
+    )
+    scope: dict[str, Any] = {}
+    exec(source, {}, scope)  # the text is made above from field names, nothing else
+    init = scope["_make"](**env)
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    values = attrgetter(*names)
+
+    def __reduce__(self: Any) -> tuple[type[_R], tuple[Any, ...]]:
+        got = values(self)
+        return cls, (got if len(names) > 1 else (got,))
+
+    cls.__init__ = init  # type: ignore[method-assign]
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign]
+    return cls
+
+
+@fast_record
 @dataclass(frozen=True, slots=True)
 class ServicePort:
     """One entry of a Service's `spec.ports`."""
@@ -38,6 +89,7 @@ class ServicePort:
     protocol: str = "TCP"  # upper case: TCP, UDP or SCTP
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class Service:
     """A v1 Service, trimmed to what DNS needs."""
@@ -67,6 +119,7 @@ class Service:
         return ("Service", self.namespace, self.name)
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class EndpointPort:
     """A port of an EndpointSlice or of an Endpoints subset (the target port)."""
@@ -76,6 +129,7 @@ class EndpointPort:
     protocol: str = "TCP"
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """One endpoint: the addresses of one backend (usually one pod)."""
@@ -101,6 +155,7 @@ class Endpoint:
         return name if kind == "Pod" else ""
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class Subset:
     """Endpoints sharing one port list: an EndpointSlice, or one subset of a v1 Endpoints."""
@@ -109,6 +164,7 @@ class Subset:
     ports: tuple[EndpointPort, ...] = ()
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class EndpointSet:
     """The endpoints one object contributes to one service.
@@ -129,6 +185,7 @@ class EndpointSet:
         return (self.kind, self.namespace, self.name)
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class PodAddresses:
     """A Pod that is not terminating, trimmed to its IPs (`--pods verified` answers from these)."""
@@ -143,6 +200,7 @@ class PodAddresses:
         return ("Pod", self.namespace, self.name)
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class Namespace:
     """A namespace that exists (decides NODATA versus NXDOMAIN for `<ns>.svc.<zone>`)."""
@@ -159,6 +217,7 @@ RouteKind = Literal["Ingress", "HTTPRoute", "GRPCRoute", "TLSRoute"]
 ROUTE_KINDS: tuple[RouteKind, ...] = ("Ingress", "HTTPRoute", "GRPCRoute", "TLSRoute")
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class HostRoute:
     """Host names that reach the cluster through a load balancer: the rules of an Ingress
@@ -190,6 +249,7 @@ class HostRoute:
         return (self.kind, self.namespace, self.name)
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class Gateway:
     """A Gateway API Gateway, trimmed to the addresses its controller published."""
@@ -212,6 +272,7 @@ class Gateway:
 ImportType = Literal["ClusterSetIP", "Headless"]
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class ServiceImport:
     """A ServiceImport of the Multi-Cluster Services API (multicluster.x-k8s.io/v1alpha1):
@@ -230,6 +291,7 @@ class ServiceImport:
         return ("ServiceImport", self.namespace, self.name)
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class ImportSlice:
     """An EndpointSlice labelled `multicluster.kubernetes.io/service-name`: endpoints of a
@@ -248,6 +310,7 @@ class ImportSlice:
         return ("ImportSlice", self.namespace, self.name)
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class ServiceExport:
     """A ServiceExport of the Multi-Cluster Services API (multicluster.x-k8s.io/v1alpha1): the

@@ -41,6 +41,7 @@ from kdns.state.model import (
     ServiceImport,
     address_of_label,
     endpoint_name,
+    fast_record,
     is_label,
 )
 
@@ -69,6 +70,7 @@ class Change:
 _NO_CHANGE = Change()
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class ReadyEndpoint:
     """One address of one ready endpoint of a service."""
@@ -86,6 +88,7 @@ class ReadyEndpoint:
         return self.hostname or endpoint_name("", self.address)
 
 
+@fast_record
 @dataclass(frozen=True, slots=True)
 class ServiceView:
     """A service with the endpoints that answer for it, as the DNS spec counts them."""
