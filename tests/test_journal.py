@@ -616,6 +616,46 @@ def test_a_change_asks_only_about_what_changed() -> None:
     }
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_a_diff_from_remembered_answers_is_the_diff_worked_out_afresh(seed: int) -> None:
+    # The journal remembers what each recent view answered (`Answered`) and spells only the
+    # names of endpoints that differ (`_moved`). Over generated changes, with hostnames that
+    # spell another endpoint's dashed address, both give what working everything out gives.
+    rng = random.Random(seed)
+    store = make_store([headless("shop", "db", ports=[port("pg", 5432)])])
+    answered = kdns.ops.journal.Answered(size=4)
+    pool = [f"10.0.0.{i}" for i in range(1, 9)] + ["fd00::1", "fd00::"]
+
+    def endpoint(address: str) -> Any:
+        dashed = address.replace(".", "-").replace(":", "-")
+        hostname = rng.choice(
+            ["", "", "web-1", "web-2", dashed + ("0" if dashed[-1] == "-" else "")]
+        )
+        return ep(address, hostname=hostname, ready=rng.random() < 0.8)
+
+    views = [store.service("shop", "db")]
+    for _ in range(40):
+        # Two slices may hold the same address (as they briefly do while a pod moves between
+        # them), so one name can be spelled by an unchanged endpoint and a changed one.
+        slices = [
+            endpoint_slice(
+                "shop",
+                f"db-{s}",
+                "db",
+                [endpoint(a) for a in rng.sample(pool, rng.randrange(0, 4))],
+                [eport("pg", 5432)],
+            )
+            for s in range(2)
+        ]
+        store.apply(LAYER, slices)
+        views.append(store.service("shop", "db"))
+    for old, new in itertools.pairwise(views):
+        assert old is not None and new is not None
+        names = {(e.name, e.address) for e in old.ready} ^ {(e.name, e.address) for e in new.ready}
+        assert kdns.ops.journal._moved(old, new) == names
+        assert record_diff(ZONE, old, new, answered) == record_diff(ZONE, old, new)
+
+
 def test_a_record_set_that_changes_a_little_shares_its_texts_and_the_ring_bounds_them() -> None:
     store = make_store([headless("shop", "db", ports=[port("pg", 5432)]), scaled(100)])
     journal = Journal(max_records=1000)

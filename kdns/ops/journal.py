@@ -74,10 +74,11 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+from cachetools import LRUCache
 from dnslib import QTYPE
 
 from kdns.dns.resolution import Cluster, Engine
-from kdns.state.model import EndpointPort, EndpointSet
+from kdns.state.model import EndpointPort, EndpointSet, endpoint_name
 from kdns.state.store import ServiceKey, ServiceView, Store
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,9 @@ class Journal:
         #: in order by `_drain`, a few milliseconds of work per turn of the event loop.
         self._pending: deque[tuple[_Zone, int, float, ServiceKey, _Seen, _Seen]] = deque()
         self._draining = False
+        #: The record sets worked out from the latest views: a service's next change starts
+        #: from the view this one ended with, so its `before` is looked up, not worked out again.
+        self._answered = Answered()
 
     def follow(self, domain: str, store: Store) -> None:
         """Journal the changes of `store`, which answers for `domain` (lower case, no trailing
@@ -334,7 +338,7 @@ class Journal:
         try:
             old_view = old[0] if old is not None else None
             new_view = new[0] if new is not None else None
-            diffs = record_diff(zone.domain, old_view, new_view)
+            diffs = record_diff(zone.domain, old_view, new_view, self._answered)
             if not diffs:
                 return
             cause = _cause(skey, old, new)
@@ -386,25 +390,76 @@ def _cause(
     return ", ".join(parts) or service
 
 
+class Answered:
+    """What was worked out from each of the last `size` views, by identity: the engine over
+    the view alone and the record sets it gave.
+
+    Under churn this halves the journal's work: a service's next change starts from the view
+    this one ended with, so its `before` is looked up rather than worked out again (answering a
+    100-endpoint service's SRV and A questions, each record as text, then sorted, and the
+    view's PTR index are most of what a change costs). The view is kept with its answers, so
+    its id cannot be reused while it is here.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._views: LRUCache[int, _ViewAnswers] = LRUCache(size)
+
+    def of(self, domain: str, view: ServiceView) -> _ViewAnswers:
+        held = self._views.get(id(view))
+        if held is None or held.view is not view or held.domain != domain:
+            held = self._views[id(view)] = _ViewAnswers(domain, view)
+        return held
+
+
+class _ViewAnswers:
+    """The record sets one view gives in zone `domain`, worked out when first asked."""
+
+    def __init__(self, domain: str, view: ServiceView) -> None:
+        self.domain = domain
+        self.view = view
+        self._engine: Engine | None = None
+        self._sets: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def records(self, name: str, rtype: str) -> tuple[str, ...]:
+        """The rdata texts, sorted, that the engine answers to (name, rtype) from the view."""
+        texts = self._sets.get((name, rtype))
+        if texts is None:
+            engine = self._engine
+            if engine is None:
+                engine = Engine([Cluster(self.domain, Store.of_views([self.view]))])
+                self._engine = engine
+            res = engine.decide(engine.grammar.parse(name[:-1].split(".")))
+            found = engine.texts(res, getattr(QTYPE, rtype))
+            assert found is not None, (name, rtype)  # every question asked here is covered
+            # Sorted as text: cheap, and lists that differ by one record show it at one place.
+            texts = self._sets[name, rtype] = tuple(sorted(found))
+        return texts
+
+
 def record_diff(
-    domain: str, old: ServiceView | None, new: ServiceView | None
+    domain: str,
+    old: ServiceView | None,
+    new: ServiceView | None,
+    answered: Answered | None = None,
 ) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
     """(name, type, before, after) of every record set of one service in zone `domain` that
-    differs between view `old` and view `new` (None: the service does not exist)."""
+    differs between view `old` and view `new` (None: the service does not exist). `answered`:
+    record sets worked out before, to reuse (views are immutable, so they still hold)."""
+    moved = _moved(old, new) if old is not None and new is not None else None
     if (
         old is not None
         and new is not None
         and old.service == new.service
-        and not _moved(old, new)
-        and {(ep.name, ep.address, ep.ports) for ep in old.ready}
-        == {(ep.name, ep.address, ep.ports) for ep in new.ready}
+        and not moved
+        and {(ep.hostname, ep.address, ep.ports) for ep in old.ready}
+        == {(ep.hostname, ep.address, ep.ports) for ep in new.ready}
     ):
         # Only the order or the not-ready count moved (a pod that starts not ready): the
         # records are the same sets.
         return []
-    asked = questions(domain, old, new)
-    before = _record_sets(domain, old, asked)
-    after = _record_sets(domain, new, asked)
+    asked = questions(domain, old, new, moved)
+    before = _record_sets(domain, old, asked, answered)
+    after = _record_sets(domain, new, asked, answered)
     return [
         (name, rtype, b, a)
         for (name, rtype), b, a in zip(asked, before, after, strict=True)
@@ -413,10 +468,14 @@ def record_diff(
 
 
 def questions(
-    domain: str, old: ServiceView | None, new: ServiceView | None
+    domain: str,
+    old: ServiceView | None,
+    new: ServiceView | None,
+    moved: set[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
     """The (name, type) pairs whose records may differ between two views of one service, in
-    zone `domain`: what `record_diff` asks the engine, before and after."""
+    zone `domain`: what `record_diff` asks the engine, before and after. `moved`: what
+    `_moved(old, new)` gives, when the caller has it already."""
     views = [v for v in (old, new) if v is not None]
     if not views:
         return []
@@ -438,7 +497,8 @@ def questions(
         # The same service object: an endpoint name, or an address, whose endpoints are the
         # same in both views answers the same (the engine reads their names and addresses,
         # nothing else), so only those of the endpoints that came or went are asked.
-        moved = _moved(old, new)
+        if moved is None:
+            moved = _moved(old, new)
         labels = {name.lower() for name, _ in moved}
         addresses = {address for _, address in moved}
     else:
@@ -456,7 +516,22 @@ def questions(
 
 def _moved(old: ServiceView, new: ServiceView) -> set[tuple[str, str]]:
     """The (endpoint name, address) pairs that one view has and the other has not."""
-    return {(ep.name, ep.address) for ep in old.ready} ^ {(ep.name, ep.address) for ep in new.ready}
+    # Compared as (hostname, address), which the name is made from, so that only the names of
+    # the endpoints that differ are spelled: a change moves one endpoint of a hundred.
+    was = {(ep.hostname, ep.address) for ep in old.ready}
+    now = {(ep.hostname, ep.address) for ep in new.ready}
+    if was == now:
+        return set()
+    kept = was & now
+    gone = {(endpoint_name(h, a), a) for h, a in was - now}
+    came = {(endpoint_name(h, a), a) for h, a in now - was}
+    # A pair can spell the same name as another ("10-0-0-1" as a hostname, or no hostname and
+    # 10.0.0.1): a name an unchanged endpoint still gives did not move.
+    return {
+        (name, a)
+        for name, a in gone ^ came
+        if (name, a) not in kept and not (name == endpoint_name("", a) and ("", a) in kept)
+    }
 
 
 def _port_lists(view: ServiceView) -> Iterable[tuple[EndpointPort, ...]]:
@@ -466,20 +541,16 @@ def _port_lists(view: ServiceView) -> Iterable[tuple[EndpointPort, ...]]:
 
 
 def _record_sets(
-    domain: str, view: ServiceView | None, asked: list[tuple[str, str]]
+    domain: str,
+    view: ServiceView | None,
+    asked: list[tuple[str, str]],
+    answered: Answered | None = None,
 ) -> list[tuple[str, ...]]:
     """The rdata texts, sorted, that the engine answers to each question from `view` alone."""
     if view is None:
         return [() for _ in asked]
-    engine = Engine([Cluster(domain, Store.of_views([view]))])
-    out: list[tuple[str, ...]] = []
-    for name, rtype in asked:
-        res = engine.decide(engine.grammar.parse(name[:-1].split(".")))
-        texts = engine.texts(res, getattr(QTYPE, rtype))
-        assert texts is not None, (name, rtype)  # every question asked here is covered
-        # Sorted as text: cheap, and lists that differ by one record show it at one place.
-        out.append(tuple(sorted(texts)))
-    return out
+    known = answered.of(domain, view) if answered is not None else _ViewAnswers(domain, view)
+    return [known.records(name, rtype) for name, rtype in asked]
 
 
 # -- the wire form (`/changes`) ----------------------------------------------------------------
