@@ -248,6 +248,14 @@ def serve(
             "addresses; hidden unless given).",
         ),
     ] = False,
+    http_changes: Annotated[
+        bool,
+        typer.Option(
+            "--http-changes/--no-http-changes",
+            help="Keep the change journal for /changes on --http (about half of the watching "
+            "process's CPU per endpoint change; off: /changes answers 404).",
+        ),
+    ] = True,
     lameduck: Annotated[
         float,
         typer.Option("--lameduck", min=0, help="On SIGTERM, answer this long while not ready."),
@@ -405,6 +413,7 @@ def serve(
             lameduck=lameduck,
             http_explain=http_explain,
             http_show_clients=http_show_clients,
+            http_changes=http_changes,
             log_queries=log_queries,
             udp_batch=udp_batch,
             rrl=rrl,

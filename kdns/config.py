@@ -82,6 +82,9 @@ class Config:
     http_explain: bool = False
     #: Count NXDOMAIN answers per client address and show them on the page (`/`).
     http_show_clients: bool = False
+    #: Keep the change journal and serve it at /changes (and on the page). Working each change
+    #: out as record sets is about half of the watching process's CPU per endpoint change.
+    http_changes: bool = True
     log_queries: bool = False
     #: Answer UDP in batches (recvmmsg/sendmmsg, `serve/batch.py`) where the short path applies.
     udp_batch: bool = True

@@ -401,6 +401,20 @@ def test_errors_are_one_line(zones: Path) -> None:
         )
     finally:
         kp.stop()
+    # --no-http-changes: no journal is kept (its diffs are half the watching process's CPU per
+    # endpoint change), /changes says so, and the page at / still renders.
+    kp = start_kdns(["--zones", str(zones), "--no-http-changes"], http=True)
+    try:
+        assert kp.http_get("/changes")[0] == 404
+        assert kp.http_get("/")[0] == 200
+        out = kdns_changes("--server", f"127.0.0.1:{kp.http_port}")
+        assert out.returncode == 1
+        assert out.stderr.strip() == (
+            f"kdns: error: /changes at 127.0.0.1:{kp.http_port}: HTTP 404: "
+            "/changes is off; start kdns without --no-http-changes"
+        )
+    finally:
+        kp.stop()
 
 
 # -- in process ---------------------------------------------------------------------------------

@@ -94,6 +94,10 @@ def _changes(server: DnsServer, query: str, peer: str) -> bytes:
     if server.acl is not None and not server.acl.allows(peer):
         server.acl.refuse("http")
         return _response(403, "Forbidden", b"/changes: this address is not in --allow-query\n")
+    if not server.config.http_changes:
+        return _response(
+            404, "Not Found", b"/changes is off; start kdns without --no-http-changes\n"
+        )
     params = parse_qs(query)
     since_text = params.get("since", [""])[0]
     since: int | None = None

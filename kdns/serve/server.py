@@ -189,9 +189,10 @@ class DnsServer:
             store.subscribe(store_listener(self.programming))
         #: Every DNS-visible change, as record sets before and after (`/changes`). Kept where
         #: the sources write (here, or the main process with --workers), and only with --http,
-        #: its one reader: otherwise it stays empty and costs nothing per change.
+        #: its one reader, unless --no-http-changes: otherwise it stays empty and costs nothing
+        #: per change.
         self.journal = Journal()
-        if inherited is None and config.http is not None:
+        if inherited is None and config.http is not None and config.http_changes:
             # Subscribed last, after the answer cache's invalidation, and before the sources
             # start, so it sees their initial load.
             for cluster in self.engine.clusters:
