@@ -50,7 +50,8 @@ For investigation: `--kdns-src DIR` runs the kdns package of a scratch copy (to 
 without touching the work tree), `--sync-only` stops after the sync and memory, `--max-qps N`
 skips the maximum-rate run, `--load 0` churns without dnsperf, `--rate 0` loads without churn,
 `--no-relist`, `--profile FILE` records kdns with py-spy through the churn (collapsed stacks),
-`--dump FILE` writes every sample as JSON, `--stock-double` uses the double's own deep copies.
+`--dump FILE` writes every sample as JSON, `--stock-double` uses the double's own deep copies,
+`--kdns-args '...'` adds `kdns serve` arguments (`--no-http-changes`: no change journal).
 """
 
 from __future__ import annotations
@@ -602,6 +603,7 @@ def run(args: argparse.Namespace, res: Results) -> None:
             cmd += ["--startup-timeout", str(args.startup_timeout)]
             if args.workers:
                 cmd += ["--workers", str(args.workers)]
+            cmd += shlex.split(args.kdns_args)
             stderr = stack.enter_context((work / "kdns.log").open("wb"))
             since = time.monotonic()
             started = time.monotonic()
@@ -1094,6 +1096,9 @@ def main() -> None:
     )
     parser.add_argument("--watch-cpu", type=int, default=1, help="with --workers: main's CPU")
     parser.add_argument("--stock-double", action="store_true", help="the double's own copying")
+    parser.add_argument(
+        "--kdns-args", default="", help="more `kdns serve` arguments, e.g. '--no-http-changes'"
+    )
     parser.add_argument(
         "--kdns-src",
         type=Path,
