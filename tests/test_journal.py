@@ -389,32 +389,24 @@ def test_errors_are_one_line(zones: Path) -> None:
         assert out.stderr.startswith("kdns: the changes after serial 5 are not all kept;")
     finally:
         kp.stop()
-    # --allow-query keeps other sources from the journal, as from /explain.
-    kp = start_kdns(["--zones", str(zones), "--allow-query", "10.0.0.0/8"], http=True)
-    try:
-        assert kp.http_get("/changes")[0] == 403
-        out = kdns_changes("--server", f"127.0.0.1:{kp.http_port}")
-        assert out.returncode == 1
-        assert out.stderr.strip() == (
-            f"kdns: error: /changes at 127.0.0.1:{kp.http_port}: HTTP 403: "
-            "/changes: this address is not in --allow-query"
-        )
-    finally:
-        kp.stop()
-    # --no-http-changes: no journal is kept (its diffs are half the watching process's CPU per
-    # endpoint change), /changes says so, and the page at / still renders.
-    kp = start_kdns(["--zones", str(zones), "--no-http-changes"], http=True)
-    try:
-        assert kp.http_get("/changes")[0] == 404
-        assert kp.http_get("/")[0] == 200
-        out = kdns_changes("--server", f"127.0.0.1:{kp.http_port}")
-        assert out.returncode == 1
-        assert out.stderr.strip() == (
-            f"kdns: error: /changes at 127.0.0.1:{kp.http_port}: HTTP 404: "
-            "/changes is off; start kdns without --no-http-changes"
-        )
-    finally:
-        kp.stop()
+    for flag, status, why in [
+        # --allow-query keeps other sources from the journal, as from /explain.
+        (["--allow-query", "10.0.0.0/8"], 403, "/changes: this address is not in --allow-query"),
+        # --no-http-changes keeps no journal (its diffs are half the watching process's CPU per
+        # endpoint change), and the page at / renders without it.
+        (["--no-http-changes"], 404, "/changes is off; start kdns without --no-http-changes"),
+    ]:
+        kp = start_kdns(["--zones", str(zones), *flag], http=True)
+        try:
+            assert kp.http_get("/changes")[0] == status
+            assert kp.http_get("/")[0] == (200 if status == 404 else 403)
+            out = kdns_changes("--server", f"127.0.0.1:{kp.http_port}")
+            assert out.returncode == 1
+            assert out.stderr.strip() == (
+                f"kdns: error: /changes at 127.0.0.1:{kp.http_port}: HTTP {status}: {why}"
+            )
+        finally:
+            kp.stop()
 
 
 # -- in process ---------------------------------------------------------------------------------
