@@ -629,7 +629,7 @@ def test_a_diff_from_remembered_answers_is_the_diff_worked_out_afresh(seed: int)
     # spell another endpoint's dashed address, both give what working everything out gives.
     rng = random.Random(seed)
     store = make_store([headless("shop", "db", ports=[port("pg", 5432)])])
-    answered = kdns.ops.journal.Answered(size=4)
+    answered = kdns.ops.journal.Answered(ZONE, size=4)
     pool = [f"10.0.0.{i}" for i in range(1, 9)] + ["fd00::1", "fd00::"]
 
     def endpoint(address: str) -> Any:

@@ -55,7 +55,7 @@ from dnslib import AAAA, A
 from kdns.dns.resolution import Engine, Resolution, Rule, srv_targets, srv_weight
 from kdns.dns.wire import CD, DEFAULT_MAX_UDP, HEADER, RD, Query, opt_record
 from kdns.state.model import ip_family
-from kdns.state.store import ServiceView
+from kdns.state.store import ServiceView, ViewMemo
 
 _A, _AAAA, _SRV, _ANY = 1, 28, 33, 255
 #: Address family each question type asks for (None: both).
@@ -76,32 +76,14 @@ _AF = ((4, socket.AF_INET), (6, socket.AF_INET6))
 _Body = tuple[bytes, int, int] | None
 
 
-class Bodies:
+class Bodies(ViewMemo[dict[tuple[object, ...], _Body]]):
     """The encoded sections of the last `views` service views answered (see the module's
-    docstring), oldest dropped first: a service changing makes a new view, whose bodies are
-    encoded anew, and the old view's age out."""
+    docstring), by what else each depends on; empty for a view new here."""
 
-    __slots__ = ("_views", "size")
+    __slots__ = ()
 
     def __init__(self, views: int = 64) -> None:
-        self.size = views
-        #: id(view) -> (the view, its bodies by what else they depend on)
-        self._views: dict[int, tuple[ServiceView, dict[tuple[object, ...], _Body]]] = {}
-
-    def of(self, view: ServiceView) -> dict[tuple[object, ...], _Body]:
-        """The bodies kept for `view` (empty when it is new here)."""
-        views = self._views
-        kept = views.get(id(view))
-        if kept is not None and kept[0] is view:
-            return kept[1]
-        if len(views) >= self.size:
-            del views[next(iter(views))]
-        bodies: dict[tuple[object, ...], _Body] = {}
-        views[id(view)] = (view, bodies)
-        return bodies
-
-    def __len__(self) -> int:
-        return len(self._views)
+        super().__init__(lambda _view: {}, views)
 
 
 def encode_bulk(

@@ -71,15 +71,15 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from typing import Any
 
-from cachetools import LRUCache
 from dnslib import QTYPE
 
 from kdns.dns.resolution import Cluster, Engine
 from kdns.state.model import EndpointPort, EndpointSet, endpoint_name
-from kdns.state.store import ServiceKey, ServiceView, Store
+from kdns.state.store import ServiceKey, ServiceView, Store, ViewMemo
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,11 @@ class _Zone:
         default_factory=dict
     )
     started: bool = False
+    #: What the zone's recent views answered (see `Answered`).
+    answered: Answered = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.answered = Answered(self.domain)
 
 
 class Journal:
@@ -155,9 +160,6 @@ class Journal:
         #: in order by `_drain`, a few milliseconds of work per turn of the event loop.
         self._pending: deque[tuple[_Zone, int, float, ServiceKey, _Seen, _Seen]] = deque()
         self._draining = False
-        #: The record sets worked out from the latest views: a service's next change starts
-        #: from the view this one ended with, so its `before` is looked up, not worked out again.
-        self._answered = Answered()
 
     def follow(self, domain: str, store: Store) -> None:
         """Journal the changes of `store`, which answers for `domain` (lower case, no trailing
@@ -338,7 +340,7 @@ class Journal:
         try:
             old_view = old[0] if old is not None else None
             new_view = new[0] if new is not None else None
-            diffs = record_diff(zone.domain, old_view, new_view, self._answered)
+            diffs = record_diff(zone.domain, old_view, new_view, zone.answered)
             if not diffs:
                 return
             cause = _cause(skey, old, new)
@@ -390,25 +392,17 @@ def _cause(
     return ", ".join(parts) or service
 
 
-class Answered:
-    """What was worked out from each of the last `size` views, by identity: the engine over
-    the view alone and the record sets it gave.
+class Answered(ViewMemo["_ViewAnswers"]):
+    """The engine over each of the last `size` views of zone `domain` and the record sets it
+    gave. Under churn this halves the journal's work: a service's next change starts from the
+    view this one ended with, so its `before` is looked up rather than worked out again
+    (answering a 100-endpoint service's SRV and A questions, each record as text, then sorted,
+    and the view's PTR index are most of what a change costs)."""
 
-    Under churn this halves the journal's work: a service's next change starts from the view
-    this one ended with, so its `before` is looked up rather than worked out again (answering a
-    100-endpoint service's SRV and A questions, each record as text, then sorted, and the
-    view's PTR index are most of what a change costs). The view is kept with its answers, so
-    its id cannot be reused while it is here.
-    """
+    __slots__ = ()
 
-    def __init__(self, size: int = 1024) -> None:
-        self._views: LRUCache[int, _ViewAnswers] = LRUCache(size)
-
-    def of(self, domain: str, view: ServiceView) -> _ViewAnswers:
-        held = self._views.get(id(view))
-        if held is None or held.view is not view or held.domain != domain:
-            held = self._views[id(view)] = _ViewAnswers(domain, view)
-        return held
+    def __init__(self, domain: str, size: int = 1024) -> None:
+        super().__init__(partial(_ViewAnswers, domain), size)
 
 
 class _ViewAnswers:
@@ -444,7 +438,8 @@ def record_diff(
 ) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
     """(name, type, before, after) of every record set of one service in zone `domain` that
     differs between view `old` and view `new` (None: the service does not exist). `answered`:
-    record sets worked out before, to reuse (views are immutable, so they still hold)."""
+    record sets worked out before in zone `domain`, to reuse (views are immutable, so they still
+    hold)."""
     moved = _moved(old, new) if old is not None and new is not None else None
     if (
         old is not None
@@ -549,7 +544,7 @@ def _record_sets(
     """The rdata texts, sorted, that the engine answers to each question from `view` alone."""
     if view is None:
         return [() for _ in asked]
-    known = answered.of(domain, view) if answered is not None else _ViewAnswers(domain, view)
+    known = answered.of(view) if answered is not None else _ViewAnswers(domain, view)
     return [known.records(name, rtype) for name, rtype in asked]
 
 

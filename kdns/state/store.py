@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from kdns.state.model import (
     ROUTE_KINDS,
@@ -133,6 +133,38 @@ class ServiceView:
                 else ep.address == address and endpoint_name("", ep.address) == label
             )
         ]
+
+
+class ViewMemo(Generic[_T]):
+    """What was worked out from each of the last `size` service views, by identity, oldest
+    dropped first: a service that changes gets a new view, worked out anew, and the old one
+    ages out. The view is held with its entry, so its id is not reused while the entry is here.
+
+    The responder keeps the encoded answer sections of the views it answered
+    (`kdns.dns.large_answers.Bodies`), the change journal the record sets (`kdns.ops.journal`).
+    """
+
+    __slots__ = ("_make", "_views", "size")
+
+    def __init__(self, make: Callable[[ServiceView], _T], size: int) -> None:
+        self._make = make
+        self.size = size
+        self._views: dict[int, tuple[ServiceView, _T]] = {}
+
+    def of(self, view: ServiceView) -> _T:
+        """The entry kept for `view`, made by `make(view)` when it is new here."""
+        views = self._views
+        kept = views.get(id(view))
+        if kept is not None and kept[0] is view:
+            return kept[1]
+        if len(views) >= self.size:
+            del views[next(iter(views))]
+        made = self._make(view)
+        views[id(view)] = (view, made)
+        return made
+
+    def __len__(self) -> int:
+        return len(self._views)
 
 
 @dataclass(frozen=True, slots=True)
