@@ -8,7 +8,8 @@ The same data and query file as bench/run.py. Each configuration runs one after 
 - kdns --workers 1 (one serving process, the main process only watching), on CPU 0; dnsperf on 1;
 - kdns --workers N (N = the number of cores), everything unpinned: the serving processes and
   dnsperf share every core, so the server's CPU per answered query shows what several processes
-  on one socket cost, and queries/s what the machine gives when dnsperf also needs a core.
+  cost, and queries/s what the machine gives when dnsperf also needs a core; then the same with
+  --no-steer (every serving process reading one shared socket instead of its own).
 
 CPU per query counts every process of the server (main and serving processes). From those
 figures, the estimate for 8 cores: CPU per query at N workers, times the queries a second 8 cores
@@ -92,6 +93,11 @@ def main() -> None:
                 ["--workers", str(cores)],
                 False,
             ),
+            (
+                f"kdns --workers {cores} --no-steer (one shared socket; as above)",
+                ["--workers", str(cores), "--no-steer"],
+                False,
+            ),
         ]
         for label, extra, pin in configs:
             port = run.free_port()
@@ -129,12 +135,13 @@ def render(rows: list[tuple[str, dict[str, float]]], args: argparse.Namespace, c
             f"| {label} | {r['qps']:,.0f} | {r['cpu_us']:.2f} | {r['cores']:.2f} | "
             f"{r['lost']:.0f} |"
         )
-    single, one, many = (r for _, r in rows)
+    single, one, many, shared = (r for _, r in rows)
     lines.append("")
     lines.append(
         f"- one serving process behind a watching one costs {one['cpu_us'] / single['cpu_us']:.2f}"
-        f"x the CPU per query of a single process; {cores} serving processes on one socket "
-        f"cost {many['cpu_us'] / one['cpu_us']:.2f}x (the kernel wakes and locks for each)."
+        f"x the CPU per query of a single process; {cores} serving processes, each query "
+        f"steered to the one owning its name, cost {many['cpu_us'] / one['cpu_us']:.2f}x, and "
+        f"on one shared socket (--no-steer) {shared['cpu_us'] / one['cpu_us']:.2f}x."
     )
     per_core = 1e6 / many["cpu_us"]
     lines.append(

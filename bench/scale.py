@@ -74,6 +74,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -127,6 +128,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def serving_cpu(main_pid: int, workers: bool) -> float:
+    """CPU time of the processes that answer: the main process alone, or with --workers its
+    serving processes, those that exited (reaped: counted in the main process's children's
+    time) and the ones alive."""
+    if not workers:
+        return cpu_seconds(main_pid)
+    try:
+        fields = Path(f"/proc/{main_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    reaped = (int(fields[13]) + int(fields[14])) / TICKS
+    return reaped + sum(cpu_seconds(p) for p in children(main_pid))
+
+
+def keep_pinned(main_pid: int, cpu: int, stop: threading.Event) -> None:
+    """Keep every serving process of `main_pid` on `cpu`, the ones forked later included."""
+    pinned: set[int] = set()
+    while not stop.wait(0.2):
+        for pid in children(main_pid):
+            if pid not in pinned:
+                with contextlib.suppress(OSError):
+                    pin_threads(pid, cpu)
+                    pinned.add(pid)
+
+
 def children(pid: int) -> list[int]:
     """The direct child processes of `pid` (the serving processes of --workers)."""
     out = []
@@ -162,6 +188,8 @@ def memory(pid: int) -> dict[str, float]:
             key, _, value = line.partition(":")
             if key == "Pss":
                 out["Pss"] = int(value.split()[0]) / 1024
+            elif key in ("Private_Clean", "Private_Dirty"):
+                out["Private"] = out.get("Private", 0.0) + int(value.split()[0]) / 1024
     return out
 
 
@@ -647,12 +675,17 @@ def run(args: argparse.Namespace, res: Results) -> None:
             if "ready" not in sync:
                 raise RuntimeError("kdns did not become ready")
             main_pid = kdns.pid
-            serving = [main_pid]
             if args.workers:
                 # The serving processes stay on the kdns CPU; the watching one moves next to the
-                # double, as it would sit on another core of a real node.
-                serving = res.workers = children(main_pid)
+                # double, as it would sit on another core of a real node. Those it forks later
+                # (--worker-renew) would start on its CPU: they are moved back as they come.
+                res.workers = children(main_pid)
                 pin_threads(main_pid, args.watch_cpu)
+                stop_pinning = threading.Event()
+                stack.callback(stop_pinning.set)
+                threading.Thread(
+                    target=keep_pinned, args=(main_pid, args.kdns_cpu, stop_pinning), daemon=True
+                ).start()
             time.sleep(1.0)
             res.mem["after sync"] = memory(kdns.pid)
             for i, pid in enumerate(res.workers):
@@ -670,7 +703,7 @@ def run(args: argparse.Namespace, res: Results) -> None:
                 res.max_qps = args.max_qps
                 res.notes.append(f"maximum rate given (--max-qps {args.max_qps:g}), not measured")
             else:
-                before = sum(cpu_seconds(p) for p in serving)
+                before = serving_cpu(main_pid, bool(args.workers))
                 drops = udp_rcvbuf_errors()
                 out = subprocess.run(
                     dnsperf_cmd(args.load_cpu, port, queries, args.seconds, None),
@@ -678,7 +711,7 @@ def run(args: argparse.Namespace, res: Results) -> None:
                     text=True,
                     timeout=args.seconds + 60,
                 ).stdout
-                used = sum(cpu_seconds(p) for p in serving) - before
+                used = serving_cpu(main_pid, bool(args.workers)) - before
                 res.drops["max rate"] = udp_rcvbuf_errors() - drops
                 top = dnsperf_stats(out)
                 res.max_lost = top["lost"]
@@ -712,7 +745,7 @@ def run(args: argparse.Namespace, res: Results) -> None:
             others = {"double": double.proc.pid or 0, "probe": os.getpid()}
             if load is not None:
                 others["dnsperf"] = load.pid
-            cpu0, wall0 = sum(cpu_seconds(p) for p in serving), time.monotonic()
+            cpu0, wall0 = serving_cpu(main_pid, bool(args.workers)), time.monotonic()
             watch0 = cpu_seconds(main_pid)
             drops = udp_rcvbuf_errors()
             cpu_before = {name: cpu_seconds(pid) for name, pid in others.items()}
@@ -737,7 +770,7 @@ def run(args: argparse.Namespace, res: Results) -> None:
                 profiler.wait(30)
             wall = time.monotonic() - wall0
             res.drops["churn"] = udp_rcvbuf_errors() - drops
-            res.kdns_busy = (sum(cpu_seconds(p) for p in serving) - cpu0) / wall
+            res.kdns_busy = (serving_cpu(main_pid, bool(args.workers)) - cpu0) / wall
             if args.workers:
                 res.watch_busy = (cpu_seconds(main_pid) - watch0) / wall
             for name, pid in others.items():
@@ -753,9 +786,14 @@ def run(args: argparse.Namespace, res: Results) -> None:
                 res.mem[f"end, worker {i}"] = memory(pid)
             if args.workers and now != res.workers:
                 res.notes.append(
-                    f"serving processes were restarted during the run: {res.workers} -> {now} "
-                    "(their CPU is counted only while the first ones lived)"
+                    f"serving processes were forked again during the run: {res.workers} -> {now}"
                 )
+            if args.workers and args.settle:
+                # Serving processes are forked again once writes calm down (--worker-renew).
+                time.sleep(args.settle)
+                res.mem[f"settled ({args.settle:g} s later)"] = memory(kdns.pid)
+                for i, pid in enumerate(children(main_pid)):
+                    res.mem[f"settled ({args.settle:g} s later), worker {i}"] = memory(pid)
             summarise(raw, double, res, args.dump)
         finally:
             if load is not None:
@@ -770,6 +808,8 @@ def run(args: argparse.Namespace, res: Results) -> None:
                         kdns.kill()
                         kdns.wait(5)
                 log = (work / "kdns.log").read_text(errors="replace").strip()
+                if args.kdns_log:
+                    Path(args.kdns_log).write_text(log + "\n")
                 if log:
                     res.notes.append(
                         "kdns stderr (last lines): " + " | ".join(log.splitlines()[-5:])
@@ -882,12 +922,13 @@ def render(args: argparse.Namespace, res: Results) -> str:
             )
     for when, mem in res.mem.items():
         rss, hwm, pss = mem.get("VmRSS", 0.0), mem.get("VmHWM", 0.0), mem.get("Pss", 0.0)
+        private = mem.get("Private", 0.0)
         alone = when == "after sync" and not args.workers
         target, good = ("≤ 110 MB", ok(rss <= 110)) if alone else ("", "")
         rows.append(
             (
-                f"memory {when}: VmRSS (VmHWM), Pss",
-                f"{rss:.0f} MB ({hwm:.0f} MB), {pss:.0f} MB",
+                f"memory {when}: VmRSS (VmHWM), Pss, private",
+                f"{rss:.0f} MB ({hwm:.0f} MB), {pss:.0f} MB, {private:.0f} MB",
                 target,
                 good,
             )
@@ -895,7 +936,8 @@ def render(args: argparse.Namespace, res: Results) -> str:
     if args.workers:
         # Every process of the server, by phase: the main process's row has no comma.
         limit = 2 * args.one_process_rss
-        for phase in ("after sync", "cache full", "end"):
+        settled = f"settled ({args.settle:g} s later)"
+        for phase in ("after sync", "cache full", "end", settled):
             rows_of = [m for w, m in res.mem.items() if w == phase or w.startswith(f"{phase},")]
             if rows_of:
                 total = sum(m.get("Pss", 0.0) for m in rows_of)
@@ -1084,6 +1126,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20000, help="lines in the query file")
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument("--drain", type=float, default=5.0, help="wait for late changes")
+    parser.add_argument("--kdns-log", help="keep kdns's log (stderr) in this file")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="with --workers: measure memory again this long after the churn (0: not)",
+    )
     parser.add_argument("--probe-timeout", type=float, default=2.0, help="a probe query is lost")
     parser.add_argument("--kdns-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)

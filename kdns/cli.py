@@ -316,6 +316,27 @@ def serve(
             "and reads zones/ (0: this process answers too).",
         ),
     ] = 0,
+    steer: Annotated[
+        bool,
+        typer.Option(
+            "--steer/--no-steer",
+            help="With --workers 2 or more (Linux): send each query to the serving process "
+            "that owns its name, so that each reads and caches only its share of the services "
+            "(less memory, more cache hits); off: any process answers any query.",
+        ),
+    ] = True,
+    worker_renew: Annotated[
+        float,
+        typer.Option(
+            "--worker-renew",
+            min=0.0,
+            metavar="FRACTION",
+            help="With --workers: fork a serving process again, from the data as it is now, "
+            "once the records written since its fork (services, endpoints; by changes or a "
+            "relist) number this fraction of those it was forked with; it then shares the main "
+            "process's memory again instead of holding a copy of its own (0: never).",
+        ),
+    ] = 0.5,
     watch_idle_timeout: Annotated[
         float,
         typer.Option(
@@ -392,6 +413,8 @@ def serve(
             upstreams=upstreams,
             upstream_timeout=upstream_timeout,
             workers=workers,
+            steer=steer,
+            worker_renew=worker_renew,
             zones_watch=zones_watch,
             watch_idle_timeout=watch_idle_timeout,
             domain=normalize_domain(domain),

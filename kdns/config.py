@@ -103,6 +103,12 @@ class Config:
     zones_watch: str = "auto"
     #: Serving processes; 0: this process serves too (see `workers.py`).
     workers: int = 0
+    #: With 2 or more workers on Linux: each query to the process that owns its name
+    #: (`steering.py`); off: every process reads one shared socket.
+    steer: bool = True
+    #: With workers: fork a serving process again once the records written since its fork
+    #: number this fraction of those it was forked with (`WorkerPool`); 0: never.
+    worker_renew: float = 0.5
 
     @property
     def uses_cluster(self) -> bool:

@@ -25,10 +25,12 @@ class Collect:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.objects = 0
         self.on = False
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, records: int = 0) -> None:
         self.frames.append(frame)
+        self.objects += records
 
     def __bool__(self) -> bool:
         return self.on
@@ -144,6 +146,30 @@ def test_unchanged_writes_publish_nothing() -> None:
     assert not publisher.apply("cluster", [web])
     assert not publisher.replace("cluster", [web])
     assert len(subs.frames) == 1
+    assert subs.objects == 1
+
+
+def test_each_frame_counts_the_records_it_writes_and_the_store_counts_what_it_holds() -> None:
+    # What `WorkerPool` compares to decide that a serving process's data has been rewritten:
+    # one record per object, and one more per endpoint.
+    main = Store()
+    main.add_layer("cluster")
+    subs = Collect()
+    subs.on = True
+    publisher = Publisher(main, 0, subs)
+    objects = [*namespaces("a"), *(clusterip("a", f"s{i}", f"10.96.0.{i}") for i in range(1, 6))]
+    publisher.apply("cluster", objects)
+    assert (subs.objects, main.records()) == (6, 6)
+    publisher.apply("cluster", [clusterip("a", "s1", "10.96.1.1")], [("Service", "a", "s2")])
+    assert (subs.objects, main.records()) == (8, 5)
+    eps = [ep(f"10.1.0.{i}") for i in range(1, 4)] + [ep("10.1.0.9", ready=False)]
+    publisher.apply("cluster", [headless("a", "db"), endpoint_slice("a", "db-x", "db", eps)])
+    assert (subs.objects, main.records()) == (8 + 1 + 5, 5 + 1 + 5)
+    renamed = [*namespaces("a"), *(clusterip("a", f"t{i}", f"10.96.2.{i}") for i in range(1, 4))]
+    publisher.replace("cluster", renamed)
+    assert (subs.objects, main.records()) == (18, 4)
+    publisher.set_synced("cluster")
+    assert subs.objects == 18
 
 
 def test_a_replica_stops_on_a_stop_frame_and_on_an_unknown_one() -> None:

@@ -1,8 +1,9 @@
 """`kdns serve --workers N`: one process watches, N forked processes answer from its data.
 
 Each test runs the real server as a subprocess and asks it over real sockets. Which serving
-process gets a UDP query is the kernel's choice, so the tests that must reach every process
-check the per-process request counters in /metrics.
+process gets a UDP query is the kernel's choice (steered by name on Linux, `steering.py`, or any
+reader of one socket with `--no-steer`), so the tests that must reach every process check the
+per-process request counters in /metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from kdns.serve import steering
 from kdns.sources.cluster import KINDS
 from testkit.apiserver import FakeApiServer, namespace, service, write_kubeconfig
 from tests.kdns_process import KdnsProcess, start_kdns, until
@@ -40,13 +42,15 @@ def zones(tmp_path: Path) -> Path:
     return d
 
 
-def ask(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
+def ask(
+    port: int, name: str, rdtype: str = "A", tcp: bool = False, host: str = "127.0.0.1"
+) -> dns.message.Message:
     q = dns.message.make_query(name, rdtype)
     for attempt in range(3):
         try:
             if tcp:
-                return dns.query.tcp(q, "127.0.0.1", port=port, timeout=2)
-            return dns.query.udp(q, "127.0.0.1", port=port, timeout=5)
+                return dns.query.tcp(q, host, port=port, timeout=2)
+            return dns.query.udp(q, host, port=port, timeout=5)
         except dns.exception.Timeout:
             if attempt == 2:
                 raise
@@ -122,25 +126,65 @@ def test_workers_answer_over_udp_and_tcp_and_metrics_add_them_up(zones: Path) ->
     assert until(lambda: not worker_pids(kp.proc.pid), 30)
 
 
-def test_every_worker_follows_a_change_and_gives_the_same_serial(zones: Path) -> None:
-    kp = start_kdns(["--zones", str(zones), "--workers", "2"], http=True)
+@pytest.mark.parametrize("steer", ["--steer", "--no-steer"])
+def test_every_worker_follows_a_change_and_gives_the_same_serial(zones: Path, steer: str) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "2", steer], http=True)
     try:
         before = metric(kp, "kdns_worker_requests_total")
         (zones / "web.yaml").write_text(ZONE.format(ip="10.96.0.81"))
         assert until(lambda: address(kp.port) == "10.96.0.81", 30)
         # Ask until both processes have answered since the change; every answer must be new.
-        answers, serials = set(), set()
+        # Steered, the two names of the change and the two missing names are owned by one
+        # process each (`steering.choose`: web 0, 81.0.96.10 1, nope0 1, nope1 0).
+        answers, pointers, serials = set(), set(), set()
 
         def both_answered() -> bool:
-            for _ in range(50):
+            for _ in range(25):
                 answers.add(address(kp.port))
-                serials.add(ask(kp.port, "nope.default.svc.cluster.local").authority[0][0].serial)
+                ptr = ask(kp.port, "81.0.96.10.in-addr.arpa", "PTR").answer
+                pointers.add(ptr[0][0].target.to_text() if ptr else None)
+                for name in ("nope0", "nope1"):
+                    reply = ask(kp.port, f"{name}.default.svc.cluster.local")
+                    serials.add(reply.authority[0][0].serial)
             now = metric(kp, "kdns_worker_requests_total")
             return len(now) == 2 and all(now[k] > before.get(k, 0) + 10 for k in now)
 
         assert until(both_answered, 10), metric(kp, "kdns_worker_requests_total")
         assert answers == {"10.96.0.81"}
+        assert pointers == {"web.default.svc.cluster.local."}
         assert len(serials) == 1
+    finally:
+        kp.stop()
+
+
+def test_steered_each_name_is_answered_by_the_process_that_owns_it(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "3"], http=True)
+    try:
+        names = [
+            (f"{label}.default.svc.cluster.local", "A")
+            for label in ("web", "WeB", "nope0", "nope1", "nope2", "x", "kubernetes")
+        ] + [
+            ("_http._tcp.web.default.svc.cluster.local", "SRV"),
+            ("80.0.96.10.in-addr.arpa", "PTR"),
+        ]
+        owners = set()
+        for name, rdtype in names:
+            owner = steering.choose(dns.message.make_query(name, rdtype).to_wire(), 3)
+            owners.add(owner)
+            before = metric(kp, "kdns_worker_requests_total")
+            for _ in range(10):
+                ask(kp.port, name, rdtype)
+            label = f'{{worker="{owner}"}}'
+
+            def counted(before: dict[str, float] = before, label: str = label) -> bool:
+                now = metric(kp, "kdns_worker_requests_total")
+                return now.get(label, 0) >= before.get(label, 0) + 10
+
+            assert until(counted, 10), (name, owner, metric(kp, "kdns_worker_requests_total"))
+            now = metric(kp, "kdns_worker_requests_total")
+            others = {k: v - before.get(k, 0) for k, v in now.items() if k != label}
+            assert not any(others.values()), (name, owner, others)
+        assert owners == {0, 1, 2}, "the names chosen should reach every process"
     finally:
         kp.stop()
 
@@ -347,21 +391,104 @@ def test_a_forked_worker_keeps_none_of_the_main_process_connections(
         kp.stop()
 
 
-def test_a_stuck_worker_is_killed_and_started_again(zones: Path) -> None:
-    kp = start_kdns(["--zones", str(zones), "--workers", "2"], http=True)
+def pid_of_worker(kp: KdnsProcess, index: int) -> int:
+    """The pid the main process logged for serving process `index` (its first)."""
+    m = re.search(rf"worker {index}: started, pid (\d+)", kp.log())
+    assert m, kp.log()
+    return int(m.group(1))
+
+
+@pytest.mark.parametrize("steer", ["--steer", "--no-steer"])
+def test_a_stuck_worker_is_killed_and_started_again(zones: Path, steer: str) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "2", steer], http=True)
     try:
-        first = worker_pids(kp.proc.pid)
-        os.kill(first[0], signal.SIGSTOP)  # alive, but answering nothing and saying nothing
+        # Steered, worker 0 owns web and worker 1 nope0 (`steering.choose`).
+        stuck = pid_of_worker(kp, 0)
+        os.kill(stuck, signal.SIGSTOP)  # alive, but answering nothing and saying nothing
         t0 = time.monotonic()
-        # the other one answers meanwhile
-        for _ in range(30):
-            assert address(kp.port) == "10.96.0.80"
-        assert until(lambda: first[0] not in worker_pids(kp.proc.pid), 30)
+        if steer == "--steer":
+            # The other one answers its names meanwhile; web's query waits in the stuck one's
+            # socket, and the process forked in its place answers it: nothing is lost.
+            for _ in range(30):
+                nx = ask(kp.port, "nope0.default.svc.cluster.local")
+                assert nx.rcode() == dns.rcode.NXDOMAIN
+            query = dns.message.make_query("web.default.svc.cluster.local", "A")
+            waited = dns.query.udp(query, "127.0.0.1", port=kp.port, timeout=30)
+            assert waited.answer[0][0].address == "10.96.0.80"
+            assert stuck not in worker_pids(kp.proc.pid)
+        else:
+            for _ in range(30):  # the other one answers every name meanwhile
+                assert address(kp.port) == "10.96.0.80"
+        assert until(lambda: stuck not in worker_pids(kp.proc.pid), 30)
         print(f"a stopped worker replaced after {time.monotonic() - t0:.1f} s")
         assert until(lambda: metric(kp, "kdns_workers_ready") == {"": 2.0}, 10)
         assert metric(kp, "kdns_worker_restarts_total") == {"": 1.0}
         assert "silent for" in kp.log()
         for _ in range(30):
             assert address(kp.port) == "10.96.0.80"
+    finally:
+        kp.stop()
+
+
+def services(count: int, third: int) -> str:
+    return "".join(
+        f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n"
+        f"spec: {{clusterIP: 10.97.{third}.{i % 250}, ports: [{{name: http, port: 80}}]}}\n"
+        for i in range(count)
+    )
+
+
+def test_workers_are_forked_again_once_the_data_they_share_is_rewritten(zones: Path) -> None:
+    # 1,200 services, then all of them changed (a relist does the same): each serving process
+    # would hold a copy of its own of everything; it is forked again instead, one at a time,
+    # and shares the main process's data as it is now.
+    (zones / "many.yaml").write_text(services(1200, 1))
+    kp = start_kdns(["--zones", str(zones), "--workers", "2"], http=True)
+    try:
+        assert address(kp.port, "s7.default.svc.cluster.local") == "10.97.1.7"
+        first = worker_pids(kp.proc.pid)
+        (zones / "many.yaml").write_text(services(1200, 2))
+        assert until(lambda: address(kp.port, "s7.default.svc.cluster.local") == "10.97.2.7", 30)
+        # Renewal waits for each process to have served RENEW_MIN_AGE (10 s).
+        assert until(lambda: metric(kp, "kdns_worker_renewals_total") == {"": 2.0}, 40)
+        assert until(lambda: metric(kp, "kdns_workers_ready") == {"": 2.0}, 10)
+        now = worker_pids(kp.proc.pid)
+        assert len(now) == 2 and not set(now) & set(first)
+        assert metric(kp, "kdns_worker_restarts_total") == {"": 0.0}
+        assert kp.log().count("forking it again to share the data as it is now") == 2
+        for i in range(0, 1200, 7):
+            assert address(kp.port, f"s{i}.default.svc.cluster.local") == f"10.97.2.{i % 250}"
+        # Nothing more was written: no more renewals.
+        time.sleep(3)
+        assert metric(kp, "kdns_worker_renewals_total") == {"": 2.0}
+    finally:
+        kp.stop()
+
+
+def test_worker_renew_0_never_forks_again(zones: Path) -> None:
+    (zones / "many.yaml").write_text(services(1200, 1))
+    kp = start_kdns(["--zones", str(zones), "--workers", "2", "--worker-renew", "0"], http=True)
+    try:
+        first = worker_pids(kp.proc.pid)
+        (zones / "many.yaml").write_text(services(1200, 2))
+        assert until(lambda: address(kp.port, "s7.default.svc.cluster.local") == "10.97.2.7", 30)
+        time.sleep(12)  # past RENEW_MIN_AGE
+        assert worker_pids(kp.proc.pid) == first
+        assert metric(kp, "kdns_worker_renewals_total") == {"": 0.0}
+    finally:
+        kp.stop()
+
+
+def test_steered_on_two_listen_addresses_each_has_its_own_group(zones: Path) -> None:
+    kp = start_kdns(["--zones", str(zones), "--workers", "2", "--listen", "127.0.0.2:0"])
+    try:
+        m = re.search(r"on 127\.0\.0\.2 port (\d+) \(udp, tcp\) with 2 workers", kp.log())
+        assert m, kp.log()
+        second = int(m.group(1))
+        for host, port in (("127.0.0.1", kp.port), ("127.0.0.2", second)):
+            for name in ("web", "nope0", "nope1"):  # owned by 0, 1, 0
+                reply = ask(port, f"{name}.default.svc.cluster.local", host=host)
+                assert reply.rcode() == (dns.rcode.NOERROR if name == "web" else dns.rcode.NXDOMAIN)
+            assert ask(port, "web.default.svc.cluster.local", tcp=True, host=host).answer
     finally:
         kp.stop()

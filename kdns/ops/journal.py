@@ -329,6 +329,11 @@ class Journal:
             self._journal(*self._pending.popleft())
         self._schedule()
 
+    @property
+    def pending(self) -> int:
+        """Changes noted and not yet worked out."""
+        return len(self._pending)
+
     def flush(self) -> None:
         """Journal every change still waiting (readers call it: they see every change)."""
         while self._pending:

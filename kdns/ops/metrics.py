@@ -297,7 +297,7 @@ class KdnsCollector:
         watch: Callable[[], Iterable[WatchStats]] | None = None,
         programming: HistogramSource | None = None,
         forward: ForwardStats | None = None,
-        workers: Callable[[], tuple[int, int, Mapping[int, int]]] | None = None,
+        workers: Callable[[], tuple[int, int, int, Mapping[int, int]]] | None = None,
         acl: AclStats | None = None,
         version: str = __version__,
     ) -> None:
@@ -308,8 +308,8 @@ class KdnsCollector:
         self.watch = watch
         self.programming = programming
         self.forward = forward
-        #: with --workers: (serving processes answering, restarts so far, requests answered by
-        #: each running serving process)
+        #: with --workers: (serving processes answering, restarts so far, renewals so far,
+        #: requests answered by each running serving process)
         self.workers = workers
         self.acl = acl
         self.version = version
@@ -323,7 +323,7 @@ class KdnsCollector:
         if self.forward is not None:
             yield from self._forward(self.forward)
         if self.workers is not None:
-            ready, restarts, answered = self.workers()
+            ready, restarts, renewals, answered = self.workers()
             yield GaugeMetricFamily(
                 "kdns_workers_ready", "Serving processes answering (--workers).", value=ready
             )
@@ -339,6 +339,12 @@ class KdnsCollector:
                 "kdns_worker_restarts", "Serving processes started again after exiting.",
                 value=restarts,
             )  # fmt: skip
+            yield CounterMetricFamily(
+                "kdns_worker_renewals",
+                "Serving processes forked again to share data rewritten since their fork "
+                "(--worker-renew).",
+                value=renewals,
+            )
         if self.acl is not None:
             yield from self._acl(self.acl)
         info = GaugeMetricFamily(

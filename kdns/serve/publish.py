@@ -17,14 +17,14 @@ from collections.abc import Collection, Iterable
 from typing import Any, Protocol
 
 from kdns.serve.frames import pack
-from kdns.state.model import KubeObject, ObjectKey
+from kdns.state.model import KubeObject, ObjectKey, record_count
 from kdns.state.store import Store
 
 
 class Subscribers(Protocol):
     """Where frames go: the pool of serving processes."""
 
-    def send(self, frame: bytes) -> None: ...
+    def send(self, frame: bytes, records: int = 0) -> None: ...
 
     def __bool__(self) -> bool: ...
 
@@ -47,7 +47,7 @@ class Publisher:
         ups, dels = list(upserts), list(deletes)
         changed = self.store.apply(layer, ups, dels, received_at)
         if changed:
-            self._publish("apply", layer, ups, dels, received_at)
+            self._publish("apply", layer, ups, dels, received_at, records=_records(ups) + len(dels))
         return changed
 
     def replace(
@@ -60,7 +60,7 @@ class Publisher:
         objs = list(objects)
         changed = self.store.replace(layer, objs, kinds, received_at)
         if changed:
-            self._publish("replace", layer, objs, kinds, received_at)
+            self._publish("replace", layer, objs, kinds, received_at, records=_records(objs))
         return changed
 
     def set_synced(self, layer: str, synced: bool = True) -> None:
@@ -71,6 +71,11 @@ class Publisher:
         self.store.set_unreachable(layer, since)
         self._publish("unreachable", layer, since)
 
-    def _publish(self, op: str, layer: str, *args: Any) -> None:
+    def _publish(self, op: str, layer: str, *args: Any, records: int = 0) -> None:
         if self.subscribers:
-            self.subscribers.send(pack((op, self.index, layer, *args, self.store.serial)))
+            frame = pack((op, self.index, layer, *args, self.store.serial))
+            self.subscribers.send(frame, records)
+
+
+def _records(objects: list[KubeObject]) -> int:
+    return sum(record_count(obj) for obj in objects)

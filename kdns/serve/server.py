@@ -39,6 +39,7 @@ from kdns.ops.journal import Journal
 from kdns.ops.metrics import KdnsCollector, LatencyHistogram, store_listener
 from kdns.ops.traffic import QueryRate
 from kdns.ops.transfer import parse_networks, transfer
+from kdns.serve import steering
 from kdns.serve.acl import acl_from
 from kdns.serve.autopath import AutoPath
 from kdns.serve.batch import BatchUdp, available
@@ -69,10 +70,12 @@ class Inherited:
     sockets: tuple[int, ...]  # fds: (udp, tcp) for each listen address
 
 
-def _bind(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+def _bind(host: str, port: int, kind: socket.SocketKind, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
@@ -241,6 +244,8 @@ class DnsServer:
         #: True once UDP is answered in batches (`batch.py`) rather than by `UdpProtocol`.
         self.udp_batch = False
         self.addresses: list[tuple[str, int]] = []
+        #: With --steer: for each listen address, its UDP sockets, one per serving process.
+        self.steered: list[list[socket.socket]] = []
         self._stop = asyncio.Event()
         self._immediate = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -252,20 +257,62 @@ class DnsServer:
 
     def _bind_all(self) -> list[tuple[socket.socket, socket.socket]]:
         sockets: list[tuple[socket.socket, socket.socket]] = []
+        steer = self._steered_count()
         try:
             for host, port in self.config.listen:
                 tcp = _bind(host, port, socket.SOCK_STREAM)
                 # Port 0: let TCP pick, then take the same number for UDP.
                 port = tcp.getsockname()[1]
-                udp = _bind(host, port, socket.SOCK_DGRAM)
+                udp = _bind(host, port, socket.SOCK_DGRAM, reuseport=steer > 0)
                 sockets.append((udp, tcp))
                 self.addresses.append((host, port))
+                if steer:
+                    try:
+                        steering.attach(udp, steer)
+                    except OSError as err:  # a kernel before 4.5, a seccomp filter
+                        if self.steered:
+                            raise ConfigError(f"--steer on {host}:{port}: {err}") from None
+                        log.warning("--steer: %s; every serving process reads every query", err)
+                        steer = 0
+                if steer:
+                    # One UDP socket per serving process, in the order the program numbers them.
+                    group = [udp]
+                    self.steered.append(group)
+                    for _ in range(steer - 1):
+                        group.append(_bind(host, port, socket.SOCK_DGRAM, True))
         except ConfigError:
             for pair in sockets:
                 for s in pair:
                     s.close()
+            for group in self.steered:
+                for s in group[1:]:
+                    s.close()
             raise
         return sockets
+
+    def _steered_count(self) -> int:
+        """Sockets per steered UDP group (one per serving process); 0: no steering."""
+        workers = self.config.workers
+        if self.inherited is not None or workers < 2 or not self.config.steer:
+            return 0
+        if not steering.supported():
+            log.info("--steer: not on this platform; every serving process reads every query")
+            return 0
+        return workers
+
+    def _worker_sockets(
+        self, sockets: list[tuple[socket.socket, socket.socket]]
+    ) -> list[list[socket.socket]]:
+        """The sockets each serving process is given: (udp, tcp) for each listen address, the
+        UDP one its own when steered."""
+        return [
+            [
+                s
+                for n, (udp, tcp) in enumerate(sockets)
+                for s in ((self.steered[n][i] if self.steered else udp), tcp)
+            ]
+            for i in range(self.config.workers)
+        ]
 
     def _adopt(self, inherited: Inherited) -> list[tuple[socket.socket, socket.socket]]:
         fds = inherited.sockets
@@ -286,9 +333,15 @@ class DnsServer:
         if self.config.workers:
             from kdns.serve.workers import WorkerPool
 
-            flat = [s for pair in sockets for s in pair]
-            self.pool = WorkerPool(self.config.workers, self.config, self.stores, flat)
-            self._closers.extend(s.close for s in flat)
+            given = self._worker_sockets(sockets)
+            self.pool = WorkerPool(
+                self.config.workers,
+                self.config,
+                self.stores,
+                given,
+                busy=lambda: self.journal.pending > 0,
+            )
+            self._closers.extend(s.close for s in {s for group in given for s in group})
             self.metrics.workers = self.pool.status
         elif self.config.upstreams:
             from kdns.ops.forward import Forwarder

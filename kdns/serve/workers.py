@@ -4,8 +4,9 @@ The main process binds the sockets, runs the sources and keeps the store; once s
 serving processes (`worker.py`) that inherit the sockets, the stores as they are at the fork (their
 memory shared with the main process until written), and two pipes. Through one each gets every
 write after the fork (`publish.py`); through the other it reports when it serves and, every second,
-its counters. The kernel spreads queries over the processes reading the shared sockets, so the API
-server sees one watch however many cores answer.
+its counters. The API server sees one watch however many cores answer. On Linux each process
+has a UDP socket of its own and the kernel gives it the queries for its share of the names
+(`steering.py`); elsewhere, or with `--no-steer`, the processes all read one socket.
 
 A serving process that dies is forked again (after a growing delay when it dies young), from the
 current data; the others keep answering meanwhile. When the main process dies, the pipes close
@@ -22,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import zip_longest
 from typing import Any
@@ -51,6 +52,17 @@ STOP_TIMEOUT = 5.0
 #: A serving process that has said nothing (it reports every STATS_INTERVAL) for this long is
 #: stuck (stopped, deadlocked, swapping): it is killed and started again.
 SILENCE_TIMEOUT = 5.0
+#: A serving process is forked again (`Config.worker_renew`) only once it has served this long,
+#: and only once this many records at least were written since its fork: renewing costs a fork
+#: and the answers it cached, and a small store costs little memory twice.
+RENEW_MIN_AGE = 10.0
+RENEW_MIN_RECORDS = 1000
+#: ...and only once writes have calmed down: for RENEW_QUIET seconds, each second wrote fewer
+#: records than this fraction of the stores' records. Under heavy churn a process forked again
+#: would be rewritten again at once, and lose its cache for nothing; after a relist or a burst
+#: of changes, the writes stop and every serving process is forked again, one a second.
+RENEW_QUIET = 5.0
+RENEW_QUIET_SHARE = 0.01
 
 
 @dataclass(slots=True)
@@ -154,6 +166,9 @@ class _Worker:
     clients: dict[str, int] = field(default_factory=dict)
     #: told to stop by `renew()`: forked again at once, not counted as a failure
     renewing: bool = False
+    #: `WorkerPool.written` and the stores' records (`Store.records`) when it was forked
+    written_at_fork: int = 0
+    records_at_fork: int = 0
 
 
 class _StatusProtocol(asyncio.Protocol):
@@ -186,8 +201,13 @@ class WorkerPool:
         count: int,
         config: Config,
         stores: Sequence[Store],
-        sockets: Sequence[socket.socket],
+        sockets: Sequence[Sequence[socket.socket]],
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`sockets[i]`: what serving process i inherits, (udp, tcp) for each listen address.
+        The main process keeps them open: a process forked again takes up its sockets with
+        the queries that waited in them. `busy`: whether the main process still has work of
+        its own to do after the writes (the change journal's backlog): it rewrites memory."""
         self.count = count
         # The main process handles the lame-duck period; serving processes stop when told. A
         # client's queries spread over the processes, so each limits it to its share of --rrl.
@@ -203,14 +223,25 @@ class WorkerPool:
         self._retired_clients: dict[str, int] = {}
         self._failures: dict[int, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Records written to the stores since the start: `record_count` of each upsert, 1 for
+        #: each delete.
+        self.written = 0
+        #: Serving processes forked again because the data they shared had been rewritten.
+        self.renewals = 0
+        self._renewing: asyncio.Task[Any] | None = None
+        #: `written` at the last look, and since when each second's writes were few
+        self._written_seen = 0
+        self._quiet_since = time.monotonic()
+        self._busy = busy
 
     # -- what the publisher sees ----------------------------------------------------------------
 
     def __bool__(self) -> bool:
         return bool(self._workers)
 
-    def send(self, frame: bytes) -> None:
-        """Send one write to every serving process."""
+    def send(self, frame: bytes, records: int = 0) -> None:
+        """Send one write, of `records` records, to every serving process."""
+        self.written += records
         for worker in list(self._workers.values()):
             if worker.feed is None:
                 assert worker.pending is not None
@@ -253,6 +284,7 @@ class WorkerPool:
                 # This process was busy: what the pipes hold may not have been read yet (uvloop
                 # runs timers before it polls), so silence now proves nothing.
                 continue
+            self._renew_rewritten(now)
             for worker in list(self._workers.values()):
                 if worker.ready and now - worker.heard > SILENCE_TIMEOUT:
                     why = f"silent for {now - worker.heard:.0f}s"
@@ -269,25 +301,72 @@ class WorkerPool:
 
         For serving processes forked before the sources had synced (`--startup-timeout`
         passed): they hold everything that came after as writes of their own, not shared with
-        the main process or with each other. The others answer meanwhile; with one serving
-        process, queries wait in the shared socket's buffer for the few milliseconds it takes.
+        the main process or with each other. The others answer meanwhile; the queries of the
+        one being replaced wait in its socket's buffer for the few milliseconds it takes.
         """
         for index in sorted(self._workers):
             worker = self._workers.get(index)
-            if worker is None or self.stopping:
-                continue
-            worker.renewing = True
-            if worker.feed is not None:
-                worker.feed.write(pack(("stop",)))
-            else:
-                self._kill(worker)
-            deadline = time.monotonic() + STOP_TIMEOUT + READY_TIMEOUT
-            while not self.stopping and time.monotonic() < deadline:
-                new = self._workers.get(index)
-                if new is not None and new is not worker and new.ready:
-                    break
-                await asyncio.sleep(0.02)
+            if worker is not None and not self.stopping:
+                await self._replace(worker)
         log.info("serving processes forked again from the synced data")
+
+    async def _replace(self, worker: _Worker) -> None:
+        """Stop `worker` and return once the process forked in its place answers."""
+        worker.renewing = True
+        if worker.feed is not None:
+            worker.feed.write(pack(("stop",)))
+        else:
+            self._kill(worker)
+        deadline = time.monotonic() + STOP_TIMEOUT + READY_TIMEOUT
+        while not self.stopping and time.monotonic() < deadline:
+            new = self._workers.get(worker.index)
+            if new is not None and new is not worker and new.ready:
+                break
+            await asyncio.sleep(0.02)
+
+    def _renew_rewritten(self, now: float) -> None:
+        """Fork again, one at a time, each serving process whose data has mostly been rewritten
+        since its fork (`Config.worker_renew`).
+
+        Why: a process shares the main process's pages only until either writes to them, and
+        both apply every change. Once changes (or a relist, which replaces every object) have
+        rewritten the store, each serving process holds a copy of its own; forked again, it
+        shares the main process's current one. Counted in records written (an endpoint is
+        one), not in memory: what a process reads to answer also stops being shared (CPython
+        writes a count into every object read), and forking again would not keep that."""
+        share = self.config.worker_renew
+        if not share or self.stopping:
+            return
+        records = max((w.records_at_fork for w in self._workers.values()), default=0)
+        # Quiet also means the main process is done with the writes: what it allocates and
+        # frees rewrites pages, and a page it rewrites after a fork stays, unshared, with the
+        # serving process forked just before (seen: 70 MB more in each of the first two forked
+        # again while the journal worked out a relist's changes).
+        written = self.written - self._written_seen
+        if written >= RENEW_QUIET_SHARE * max(records, RENEW_MIN_RECORDS) or self._busy():
+            self._quiet_since = now
+        self._written_seen = self.written
+        if now - self._quiet_since < RENEW_QUIET:
+            return
+        if self._renewing is not None and not self._renewing.done():
+            return
+        for worker in self._workers.values():
+            if not worker.ready or now - worker.started < RENEW_MIN_AGE:
+                continue
+            rewritten = self.written - worker.written_at_fork
+            if rewritten >= share * max(worker.records_at_fork, RENEW_MIN_RECORDS):
+                log.info(
+                    "worker %d: %d records written since it was forked, with %d; forking it "
+                    "again to share the data as it is now",
+                    worker.index,
+                    rewritten,
+                    worker.records_at_fork,
+                )
+                self.renewals += 1
+                self._renewing = asyncio.get_running_loop().create_task(self._replace(worker))
+                self._tasks.add(self._renewing)
+                self._renewing.add_done_callback(self._tasks.discard)
+                return
 
     @property
     def ready_count(self) -> int:
@@ -297,28 +376,34 @@ class WorkerPool:
             1 for w in self._workers.values() if w.ready and now - w.heard <= SILENCE_TIMEOUT
         )
 
-    def status(self) -> tuple[int, int, dict[int, int]]:
-        """(processes answering, restarts, requests answered by each), for the metrics."""
+    def status(self) -> tuple[int, int, int, dict[int, int]]:
+        """(processes answering, restarts, renewals, requests answered by each), for the
+        metrics."""
         answered = {
             w.index: sum(w.stats.queries[1]) for w in self._workers.values() if w.stats is not None
         }
-        return self.ready_count, self.restarts, answered
+        return self.ready_count, self.restarts, self.renewals, answered
 
     def _spawn(self, index: int) -> None:
         feed_r, feed_w = os.pipe()
         status_r, status_w = os.pipe()
-        fds = [s.fileno() for s in self.sockets]
+        fds = [s.fileno() for s in self.sockets[index]]
         level = logging.getLogger().getEffectiveLevel()
         # Everything alive now moves out of the cyclic collector's reach, in this process and so
         # in the child: a collection would otherwise write to every object it walks, and each
         # page written is a page the two processes no longer share.
         gc.freeze()
+        # Counted before the fork: counting reads every endpoint set, and a page read (CPython
+        # writes reference counts) after the fork would be a page the two no longer share.
+        records = sum(store.records() for store in self.stores)
         pid = os.fork()
         if pid == 0:  # the serving process: never returns
             run_forked(index, feed_r, status_w, fds, self.config, level, self.stores)
         os.close(feed_r)
         os.close(status_w)
         worker = _Worker(index, _Child(pid), time.monotonic())
+        worker.written_at_fork = self.written
+        worker.records_at_fork = records
         # The fork and the subscription happen in this one callback: the child has every write
         # before it, and gets every write after it. Writes published meanwhile wait in `pending`.
         self._workers[index] = worker

@@ -43,6 +43,7 @@ from kdns.state.model import (
     endpoint_name,
     fast_record,
     is_label,
+    record_count,
 )
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,19 @@ class _Layer:
         if kind == "ServiceExport":
             return self.exports.get(key)
         return self.endpoint_sets.get(key)
+
+    def records(self) -> int:
+        """`record_count` summed over the objects held."""
+        return (
+            len(self.services)
+            + len(self.namespaces)
+            + sum(record_count(s) for s in self.endpoint_sets.values())
+            + len(self.pods)
+            + len(self.routes)
+            + len(self.gateways)
+            + len(self.imports)
+            + sum(record_count(s) for s in self.import_slices.values())
+        )
 
     def keys(self, kinds: Collection[str] | None) -> list[ObjectKey]:
         out: list[ObjectKey] = []
@@ -686,6 +700,10 @@ class Store:
         lay = self._layers[layer]
         objects = [lay.get(key) for key in lay.keys(None)]
         return [obj for obj in objects if obj is not None]
+
+    def records(self) -> int:
+        """Records held by every layer (`record_count`): one per object and one per endpoint."""
+        return sum(lay.records() for lay in self._layers.values())
 
     def follow_serial(self, serial: int) -> None:
         """Make `serial` the current SOA serial: a replica takes its publisher's numbering, so
