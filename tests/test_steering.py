@@ -130,10 +130,36 @@ def test_short_and_malformed_datagrams_arrive_somewhere_and_choose_agrees(
         assert arrives_at(socks, client, port, data) == steering.choose(data, len(socks)), data
 
 
+def test_the_names_of_sockets_down_go_to_the_next_one_up(
+    group: tuple[list[socket.socket], socket.socket, str],
+) -> None:
+    socks, client, to = group
+    rng = random.Random(11)
+    questions = [dns.message.make_query(n, t).to_wire() for n, t in names(rng, 200)]
+    for down in ({1}, {3}, {0, 1}, {1, 2, 3}, {0, 1, 2, 3}):
+        steering.attach(socks[0], len(socks), down)
+        seen = set()
+        for wire in questions:
+            where = arrives_at(socks, client, to, wire)
+            assert where == steering.choose(wire, len(socks), down)
+            if len(down) < len(socks):
+                assert where not in down
+            seen.add(where)
+        # Each one up takes its own names and maybe others', none is left out.
+        assert seen == (set(range(len(socks))) - down or set(range(len(socks))))
+    assert steering.replacements(4, {1}) == {1: 2}
+    assert steering.replacements(4, {3}) == {3: 0}
+    assert steering.replacements(4, {1, 2, 3}) == {1: 0, 2: 0, 3: 0}
+    assert steering.replacements(4, {0, 1, 2, 3}) == {}
+    steering.attach(socks[0], len(socks))  # all up again: every socket its own names
+    wire = dns.message.make_query("web.default.svc.cluster.local", "A").to_wire()
+    assert arrives_at(socks, client, to, wire) == steering.choose(wire, len(socks))
+
+
 def test_the_program_is_one_a_kernel_accepts() -> None:
     # The kernel's limit is 4096 instructions, its jumps 255 forward; the program ends in RET.
-    for n in (1, 2, 64):
-        code = steering.program(n)
+    for n, down in ((1, ()), (2, ()), (64, ()), (64, range(63))):
+        code = steering.program(n, down)
         assert len(code) <= 4096
         assert all(jt <= 255 and jf <= 255 for _, jt, jf, _ in code)
         assert code[-1][0] == 0x16

@@ -482,13 +482,52 @@ def test_worker_renew_0_never_forks_again(zones: Path) -> None:
 def test_steered_on_two_listen_addresses_each_has_its_own_group(zones: Path) -> None:
     kp = start_kdns(["--zones", str(zones), "--workers", "2", "--listen", "127.0.0.2:0"])
     try:
-        m = re.search(r"on 127\.0\.0\.2 port (\d+) \(udp, tcp\) with 2 workers", kp.log())
-        assert m, kp.log()
+        # start_kdns returns at the first address's line; the second's follows it.
+        line = r"on 127\.0\.0\.2 port (\d+) \(udp, tcp\) with 2 workers"
+        assert until(lambda: re.search(line, kp.log()) is not None, 10), kp.log()
+        m = re.search(line, kp.log())
+        assert m
         second = int(m.group(1))
         for host, port in (("127.0.0.1", kp.port), ("127.0.0.2", second)):
             for name in ("web", "nope0", "nope1"):  # owned by 0, 1, 0
                 reply = ask(port, f"{name}.default.svc.cluster.local", host=host)
                 assert reply.rcode() == (dns.rcode.NOERROR if name == "web" else dns.rcode.NXDOMAIN)
             assert ask(port, "web.default.svc.cluster.local", tcp=True, host=host).answer
+    finally:
+        kp.stop()
+
+
+def test_steered_names_of_a_dead_worker_go_to_the_others_until_it_is_back(zones: Path) -> None:
+    # Worker 0 owns web (`steering.choose`). Killed young again and again, it is forked again
+    # after a growing delay (0.5, 1, 2, 4, then 8 s); meanwhile its names are answered by
+    # worker 1, not left waiting in its socket.
+    kp = start_kdns(["--zones", str(zones), "--workers", "2"], http=True)
+    try:
+        for kills in range(1, 6):
+            pids = re.findall(r"worker 0: started, pid (\d+)", kp.log())
+            assert len(pids) == kills, kp.log()
+            os.kill(int(pids[-1]), signal.SIGKILL)
+            if kills < 5:
+                assert until(
+                    lambda k=kills: len(re.findall(r"worker 0: started, pid", kp.log())) > k, 30
+                )
+        assert until(lambda: "worker 0 (pid" in kp.log() and "restarting in 8.0s" in kp.log(), 30)
+        assert "names of serving process(es) 0 go to the others" in kp.log()
+        query = dns.message.make_query("web.default.svc.cluster.local", "A")
+        t0 = time.monotonic()
+        reply = dns.query.udp(query, "127.0.0.1", port=kp.port, timeout=5)
+        waited = time.monotonic() - t0
+        assert reply.answer[0][0].address == "10.96.0.80"
+        assert len(worker_pids(kp.proc.pid)) == 1, "answered while worker 0 was still gone"
+        print(f"answered in {waited * 1000:.1f} ms with worker 0 gone")
+        # Back: it owns its names again.
+        assert until(lambda: metric(kp, "kdns_workers_ready") == {"": 2.0}, 30)
+        before = metric(kp, "kdns_worker_requests_total").get('{worker="0"}', 0)
+        for _ in range(10):
+            assert address(kp.port) == "10.96.0.80"
+        assert until(
+            lambda: metric(kp, "kdns_worker_requests_total").get('{worker="0"}', 0) >= before + 10,
+            10,
+        )
     finally:
         kp.stop()

@@ -290,6 +290,18 @@ class DnsServer:
             raise
         return sockets
 
+    def _steer_around(self, down: frozenset[int]) -> None:
+        """Attach the steering program again, the names of the serving processes in `down`
+        going to the others meanwhile."""
+        for group in self.steered:
+            try:
+                steering.attach(group[0], len(group), down)
+            except OSError as err:  # attached once already: not expected
+                log.error("--steer: could not attach the program again: %s", err)
+        if down and self.serving:  # not while they start
+            log.info("steering: the names of serving process(es) %s go to the others meanwhile",
+                     ", ".join(map(str, sorted(down))))  # fmt: skip
+
     def _steered_count(self) -> int:
         """Sockets per steered UDP group (one per serving process); 0: no steering."""
         workers = self.config.workers
@@ -340,6 +352,7 @@ class DnsServer:
                 self.stores,
                 given,
                 busy=lambda: self.journal.pending > 0,
+                steer=self._steer_around if self.steered else None,
             )
             self._closers.extend(s.close for s in {s for group in given for s in group})
             self.metrics.workers = self.pool.status

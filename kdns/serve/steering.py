@@ -17,10 +17,14 @@ label that does not start with "_" (the service's own label for `svc.ns.svc.zone
 to. The main process keeps every socket open: a serving process that dies or is forked again
 finds the queries that came meanwhile queued in its socket, and the port stays bound.
 
+While a serving process is gone (it died and waits to be forked again, or is starting), the
+main process attaches the program again with that socket's names sent to the next process up:
+what was already queued waits for the new process, what comes next is answered meanwhile.
+
 What it costs. A name is answered by one process only: a single name asked at more than one
-process's maximum rate (~100,000 queries/s of cache hits) is limited to it, and while a process
-is stuck (until the main process kills it, SILENCE_TIMEOUT) its names wait. `--no-steer` reads
-one shared socket in every process instead.
+process's maximum rate (~150,000 queries/s of cache hits here) is limited to it, and while a
+process is stuck but not yet known to be (until the main process kills it, SILENCE_TIMEOUT) its
+names wait. `--no-steer` reads one shared socket in every process instead.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import socket
 import sys
+from collections.abc import Collection
 
 #: setsockopt(SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, ...) (Linux 4.5; not in the socket module)
 SO_ATTACH_REUSEPORT_CBPF = 51
@@ -79,8 +84,18 @@ class _Program(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Filter))]
 
 
-def program(sockets: int) -> list[Instruction]:
-    """The classic BPF program choosing one of `sockets` sockets for a DNS query datagram.
+def replacements(sockets: int, down: Collection[int]) -> dict[int, int]:
+    """For each socket in `down` (its serving process gone or not yet answering), the one its
+    names go to meanwhile: the next one up. None up: no replacement."""
+    up = [i for i in range(sockets) if i not in down]
+    if not up:
+        return {}
+    return {k: next((i for i in up if i > k), up[0]) for k in sorted(down) if 0 <= k < sockets}
+
+
+def program(sockets: int, down: Collection[int] = ()) -> list[Instruction]:
+    """The classic BPF program choosing one of `sockets` sockets for a DNS query datagram,
+    the names of the sockets in `down` going to `replacements`.
 
     A load past the end of the datagram ends the program with 0 (socket 0): only a malformed
     name does that, the label's own bytes are all inside the datagram."""
@@ -132,14 +147,16 @@ def program(sockets: int) -> list[Instruction]:
         (_LD_MEM, 0, 0, _HASH),
         (_XOR_X, 0, 0, 0),
         (_MOD_K, 0, 0, sockets),
-        (_RET_A, 0, 0, 0),
     ]
+    for k, to in replacements(sockets, down).items():
+        code += [(_JEQ_K, 0, 1, k), (_LD_IMM, 0, 0, to)]  # a replacement is never in `down`
+    code.append((_RET_A, 0, 0, 0))
     return code
 
 
-def choose(payload: bytes, sockets: int) -> int:
-    """What `program(sockets)` returns for a datagram: the same steps in Python, for tests and
-    for saying which serving process owns a name."""
+def choose(payload: bytes, sockets: int, down: Collection[int] = ()) -> int:
+    """What `program(sockets, down)` returns for a datagram: the same steps in Python, for
+    tests and for saying which serving process owns a name."""
     try:
         x = 0
         for _ in range(SKIPPED_LABELS):
@@ -150,8 +167,9 @@ def choose(payload: bytes, sockets: int) -> int:
         for i in range(min(length, HASHED_BYTES)):
             h = ((h ^ (payload[x + _HEADER + 1 + i] | 0x20)) * _FNV_PRIME) & 0xFFFFFFFF
     except IndexError:
-        return 0
-    return (h ^ (h >> 16)) % sockets
+        return 0  # the kernel ends the program there, with 0, before any replacement
+    index = (h ^ (h >> 16)) % sockets
+    return replacements(sockets, down).get(index, index)
 
 
 def supported() -> bool:
@@ -159,9 +177,10 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def attach(sock: socket.socket, sockets: int) -> None:
-    """Attach the steering program for a group of `sockets` sockets to `sock`'s group."""
-    code = program(sockets)
+def attach(sock: socket.socket, sockets: int, down: Collection[int] = ()) -> None:
+    """Attach the steering program for a group of `sockets` sockets to `sock`'s group,
+    replacing the one it had (the kernel swaps them at once)."""
+    code = program(sockets, down)
     filters = (_Filter * len(code))(*(_Filter(c, jt, jf, k) for c, jt, jf, k in code))
     prog = _Program(len(code), ctypes.cast(filters, ctypes.POINTER(_Filter)))
     # The kernel copies the program during the call; `filters` only has to live until then.

@@ -183,6 +183,7 @@ class _StatusProtocol(asyncio.Protocol):
         while (message := self.reader.next()) is not None:
             if message[0] == "ready":
                 self.worker.ready = True
+                self.pool.steer()
             elif message[0] == "stats":
                 stats = self.worker.stats = message[1]
                 if stats.names is not None:
@@ -203,11 +204,14 @@ class WorkerPool:
         stores: Sequence[Store],
         sockets: Sequence[Sequence[socket.socket]],
         busy: Callable[[], bool] = lambda: False,
+        steer: Callable[[frozenset[int]], None] | None = None,
     ) -> None:
         """`sockets[i]`: what serving process i inherits, (udp, tcp) for each listen address.
         The main process keeps them open: a process forked again takes up its sockets with
         the queries that waited in them. `busy`: whether the main process still has work of
-        its own to do after the writes (the change journal's backlog): it rewrites memory."""
+        its own to do after the writes (the change journal's backlog): it rewrites memory.
+        `steer`: told the indexes of the serving processes not answering (gone, starting)
+        whenever they change, so that their names go to the others (`steering.py`)."""
         self.count = count
         # The main process handles the lame-duck period; serving processes stop when told. A
         # client's queries spread over the processes, so each limits it to its share of --rrl.
@@ -233,6 +237,8 @@ class WorkerPool:
         self._written_seen = 0
         self._quiet_since = time.monotonic()
         self._busy = busy
+        self._steer = steer
+        self._down: frozenset[int] = frozenset()
 
     # -- what the publisher sees ----------------------------------------------------------------
 
@@ -422,10 +428,23 @@ class WorkerPool:
         worker.feed = transport
         transport.writelines(pending)
 
+    def steer(self) -> None:
+        """Send the names of the serving processes not answering to the others, and give
+        theirs back to those answering again (`steering.py`)."""
+        if self._steer is None or self.stopping:
+            return
+        down = frozenset(
+            i for i in range(self.count) if not (i in self._workers and self._workers[i].ready)
+        )
+        if down != self._down:
+            self._down = down
+            self._steer(down)
+
     def exited(self, worker: _Worker) -> None:
         """The status pipe of `worker` closed: it is gone, or going."""
         if self._workers.get(worker.index) is worker:
             del self._workers[worker.index]
+            self.steer()
         if worker.stats is not None:
             _add(self._retired, worker.stats)
         self._retired_names = merged([self._retired_names, worker.names])
