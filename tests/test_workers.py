@@ -483,7 +483,7 @@ def test_steered_on_two_listen_addresses_each_has_its_own_group(zones: Path) -> 
     kp = start_kdns(["--zones", str(zones), "--workers", "2", "--listen", "127.0.0.2:0"])
     try:
         # start_kdns returns at the first address's line; the second's follows it.
-        line = r"on 127\.0\.0\.2 port (\d+) \(udp, tcp\) with 2 workers"
+        line = r"on 127\.0\.0\.2 port (\d+) \(udp, tcp\) with 2 workers, each query to the one"
         assert until(lambda: re.search(line, kp.log()) is not None, 10), kp.log()
         m = re.search(line, kp.log())
         assert m

@@ -398,11 +398,12 @@ class DnsServer:
             self.serving = True
             for host, port in self.addresses:
                 log.info(
-                    "serving %s on %s port %d (udp, tcp) with %d workers",
+                    "serving %s on %s port %d (udp, tcp) with %d workers%s",
                     self.config.domain,
                     host,
                     port,
                     self.pool.ready_count,
+                    ", each query to the one owning its name" if self.steered else "",
                 )
             return
         batched = _batched(self.config) and BatchUdp.applies(self.transports)
