@@ -25,6 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scale import children, memory
+
 
 def manifests(services: int, endpoints: int, second: int) -> str:
     parts = []
@@ -50,33 +54,6 @@ def write(zones: Path, text: str) -> None:
     tmp = zones / ".many.yaml.tmp"
     tmp.write_text(text)
     os.replace(tmp, zones / "many.yaml")  # whole, at once
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-            except OSError:
-                pass
-    return sorted(out)
-
-
-def rollup(pid: int) -> tuple[float, float]:
-    """(private, Pss) of `pid` in MB."""
-    private = pss = 0
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.startswith("Private_"):
-                private += int(value.split()[0])
-            elif key == "Pss":
-                pss = int(value.split()[0])
-    except OSError:
-        pass
-    return private / 1024, pss / 1024
 
 
 def main() -> None:
@@ -113,10 +90,11 @@ def main() -> None:
             print("second  main private  serving processes' private (MB)  total Pss")
 
             def row(label: str) -> None:
-                pids = [proc.pid, *children(proc.pid)]
-                mem = [rollup(p) for p in pids]
-                workers = " ".join(f"{p:5.0f}" for p, _ in mem[1:])
-                print(f"{label:>6}  {mem[0][0]:12.0f}  {workers:32}  {sum(s for _, s in mem):9.0f}")
+                mem = [memory(p) for p in (proc.pid, *children(proc.pid))]
+                private = [m.get("Private", 0.0) for m in mem]
+                pss = sum(m.get("Pss", 0.0) for m in mem)
+                workers = " ".join(f"{p:5.0f}" for p in private[1:])
+                print(f"{label:>6}  {private[0]:12.0f}  {workers:32}  {pss:9.0f}")
 
             row("start")
             write(zones, manifests(args.services, args.endpoints, 2))

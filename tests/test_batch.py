@@ -22,6 +22,7 @@ import pytest
 from kdns.config import Config
 from kdns.serve import batch
 from kdns.serve.server import DnsServer
+from tests.kdns_process import ipv6_loopback
 
 pytestmark = pytest.mark.skipif(not batch.available(), reason="no recvmmsg/sendmmsg here")
 
@@ -379,16 +380,7 @@ def test_shutdown_closes_the_socket(zones: Path) -> None:
         sock.close()
 
 
-def ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not ipv6(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
 def test_ipv6(zones: Path) -> None:
     # sockaddr_in6 taken from recvmmsg and handed back to sendmmsg, for two clients at once.
     with serving(zones, host="::1") as (server, port):

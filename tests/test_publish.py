@@ -135,12 +135,17 @@ def test_a_replica_started_anywhere_ends_equal_to_the_main_store(seed: int) -> N
     assert answers(replica) == answers(main)
 
 
-def test_unchanged_writes_publish_nothing() -> None:
+def publishing() -> tuple[Store, Collect, Publisher]:
+    """A main store with a "cluster" layer, and its publisher to subscribers that listen."""
     main = Store()
     main.add_layer("cluster")
     subs = Collect()
     subs.on = True
-    publisher = Publisher(main, 0, subs)
+    return main, subs, Publisher(main, 0, subs)
+
+
+def test_unchanged_writes_publish_nothing() -> None:
+    _, subs, publisher = publishing()
     web = clusterip("a", "web", "10.96.0.1")
     assert publisher.apply("cluster", [web])
     assert not publisher.apply("cluster", [web])
@@ -152,11 +157,7 @@ def test_unchanged_writes_publish_nothing() -> None:
 def test_each_frame_counts_the_records_it_writes_and_the_store_counts_what_it_holds() -> None:
     # What `WorkerPool` compares to decide that a serving process's data has been rewritten:
     # one record per object, and one more per endpoint.
-    main = Store()
-    main.add_layer("cluster")
-    subs = Collect()
-    subs.on = True
-    publisher = Publisher(main, 0, subs)
+    main, subs, publisher = publishing()
     objects = [*namespaces("a"), *(clusterip("a", f"s{i}", f"10.96.0.{i}") for i in range(1, 6))]
     publisher.apply("cluster", objects)
     assert (subs.objects, main.records()) == (6, 6)

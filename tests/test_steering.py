@@ -18,17 +18,9 @@ import dns.message
 import pytest
 
 from kdns.serve import steering
+from tests.kdns_process import ipv6_loopback
 
 pytestmark = pytest.mark.skipif(not steering.supported(), reason="steering is Linux only")
-
-
-def ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(params=["127.0.0.1", "::1"])
@@ -36,7 +28,7 @@ def group(
     request: pytest.FixtureRequest,
 ) -> Iterator[tuple[list[socket.socket], socket.socket, str]]:
     host: str = request.param
-    if ":" in host and not ipv6():
+    if ":" in host and not ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     socks: list[socket.socket] = []
