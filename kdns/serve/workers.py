@@ -346,8 +346,8 @@ class WorkerPool:
         records = max((w.records_at_fork for w in self._workers.values()), default=0)
         # Quiet also means the main process is done with the writes: what it allocates and
         # frees rewrites pages, and a page it rewrites after a fork stays, unshared, with the
-        # serving process forked just before (seen: 70 MB more in each of the first two forked
-        # again while the journal worked out a relist's changes).
+        # serving process forked just before (seen: ~40 MB more in each process forked again
+        # while the journal worked out a rewrite of 66,000 records, bench/renew_memory.py).
         written = self.written - self._written_seen
         if written >= RENEW_QUIET_SHARE * max(records, RENEW_MIN_RECORDS) or self._busy():
             self._quiet_since = now
