@@ -322,7 +322,8 @@ def serve(
             "--steer/--no-steer",
             help="With --workers 2 or more (Linux): send each query to the serving process "
             "that owns its name, so that each reads and caches only its share of the services "
-            "(less memory, more cache hits); off: any process answers any query.",
+            "(less memory, more cache hits); off: any process answers any query. Off by itself "
+            "with --rrl.",
         ),
     ] = True,
     worker_renew: Annotated[

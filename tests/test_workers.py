@@ -531,3 +531,23 @@ def test_steered_names_of_a_dead_worker_go_to_the_others_until_it_is_back(zones:
         )
     finally:
         kp.stop()
+
+
+def test_rrl_turns_steering_off_so_a_clients_queries_meet_every_share(zones: Path) -> None:
+    # Each serving process limits a client to rrl / N: steered, a client asking one name would
+    # meet one share alone. So with --rrl every process reads every query, as before.
+    kp = start_kdns(["--zones", str(zones), "--workers", "2", "--rrl", "1000"], http=True)
+    try:
+        assert "--steer: off with --rrl" in kp.log()
+        assert "each query to the one owning its name" not in kp.log()
+        before = metric(kp, "kdns_worker_requests_total")
+
+        def both_answered() -> bool:
+            for _ in range(20):
+                assert address(kp.port) == "10.96.0.80"  # one name only
+            now = metric(kp, "kdns_worker_requests_total")
+            return len(now) == 2 and all(now[k] > before.get(k, 0) for k in now)
+
+        assert until(both_answered, 15), metric(kp, "kdns_worker_requests_total")
+    finally:
+        kp.stop()

@@ -310,6 +310,12 @@ class DnsServer:
         if not steering.supported():
             log.info("--steer: not on this platform; every serving process reads every query")
             return 0
+        if self.config.rrl:
+            # Each serving process limits a client to its share of --rrl, which is right only
+            # when a client's queries spread over them all: steered, a client asking one name
+            # (a reflection flood) would meet one share alone.
+            log.info("--steer: off with --rrl; every serving process reads every query")
+            return 0
         return workers
 
     def _worker_sockets(
