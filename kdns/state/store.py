@@ -243,17 +243,13 @@ class _Layer:
         return self.endpoint_sets.get(key)
 
     def records(self) -> int:
-        """`record_count` summed over the objects held."""
-        return (
-            len(self.services)
-            + len(self.namespaces)
-            + sum(record_count(s) for s in self.endpoint_sets.values())
-            + len(self.pods)
-            + len(self.routes)
-            + len(self.gateways)
-            + len(self.imports)
-            + sum(record_count(s) for s in self.import_slices.values())
-        )
+        """`record_count` summed over the objects held: one per key `keys` lists, and one
+        more per endpoint of the objects that list endpoints."""
+        listed: list[EndpointSet | ImportSlice] = [
+            *self.endpoint_sets.values(),
+            *self.import_slices.values(),
+        ]
+        return len(self.keys(None)) + sum(record_count(obj) - 1 for obj in listed)
 
     def keys(self, kinds: Collection[str] | None) -> list[ObjectKey]:
         out: list[ObjectKey] = []
