@@ -48,7 +48,7 @@ class Frames:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, records: int = 0) -> None:
         self.frames.append(frame)
 
     def __bool__(self) -> bool:

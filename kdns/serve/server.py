@@ -39,7 +39,7 @@ from kdns.ops.journal import Journal
 from kdns.ops.metrics import KdnsCollector, LatencyHistogram, store_listener
 from kdns.ops.traffic import QueryRate
 from kdns.ops.transfer import parse_networks, transfer
-from kdns.serve import steering
+from kdns.serve import heap, steering
 from kdns.serve.acl import acl_from
 from kdns.serve.autopath import AutoPath
 from kdns.serve.batch import BatchUdp, available
@@ -387,14 +387,9 @@ class DnsServer:
                 host, port = sock.getsockname()[:2]
                 log.info("http on %s port %d (/, /health, /ready, /metrics, /changes)", host, port)
         await self._wait_synced()
-        # What is loaded now lives as long as the server: take it out of the cyclic collector's
-        # view, so full collections (which at 100,000 endpoints took 100-300 ms, freeing
-        # nothing) only walk what changed since. And collect far less often: kdns makes almost
-        # no reference cycles, while a relist allocates millions of short-lived containers
-        # whose collections stalled queries (scale bench: relist stall 405 -> 291 ms, change
-        # propagation p99 away from it 91 -> 17 ms; memory at the end unchanged).
-        gc.freeze()
-        gc.set_threshold(50_000, 1000, 1000)
+        # What is loaded now lives as long as the server; what changes later must not pile up
+        # in the collector's young generation (heap.py).
+        heap.after_sync(self.stores)
         if self.inherited is None:
             log.info("%s", _runtime(loop, self.config))
         if self.pool is not None:
