@@ -24,6 +24,15 @@ from typing import TypeVar
 SERVING = re.compile(r"serving \S+ on (\S+) port (\d+)")
 HTTP = re.compile(r"http on (\S+) port (\d+)")
 KDNS = [sys.executable, "-m", "kdns"]
+#: `kdns` as a terminal's foreground job runs it: Ctrl-C (SIGINT) raises KeyboardInterrupt. A
+#: test runner started in the background by a script inherits SIGINT ignored, and Python keeps an
+#: inherited SIG_IGN, so a test that sends SIGINT to a plain KDNS child would wait forever.
+KDNS_AT_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('kdns', run_name='__main__', alter_sys=True)",
+]
 _T = TypeVar("_T")
 
 

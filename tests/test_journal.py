@@ -49,7 +49,7 @@ from tests.builders import (
     make_store,
     port,
 )
-from tests.kdns_process import KDNS, KdnsProcess, start_kdns, until
+from tests.kdns_process import KDNS, KDNS_AT_A_TERMINAL, KdnsProcess, start_kdns, until
 from tests.test_bulk import ZONE_SETS, random_store
 
 Question = tuple[str, str]
@@ -279,7 +279,8 @@ def test_each_change_is_journaled_as_dns_answers_it(zones: Path) -> None:
 def test_follow_prints_a_change_as_it_happens_and_ends_on_ctrl_c(zones: Path) -> None:
     kp = start_kdns(["--zones", str(zones)], http=True)
     try:
-        cmd = [*KDNS, "changes", "--server", f"127.0.0.1:{kp.http_port}", "--follow"]
+        follow = ["changes", "--server", f"127.0.0.1:{kp.http_port}", "--follow"]
+        cmd = [*KDNS_AT_A_TERMINAL, *follow]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lines: list[str] = []
 
