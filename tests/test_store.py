@@ -635,3 +635,62 @@ def test_fast_records_build_compare_and_pickle_as_the_dataclass_would() -> None:
 
     with pytest.raises(TypeError, match="plain fields only"):
         model.fast_record(WithFactory)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_record_count_kept_as_writes_land_is_the_count_of_what_is_held(seed: int) -> None:
+    # `Store.records()` is kept up to date write by write (summed afresh, it read every object:
+    # with --workers, pages the serving processes no longer shared). Generated writes of every
+    # kind, as upserts, deletes and whole-layer replacements, in two layers.
+    from kdns.state.model import (
+        ImportSlice,
+        PodAddresses,
+        ServiceExport,
+        ServiceImport,
+        record_count,
+    )
+
+    rng = random.Random(seed)
+    store = two_layers()
+
+    def some_eps() -> list[str]:
+        return [f"10.1.{rng.randrange(4)}.{rng.randrange(1, 9)}" for _ in range(rng.randrange(4))]
+
+    def make(n: int) -> object:
+        ns, name = rng.choice(("a", "b")), f"o{n}"
+        kind = rng.randrange(10)
+        if kind == 0:
+            return clusterip(ns, name, f"10.96.0.{n}")
+        if kind == 1:
+            return headless(ns, name)
+        if kind == 2:
+            return endpoint_slice(ns, name, f"o{rng.randrange(6)}", [ep(a) for a in some_eps()])
+        if kind == 3:
+            return endpoints(ns, name, subset([ep(a) for a in some_eps()]))
+        if kind == 4:
+            return Namespace(ns)
+        if kind == 5:
+            return PodAddresses(ns, name, tuple(some_eps()))
+        if kind == 6:
+            return HostRoute("Ingress", ns, name, (f"{name}.example",), ("192.0.2.1",))
+        if kind == 7:
+            return Gateway(ns, name, ("192.0.2.2",))
+        if kind == 8:
+            return ServiceImport(ns, name, ips=("10.200.0.1",))
+        if rng.randrange(2):
+            return ServiceExport(ns, name, name)
+        return ImportSlice(ns, name, name, "east", (subset([ep(a) for a in some_eps()]),))
+
+    for _ in range(60):
+        layer = rng.choice(("files", "cluster"))
+        step = rng.randrange(5)
+        held = store.layer_objects(layer)
+        if step == 0 and held:
+            gone = rng.sample(held, min(len(held), rng.randrange(1, 3)))
+            store.apply(layer, deletes=[o.key for o in gone])
+        elif step == 1:
+            store.replace(layer, [make(rng.randrange(12)) for _ in range(rng.randrange(6))])
+        else:
+            store.apply(layer, [make(rng.randrange(12)) for _ in range(rng.randrange(1, 4))])
+        want = sum(record_count(o) for lay in store.layers() for o in store.layer_objects(lay))
+        assert store.records() == want, seed

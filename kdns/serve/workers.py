@@ -399,8 +399,8 @@ class WorkerPool:
         # in the child: a collection would otherwise write to every object it walks, and each
         # page written is a page the two processes no longer share.
         gc.freeze()
-        # Counted before the fork: counting reads every endpoint set, and a page read (CPython
-        # writes reference counts) after the fork would be a page the two no longer share.
+        # Kept by the stores as writes land: counting reads nothing (CPython writes a reference
+        # count into every object read, and each page written is a page no longer shared).
         records = sum(store.records() for store in self.stores)
         pid = os.fork()
         if pid == 0:  # the serving process: never returns
