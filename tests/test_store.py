@@ -8,7 +8,18 @@ import random
 
 import pytest
 
-from kdns.state.model import EndpointSet, Gateway, HostRoute, Namespace, endpoint_name
+from kdns.state.model import (
+    EndpointSet,
+    Gateway,
+    HostRoute,
+    ImportSlice,
+    Namespace,
+    PodAddresses,
+    ServiceExport,
+    ServiceImport,
+    endpoint_name,
+    record_count,
+)
 from kdns.state.store import ReadyEndpoint, Store, build_view
 from tests.builders import (
     clusterip,
@@ -642,14 +653,6 @@ def test_the_record_count_kept_as_writes_land_is_the_count_of_what_is_held(seed:
     # `Store.records()` is kept up to date write by write (summed afresh, it read every object:
     # with --workers, pages the serving processes no longer shared). Generated writes of every
     # kind, as upserts, deletes and whole-layer replacements, in two layers.
-    from kdns.state.model import (
-        ImportSlice,
-        PodAddresses,
-        ServiceExport,
-        ServiceImport,
-        record_count,
-    )
-
     rng = random.Random(seed)
     store = two_layers()
 

@@ -216,7 +216,7 @@ class _Layer:
     #: ServiceExports (`--clusterset`), and how many name each service
     exports: dict[ObjectKey, ServiceExport] = field(default_factory=dict)
     exported: dict[ServiceKey, int] = field(default_factory=dict)
-    #: `record_count` summed over the objects held, kept as they are put and removed: summed
+    #: `record_count` summed over the objects held, kept by `Store.apply` as it writes: summed
     #: afresh, it read every object, and with `--workers` every page it read became a page the
     #: serving processes forked before no longer shared with this one (19 MB each, 10,000
     #: services and 100,000 endpoints).
