@@ -4,6 +4,10 @@ name through every path of the responder, search-path expansions, percentiles, t
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import struct
+import time
 from dataclasses import dataclass
 
 import dns.message
@@ -13,7 +17,18 @@ import pytest
 from kdns.ops.traffic import QueryRate, expansion, expansions, percentile
 from kdns.serve.responder import Responder
 from kdns.serve.stats import DURATION_BOUNDS
-from kdns.serve.tally import SLICE, ClientTally, NameTally, Rows, merged, wire_name
+from kdns.serve.tally import (
+    DIGEST_GAP,
+    SLICE,
+    WANTED_FOR,
+    ClientTally,
+    NameTally,
+    PageClock,
+    Rows,
+    digest_due,
+    merged,
+    wire_name,
+)
 from tests.builders import LAYER, clusterip, make_engine, namespaces
 
 NS = {"default", "shop"}
@@ -221,3 +236,45 @@ def test_a_digest_lets_the_loop_run_between_slices() -> None:
     rows = asyncio.run(run())
     # The 2,000 busiest rows: every name of the table (2 answers each) before the others.
     assert len(rows) == 2000 and set(rows.values()) == {2}
+
+
+@pytest.mark.parametrize(
+    ("now", "asked", "sent", "due"),
+    [
+        (100.0, -math.inf, -math.inf, False),  # the page never asked: nothing summed
+        (100.0, 99.0, -math.inf, True),  # asked, and none sent yet: at once
+        (100.0, 97.0, 98.0, False),  # nothing asked since the last one
+        (100.0, 99.0, 94.0, True),  # asked after the last, which is DIGEST_GAP old
+        (100.0, 99.0, 96.0, False),  # asked again, but the last one is too recent
+        (100.0, 100.0 - WANTED_FOR, 50.0, False),  # the page has been closed for a while
+        (100.0, 100.0 - WANTED_FOR + 0.5, 50.0, True),
+    ],
+)
+def test_digests_are_summed_only_while_the_page_asks(
+    now: float, asked: float, sent: float, due: bool
+) -> None:
+    assert DIGEST_GAP == 5.0 and WANTED_FOR > DIGEST_GAP
+    assert digest_due(now, asked, sent) is due
+
+
+def test_the_page_clock_is_read_by_a_process_forked_before_it_was_set() -> None:
+    clock = PageClock()
+    assert clock.asked() == -math.inf
+    read, write = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reads what the parent notes after the fork
+        try:
+            os.read(go_r, 1)
+            os.write(write, struct.pack("d", clock.asked()))
+        finally:
+            os._exit(0)
+    try:
+        noted = clock.ask()
+        os.write(go_w, b"x")
+        seen = struct.unpack("d", os.read(read, 8))[0]
+    finally:
+        os.waitpid(pid, 0)
+        for fd in (read, write, go_r, go_w):
+            os.close(fd)
+    assert seen == noted and noted <= time.monotonic()

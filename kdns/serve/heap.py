@@ -11,7 +11,7 @@ Under churn. The collector starts a young collection when the objects allocated 
 those freed by the threshold, counting every object freed, however old. A change replaces old
 (frozen) records with new ones, one for one, so the count stays near zero while the young
 generation keeps every new record: after 30 s of 200 endpoint changes a second it held over a
-million objects. The next burst of short-lived objects (the 5-second names digest for the page,
+million objects. The next burst of short-lived objects (the names digest for the page,
 a relist) then set off a young collection that walked them all: 100-140 ms, growing with the
 churn's length, in the main process and in every serving process (`bench/scale.py --workers 1
 --load 0`, 2026-12-04: propagation p99 71-105 ms, probe answers stalled 76-134 ms every 5 s).

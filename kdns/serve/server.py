@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import signal
 import socket
@@ -47,7 +48,7 @@ from kdns.serve.publish import Publisher
 from kdns.serve.ratelimit import RateLimiter
 from kdns.serve.responder import Chase, Responder
 from kdns.serve.stats import QueryCounters
-from kdns.serve.tally import ClientTally, Rows
+from kdns.serve.tally import ClientTally, PageClock, Rows, digest_due
 from kdns.serve.transport import TcpProtocol, TransportState, UdpProtocol
 from kdns.state.clusterset import ExportUnion
 from kdns.state.store import LoopSink, Sink, Store, ViewRules
@@ -68,6 +69,7 @@ class Inherited:
     feed: int  # fd: frames from the main process
     status: int  # fd: frames to it
     sockets: tuple[int, ...]  # fds: (udp, tcp) for each listen address
+    page_clock: PageClock  # when the page last asked for the digests
 
 
 def _bind(host: str, port: int, kind: socket.SocketKind, reuseport: bool = False) -> socket.socket:
@@ -425,7 +427,7 @@ class DnsServer:
         self.serving = True
         if self.inherited is not None:
             self._report("ready")
-            self._spawn(self._report_stats())
+            self._spawn(self._report_stats(self.inherited.page_clock))
             return
         for host, port in self.addresses:
             log.info("serving %s on %s port %d (udp, tcp)", self.config.domain, host, port)
@@ -555,17 +557,18 @@ class DnsServer:
             stats.forward_entries = fwd.cache_entries
         return stats
 
-    async def _report_stats(self) -> None:
-        from kdns.serve.workers import STATS_INTERVAL, TALLY_EVERY
+    async def _report_stats(self, page_clock: PageClock) -> None:
+        from kdns.serve.workers import STATS_INTERVAL
 
-        reports = 0
+        sent = -math.inf
         while True:
             stats = self.worker_stats()
-            # The digests cost a pass over the tables: sent once every TALLY_EVERY reports.
-            if reports % TALLY_EVERY == 0:
+            # The digests cost a pass over the tables: sent only while the page asks for them.
+            now = time.monotonic()
+            if digest_due(now, page_clock.asked(), sent):
                 await self._add_tallies(stats)
+                sent = now
             self._report("stats", stats)
-            reports += 1
             await asyncio.sleep(STATS_INTERVAL)
 
     async def _add_tallies(self, stats: Any) -> None:
@@ -589,7 +592,7 @@ class DnsServer:
         """For the page: answers by (name, rcode), and NXDOMAIN answers by client address
         (None unless --http-show-clients), the serving processes' summed with --workers."""
         if self.pool is not None:
-            names, clients = self.pool.tallies()
+            names, clients = await self.pool.tallies()
         else:
             names = await self.responder.names_digest()
             clients = self.clients.digest() if self.clients is not None else {}

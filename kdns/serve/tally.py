@@ -18,13 +18,22 @@ Both are kept on the query path, so they cost it as little as the request counte
 
 `digest()` turns the cells into plain rows, `(name, rcode) -> answers`, summed over query types
 and EDNS states: what the page reads, and what a serving process reports with `--workers`.
+
+With `--workers`, a serving process sums its tables only while someone looks at the page
+(`PageClock`): a digest of full tables is 25-47 ms of Python and a burst of short-lived objects
+(young-generation collections on the query path), for rows nobody reads otherwise. The counts
+themselves are kept all the time, so nothing is lost between two looks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import math
+import mmap
 import re
+import struct
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Protocol, TypeVar
@@ -40,6 +49,12 @@ DIGEST_ROWS = 2_000
 
 #: Cache entries summed between two turns of the event loop (see `NameTally.digest`).
 SLICE = 1000
+
+#: A serving process sends digests for this long after the page last asked for them (the page
+#: asks every 5 s while it is open).
+WANTED_FOR = 15.0
+#: ...and at most once in this many seconds, however many pages ask.
+DIGEST_GAP = 5.0
 
 #: (name, rcode) -> answers: a digest of `NameTally`, or several summed.
 Rows = dict[tuple[str, int], int]
@@ -187,3 +202,34 @@ def merged(digests: Iterable[Mapping[_K, int]], limit: int = DIGEST_ROWS) -> dic
         for key, n in digest.items():
             total[key] = total.get(key, 0) + n
     return top(total, limit)
+
+
+_WHEN = struct.Struct("d")
+
+
+class PageClock:
+    """When the page last asked for the serving processes' digests (`time.monotonic()`, which
+    every process of the machine reads alike), in one anonymous shared page: the main process
+    writes it, the serving processes it forks read it, with no message between them."""
+
+    def __init__(self) -> None:
+        self._page = mmap.mmap(-1, _WHEN.size)  # MAP_SHARED: survives the fork, shared
+        _WHEN.pack_into(self._page, 0, -math.inf)
+
+    def ask(self) -> float:
+        """Note that the page wants digests now; return the time noted."""
+        now = time.monotonic()
+        _WHEN.pack_into(self._page, 0, now)
+        return now
+
+    def asked(self) -> float:
+        """When the page last asked (-inf: never)."""
+        value: float = _WHEN.unpack_from(self._page, 0)[0]
+        return value
+
+
+def digest_due(now: float, asked: float, sent: float) -> bool:
+    """Whether a serving process sends its digests in the report it makes at `now`: the page
+    asked within WANTED_FOR seconds, after the last digest (sent at `sent`), and that one is
+    DIGEST_GAP seconds old at least."""
+    return now - asked < WANTED_FOR and asked > sent and now - sent >= DIGEST_GAP

@@ -31,6 +31,7 @@ import traceback
 from collections.abc import Sequence
 
 from kdns.config import Config
+from kdns.serve.tally import PageClock
 from kdns.state.store import Store
 
 
@@ -42,6 +43,7 @@ def run_forked(
     config: Config,
     level: int,
     stores: Sequence[Store],
+    page_clock: PageClock,
 ) -> None:
     """Serve in a child just forked by the main process, then exit (never returns)."""
     code = 1
@@ -65,7 +67,7 @@ def run_forked(
             store.forget_listeners()
         from kdns.serve.server import Inherited, run
 
-        run(config, Inherited(index, feed, status, tuple(sockets)), stores=stores)
+        run(config, Inherited(index, feed, status, tuple(sockets), page_clock), stores=stores)
         code = 0
     except BaseException:  # anything: this process must not go on as the parent
         with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ from kdns.ops.forward import Upstream
 from kdns.serve.acl import QueryAcl
 from kdns.serve.frames import FrameReader, pack
 from kdns.serve.stats import QueryCounters, Snapshot
-from kdns.serve.tally import Rows, merged
+from kdns.serve.tally import DIGEST_GAP, PageClock, Rows, merged
 from kdns.serve.worker import run_forked
 from kdns.state.store import Store
 
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two counter reports of a serving process.
 STATS_INTERVAL = 1.0
-#: Every this many reports also carries the page's digests (`kdns.serve.tally`).
-TALLY_EVERY = 5
 #: A serving process this far behind (bytes of writes it has not read) is restarted instead.
 MAX_FEED_BACKLOG = 256 << 20
 #: Seconds a serving process gets to start answering.
@@ -82,8 +81,8 @@ class WorkerStats:
     #: --allow-query: queries refused and dropped, by transport
     acl_refused: dict[str, int] = field(default_factory=dict)
     acl_dropped: dict[str, int] = field(default_factory=dict)
-    #: For the page, in every TALLY_EVERY-th report: answers by (name, rcode), and NXDOMAIN
-    #: answers by client (None without --http-show-clients).
+    #: For the page, in the reports made while it asks (`tally.digest_due`): answers by
+    #: (name, rcode), and NXDOMAIN answers by client (None without --http-show-clients).
     names: Rows | None = None
     clients: dict[str, int] | None = None
 
@@ -161,9 +160,10 @@ class _Worker:
     stats: WorkerStats | None = None
     #: time.monotonic() of its last frame
     heard: float = 0.0
-    #: its last digests for the page (see WorkerStats)
+    #: its last digests for the page (see WorkerStats), and time.monotonic() when they came
     names: Rows = field(default_factory=dict)
     clients: dict[str, int] = field(default_factory=dict)
+    names_at: float = -math.inf
     #: told to stop by `renew()`: forked again at once, not counted as a failure
     renewing: bool = False
     #: `WorkerPool.written` and the stores' records (`Store.records`) when it was forked
@@ -189,6 +189,7 @@ class _StatusProtocol(asyncio.Protocol):
                 if stats.names is not None:
                     self.worker.names = stats.names
                     self.worker.clients = stats.clients or {}
+                    self.worker.names_at = self.worker.heard
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.exited(self.worker)
@@ -225,6 +226,9 @@ class WorkerPool:
         #: the page's digests of the serving processes that exited
         self._retired_names: Rows = {}
         self._retired_clients: dict[str, int] = {}
+        #: when the page last asked for the digests: the serving processes sum their tables
+        #: only then (`kdns.serve.tally.PageClock`)
+        self.page_clock = PageClock()
         self._failures: dict[int, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Records written to the stores since the start: `record_count` of each upsert, 1 for
@@ -404,7 +408,9 @@ class WorkerPool:
         records = sum(store.records() for store in self.stores)
         pid = os.fork()
         if pid == 0:  # the serving process: never returns
-            run_forked(index, feed_r, status_w, fds, self.config, level, self.stores)
+            run_forked(
+                index, feed_r, status_w, fds, self.config, level, self.stores, self.page_clock
+            )
         os.close(feed_r)
         os.close(status_w)
         worker = _Worker(index, _Child(pid), time.monotonic())
@@ -520,10 +526,22 @@ class WorkerPool:
                 _merge(total.dropped, stats.acl_dropped)
         return total
 
-    def tallies(self) -> tuple[Rows, dict[str, int]]:
+    async def tallies(self) -> tuple[Rows, dict[str, int]]:
         """The page's digests (answers by name and rcode, NXDOMAIN answers by client) summed
-        over every serving process, the ones that exited included; as of their last report
-        that carried them (at most TALLY_EVERY seconds old)."""
+        over every serving process, the ones that exited included.
+
+        Asking is what makes the serving processes send them (`tally.digest_due`). A page
+        that stays open asks every 5 s and reads the digests its last question brought. One just
+        opened, or asking after a pause, finds none that recent: it waits for each answering
+        process's next report (every STATS_INTERVAL), for at most SILENCE_TIMEOUT, after which a
+        silent process is killed as stuck anyway; whatever came by then is summed."""
+        asked = self.page_clock.ask()
+        stale = asked - DIGEST_GAP - 2 * STATS_INTERVAL
+        deadline = asked + SILENCE_TIMEOUT
+        while time.monotonic() < deadline and any(
+            w.ready and w.names_at < stale for w in self._workers.values()
+        ):
+            await asyncio.sleep(0.02)
         workers = list(self._workers.values())
         names = merged([self._retired_names, *(w.names for w in workers)])
         clients = merged([self._retired_clients, *(w.clients for w in workers)])
