@@ -86,6 +86,9 @@ def test_axfr_refused_by_default_and_allowed_to_listed_networks(zones: Path) -> 
         lines = [line.split() for line in out.splitlines() if line and not line.startswith(";")]
         assert lines[0][3] == "SOA" and lines[-1][3] == "SOA"
         assert ["web.default.svc.cluster.local.", "5", "IN", "A", "10.96.0.80"] in lines
+        # IXFR (dig puts the client's SOA, serial 1, in the authority section): the whole zone
+        out = kp.dig("IXFR=1", "cluster.local", tcp=True)
+        assert [line.split() for line in out.splitlines() if line and line[0] != ";"] == lines
         # still refused over UDP, even to an allowed network
         q = dns.message.make_query("cluster.local", "AXFR")
         assert dns.query.udp(q, "127.0.0.1", port=kp.port, timeout=2).rcode() == dns.rcode.REFUSED

@@ -13,7 +13,7 @@ import pytest
 from dnslib import RCODE
 
 from kdns.dns.resolution import Cluster, Engine
-from kdns.dns.wire import Drop, Refuse, encode, parse_query
+from kdns.dns.wire import Drop, Refuse, describe_packet, encode, parse_query
 from kdns.serve.responder import Responder
 from kdns.state.model import Endpoint, EndpointPort, EndpointSet, Service, ServicePort, Subset
 from kdns.state.store import Store
@@ -116,6 +116,10 @@ def header(
 
 
 QUESTION = b"\x03web\x07default\x03svc\x07cluster\x05local\x00\x00\x01\x00\x01"
+#: A TXT record at the root, with one byte of text.
+_TXT_AT_ROOT = b"\x00\x00\x10\x00\x01\x00\x00\x00\x00\x00\x02\x01x"
+#: An OPT record: payload 4096, version 0, no options.
+OPT = b"\x00\x00\x29\x10\x00\x00\x00\x00\x00\x00\x00"
 
 
 @pytest.mark.parametrize(
@@ -157,6 +161,11 @@ def test_dropped(packet: bytes) -> None:
             RCODE.FORMERR,
         ),
         (header() + b"\x00\x00\x29\x00\x01", RCODE.FORMERR),  # OPT as question type
+        # More records than a query carries (an OPT and a TSIG at most; one SOA for IXFR), as
+        # CoreDNS's DNS library refuses them: their names are not walked at all.
+        (header(ar=3) + QUESTION + _TXT_AT_ROOT * 3, RCODE.FORMERR),
+        (header(ns=2) + QUESTION + _TXT_AT_ROOT * 2, RCODE.FORMERR),
+        (header(ns=1) + QUESTION, RCODE.FORMERR),  # its authority record is missing
         (header(ar=1) + QUESTION + b"\x00\x00\x29\x10\x00\x00\x01\x00\x00\x00\x00", 16),  # BADVERS
     ],
 )
@@ -176,9 +185,41 @@ def test_refused_with_error_reply(packet: bytes, rcode: int) -> None:
 
 
 def test_rr_in_additional_other_than_opt_is_accepted() -> None:
-    extra = b"\x00\x00\x10\x00\x01\x00\x00\x00\x00\x00\x02\x01x"  # a TXT record at the root
-    q = parse_query(header(ar=1) + QUESTION + extra)
+    q = parse_query(header(ar=1) + QUESTION + _TXT_AT_ROOT)
     assert not q.edns
+    q = parse_query(header(ar=2) + QUESTION + _TXT_AT_ROOT + OPT)
+    assert q.edns and q.payload == 4096
+
+
+def test_one_authority_record_is_accepted_as_ixfr_carries_its_soa() -> None:
+    # RFC 1995 section 3: an IXFR query has the client's SOA in its authority section.
+    soa = (
+        b"\xc0\x0c\x00\x06\x00\x01\x00\x00\x00\x00\x00\x16"
+        + b"\x00\x00"
+        + struct.pack("!5I", 1, 2, 3, 4, 5)
+    )
+    ixfr = b"\x07cluster\x05local\x00\x00\xfb\x00\x01"
+    q = parse_query(header(ns=1, ar=1) + ixfr + soa + OPT)
+    assert q.qtype == 251 and q.edns
+    assert parse_query(header(ns=1) + QUESTION + _TXT_AT_ROOT).qtype == 1
+
+
+def test_long_queries_are_answered_but_not_memoised(responder: Responder) -> None:
+    # Every distinct query a memo keeps costs its bytes: padding makes each one distinct and
+    # up to 64 KiB, so only queries of ordinary size are kept (kdns.serve.responder).
+    name = "web.default.svc.cluster.local"
+    for size in (100, 2000, 30000):
+        for i in range(3):
+            pad = dns.edns.GenericOption(dns.edns.OptionType.PADDING, i.to_bytes(2, "big") * size)
+            q = dns.message.make_query(name, "A", use_edns=0, options=[pad])
+            wire = q.to_wire(max_size=65535)
+            for _ in range(2):  # the second time from the cache (the memo, when it keeps it)
+                data = responder.respond(wire, udp=True)
+                assert isinstance(data, bytes)
+                r = dns.message.from_wire(data)
+                assert r.answer[0][0].address == "10.96.0.10" and r.id == q.id
+    # The three queries of about 260 bytes, none of the longer ones.
+    assert len(responder._memo) == 3
 
 
 def test_class_other_than_in_is_refused(responder: Responder) -> None:
@@ -227,3 +268,20 @@ def test_cached_equals_full_path_byte_for_byte() -> None:
                 fresh = Responder(Engine([Cluster("cluster.local", store)]), rotate="off")
                 full = encode(query, fresh.resolve(query))
                 assert first == second == full, (name, rdtype, edns)
+
+
+def test_the_query_log_names_extended_rcodes(responder: Responder) -> None:
+    # BADVERS is 16: 0 in the header, 1 in the OPT record (RFC 6891 section 6.1.3).
+    wire = header(ar=1) + QUESTION + b"\x00\x00\x29\x10\x00\x00\x01\x00\x00\x00\x00"
+    response = responder.respond(wire, udp=True)
+    assert isinstance(response, bytes)
+    assert describe_packet(wire, response)[2] == "BADVERS"
+    for name, rcode in [("web", "NOERROR"), ("nope", "NXDOMAIN")]:
+        q = dns.message.make_query(f"{name}.default.svc.cluster.local", "A", use_edns=0)
+        response = responder.respond(q.to_wire(), udp=True)
+        assert isinstance(response, bytes)
+        assert describe_packet(q.to_wire(), response) == (
+            f"{name}.default.svc.cluster.local.",
+            "A",
+            rcode,
+        )

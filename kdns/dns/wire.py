@@ -156,7 +156,10 @@ def parse_query(data: bytes) -> Query:
     opcode = (flags >> 11) & 0xF
     if opcode != 0:
         raise Refuse(RCODE.NOTIMP, _error(id_, flags, RCODE.NOTIMP))
-    if qd != 1 or an or ns:
+    # At most what a query carries: an OPT and a TSIG, one SOA in the authority section for
+    # IXFR (RFC 1995), as CoreDNS's DNS library accepts. More would make each message a walk of
+    # thousands of compressed names that are then ignored.
+    if qd != 1 or an or ns > 1 or ar > 2:
         raise Refuse(RCODE.FORMERR, _error(id_, flags, RCODE.FORMERR))
     # The question name: no compression (there is nothing before it to point to).
     i = 12
@@ -184,6 +187,13 @@ def parse_query(data: bytes) -> Query:
     do = False
     version = 0
     try:
+        for _ in range(ns):  # IXFR's SOA: nothing in it changes the answer
+            i = skip_name(data, i)
+            if i + 10 > len(data):
+                raise ValueError("truncated record")
+            i += 10 + struct.unpack_from("!H", data, i + 8)[0]
+            if i > len(data):
+                raise ValueError("truncated rdata")
         for _ in range(ar):
             start = i
             i = skip_name(data, i)
@@ -412,9 +422,31 @@ def describe_packet(query: bytes, response: bytes | None) -> tuple[str, str, str
         except (ValueError, UnicodeError, IndexError, struct.error):
             name, qtype = "?", "?"
     if response is not None and len(response) >= 4:
-        code = response[3] & 0xF
-        rcode = str(RCODE.forward.get(code, code))
+        code = response[3] & 0xF | _extended_rcode(response) << 4
+        rcode = "BADVERS" if code == BADVERS else str(RCODE.forward.get(code, code))
     return name, qtype, rcode
+
+
+def _extended_rcode(response: bytes) -> int:
+    """The upper 8 bits of a response's rcode, from its OPT record (0 without one)."""
+    if len(response) < 12:
+        return 0
+    _, _, qd, an, ns, ar = HEADER.unpack_from(response)
+    if not ar:
+        return 0
+    try:
+        i = 12
+        for _ in range(qd):
+            i = skip_name(response, i) + 4
+        for n in range(an + ns + ar):
+            i = skip_name(response, i)
+            rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", response, i)
+            if rtype == OPT_TYPE and n >= an + ns:
+                return int(ttl) >> 24
+            i += 10 + rdlen
+    except (ValueError, struct.error):
+        pass
+    return 0
 
 
 def _labels(packet: bytes, i: int) -> list[bytes]:

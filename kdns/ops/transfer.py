@@ -40,7 +40,9 @@ def allowed(client: str, networks: Sequence[Network]) -> bool:
 def transfer(
     engine: Engine, query_bytes: bytes, client: str, networks: Sequence[Network]
 ) -> list[bytes]:
-    """The messages answering an AXFR query: the zone between two copies of its SOA."""
+    """The messages answering an AXFR query: the zone between two copies of its SOA. An IXFR
+    query gets the same (RFC 1995 section 4: a server that keeps no history of changes sends
+    the whole zone), whatever serial its authority section holds."""
     query = parse_query(query_bytes)
     qname = DNSLabel(query.labels)
     zone = str(qname).rstrip(".").lower()

@@ -149,6 +149,11 @@ class _Entry:
 
 
 _SERIAL = struct.Struct("!I")
+#: Longer UDP queries are answered from the cache but not memoised: the memo keeps each query's
+#: bytes, and a client padding its queries (EDNS padding, junk options) could make every one
+#: distinct and up to 64 KiB: 20,000 of them, a gigabyte. Ordinary queries are under 300 bytes
+#: (RFC 8467 pads them to 128-byte blocks).
+MEMO_MAX_QUERY = 512
 #: The tag of answers that depend on any change (they followed a CNAME, or are partial reverse
 #: names).
 _ANY = ANY_TAG
@@ -280,7 +285,8 @@ class Responder:
         self.qtype = query.qtype
         if query.qtype in (QTYPE.AXFR, QTYPE.IXFR) and query.qclass == 1:
             # Never cached: whether it is allowed depends on the client, not the question.
-            if not udp and query.qtype == QTYPE.AXFR and self.engine.is_apex(query.labels):
+            # IXFR gets the whole zone, as RFC 1995 section 4 lets a server without history.
+            if not udp and self.engine.is_apex(query.labels):
                 return TRANSFER
             return self._uncached(query, self._respond(query, None), udp)
         if self.forwarding and query.qclass == 1 and not self.engine.is_local_labels(query.labels):
@@ -366,6 +372,8 @@ class Responder:
         if not udp:
             return _assemble(data, entry, qend, 65535, ar == 1)
         out = _assemble(data, entry, qend, limit, ar == 1)
+        if n > MEMO_MAX_QUERY:
+            return out
         memo = self._memo
         if len(memo) >= self.cache_size:
             memo.clear()
