@@ -370,3 +370,82 @@ def test_control_character_is_located() -> None:
     assert messages(parsed) == [
         "f.yaml:3:19: unacceptable character #x0000: control characters are not allowed"
     ]
+
+
+@pytest.mark.parametrize(
+    ("document", "line", "message"),
+    [
+        (
+            "kind: Service\nmetadata: {name: x}\nspec:\n  type: ExternalName\n"
+            "  externalName: a..b.example.com\n",
+            6,
+            "spec.externalName is not a host name: 'a..b.example.com'",
+        ),
+        (
+            "kind: Service\nmetadata: {name: x}\nspec:\n  type: ExternalName\n"
+            f"  externalName: {'a' * 64}.example.com\n",
+            6,
+            f"spec.externalName is not a host name: '{'a' * 64}.example.com'",
+        ),
+        (
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+            "metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\n"
+            "endpoints:\n- addresses: [10.0.0.1]\n- addresses: [10.1.0.999]\n",
+            7,
+            "endpoints[1].addresses[0] '10.1.0.999' is not an IPv4 address",
+        ),
+        (
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+            "metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\n"
+            "endpoints:\n- addresses: [10.0.0.1, 'fd00::9']\n",
+            6,
+            "endpoints[0].addresses[1] 'fd00::9' is not an IPv4 address",
+        ),
+        (
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+            "metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}\naddressType: IPv6\n"
+            "endpoints:\n- addresses: ['fd00::9']\n  hostname: a.b\n",
+            7,
+            "endpoints[0].hostname 'a.b' is not a valid hostname",
+        ),
+        (
+            "kind: Endpoints\nmetadata: {name: s}\nsubsets:\n- addresses:\n"
+            "  - {ip: 10.0.0.1, hostname: Web_1}\n",
+            6,
+            "subsets[0].addresses[0].hostname 'Web_1' is not a valid hostname",
+        ),
+        (
+            "kind: Endpoints\nmetadata: {name: s}\nsubsets:\n- notReadyAddresses:\n"
+            f"  - {{ip: 10.0.0.1, hostname: {'h' * 64}}}\n",
+            6,
+            f"subsets[0].notReadyAddresses[0].hostname '{'h' * 64}' is not a valid hostname",
+        ),
+    ],
+)
+def test_names_and_addresses_the_apiserver_refuses_are_refused_with_their_place(
+    document: str, line: int, message: str
+) -> None:
+    # The line of the field (an `apiVersion: v1` line is put in front of the v1 ones).
+    # Served, they gave SRV targets and PTR names no query reaches, or answers that could not be
+    # encoded (SERVFAIL); `kdns check` said nothing.
+    if not document.startswith("apiVersion"):
+        document = "apiVersion: v1\n" + document
+    parsed = parse(document, "f.yaml")
+    (problem,) = parsed.problems
+    assert problem.message.startswith(message), problem.message
+    assert problem.line == line
+    assert not parsed.records
+
+
+def test_valid_hostnames_addresses_and_external_names_are_kept() -> None:
+    parsed = parse(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+        "metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\n"
+        f"endpoints:\n- addresses: [10.0.0.1]\n  hostname: {'h' * 63}\n"
+        "- addresses: [10.0.0.2]\n  hostname: 0-web\n"
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\n"
+        "spec: {type: ExternalName, externalName: Db.Example.COM.}\n",
+        "f.yaml",
+    )
+    assert not parsed.problems
+    assert len(parsed.records) == 2

@@ -36,11 +36,12 @@ except ImportError:  # PyYAML built without libyaml: the same, slower
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
 from kdns.sources import pods
-from kdns.sources.trim import TrimError, trim
+from kdns.sources.trim import TrimError, as_host, canonical_ip, trim
 from kdns.sources.trim import labels as trim_labels
 from kdns.state.model import (
     MCS_SERVICE_NAME_LABEL,
     SERVICE_NAME_LABEL,
+    EndpointSet,
     KubeObject,
     Namespace,
     ObjectKey,
@@ -492,9 +493,47 @@ class _Parser:
         _check_label(converted.namespace, _DNS1123_LABEL, "metadata.namespace", "namespace")
         if isinstance(converted, Service):
             _check_label(converted.name, _DNS1035_LABEL, "metadata.name", "Service name")
+            if converted.type == "ExternalName":
+                as_host(converted.external_name, "spec.externalName", wildcard=False)
             labels = tuple(sorted(trim_labels(obj).items()))
             return Record(converted, origin, pods.service_targets(obj), labels)
+        if isinstance(converted, EndpointSet):
+            _check_endpoints(kind, obj)
         return Record(converted, origin)
+
+
+def _check_endpoints(kind: str, obj: Mapping[str, Any]) -> None:
+    """What the apiserver refuses in endpoints and the trimmer lets by (on a cluster, the
+    apiserver has checked): addresses of another family than a slice's or none at all, and
+    hostnames that are no DNS label (a name's one label: `a.b` or `Web_1` would give SRV targets
+    and PTR names that no query reaches)."""
+    if kind == "EndpointSlice":
+        family = obj.get("addressType") or "IPv4"
+        for i, ep in enumerate(obj.get("endpoints") or ()):
+            for j, address in enumerate(ep.get("addresses") or ()):
+                canonical = canonical_ip(address)
+                if canonical is None or (":" in canonical) != (family == "IPv6"):
+                    raise TrimError(
+                        f"endpoints[{i}].addresses[{j}] {address!r} is not an {family} address"
+                    )
+            _check_label(
+                ep.get("hostname") or "",
+                _DNS1123_LABEL,
+                f"endpoints[{i}].hostname",
+                "hostname",
+                empty=True,
+            )
+        return
+    for i, subset in enumerate(obj.get("subsets") or ()):
+        for field_name in ("addresses", "notReadyAddresses"):
+            for j, address in enumerate(subset.get(field_name) or ()):
+                _check_label(
+                    address.get("hostname") or "",
+                    _DNS1123_LABEL,
+                    f"subsets[{i}].{field_name}[{j}].hostname",
+                    "hostname",
+                    empty=True,
+                )
 
 
 def _check_label(
