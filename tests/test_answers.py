@@ -15,9 +15,11 @@ import ipaddress
 from typing import Any
 
 import pytest
-from dnslib import QTYPE, RCODE, DNSLabel
+from dnslib import QTYPE, RCODE, DNSLabel, DNSRecord
 
 from kdns.dns.resolution import Answer, Cluster, Engine
+from kdns.dns.wire import encode, parse_query
+from kdns.ops.zonefile import records
 from kdns.state.model import EndpointSet, KubeObject, Namespace
 from kdns.state.store import Store
 from tests.builders import (
@@ -1283,10 +1285,35 @@ def test_externalname_loop_terminates() -> None:
             external("default", "b", "a.default.svc.cluster.local"),
         ]
     )
-    ans = ask(engine, x("a~"), "A")
-    assert ans.answer
-    assert {QTYPE[rr.rtype] for rr in ans.answer} == {"CNAME"}
-    assert texts(ans.answer[:1]) == [x("a~ 5 CNAME b.default.svc.cluster.local.")]
+    # The chain up to the CNAME that closes the loop, each record once (RFC 2181 5: no
+    # duplicate records in a response).
+    for qtype in ("A", "AAAA"):
+        ans = ask(engine, x("a~"), qtype)
+        assert ans.rcode == RCODE.NOERROR
+        assert texts(ans.answer) == [
+            x("a~ 5 CNAME b.default.svc.cluster.local."),
+            x("b~ 5 CNAME a.default.svc.cluster.local."),
+        ]
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 8, 9])
+def test_externalname_chains_give_each_cname_once(length: int) -> None:
+    # s0 -> s1 -> ... -> s(length-1) -> s0: the loop closes after `length` CNAMEs, which are
+    # all given when they fit in the chase (8); a longer chain stops there.
+    engine = make_engine(
+        [
+            *namespaces("default"),
+            *(
+                external("default", f"s{i}", f"s{(i + 1) % length}.default.svc.cluster.local")
+                for i in range(length)
+            ),
+        ]
+    )
+    ans = ask(engine, x("s0~"), "A")
+    assert ans.rcode == RCODE.NOERROR
+    owners = [str(rr.rname) for rr in ans.answer]
+    assert len(owners) == len(set(owners)) == min(length, 8 + 1)
+    assert all(rr.rtype == QTYPE.CNAME for rr in ans.answer)
 
 
 # -- pods mode -----------------------------------------------------------------------------------
@@ -1525,3 +1552,53 @@ def test_ptr_of_a_cluster_ip_names_one_service() -> None:
         [],
         False,
     )
+
+
+# -- names longer than DNS carries ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("domain_length", [13, 57, 58, 92, 110])
+def test_no_name_longer_than_255_octets_is_served(domain_length: int) -> None:
+    # Valid objects (63-character names, the longest label) under a long --domain make endpoint
+    # names longer than DNS carries. Such a name is left out (no SRV target, no PTR): the other
+    # records still answer, and every answer can be encoded. (At 110 the SRV question itself
+    # is as long as a name can be.)
+    domain = ".".join(["d" * 40, "e" * 40, "f" * 40])[:domain_length].strip(".")
+    ns, svc, host = "n" * 63, "s" * 63, "h" * 63
+    engine = make_engine(
+        [
+            *namespaces(ns),
+            headless(ns, svc, ports=[port("http", 80)]),
+            endpoint_slice(
+                ns,
+                f"{svc}-1",
+                svc,
+                [ep("10.4.0.9", hostname=host), ep("10.4.0.8")],
+                [eport("http", 80)],
+            ),
+        ],
+        domain=domain,
+    )
+    fqdn = f"{svc}.{ns}.svc.{domain}."
+    long_fits = len(f"{host}.{fqdn}") - 1 <= 253
+    srv = ask(engine, f"_http._tcp.{fqdn}", "SRV")
+    targets = sorted(str(rr.rdata.target) for rr in srv.answer)
+    expected = [f"10-4-0-8.{fqdn}", *([f"{host}.{fqdn}"] if long_fits else [])]
+    assert targets == sorted(expected)
+    assert {rr.rdata.weight for rr in srv.answer} == {100 // len(expected)}
+    assert len(srv.additional) == len(expected)
+    assert texts(ask(engine, "8.0.4.10.in-addr.arpa", "PTR").answer) == [
+        f"8.0.4.10.in-addr.arpa. 5 PTR 10-4-0-8.{fqdn}"
+    ]
+    ptr = ask(engine, "9.0.4.10.in-addr.arpa", "PTR")
+    assert (ptr.rcode, len(ptr.answer)) == (
+        (RCODE.NOERROR, 1) if long_fits else (RCODE.NXDOMAIN, 0)
+    )
+    assert {str(rr.rdata) for rr in ask(engine, fqdn, "A").answer} == {"10.4.0.8", "10.4.0.9"}
+    asked = [(f"_http._tcp.{fqdn}", "SRV"), (fqdn, "SRV"), ("9.0.4.10.in-addr.arpa", "PTR")]
+    for name, qtype in asked:
+        message = DNSRecord.question(name, qtype).pack()
+        assert encode(parse_query(message), engine.resolve(DNSLabel(name), getattr(QTYPE, qtype)))
+    for rr in records(engine):
+        assert len(str(rr.rname)) - 1 <= 253
+        assert len(str(getattr(rr.rdata, "target", getattr(rr.rdata, "label", "")))) - 1 <= 253

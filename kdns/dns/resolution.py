@@ -47,6 +47,17 @@ SCHEMA_TTL = 28800
 SOA_TIMERS = (7200, 1800, 86400)
 #: How many in-zone CNAMEs (ExternalName services pointing at services) are followed.
 MAX_CHASE = 8
+#: The longest name DNS carries, in characters without the final dot (255 octets on the wire).
+MAX_NAME = 253
+
+
+def fits(name: str) -> bool:
+    """Whether `name` (a final dot or not) is short enough to exist in DNS. Valid objects can
+    make longer ones: an endpoint's hostname, its service's and namespace's names (63 each)
+    and a long `--domain` add up to more. Such a name is not served: no SRV target, PTR target
+    or record listed is ever longer (an answer holding one could not be encoded at all)."""
+    return len(name) - name.endswith(".") <= MAX_NAME
+
 
 #: The cache tag of answers that any change may alter: the response cache drops them on every
 #: change (kdns/serve/responder.py spells it `_ANY`).
@@ -659,8 +670,10 @@ class Engine:
         owners_: list[str] = []
         for cluster in self.clusters:
             for ns, svc, ep in cluster.store.endpoints_by_ip(address):
-                targets.append(f"{ep}.{svc}.{ns}.svc.{cluster.domain}.")
-                owners_.append(f"endpoint {ep!r} of service {ns}/{svc}")
+                target = f"{ep}.{svc}.{ns}.svc.{cluster.domain}."
+                if fits(target):
+                    targets.append(target)
+                    owners_.append(f"endpoint {ep!r} of service {ns}/{svc}")
         if targets:
             return Resolution(Rule.PTR_ENDPOINT, req, values=tuple(targets), owners=tuple(owners_))
         # An address no cluster names: the clusterset names (MCS DNS specification 2.3.3 and
@@ -673,16 +686,22 @@ class Engine:
                 target = f"{name}.{ns}.svc.{clusterset.domain}."
                 return Resolution(Rule.PTR_SERVICE, req, values=(target,), owners=owners)
             for ns, svc, ep in endpoints:
-                targets.append(f"{ep}.{svc}.{ns}.svc.{clusterset.domain}.")
-                owners_.append(f"endpoint {ep!r} of ServiceImport {ns}/{svc}")
+                target = f"{ep}.{svc}.{ns}.svc.{clusterset.domain}."
+                if fits(target):
+                    targets.append(target)
+                    owners_.append(f"endpoint {ep!r} of ServiceImport {ns}/{svc}")
         if targets:
             return Resolution(Rule.PTR_ENDPOINT, req, values=tuple(targets), owners=tuple(owners_))
         return Resolution(Rule.NO_PTR, req)
 
     # -- the records: a decision and a type -> the sections ------------------------------------
 
-    def build(self, res: Resolution, qname: DNSLabel, qtype: int, depth: int = 0) -> Answer:
-        """The sections that answer `qtype` at `qname` (the name `res` was decided for)."""
+    def build(
+        self, res: Resolution, qname: DNSLabel, qtype: int, chain: tuple[str, ...] = ()
+    ) -> Answer:
+        """The sections that answer `qtype` at `qname` (the name `res` was decided for).
+        `chain`: the names whose CNAMEs led here (lower case, no final dot), when following
+        ExternalName targets inside kdns's zones."""
         rule = res.rule
         req = res.request
         if rule is Rule.OUTSIDE:
@@ -697,7 +716,7 @@ class Engine:
             zone = ".".join(req.reverse_zone)
             serial = self._reverse_serial()
             mname = f"ns.dns.{self.clusters[0].domain}"
-        ans = self._records(res, qname, qtype, depth, mname)
+        ans = self._records(res, qname, qtype, chain, mname)
         if ans is None:  # NXDOMAIN or NODATA: the zone's SOA says how long to keep it
             rcode = RCODE.NXDOMAIN if rule in NXDOMAIN_RULES else RCODE.NOERROR
             ans = Answer(rcode, authority=[self._soa(zone, serial, mname)])
@@ -757,6 +776,7 @@ class Engine:
         assert res.view is not None and res.request.zone is not None
         svc = res.view.service
         fqdn = f"{svc.name}.{svc.namespace}.svc.{res.request.zone.domain}."
+        found = _named(found, fqdn)
         weight = srv_weight(len(found))
         return [
             f"0 {weight} {port} {name}.{fqdn}" if name is not None else f"0 {weight} {port} {fqdn}"
@@ -764,7 +784,7 @@ class Engine:
         ]
 
     def _records(
-        self, res: Resolution, qname: DNSLabel, qtype: int, depth: int, mname: str
+        self, res: Resolution, qname: DNSLabel, qtype: int, chain: tuple[str, ...], mname: str
     ) -> Answer | None:
         """The positive answer, or None for a negative one (NXDOMAIN when the rule says so)."""
         rule = res.rule
@@ -818,7 +838,7 @@ class Engine:
                 answer=[RR(qname, QTYPE.PTR, ttl=self.ttl, rdata=PTR(t)) for t in res.values]
             )
         if rule is Rule.EXTERNAL_NAME:
-            return self._external_name(res.values[0], qname, qtype, depth)
+            return self._external_name(res.values[0], qname, qtype, chain)
         if rule in _EXPOSED_RULES:
             if qtype in (QTYPE.SRV, QTYPE.ANY) and rule is not Rule.EXPOSED_HOST:
                 return self._exposed_srv(res, qname)
@@ -826,7 +846,7 @@ class Engine:
                 return self._addresses(qname, res.values, qtype)
             # Known to the load balancer only by name: a CNAME to it, followed as an
             # ExternalName's is (upstream with --upstream).
-            return self._external_name(res.target, qname, qtype, depth)
+            return self._external_name(res.target, qname, qtype, chain)
         return None  # the names that exist and hold nothing of this kind: NODATA
 
     def _exposed_srv(self, res: Resolution, qname: DNSLabel) -> Answer | None:
@@ -895,6 +915,9 @@ class Engine:
         assert view is not None and res.request.zone is not None
         svc = view.service
         fqdn = f"{svc.name}.{svc.namespace}.svc.{res.request.zone.domain}."
+        found = _named(found, fqdn)
+        if not found:
+            return None
         weight = srv_weight(len(found))
         ans = Answer()
         glued: set[str | None] = set()
@@ -908,13 +931,19 @@ class Engine:
                 ans.additional.extend(self._address_records(target, addresses, QTYPE.ANY))
         return ans
 
-    def _external_name(self, target: str, qname: DNSLabel, qtype: int, depth: int) -> Answer | None:
+    def _external_name(
+        self, target: str, qname: DNSLabel, qtype: int, chain: tuple[str, ...]
+    ) -> Answer | None:
         # A CNAME owns its name for every type (RFC 1034 3.6.2), as CoreDNS answers; the spec
         # singles out SRV, which gets NODATA.
         if qtype == QTYPE.SRV:
             return None
         cname = RR(qname, QTYPE.CNAME, ttl=self.ttl, rdata=CNAME(target + "."))
-        if qtype not in (QTYPE.A, QTYPE.AAAA) or depth >= MAX_CHASE:
+        chain = (*chain, str(qname).rstrip(".").lower())
+        # A target already in the chain is a loop (a service pointing at itself, or two at each
+        # other): the chain ends with the CNAME that closes it, each record given once, as a
+        # server following CNAMEs in its own zone does (RFC 1034 4.3.2). CoreDNS answers NODATA.
+        if qtype not in (QTYPE.A, QTYPE.AAAA) or len(chain) > MAX_CHASE or target in chain:
             return Answer(answer=[cname])
         chase = self.grammar.parse(target.lower().split("."))
         if chase.zone is None:
@@ -922,7 +951,7 @@ class Engine:
             ede = () if self.forwarding else (OUTSIDE_NO_UPSTREAM,)
             return Answer(answer=[cname], ede=ede, outside=target)
         # Inside kdns's zones: followed, as a resolver would, with the target's own answer.
-        followed = self.build(self.decide(chase), DNSLabel(target), qtype, depth + 1)
+        followed = self.build(self.decide(chase), DNSLabel(target), qtype, chain)
         followed.answer.insert(0, cname)
         followed.followed = [followed.resolution, *followed.followed]
         return followed
@@ -1023,6 +1052,19 @@ def srv_targets(
                 continue
             found.setdefault((None, sp.port), list(svc.cluster_ips))
     return found
+
+
+def _named(
+    found: dict[tuple[str | None, int], list[str]], fqdn: str
+) -> dict[tuple[str | None, int], list[str]]:
+    """`srv_targets`' pairs without the endpoints whose name under `fqdn` cannot exist (`fits`)."""
+    if len(fqdn) + 64 <= MAX_NAME:  # no label (63 at most) makes it too long: the usual case
+        return found
+    return {
+        (name, port): addresses
+        for (name, port), addresses in found.items()
+        if name is None or fits(f"{name}.{fqdn}")
+    }
 
 
 def _address_texts(addresses: Iterable[str], qtype: int) -> list[str]:

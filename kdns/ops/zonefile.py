@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from dnslib import QTYPE, RR, DNSLabel
 
-from kdns.dns.resolution import Engine
+from kdns.dns.resolution import Engine, fits
 
 _TYPES = (QTYPE.SOA, QTYPE.NS, QTYPE.A, QTYPE.AAAA, QTYPE.CNAME, QTYPE.SRV, QTYPE.PTR, QTYPE.TXT)
 
@@ -35,7 +35,8 @@ def _names(engine: Engine) -> Iterator[str]:
             for name, proto in sorted(ports):
                 yield f"_{name}._{proto.lower()}.{fqdn}"
             for label in sorted({ep.name for ep in view.ready}):
-                yield f"{label}.{fqdn}"
+                if fits(f"{label}.{fqdn}"):
+                    yield f"{label}.{fqdn}"
             addresses.update(svc.cluster_ips)
             addresses.update(ep.address for ep in view.ready)
         for address in sorted(addresses, key=_ip_order):

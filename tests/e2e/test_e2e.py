@@ -505,6 +505,11 @@ def make_workload(
     svc(a, "empty-cip", selector={"app": "nothing"}, ports=[("x", 1, 1)])
     svc(a, "ext", external_name="example.com")
     svc(a, "ext-in", external_name=f"web.{a}.svc.{ZONE}")
+    # CNAMEs that lead nowhere: to themselves, round in two, to a name that does not exist.
+    svc(a, "ext-self", external_name=f"ext-self.{a}.svc.{ZONE}")
+    svc(a, "ext-loop1", external_name=f"ext-loop2.{a}.svc.{ZONE}")
+    svc(a, "ext-loop2", external_name=f"ext-loop1.{a}.svc.{ZONE}")
+    svc(a, "ext-gone", external_name=f"gone.{a}.svc.{ZONE}")
     svc(b, "manual", headless=True, ports=[("port", 2379, 2379)])
     cp.create_endpoints(
         b,
@@ -656,6 +661,10 @@ def make_workload(
             "noports",
             "ext",
             "ext-in",
+            "ext-self",
+            "ext-loop1",
+            "ext-loop2",
+            "ext-gone",
             "ds",
             "ds6",
             "pds",
@@ -813,6 +822,13 @@ KNOWN_DIFFERENCES: dict[str, str] = {
         "has no IPv6): CoreDNS answers NODATA without the CNAME; kdns answers the CNAME, as RFC "
         "1034 3.6.2 requires for every type but CNAME's own, so resolvers follow it."
     ),
+    "externalname-chain-to-nothing": (
+        "ExternalName whose chain inside the zone leads to no address (a service pointing at "
+        "itself, two at each other, a target name that does not exist), asked A or AAAA: CoreDNS "
+        "answers NODATA with no record; kdns answers the CNAMEs it followed, each once, with the "
+        "last name's rcode (NXDOMAIN for a target that does not exist, RFC 6604), as a server "
+        "following CNAMEs inside its own zone does (RFC 1034 4.3.2)."
+    ),
     "nxdomain-means-no-name": (
         "svc.<zone> / pod.<zone> TXT and dns-version.<zone> A: CoreDNS says NXDOMAIN although it "
         "answers other types at these names; kdns says NODATA, since NXDOMAIN denies the name for "
@@ -895,7 +911,7 @@ def classify(
         if {_srv_key(r, False) for r in kl} == {_srv_key(r, False) for r in cl}:
             return "srv-weight-after-dedup"
     if (
-        labels[0] in ("ext", "ext-in")
+        labels[0].startswith("ext")  # the workload's ExternalName services
         and qtype not in ("A", "CNAME", "SRV")
         and k.rcode == c.rcode == "NOERROR"
         and not c.answer
@@ -903,6 +919,15 @@ def classify(
         and all(" CNAME " in r for r in k.answer)
     ):
         return "externalname-cname-every-type"
+    if (
+        labels[0].startswith("ext")
+        and qtype in ("A", "AAAA")
+        and (k.rcode, c.rcode) in (("NOERROR", "NOERROR"), ("NXDOMAIN", "NOERROR"))
+        and not c.answer
+        and k.answer
+        and all(" CNAME " in r for r in k.answer)
+    ):
+        return "externalname-chain-to-nothing"
     if (
         lname in (f"svc.{zone}", f"pod.{zone}", f"dns-version.{zone}")
         and (k.rcode, c.rcode) == ("NOERROR", "NXDOMAIN")
