@@ -68,6 +68,9 @@ def zones(tmp_path: Path) -> Path:
     return tmp_path
 
 
+NOT_AN_ADDRESS = "not the full reverse name of an address with a PTR record"
+
+
 def test_each_reason_reaches_an_edns_client_and_only_it(zones: Path) -> None:
     kp = start_kdns(["--zones", str(zones)])
     try:
@@ -78,6 +81,9 @@ def test_each_reason_reaches_an_edns_client_and_only_it(zones: Path) -> None:
             "x.web.shop.svc.cluster.local": "service shop/web has no ready endpoint named x",
             "_nope._tcp.web.shop.svc.cluster.local": "service shop/web has no port nope/tcp",
             "9.9.96.10.in-addr.arpa": "no service or ready endpoint has the address 10.96.9.9",
+            # partial, and not an address (it used to end "has the address " and nothing)
+            "11.in-addr.arpa": NOT_AN_ADDRESS,
+            "256.0.100.10.in-addr.arpa": NOT_AN_ADDRESS,
         }
         for name, reason in cases.items():
             for _ in range(3):  # the miss, then the cache and the memo

@@ -243,6 +243,35 @@ def test_allocation_uses_the_given_cidr(tmp_path: Path) -> None:
     assert view.service.cluster_ips[0].startswith("fd00:10:96::")
 
 
+@pytest.mark.parametrize(
+    ("families", "cidr", "warned"),
+    [
+        ("[IPv6]", "10.96.0.0/12", True),
+        ("[IPv6, IPv4]", "10.96.0.0/12", False),  # dual-stack: one of its families
+        ("[IPv4]", "fd00:10:96::/112", True),
+        ("[IPv6]", "fd00:10:96::/112", False),
+        (None, "fd00:10:96::/112", False),  # no family asked: the range's
+    ],
+)
+def test_a_family_the_range_cannot_give_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, families: str | None, cidr: str, warned: bool
+) -> None:
+    text = service("a")
+    if families is not None:
+        text = text.replace("spec:\n", f"spec:\n  ipFamilies: {families}\n", 1)
+        assert "ipFamilies" in text
+    write(tmp_path / "a.yaml", text)
+    store = new_store()
+    with caplog.at_level(logging.INFO, logger="kdns.sources.files"):
+        source(store, tmp_path, cidr=cidr).load()
+    view = store.service("default", "a")
+    assert view is not None and view.service.cluster_ips  # served all the same
+    warnings = [r.getMessage() for r in caplog.records if "spec.ipFamilies" in r.getMessage()]
+    assert bool(warnings) is warned, warnings
+    if warned:
+        assert "a.yaml:1: document 1: warning: Service default/a asks for IPv" in warnings[0]
+
+
 def test_pods_give_endpoints_until_endpoints_are_written(tmp_path: Path) -> None:
     write(tmp_path / "web.yaml", service("web", selector="web"))
     write(

@@ -358,6 +358,8 @@ class Engine:
                 return (0, f"pod names spell {address} as {canonical}")
             return (0, f"no pod has the address {address} in namespace {ns}")
         if rule is Rule.NO_PTR:
+            if req.shape is not Shape.REVERSE:  # a partial or malformed name: no address
+                return (0, "not the full reverse name of an address with a PTR record")
             return (0, f"no service or ready endpoint has the address {req.address}")
         if rule is Rule.NOT_EXPOSED:
             return (0, f"service {ns}/{svc} has no externalIPs and no load balancer ingress")

@@ -282,6 +282,20 @@ def assemble(
         allocated = {}
     for key, address in allocated.items():
         services[key] = dataclasses.replace(services[key], cluster_ips=(address,))
+        version = 6 if ":" in address else 4
+        families = targets[key].families
+        if families and version not in families:
+            # The apiserver would refuse the Service (no range of its family); kdns serves it
+            # from the one range it has, and says so rather than give another family silently.
+            problems.append(
+                _problem_at(
+                    origins[key],
+                    f"Service {key[0]}/{key[1]} asks for IPv{families[0]} (spec.ipFamilies) "
+                    f"but --service-cidr {service_cidr} is IPv{version}: it gets {address}; "
+                    f"give an IPv{families[0]} --service-cidr, or a clusterIP",
+                    "warning",
+                )
+            )
 
     owners: dict[str, tuple[str, str]] = {}
     for key, svc in services.items():
