@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import logging
 import random
 import socket
 import threading
@@ -17,9 +18,11 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kubernetes.client import ApiException
 from urllib3.exceptions import ProtocolError
 
 import kdns.sources.reflector
@@ -1007,3 +1010,41 @@ def test_double_speaks_the_apiserver_wire_protocol(api: FakeApiServer) -> None:
         assert [e["type"] for e in events][-1] == "MODIFIED"
         rv = events[-1]["object"]["metadata"]["resourceVersion"]
     conn.close()
+
+
+def test_a_watch_refused_after_a_list_allowed_backs_off_and_warns_once(
+    api: FakeApiServer, store: LoopStore, start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RBAC granting list and not watch: every list succeeds, every watch gets 403. The list's
+    # success must not end the failure streak (it did: the backoff began again from its first
+    # step each time, a full list and a warning about every half second, forever).
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    api.inject(Fault(403, times=None, resource="services", watch=True))
+    with caplog.at_level(logging.DEBUG, logger="kdns.sources.reflector"):
+        reflector = synced(start(settings=replace(FAST, backoff_base=0.01, backoff_cap=0.05)))
+        assert store.addresses("web") == ["10.96.0.10"]  # served from the lists meanwhile
+        wait_for(lambda: reflector.stats.errors >= 5, what="five refused watches")
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    refused = [m for m in messages if "not allowed to watch services cluster-wide (403)" in m]
+    assert len(refused) == 1, messages
+    assert "grant watch to kdns's account" in refused[0]
+    assert not [m for m in messages if "working again" in m], messages
+
+
+def test_a_client_side_failure_is_one_line_that_says_what_to_check() -> None:
+    # The client raises ApiException with status 0 when no answer came (TLS, connection); its
+    # reason spans lines. It read "the API answered 0 SSLError" and the next line.
+    fake = SimpleNamespace(resource=SimpleNamespace(plural="services"), namespace="", verb="list")
+    reason = (
+        "SSLError\n[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get "
+        "local issuer certificate (_ssl.c:1006)"
+    )
+    text = kdns.sources.reflector._describe(ApiException(status=0, reason=reason), fake)
+    assert "\n" not in text and "answered 0" not in text
+    assert text.startswith("API unreachable: SSLError [SSL: CERTIFICATE_VERIFY_FAILED]")
+    assert text.endswith(
+        "check the kubeconfig's certificate-authority (or certificate-authority-data) "
+        "for this server"
+    )
+    other = kdns.sources.reflector._describe(ApiException(status=0, reason="Timeout\nx"), fake)
+    assert other == "API unreachable: Timeout x"

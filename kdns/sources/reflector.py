@@ -361,8 +361,13 @@ class Reflector:
         #: key -> `_version` (resourceVersion and uid) of every object handed to the sink and
         #: not deleted since.
         self._versions: dict[ObjectKey, str] = {}
+        #: Failures since a watch last worked: the backoff's step.
         self._failures = 0
+        #: Failures since the API last answered anything (a list counts): the outage's length.
+        self._misses = 0
         self._away = False  # the last failure said the API was unreachable or unavailable
+        #: The request being made ("list" or "watch"), for the error messages.
+        self.verb = "list"
         #: Wall-clock time of the first failure of the current streak, and whether the store
         #: was told the API is unreachable (after a retry failed too: one dropped stream that
         #: the next request cures is not an outage worth a word to clients).
@@ -496,8 +501,9 @@ class Reflector:
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
+        self._misses += 1
         self._away = _api_away(exc)
-        if self._failures == 1:
+        if self._misses == 1:
             self._failing_since = time.time()
         elif self._away and not self._said_unreachable:
             self._said_unreachable = True
@@ -550,7 +556,21 @@ class Reflector:
             self._said_unreachable = False
             self._sink.set_unreachable(self.layer, None)
         self._failures = 0
+        self._misses = 0
         self._away = False
+
+    def _reachable(self) -> None:
+        """A list answered: the API is reachable, so answers stop saying they are stale. The
+        streak of failures (its backoff, its one warning) ends only once a watch works too:
+        with list allowed and watch refused (RBAC), each list would otherwise reset the backoff,
+        and the watch's 403 would come back at once, a full list a second, warned each time."""
+        if self._failures:
+            self._recovery.success()
+        if self._said_unreachable:
+            self._said_unreachable = False
+            self._sink.set_unreachable(self.layer, None)
+        self._away = False
+        self._misses = 0
 
     def _healthy(self) -> None:
         if self._complaint == "absent":
@@ -590,6 +610,7 @@ class Reflector:
     # -- list --------------------------------------------------------------------------------------
 
     def _list(self) -> None:
+        self.verb = "list"
         held = self._versions
         versions: dict[ObjectKey, str] = {}  # what will be held once the list is handed over
         changed: list[KubeObject] = []
@@ -641,7 +662,7 @@ class Reflector:
         stats.lists += 1
         stats.objects = len(versions)
         stats.resource_version = rv
-        self._healthy()
+        self._reachable()
         log.debug(
             "%s: listed %d objects at resourceVersion %s: %d new or changed, %d gone",
             self.name,
@@ -713,6 +734,7 @@ class Reflector:
     # -- watch -----------------------------------------------------------------------------------
 
     def _watch(self) -> _End:
+        self.verb = "watch"
         low, high = self.settings.watch_timeout
         started = time.monotonic()
         try:
@@ -1046,10 +1068,19 @@ def _describe(exc: BaseException, reflector: Reflector) -> str:
             return "the API refused our credentials (401): check the token or kubeconfig user"
         if status == 403:
             scope = f"in namespace {reflector.namespace}" if reflector.namespace else "cluster-wide"
-            return f"not allowed to list/watch {what} {scope} (403): grant it to kdns's account"
+            verb = reflector.verb
+            return f"not allowed to {verb} {what} {scope} (403): grant {verb} to kdns's account"
         if status == 410:
             return "the list's continue token expired (410)"
-        return f"the API answered {status} {exc.reason or ''}".rstrip()
+        if status == 0:  # no answer at all: the client's own failure (TLS, connection)
+            reason = _one_line(exc.reason)
+            if "CERTIFICATE_VERIFY_FAILED" in reason:
+                return (
+                    f"API unreachable: {reason}: check the kubeconfig's certificate-authority "
+                    "(or certificate-authority-data) for this server"
+                )
+            return f"API unreachable: {reason}"
+        return f"the API answered {status} {_one_line(exc.reason or '')}".rstrip()
     if isinstance(exc, MaxRetryError):
         return f"API unreachable: {_one_line(exc.reason)}"
     if isinstance(exc, ReadTimeoutError):
