@@ -387,7 +387,10 @@ class DnsServer:
             self._closers.append(self.rate.stop)
             for sock in http.sockets:
                 host, port = sock.getsockname()[:2]
-                log.info("http on %s port %d (/, /health, /ready, /metrics, /changes)", host, port)
+                paths = "/, /health, /ready, /metrics, /changes" + (
+                    ", /explain" if self.config.http_explain else ""
+                )
+                log.info("http on %s port %d (%s)", host, port, paths)
         await self._wait_synced()
         # What is loaded now lives as long as the server; what changes later must not pile up
         # in the collector's young generation (heap.py).
@@ -462,8 +465,9 @@ class DnsServer:
             scope=scope,
         )
         files.load()
-        self.file_source = files
-        self._spawn(files.watch())
+        if files.dirs:  # none when a cluster is served and --zones names none
+            self.file_source = files
+            self._spawn(files.watch())
         if clients:
             from kdns.sources.cluster import ClusterSource
 
