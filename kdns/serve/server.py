@@ -175,10 +175,17 @@ class DnsServer:
         given = list(stores) if stores is not None else []
         if given and len(given) != 1 + len(config.clusters):
             raise ValueError(f"{len(given)} stores for {1 + len(config.clusters)} zones")
-        self.store = given[0] if given else Store(serial_base=int(time.time()), rules=rules)
+        self.store = (
+            given[0] if given else Store(serial_base=int(time.time()), rules=rules, clock=time.time)
+        )
         # --cluster CONTEXT=ZONE: one more store, and zone, per further cluster.
         self.extra = [
-            (ctx, given[i + 1] if given else Store(serial_base=int(time.time()), rules=rules))
+            (
+                ctx,
+                given[i + 1]
+                if given
+                else Store(serial_base=int(time.time()), rules=rules, clock=time.time),
+            )
             for i, (ctx, _) in enumerate(config.clusters)
         ]
         zones = zones_of(config, [self.store, *(store for _, store in self.extra)])

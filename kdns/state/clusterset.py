@@ -57,7 +57,7 @@ class ExportUnion:
 
     def __init__(self, members: Sequence[tuple[str, Store]]) -> None:
         self.members = list(members)
-        self.store = Store(serial_base=int(time.time()))
+        self.store = Store(serial_base=int(time.time()), clock=time.time)
         self.store.add_layer(LAYER)
         self.store.set_synced(LAYER)
         # An empty layer per member, holding its sync and reachability (the store's are those

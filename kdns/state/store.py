@@ -584,8 +584,19 @@ def build_import_view(imp: ServiceImport, slices: Iterable[ImportSlice]) -> Serv
 class Store:
     """Current DNS-relevant objects from every source, with a generation counter."""
 
-    def __init__(self, serial_base: int = 0, rules: ViewRules = _DEFAULT_RULES) -> None:
+    def __init__(
+        self,
+        serial_base: int = 0,
+        rules: ViewRules = _DEFAULT_RULES,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """`serial_base`: the SOA serial before the first change. `clock` (a server's:
+        `time.time`): each change then makes the serial the current second, or one more than
+        before if that is not more. Counted from the start instead, a restarted server's serial
+        went back whenever changes had come faster than one a second (a secondary then takes
+        the zone for older); this way it leads the clock only by the burst just past."""
         self.rules = rules
+        self._clock = clock
         self._layers: dict[str, _Layer] = {}
         #: pod IP -> namespace -> how many pods (of every layer) there have it (`--pods
         #: verified`, and `--autopath`, which finds a client's namespace by its address).
@@ -911,7 +922,11 @@ class Store:
             changed.add(address)
 
     def _bump(self, received_at: float | None) -> None:
+        serial = self.serial
         self.generation += 1
+        if self._clock is not None:
+            serial = max(int(self._clock()), serial + 1) % (1 << 32)
+            self._serial_base = (serial - self.generation) % (1 << 32)
         self.last_change = Change(
             frozenset(self._changed_services),
             frozenset(self._changed_addresses),
