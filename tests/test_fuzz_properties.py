@@ -320,7 +320,9 @@ def _full_path(data: bytes, store: Store, udp: bool) -> bytes:
     query = parse_query(data)
     full = encode(query, new_responder(store).resolve(query))
     limit = limit_for(query) if udp else 65535
-    return full if len(full) <= limit else truncated(full, len(query.name) + 4, query.edns)
+    if len(full) <= limit:
+        return full
+    return truncated(full, len(query.name) + 4, query.edns, limit)
 
 
 @FAST

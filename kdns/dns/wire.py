@@ -332,17 +332,34 @@ def encode(query: Query, answer: Answer, *, max_udp: int = DEFAULT_MAX_UDP) -> b
     return bytes(packed)
 
 
-def truncated(response: bytes, qlen: int, edns: bool) -> bytes:
-    """The TC=1 form of a response too large for UDP: header, question and OPT only.
+def truncated(response: bytes, qlen: int, edns: bool, limit: int) -> bytes:
+    """The TC=1 form of a response larger than `limit` (the client's UDP size): as many whole
+    records as fit, in order (answer, then authority, then additional, each up to the first
+    that does not fit), and the OPT record.
 
+    As CoreDNS's DNS library truncates: a client that cannot retry over TCP (musl before 1.2.4,
+    older Alpine images) still gets part of a large headless answer rather than none.
+    Compression pointers point backwards only, so a message cut at a record's end stays whole.
     `qlen` is the length of the question section, `edns` whether the response has an OPT.
     """
-    id_, flags, *_ = HEADER.unpack_from(response)
-    question = response[12 : 12 + qlen]
-    opt = b""
-    if edns:
-        opt = response[_opt_start(response) :]  # encode() appends the OPT record last
-    return HEADER.pack(id_, flags | TC, 1, 0, 0, 1 if opt else 0) + question + opt
+    id_, flags, _, an, ns, ar = HEADER.unpack_from(response)
+    opt = response[_opt_start(response) :] if edns else b""  # encode() appends it last
+    budget = max(limit, 512) - len(opt)
+    end = 12 + qlen
+    kept = [0, 0, 0]
+    try:
+        for section, count in enumerate((an, ns, ar - (1 if opt else 0))):
+            for _ in range(count):
+                at = skip_name(response, end)
+                at += 10 + struct.unpack_from("!H", response, at + 8)[0]
+                if at > budget:
+                    raise StopIteration
+                end = at
+                kept[section] += 1
+    except (StopIteration, ValueError, struct.error):
+        pass
+    counts = HEADER.pack(id_, flags | TC, 1, kept[0], kept[1], kept[2] + (1 if opt else 0))
+    return counts + response[12:end] + opt
 
 
 def _opt_start(response: bytes) -> int:

@@ -70,5 +70,5 @@ async def follow(
         message.add_answer(rr)
     out: bytes = message.pack()
     if len(out) > limit:
-        return truncated(out, qlen, edns)
+        return truncated(out, qlen, edns, limit)
     return out

@@ -104,7 +104,7 @@ class AutoPath:
         out = encode(query, moved, max_udp=self.max_udp)
         limit = limit_for(query, self.max_udp) if udp else 65535
         if len(out) > limit:
-            return truncated(out, len(query.name) + 4, query.edns)
+            return truncated(out, len(query.name) + 4, query.edns, limit)
         return out
 
 

@@ -104,7 +104,7 @@ class Chase(Action):
 class _Entry:
     response: bytes
     rcode: int
-    short: bytes | None = None  # the TC=1 form, made when first needed
+    short: dict[int, bytes] | None = None  # the TC=1 forms, by UDP size, made when needed
     #: Offset of the SOA serial when the response ends with a SOA record (negative answers);
     #: -1 otherwise.
     serial_at: int = -1
@@ -497,17 +497,22 @@ def _answerable(query: Query) -> bool:
 def _assemble(data: bytes, entry: _Entry, qend: int, limit: int, edns: bool) -> bytes:
     """A cached response, given this query's ID, RD and CD flags and question spelling."""
     response = entry.response
-    # An answer too large for this client is sent truncated (TC=1, no records): it neither
-    # needs the orders nor moves the turn on. Every order has the first order's records (the
-    # same length, but for an order encoded again, whose compression may differ: checked).
+    # An answer too large for this client is sent truncated (TC=1, the records that fit, in
+    # the first order): it neither needs the orders nor moves the turn on. Every order has the
+    # first order's records (the same length, but for an order encoded again, whose
+    # compression may differ: checked).
     if len(response) <= limit and (entry.rotation is not None or entry.unplanned is not None):
         rotation = entry.rotated()
         if rotation is not None:
             response = rotation.next()
     if len(response) > limit:
-        if entry.short is None:
-            entry.short = truncated(response, qend - 12, edns)
-        response = entry.short
+        short = entry.short
+        if short is None:
+            short = entry.short = {}
+        cut = short.get(limit)  # 512 without EDNS, the client's size with it
+        if cut is None:
+            cut = short[limit] = truncated(entry.response, qend - 12, edns, limit)
+        response = cut
     flags = bytes(
         ((response[2] & 0xFE) | (data[2] & 0x01), (response[3] & 0xEF) | (data[3] & 0x10))
     )
