@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.flags
+import dns.message
+import dns.query
 import pytest
 import yaml
 
@@ -1260,3 +1263,43 @@ def test_watch_survives_apiserver_restart(
         f"dig saw it {time.monotonic() - t_slice:.2f}s later"
     )
     cluster.delete_pod(ns, "x-0")
+
+
+def test_truncated_answers_carry_the_records_that_fit_as_corednss_do(
+    cluster: ControlPlane, kdns: KdnsProcess, coredns: CoreDNS
+) -> None:
+    """A headless service of 100 hand-written endpoints: its A answer (100 records) and SRV answer
+    do not fit 512 bytes (no EDNS) nor 1232 (EDNS). Over UDP both servers send TC=1 with the
+    whole records that fit, as many of them; CoreDNS shuffles them, so only the count and that
+    they belong to the answer are compared. (kdns sent none before 2026-12-05.)"""
+    ns, svc = "trunc", "many"
+    cluster.create_namespace(ns)
+    cluster.create_service(ns, svc, headless=True, ports=[("port", 80, 80)])
+    addresses = [f"10.9.{i // 200}.{i % 200 + 1}" for i in range(100)]
+    cluster.create_endpoints(ns, svc, [(a, "") for a in addresses], [("port", 80)])
+    name = f"{svc}.{ns}.svc.{ZONE}"
+    for port in (kdns.port, coredns.port):
+        wait_for(
+            f"{port} to serve the 100 addresses",
+            lambda port=port: len(ask(port, name, tcp=True).answer) == 100,
+            20,
+        )
+    for qname, qtype in ((name, "A"), (f"_port._tcp.{name}", "SRV")):
+        whole = {r.lower() for r in ask(kdns.port, qname, qtype, tcp=True).answer}
+        for payload in (None, 1232):
+            counts = []
+            for port in (kdns.port, coredns.port):
+                q = dns.message.make_query(
+                    qname, qtype, use_edns=payload is not None, payload=payload or 512
+                )
+                wire = dns.query.udp(q, "127.0.0.1", port=port, timeout=3).to_wire()
+                r = dns.message.from_wire(wire)
+                assert r.flags & dns.flags.TC and len(wire) <= (payload or 512), (port, len(wire))
+                kept = {
+                    f"{rrset.name.to_text()} {qtype} {rd.to_text()}".lower()
+                    for rrset in r.answer
+                    for rd in rrset
+                }
+                assert kept <= whole, (port, sorted(kept - whole))
+                counts.append(len(kept))
+            assert counts[0] == counts[1] > 0, (qname, qtype, payload, counts)
