@@ -469,7 +469,15 @@ def serve(
 
     try:
         run(config)
-    except (ConfigError, SourceError) as err:
+    except ConfigError as err:
+        _fail(str(err))
+    except SourceError as err:
+        if not config.zones and err.reason == "no such directory":
+            # The ./zones kdns looks for when told nothing: say what else it could serve.
+            hint = "; give --zones DIR, or a cluster: --kubeconfig FILE"
+            if os.environ.get("KUBECONFIG"):
+                hint += ' (KUBECONFIG is set: --kubeconfig "$KUBECONFIG")'
+            _fail(f"no zones/ directory in {os.getcwd()}{hint}")
         _fail(str(err))
     except KeyboardInterrupt:
         pass

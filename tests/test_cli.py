@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 from pathlib import Path
 
@@ -185,3 +186,22 @@ def test_records_other_domain(tmp_path: Path) -> None:
     rows = [line.split() for line in out.stdout.splitlines()]
     assert ["a.x.svc.corp.internal.", "5", "IN", "A", "10.0.0.7"] in rows
     assert ["7.0.0.10.in-addr.arpa.", "5", "IN", "PTR", "a.x.svc.corp.internal."] in rows
+
+
+def test_serve_where_there_is_no_zones_directory_says_what_else_it_can_serve(
+    tmp_path: Path,
+) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=str(tmp_path / "config"))
+    out = subprocess.run(
+        [*KDNS, "serve", "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"kdns: error: no zones/ directory in {tmp_path}; give --zones DIR, or a cluster: "
+        '--kubeconfig FILE (KUBECONFIG is set: --kubeconfig "$KUBECONFIG")'
+    )

@@ -3,13 +3,16 @@ kubernetes client against the API server double, into a real store on its own lo
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 
 from kdns.sources.cluster import ClusterConfigError, ClusterSource, load_api_client
 from testkit.apiserver import (
@@ -268,7 +271,8 @@ def test_kubeconfig_current_and_named_context(kubeconfig: Path, api: FakeApiServ
         (None, None, "does not exist"),
         ("clusters: [", None, "unusable"),
         ("apiVersion: v1\nkind: Config\n", None, "unusable"),
-        ("", "nope", "unusable"),
+        # the contexts it has, and how to pick one
+        ("", "nope", "has no context 'nope' (it has: "),
     ],
     ids=["missing", "not-yaml", "no-context", "unknown-context"],
 )
@@ -285,6 +289,8 @@ def test_bad_kubeconfig_is_one_clear_line(
     text = str(info.value)
     assert message in text and str(path) in text
     assert "\n" not in text
+    if context == "nope":
+        assert "elsewhere" in text and text.endswith("pick one with --context")
 
 
 def test_in_cluster_is_chosen_in_a_pod_and_explains_what_is_missing(
@@ -300,3 +306,26 @@ def test_in_cluster_is_chosen_in_a_pod_and_explains_what_is_missing(
     assert "\n" not in str(info.value)
     with pytest.raises(ClusterConfigError, match="either"):
         load_api_client("some/kubeconfig", in_cluster=True)
+
+
+def test_insecure_skip_tls_verify_is_said_once_not_warned_per_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:9', "
+        "insecure-skip-tls-verify: true}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="kdns.sources.cluster"):
+        client = load_api_client(str(path))
+    assert client.configuration.verify_ssl is False
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"kubeconfig {path}: insecure-skip-tls-verify: the API server's certificate is not checked"
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn("unverified", urllib3.exceptions.InsecureRequestWarning, stacklevel=1)
+    assert caught == []  # urllib3's two lines per request are gone

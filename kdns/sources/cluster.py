@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
+import urllib3
 import yaml
 from kubernetes.client import ApiClient, ApiException, Configuration
 from kubernetes.config import (
@@ -139,9 +140,35 @@ def load_api_client(
                 persist_config=False,
             )
         except (ConfigException, OSError, yaml.YAMLError, ValueError, TypeError, KeyError) as exc:
-            raise ClusterConfigError(f"kubeconfig {where} unusable: {_one_line(exc)}") from None
+            raise ClusterConfigError(
+                _missing_context(kubeconfig, where, context)
+                or f"kubeconfig {where} unusable: {_one_line(exc)}"
+            ) from None
     config.retries = False
+    if not config.verify_ssl:
+        # urllib3 would warn twice per request (every list and watch, for ever): said once here.
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        log.warning(
+            "kubeconfig %s: insecure-skip-tls-verify: the API server's certificate is not checked",
+            kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config",
+        )
     return ApiClient(configuration=config)
+
+
+def _missing_context(kubeconfig: str | None, where: str, context: str | None) -> str | None:
+    """The message for a kubeconfig that lacks the context asked for (`--context`), or none
+    current: the contexts it has, and how to pick one. None when that is not the trouble."""
+    try:
+        contexts, active = list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, yaml.YAMLError, ValueError, TypeError, KeyError):
+        return None
+    names = [c.get("name") for c in contexts or () if isinstance(c, dict)]
+    has = f"(it has: {', '.join(str(n) for n in names) or 'none'}); pick one with --context"
+    if context is not None and context not in names:
+        return f"kubeconfig {where} has no context {context!r} {has}"
+    if context is None and not active:
+        return f"kubeconfig {where} has no current context {has}"
+    return None
 
 
 def current_context(kubeconfig: str) -> str:
