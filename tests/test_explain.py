@@ -312,3 +312,31 @@ def test_publish_not_ready_addresses_are_not_said_to_be_left_out() -> None:
     assert "left out" not in out
     assert "not ready (answered all the same): 10.3.0.1" in out
     assert "peers.default.svc.cluster.local. 5 A 10.3.0.1" in out
+
+
+def test_an_address_ready_in_another_slice_is_not_said_to_be_left_out() -> None:
+    # Two hand-written slices, each with one address ready and the other not (a rollout's
+    # overlap): both addresses are answered. It printed "not ready (left out): 10.250.2.2 and
+    # 10.250.2.1", then both in the answer.
+    engine = make_engine(
+        [
+            *namespaces("hand"),
+            headless("hand", "split"),
+            endpoint_slice(
+                "hand", "split-1", "split", [ep("10.250.2.1"), ep("10.250.2.2", ready=False)]
+            ),
+            endpoint_slice(
+                "hand", "split-2", "split", [ep("10.250.2.2"), ep("10.250.2.1", ready=False)]
+            ),
+            endpoint_slice("hand", "split-3", "split", [ep("10.250.2.3", ready=False)]),
+        ]
+    )
+    out = explain(engine, "split.hand.svc.cluster.local")
+    assert "  not ready (left out): 10.250.2.3" in out.splitlines()
+    assert (
+        "  not ready in one object, ready in another (answered): 10.250.2.2 and 10.250.2.1"
+        in out.splitlines()
+    )
+    for address in ("10.250.2.1", "10.250.2.2"):
+        assert f"split.hand.svc.cluster.local. 5 A {address}" in out
+    assert "A 10.250.2.3" not in out

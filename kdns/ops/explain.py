@@ -372,11 +372,19 @@ def _details(store: Store, view: ServiceView) -> list[str]:
         out.append("publishNotReadyAddresses: endpoints are answered whether ready or not")
     sets = store.endpoint_sets(svc.namespace, svc.name)
     used = set(view.sources)
-    unready = _unready(s for s in sets if s.key in used)
-    if unready and svc.publish_not_ready:
-        out.append(f"not ready (answered all the same): {_join(unready)}")
-    elif unready:
-        out.append(f"not ready (left out): {_join(unready)}")
+    # An address not ready in one slice may be ready in another (a rollout, hand-written
+    # slices): it is answered, so it is not "left out".
+    served = {ep.address for ep in view.ready}
+    unready = _unready((s for s in sets if s.key in used), served)
+    elsewhere = _unready((s for s in sets if s.key in used), served, ready_elsewhere=True)
+    if svc.publish_not_ready:
+        if unready or elsewhere:
+            out.append(f"not ready (answered all the same): {_join(unready + elsewhere)}")
+    else:
+        if unready:
+            out.append(f"not ready (left out): {_join(unready)}")
+        if elsewhere:
+            out.append(f"not ready in one object, ready in another (answered): {_join(elsewhere)}")
     ignored = sorted(f"{s.kind} {s.name}" for s in sets if s.key not in used)
     if ignored:
         out.append(f"ignored: {_join(ignored)} (EndpointSlices win over Endpoints)")
@@ -390,12 +398,16 @@ def _details(store: Store, view: ServiceView) -> list[str]:
     return out
 
 
-def _unready(sets: Iterable[EndpointSet]) -> list[str]:
+def _unready(
+    sets: Iterable[EndpointSet], served: set[str], ready_elsewhere: bool = False
+) -> list[str]:
+    """The not-ready endpoints of `sets` whose addresses are not `served` (answered as ready
+    from another object); with `ready_elsewhere`, those whose addresses all are."""
     out = []
     for eps in sets:
         for subset in eps.subsets:
             for ep in subset.endpoints:
-                if not ep.ready:
+                if not ep.ready and all(a in served for a in ep.addresses) == ready_elsewhere:
                     what = "/".join(ep.addresses)
                     out.append(f"{ep.target} {what}" if ep.target else what)
     return out
