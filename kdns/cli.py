@@ -475,7 +475,10 @@ def serve(
         if not config.zones and err.reason == "no such directory":
             # The ./zones kdns looks for when told nothing: say what else it could serve.
             hint = "; give --zones DIR, or a cluster: --kubeconfig FILE"
-            if os.environ.get("KUBECONFIG"):
+            kubeconfig = os.environ.get("KUBECONFIG")
+            if kubeconfig and os.pathsep in kubeconfig:
+                hint += " (KUBECONFIG is set: pass one of its files)"
+            elif kubeconfig:
                 hint += ' (KUBECONFIG is set: --kubeconfig "$KUBECONFIG")'
             _fail(f"no zones/ directory in {os.getcwd()}{hint}")
         _fail(str(err))

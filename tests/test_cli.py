@@ -205,3 +205,13 @@ def test_serve_where_there_is_no_zones_directory_says_what_else_it_can_serve(
         f"kdns: error: no zones/ directory in {tmp_path}; give --zones DIR, or a cluster: "
         '--kubeconfig FILE (KUBECONFIG is set: --kubeconfig "$KUBECONFIG")'
     )
+    env["KUBECONFIG"] = f"{tmp_path / 'a'}:{tmp_path / 'b'}"  # a list: name one of them
+    out = subprocess.run(
+        [*KDNS, "serve", "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.stderr.strip().endswith("(KUBECONFIG is set: pass one of its files)")

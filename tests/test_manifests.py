@@ -404,6 +404,13 @@ def test_control_character_is_located() -> None:
         (
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
             "metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}\naddressType: IPv6\n"
+            "endpoints:\n- addresses: ['::ffff:10.9.1.2']\n",
+            6,
+            "endpoints[0].addresses[0] '::ffff:10.9.1.2' is not an IPv6 address",
+        ),
+        (
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+            "metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}\naddressType: IPv6\n"
             "endpoints:\n- addresses: ['fd00::9']\n  hostname: a.b\n",
             7,
             "endpoints[0].hostname 'a.b' is not a valid hostname",

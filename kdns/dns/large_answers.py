@@ -293,7 +293,7 @@ def _srv(
             written.setdefault(target[1], start)
         answers.append(record)
         offset += len(record)
-    # dnslib's compression table as `wire._pack` leaves it after the question: the whole
+    # dnslib's compression table as `wire.pack` leaves it after the question: the whole
     # lower-cased question name only, at offset 12 (no other name points into it). Answer
     # owners are the question itself (a pointer, nothing new); SRV targets are written
     # uncompressed and never enter the table (glue named like a target points to it, above).

@@ -285,8 +285,10 @@ class _Buffer(DNSBuffer):  # type: ignore[misc]
         super().encode_name_nocompress(name)
 
 
-def _pack(record: DNSRecord) -> bytes:
-    """`record.pack()` with `_Buffer`."""
+def pack(record: DNSRecord) -> bytes:
+    """`record.pack()`, but no compression pointer past offset 0x3FFF (`_Buffer`), and names
+    after the question compressed only against the whole question (whose spelling callers may
+    copy over it)."""
     record.set_header_qa()
     buffer = _Buffer()
     record.header.pack(buffer)
@@ -322,7 +324,7 @@ def encode(query: Query, answer: Answer, *, max_udp: int = DEFAULT_MAX_UDP) -> b
         record.add_auth(rr)
     for rr in answer.additional:
         record.add_ar(rr)
-    packed = bytearray(_pack(record))
+    packed = bytearray(pack(record))
     if query.flags & CD:
         packed[3] |= CD & 0xFF
     if query.edns:

@@ -15,7 +15,7 @@ from dnslib import QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from kdns.dns.names import Shape, ZoneKind
 from kdns.dns.resolution import Engine
-from kdns.dns.wire import parse_query
+from kdns.dns.wire import pack, parse_query
 from kdns.ops.zonefile import records
 
 #: Records per message: keeps each message well under 65535 bytes.
@@ -42,7 +42,7 @@ def transfer(
 ) -> list[bytes]:
     """The messages answering an AXFR query: the zone between two copies of its SOA. An IXFR
     query gets the same (RFC 1995 section 4: a server that keeps no history of changes sends
-    the whole zone), whatever serial its authority section holds."""
+    the whole zone), or the current SOA alone when its own SOA is as new (section 2)."""
     query = parse_query(query_bytes)
     qname = DNSLabel(query.labels)
     zone = str(qname).rstrip(".").lower()
@@ -52,7 +52,9 @@ def transfer(
         rec = DNSRecord(header, q=DNSQuestion(qname, query.qtype) if first else None)
         for rr in rrs:
             rec.add_answer(rr)
-        packed = bytearray(rec.pack())
+        # kdns's packing: dnslib alone would point to names past offset 16,383, which a
+        # compression pointer cannot reach (a message of 200 long names came out corrupt).
+        packed = bytearray(pack(rec))
         if first:
             packed[12 : 12 + len(query.name)] = query.name
         return bytes(packed)
@@ -67,6 +69,9 @@ def transfer(
         return [message(RCODE.NOTAUTH, [], True)]
     cluster = request.zone
     soa = engine.resolve(DNSLabel(zone), QTYPE.SOA).answer
+    if query.qtype == QTYPE.IXFR and _up_to_date(query_bytes, soa[0].rdata.times[0]):
+        # RFC 1995 section 2: a client as new as the server gets the current SOA alone.
+        return [message(RCODE.NOERROR, soa, True)]
     # A record belongs to the zone the grammar puts its name in (the longest zone that holds it),
     # so a cluster zone under another one is never transferred as part of its parent.
     body = [
@@ -77,3 +82,14 @@ def transfer(
     rrs = [*soa, *body, *soa]
     chunks = [rrs[i : i + PER_MESSAGE] for i in range(0, len(rrs), PER_MESSAGE)]
     return [message(RCODE.NOERROR, chunk, i == 0) for i, chunk in enumerate(chunks)]
+
+
+def _up_to_date(query_bytes: bytes, serial: int) -> bool:
+    """Whether an IXFR query's SOA (its authority section) has `serial` or a later one, in
+    serial number arithmetic (RFC 1982). False when it carries none."""
+    try:
+        auth = DNSRecord.parse(query_bytes).auth
+    except Exception:  # dnslib raises several kinds on odd input; parse_query accepted it
+        return False
+    theirs = next((rr.rdata.times[0] for rr in auth if rr.rtype == QTYPE.SOA), None)
+    return theirs is not None and (theirs - serial) % (1 << 32) < (1 << 31)

@@ -18,7 +18,13 @@ _TYPES = (QTYPE.SOA, QTYPE.NS, QTYPE.A, QTYPE.AAAA, QTYPE.CNAME, QTYPE.SRV, QTYP
 
 
 def _names(engine: Engine) -> Iterator[str]:
-    """Every name the data implies (pod names, which any address makes, are left out)."""
+    """Every name the data implies that DNS can carry (`fits`: a long --domain makes some
+    longer than 255 octets, which no question can ask); pod names, which any address makes,
+    are left out."""
+    return (name for name in _all_names(engine) if fits(name))
+
+
+def _all_names(engine: Engine) -> Iterator[str]:
     for cluster in engine.clusters:
         zone = cluster.domain
         yield from (zone, f"dns-version.{zone}", f"ns.dns.{zone}")
@@ -35,8 +41,7 @@ def _names(engine: Engine) -> Iterator[str]:
             for name, proto in sorted(ports):
                 yield f"_{name}._{proto.lower()}.{fqdn}"
             for label in sorted({ep.name for ep in view.ready}):
-                if fits(f"{label}.{fqdn}"):
-                    yield f"{label}.{fqdn}"
+                yield f"{label}.{fqdn}"
             addresses.update(svc.cluster_ips)
             addresses.update(ep.address for ep in view.ready)
         for address in sorted(addresses, key=_ip_order):

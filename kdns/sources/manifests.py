@@ -512,7 +512,11 @@ def _check_endpoints(kind: str, obj: Mapping[str, Any]) -> None:
         for i, ep in enumerate(obj.get("endpoints") or ()):
             for j, address in enumerate(ep.get("addresses") or ()):
                 canonical = canonical_ip(address)
-                if canonical is None or (":" in canonical) != (family == "IPv6"):
+                if (
+                    canonical is None
+                    or (":" in canonical) != (family == "IPv6")
+                    or canonical.startswith("::ffff:")  # IPv4-mapped: the apiserver refuses it
+                ):
                     raise TrimError(
                         f"endpoints[{i}].addresses[{j}] {address!r} is not an {family} address"
                     )
