@@ -191,27 +191,22 @@ def test_records_other_domain(tmp_path: Path) -> None:
 def test_serve_where_there_is_no_zones_directory_says_what_else_it_can_serve(
     tmp_path: Path,
 ) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=str(tmp_path / "config"))
-    out = subprocess.run(
-        [*KDNS, "serve", "--listen", "127.0.0.1:0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        env=env,
-    )
+    def serve_here(kubeconfig: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=kubeconfig)
+        return subprocess.run(
+            [*KDNS, "serve", "--listen", "127.0.0.1:0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+            env=env,
+        )
+
+    out = serve_here(str(tmp_path / "config"))
     assert out.returncode == 1
     assert out.stderr.strip() == (
         f"kdns: error: no zones/ directory in {tmp_path}; give --zones DIR, or a cluster: "
         '--kubeconfig FILE (KUBECONFIG is set: --kubeconfig "$KUBECONFIG")'
     )
-    env["KUBECONFIG"] = f"{tmp_path / 'a'}:{tmp_path / 'b'}"  # a list: name one of them
-    out = subprocess.run(
-        [*KDNS, "serve", "--listen", "127.0.0.1:0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        env=env,
-    )
+    out = serve_here(f"{tmp_path / 'a'}:{tmp_path / 'b'}")  # a list: name one of them
     assert out.stderr.strip().endswith("(KUBECONFIG is set: pass one of its files)")
