@@ -374,9 +374,9 @@ def _details(store: Store, view: ServiceView) -> list[str]:
     used = set(view.sources)
     # An address not ready in one slice may be ready in another (a rollout, hand-written
     # slices): it is answered, so it is not "left out".
-    served = {ep.address for ep in view.ready}
-    unready = _unready((s for s in sets if s.key in used), served)
-    elsewhere = _unready((s for s in sets if s.key in used), served, ready_elsewhere=True)
+    unready, elsewhere = _unready(
+        (s for s in sets if s.key in used), {ep.address for ep in view.ready}
+    )
     if svc.publish_not_ready:
         if unready or elsewhere:
             out.append(f"not ready (answered all the same): {_join(unready + elsewhere)}")
@@ -398,19 +398,19 @@ def _details(store: Store, view: ServiceView) -> list[str]:
     return out
 
 
-def _unready(
-    sets: Iterable[EndpointSet], served: set[str], ready_elsewhere: bool = False
-) -> list[str]:
-    """The not-ready endpoints of `sets` whose addresses are not `served` (answered as ready
-    from another object); with `ready_elsewhere`, those whose addresses all are."""
-    out = []
+def _unready(sets: Iterable[EndpointSet], served: set[str]) -> tuple[list[str], list[str]]:
+    """The not-ready endpoints of `sets`: those left out, and those whose addresses are all
+    `served` (answered as ready from another object)."""
+    left_out: list[str] = []
+    elsewhere: list[str] = []
     for eps in sets:
         for subset in eps.subsets:
             for ep in subset.endpoints:
-                if not ep.ready and all(a in served for a in ep.addresses) == ready_elsewhere:
+                if not ep.ready:
                     what = "/".join(ep.addresses)
-                    out.append(f"{ep.target} {what}" if ep.target else what)
-    return out
+                    into = elsewhere if all(a in served for a in ep.addresses) else left_out
+                    into.append(f"{ep.target} {what}" if ep.target else what)
+    return left_out, elsewhere
 
 
 def _why_svc(

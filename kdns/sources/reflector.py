@@ -549,15 +549,9 @@ class Reflector:
                 self._on_synced(self)
 
     def _healthy_api(self) -> None:
-        """The API answered (if only with a 404): no outage to report."""
-        if self._failures:
-            self._recovery.success()  # the other kinds need not wait out their backoff
-        if self._said_unreachable:
-            self._said_unreachable = False
-            self._sink.set_unreachable(self.layer, None)
+        """The API answered (if only with a 404): no outage to report, and the streak ends."""
+        self._reachable()
         self._failures = 0
-        self._misses = 0
-        self._away = False
 
     def _reachable(self) -> None:
         """A list answered: the API is reachable, so answers stop saying they are stale. The
@@ -565,7 +559,7 @@ class Reflector:
         with list allowed and watch refused (RBAC), each list would otherwise reset the backoff,
         and the watch's 403 would come back at once, a full list a second, warned each time."""
         if self._failures:
-            self._recovery.success()
+            self._recovery.success()  # the other kinds need not wait out their backoff
         if self._said_unreachable:
             self._said_unreachable = False
             self._sink.set_unreachable(self.layer, None)
