@@ -167,12 +167,26 @@ def test_answers_say_they_are_stale_while_the_api_is_unreachable(tmp_path: Path)
     api = FakeApiServer().start()
     api.apply_all(shop_api_objects())
     kcfg = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-    kp = start_kdns(["--kubeconfig", str(kcfg)])
+    kp = start_kdns(["--kubeconfig", str(kcfg)], http=True)
+
+    def unreachable_seconds() -> float:
+        # What an alert reads: the same state as the EDE, from /metrics.
+        status, body = kp.http_get("/metrics")
+        assert status == 200
+        [line] = [
+            line
+            for line in body.splitlines()
+            if line.startswith('kdns_kubernetes_api_unreachable_seconds{zone="cluster.local."}')
+        ]
+        return float(line.split()[-1])
+
     try:
         cart = "cart.shop.svc.cluster.local"
         assert ede(ask(kp.port, cart)) == []
+        assert unreachable_seconds() == 0
         api.go_down()
         assert until(lambda: ede(ask(kp.port, cart)), 20), "no Stale Answer while the API is down"
+        assert unreachable_seconds() > 0
         r = ask(kp.port, cart)
         assert r.answer[0][0].address == "10.96.1.1"  # the last data, still served
         [(code, text)] = ede(r)
@@ -189,6 +203,7 @@ def test_answers_say_they_are_stale_while_the_api_is_unreachable(tmp_path: Path)
         assert "EDE: 3 (Stale Answer)" in kp.dig(cart, "A")
         api.come_up()
         assert until(lambda: not ede(ask(kp.port, cart)), 20), "still stale after the API is back"
+        assert unreachable_seconds() == 0
     finally:
         kp.stop()
         api.stop()

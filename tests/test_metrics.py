@@ -179,6 +179,22 @@ def test_watch_metrics() -> None:
     assert value(objects, "kdns_kubernetes_objects", kind="EndpointSlice") == 9
 
 
+def test_unreachable_metric_counts_seconds_since_the_api_stopped_answering() -> None:
+    now = 1_000_000.0
+    states = [("cluster.local.", None), ("east.local.", now - 42.5), ("west.local.", now + 3)]
+    collector = KdnsCollector(
+        FakeQueries(), FakeResponses(), unreachable=lambda: states, clock=lambda: now
+    )
+    fams = families(collector)
+    name = "kdns_kubernetes_api_unreachable_seconds"
+    assert value(fams[name], name, zone="cluster.local.") == 0
+    assert value(fams[name], name, zone="east.local.") == 42.5
+    # A clock stepped back (NTP) gives 0, not a negative age.
+    assert value(fams[name], name, zone="west.local.") == 0
+    # Without a cluster source there is no such family at all.
+    assert name not in families(KdnsCollector(FakeQueries(), FakeResponses()))
+
+
 def test_forward_metrics() -> None:
     fwd = Forwarder([("192.0.2.1", 53), ("2001:db8::1", 5353)])
     fwd.hits, fwd.misses = 5, 2

@@ -299,7 +299,9 @@ class KdnsCollector:
         forward: ForwardStats | None = None,
         workers: Callable[[], tuple[int, int, int, Mapping[int, int]]] | None = None,
         acl: AclStats | None = None,
+        unreachable: Callable[[], Iterable[tuple[str, float | None]]] | None = None,
         version: str = __version__,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.queries = queries
         self.responses = responses
@@ -312,7 +314,11 @@ class KdnsCollector:
         #: requests answered by each running serving process)
         self.workers = workers
         self.acl = acl
+        #: (zone, wall-clock time its cluster's API stopped answering, or None) of each cluster
+        #: source: what makes answers carry the Stale Answer EDE, for an alert to read.
+        self.unreachable = unreachable
         self.version = version
+        self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
         yield from self._dns()
@@ -320,6 +326,8 @@ class KdnsCollector:
             yield self._programming(self.programming)
         if self.watch is not None:
             yield from self._watch(list(self.watch()))
+        if self.unreachable is not None:
+            yield self._unreachable(self.unreachable())
         if self.forward is not None:
             yield from self._forward(self.forward)
         if self.workers is not None:
@@ -416,6 +424,18 @@ class KdnsCollector:
         return family
 
     # -- watches ------------------------------------------------------------------------------
+
+    def _unreachable(self, sources: Iterable[tuple[str, float | None]]) -> Metric:
+        family = GaugeMetricFamily(
+            "kdns_kubernetes_api_unreachable_seconds",
+            "Seconds since the cluster's API stopped answering (answers from its last data "
+            "then carry the Stale Answer EDE); 0 while it answers.",
+            labels=["zone"],
+        )
+        now = self.clock()
+        for zone, since in sources:
+            family.add_metric([zone], 0.0 if since is None else max(0.0, now - since))
+        return family
 
     @staticmethod
     def _watch(stats: list[WatchStats]) -> Iterator[Metric]:

@@ -503,6 +503,7 @@ class DnsServer:
                 self._closers.append(source.stop)
                 self._closers.append(client.close)
             self.metrics.watch = self._watch_stats
+            self.metrics.unreachable = self._unreachable
 
     def _log_sources(self) -> None:
         """Say where the answers for the cluster domain come from, when it is not obvious."""
@@ -611,6 +612,18 @@ class DnsServer:
 
     def _watch_stats(self) -> list[Any]:
         return [stat for source in self.sources for stat in source.stats()]
+
+    def _unreachable(self) -> list[tuple[str, float | None]]:
+        """(zone, unreachable since) of every cluster source, for the metrics."""
+        cfg = self.config
+        zones = [cfg.domain, *(zone for _, zone in cfg.clusters)]
+        layers = {source.layer for source in self.sources}
+        return [
+            (zones[index] + ".", since)
+            for index, store in enumerate(self.stores)
+            for layer, _implicit, _synced, since in store.layer_states()
+            if layer in layers
+        ]
 
     @property
     def synced(self) -> bool:
