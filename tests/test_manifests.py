@@ -416,6 +416,13 @@ def test_control_character_is_located() -> None:
             "endpoints[0].hostname 'a.b' is not a valid hostname",
         ),
         (
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+            "metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\n"
+            "endpoints:\n- addresses: [10.0.0.1]\n  hostname: ''\n",
+            7,
+            "endpoints[0].hostname '' is not a valid hostname",
+        ),
+        (
             "kind: Endpoints\nmetadata: {name: s}\nsubsets:\n- addresses:\n"
             "  - {ip: 10.0.0.1, hostname: Web_1}\n",
             6,
@@ -450,9 +457,14 @@ def test_valid_hostnames_addresses_and_external_names_are_kept() -> None:
         "metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\n"
         f"endpoints:\n- addresses: [10.0.0.1]\n  hostname: {'h' * 63}\n"
         "- addresses: [10.0.0.2]\n  hostname: 0-web\n"
+        "- addresses: [10.0.0.3]\n  hostname: null\n"
         "---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\n"
-        "spec: {type: ExternalName, externalName: Db.Example.COM.}\n",
+        "spec: {type: ExternalName, externalName: Db.Example.COM.}\n"
+        # A v1 Endpoints address takes "" for no hostname (the apiserver checks it only when
+        # set); a slice does not.
+        "---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: y}\n"
+        "subsets:\n- addresses:\n  - {ip: 10.0.0.4, hostname: ''}\n",
         "f.yaml",
     )
     assert not parsed.problems
-    assert len(parsed.records) == 2
+    assert len(parsed.records) == 3

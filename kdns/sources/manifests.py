@@ -520,13 +520,11 @@ def _check_endpoints(kind: str, obj: Mapping[str, Any]) -> None:
                     raise TrimError(
                         f"endpoints[{i}].addresses[{j}] {address!r} is not an {family} address"
                     )
-            _check_label(
-                ep.get("hostname") or "",
-                _DNS1123_LABEL,
-                f"endpoints[{i}].hostname",
-                "hostname",
-                empty=True,
-            )
+            # A slice's hostname is optional, but when given it must be a label: the apiserver
+            # refuses `hostname: ""` there (a v1 Endpoints address takes "" for none).
+            hostname = ep.get("hostname")
+            if hostname is not None:
+                _check_label(hostname, _DNS1123_LABEL, f"endpoints[{i}].hostname", "hostname")
         return
     for i, subset in enumerate(obj.get("subsets") or ()):
         for field_name in ("addresses", "notReadyAddresses"):
