@@ -1,9 +1,9 @@
 """Python CPU per query on the UDP path, in process: `UdpProtocol.datagram_received` over
 bench/run.py's query mix, with a transport that sends nothing; with `--batch`, the batch path
-(`BatchUdp._answer`, what serves UDP by default) over its receive buffers filled by hand, 64
-datagrams at a time, with a sendmmsg that sends nothing.
+(`BatchUdp._answer`, what serves UDP by default) over its receive buffers filled by hand,
+`--per-batch` datagrams at a time, with a sendmmsg that sends nothing.
 
-    python bench/hotpath.py [--rounds 8] [--checkout DIR] [--batch]
+    python bench/hotpath.py [--rounds 8] [--checkout DIR] [--batch [--per-batch 20]]
 
 dnsperf's figures (bench/run.py) carry the kernel's receive and send and move by 1-2 µs between
 runs on a shared machine; this isolates kdns's own Python, so an A/B of two commits (run it
@@ -15,7 +15,6 @@ either layout (kdns/serve/... or the older flat kdns/...), so it can measure old
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import random
 import sys
@@ -34,6 +33,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--checkout", type=Path, default=HERE.parent)
     parser.add_argument("--batch", action="store_true", help="the recvmmsg/sendmmsg path")
+    parser.add_argument(
+        "--per-batch",
+        type=int,
+        default=20,
+        help="datagrams per batch with --batch (about 20 under dnsperf at the maximum rate: "
+        "bench/profile.py counts 0.05 recvmmsg calls a query)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(args.checkout / "bench"))
     from dataset import Shape, query_lines, write_manifests
@@ -97,7 +103,7 @@ def main() -> None:
         sender = socket.inet_pton(socket.AF_INET, addr[0])
         # Each batch's datagrams, as recvmmsg leaves them: the bytes in the slots, the lengths
         # in msg_len, the senders in msg_name (sockaddr_in: family, port, address).
-        size = int(os.environ.get("KDNS_BATCH", BATCH))
+        size = min(args.per_batch, BATCH)
         groups = [wires[i : i + size] for i in range(0, len(wires) - size + 1, size)]
 
         def fill(group: list[bytes]) -> None:
