@@ -1,7 +1,9 @@
 """Python CPU per query on the UDP path, in process: `UdpProtocol.datagram_received` over
 bench/run.py's query mix, with a transport that sends nothing; with `--batch`, the batch path
 (`BatchUdp._answer`, what serves UDP by default) over its receive buffers filled by hand,
-`--per-batch` datagrams at a time, with a sendmmsg that sends nothing.
+`--per-batch` datagrams at a time, with a sendmmsg that sends nothing. That is `_answer` alone: the
+reader callback and the two ctypes calls a batch costs the server are left out, so the figure is
+a lower bound of the server's Python per query (bench/profile.py measures all of it, by perf).
 
     python bench/hotpath.py [--rounds 8] [--checkout DIR] [--batch [--per-batch 20]]
 
@@ -41,6 +43,8 @@ def main() -> None:
         "bench/profile.py counts 0.05 recvmmsg calls a query)",
     )
     args = parser.parse_args()
+    if not 1 <= args.per_batch <= 64:
+        parser.error("--per-batch: 1 to 64 (BatchUdp takes at most 64 datagrams a call)")
     sys.path.insert(0, str(args.checkout / "bench"))
     from dataset import Shape, query_lines, write_manifests
 

@@ -27,7 +27,8 @@ One job: turn the counters the server already keeps into the Prometheus text for
   no label. Plus what CoreDNS has no equivalent for: per-kind watch counters from
   `ReflectorStats` (`kdns_kubernetes_watch_events_total{kind,type}`,
   `kdns_kubernetes_relists_total{kind}`, `kdns_kubernetes_errors_total{kind}`,
-  `kdns_kubernetes_synced{kind}`, `kdns_kubernetes_objects{kind}`), and the forwarder's
+  `kdns_kubernetes_synced{kind}`, `kdns_kubernetes_objects{kind}`), per cluster zone how long
+  its API has not answered (`kdns_kubernetes_api_unreachable_seconds{zone}`), and the forwarder's
   (`kdns_forward_*`, as CoreDNS's `forward` plugin names them, labelled `to`), and with
   `--allow-query` the queries it turned away, `kdns_acl_refused_total{proto}` and
   `kdns_acl_dropped_total{proto}` (proto "udp", "tcp", or "http" for /explain; CoreDNS's `acl`
@@ -280,6 +281,10 @@ def _buckets(
     return out
 
 
+#: What `kdns_kubernetes_api_unreachable_seconds` shows while unreachable, at least.
+_TICK = 0.001
+
+
 def _le(bound: float) -> str:
     return repr(float(bound))
 
@@ -434,7 +439,9 @@ class KdnsCollector:
         )
         now = self.clock()
         for zone, since in sources:
-            family.add_metric([zone], 0.0 if since is None else max(0.0, now - since))
+            # Never 0 while unreachable, even if the clock stepped back past `since`: 0 is the
+            # value an alert takes for "answering from the API".
+            family.add_metric([zone], 0.0 if since is None else max(_TICK, now - since))
         return family
 
     @staticmethod
