@@ -252,8 +252,8 @@ def serve(
         bool,
         typer.Option(
             "--http-changes/--no-http-changes",
-            help="Keep the change journal for /changes on --http (about half of the watching "
-            "process's CPU per endpoint change; off: /changes answers 404).",
+            help="Keep the change journal for /changes on --http (at most 5% of the watching "
+            "process's time in the background; off: /changes answers 404).",
         ),
     ] = True,
     lameduck: Annotated[

@@ -515,6 +515,116 @@ def test_on_the_loop_changes_are_journaled_a_slice_at_a_time_with_the_loop_runni
     assert asyncio.run(read_at_once()) == len(expected)
 
 
+class Ticks:
+    """A clock that moves 1 ms each time it is read: every slice of diffing "takes" as long
+    as the changes it worked out."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+def synced_journal(clock: Ticks | None = None) -> tuple[Store, Journal]:
+    store = Store()
+    store.add_layer(LAYER)
+    journal = Journal(clock=clock) if clock is not None else Journal()
+    journal.follow(ZONE, store)
+    journal.open()
+    store.apply(LAYER, [clusterip("shop", "web", "10.96.0.1")])
+    store.set_synced(LAYER)
+    return store, journal
+
+
+def test_the_background_diffing_takes_its_share_of_the_time_and_readers_catch_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With 5% of the time, a slice of 4 ms on this clock (three changes, and the clock read
+    # once more at the end) is followed by a pause of 76 ms: a long churn costs the watching
+    # process 5% for the journal, not as much again as the changes themselves. A reader then
+    # works out the rest (a slice at a time).
+    monkeypatch.setattr(kdns.ops.journal, "DRAIN_BUDGET", 0.0025)
+    delays: list[float] = []
+
+    async def run() -> tuple[int, int, int, int, int]:
+        clock = Ticks()
+        store, journal = synced_journal(clock)
+        loop = asyncio.get_running_loop()
+        real_call_later = loop.call_later
+
+        def call_later(delay: float, callback: Any, *args: Any) -> Any:
+            delays.append(delay)
+            return real_call_later(3600, callback, *args)  # not within this test
+
+        monkeypatch.setattr(loop, "call_later", call_later)
+        for i in range(20):
+            store.apply(LAYER, [clusterip("shop", f"s{i}", f"10.96.1.{i}")])
+        waiting = journal.pending
+        for _ in range(50):
+            await asyncio.sleep(0)
+        after_slice = journal.pending
+        await journal.catch_up()
+        # One change after the backlog is gone waits for the pause too: worked out at once,
+        # one change at a time, the journal would take as much as the changes cost.
+        clock.now = 10.0
+        journal._draining = False  # the test's call_later never ran the drain
+        journal._next = clock.now + 0.05  # 50 ms of pause left from an earlier slice
+        store.apply(LAYER, [clusterip("shop", "late", "10.96.2.1")])
+        for _ in range(50):
+            await asyncio.sleep(0)
+        late = journal.pending
+        await journal.catch_up()
+        return waiting, after_slice, late, len(journal.since(None)[0]), journal.skipped
+
+    waiting, after_slice, late, entries, skipped = asyncio.run(run())
+    assert waiting == 20
+    assert after_slice == 20 - 3  # one slice, then the pause
+    # The pause: 4 ms / 5% - 4 ms from the slice's end, asked for 1 ms (a clock read) later.
+    assert delays[0] == pytest.approx(0.004 / 0.05 - 0.004 - 0.001)
+    assert late == 1 and delays[1] == pytest.approx(0.05 - 0.001)
+    assert entries == 1 + 21 * 2 and skipped == 0  # the load, A and PTR of each: none lost
+
+
+def test_a_journal_that_falls_behind_keeps_the_newest_changes_and_says_from_where(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The changes waiting hold views alive: past MAX_PENDING endpoints of them, the oldest go
+    # unjournaled, and `since` says the journal is complete only from the last of those on.
+    # Five changes of a headless service (20 to 24 endpoints) wait at once, weighing 21 to 25:
+    # the last three fit in 80, the last four do not.
+    monkeypatch.setattr(kdns.ops.journal, "MAX_PENDING", 80)
+
+    async def run() -> tuple[Journal, list[int]]:
+        store, journal = synced_journal()
+        store.apply(LAYER, [headless("shop", "db", ports=[port("pg", 5432)]), scaled(19)])
+        await journal.catch_up()
+        serials = []
+        for i in range(5):
+            store.apply(LAYER, [scaled(20 + i)])
+            serials.append(store.serial)
+        await journal.catch_up()
+        return journal, serials
+
+    journal, serials = asyncio.run(run())
+    assert journal.skipped == 2
+    assert journal.oldest == serials[1]
+    entries, complete = journal.since(serials[0])
+    assert not complete
+    entries, complete = journal.since(serials[1])
+    assert complete and sorted({e.serial for e in entries}) == serials[2:]
+    # The newest change is journaled whole: 23 addresses before, 24 after.
+    [a] = [
+        e
+        for e in entries
+        if e.serial == serials[-1] and (e.name, e.type) == ("db.shop.svc.cluster.local.", "A")
+    ]
+    assert (len(a.before), len(a.after)) == (23, 24)
+    [warning] = [r.getMessage() for r in caplog.records if "dropped unjournaled" in r.getMessage()]
+    assert f"complete from serial {serials[0]} on" in warning  # logged at the first drop
+
+
 def test_the_initial_load_is_one_entry_and_changes_before_it_are_not_journaled() -> None:
     # As the server starts: the files layer loads and syncs, the cluster layer is added, the
     # journal is opened, then the cluster's first list arrives.

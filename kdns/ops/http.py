@@ -125,6 +125,9 @@ async def start_http(server: DnsServer, host: str, port: int) -> asyncio.Server:
             else:
                 peer = writer.get_extra_info("peername")
                 client = peer[0] if peer else ""
+                if path.partition("?")[0] in ("/", "/changes"):
+                    # The journal's backlog, worked out a slice at a time, before it is read.
+                    await server.journal.catch_up()
                 if path.partition("?")[0] == "/":
                     reply = await page(server, client)
                 else:

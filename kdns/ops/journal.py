@@ -33,11 +33,20 @@ are asked (a set difference of the two views' endpoints): one endpoint of a thou
 costs a few questions besides the service's own names, not thousands; and when only the order
 or the not-ready count moved, nothing is asked. The store's listener (on the loop, after the
 answer cache has dropped what the change touched) only notes the old and new views of each
-changed service; the diffs are worked out later on the loop, 5 ms at a time with everything
+changed service; the diffs are worked out later on the loop, 2 ms at a time with everything
 else running in between (a relist or the end of an API outage changes thousands of services at
-once: diffing them in the listener held the loop, and every query, for seconds), or at once
-when someone reads the journal. It never runs for a query. With `--workers` it lives in the
-main process (the serving processes keep none).
+once: diffing them in the listener held the loop, and every query, for seconds), or when
+someone reads the journal (`catch_up`, still a slice at a time). It never runs for a query.
+With `--workers` it lives in the main process (the serving processes keep none).
+
+Bounded cost. The background diffing takes at most `DRAIN_SHARE` (5%) of the time: after a
+slice it pauses nineteen times as long, whether or not changes wait. Under a long churn of large
+services (200 changes a second of 100-endpoint slices: working each out costs as much again as
+applying it) the changes waiting then pile up; past `MAX_PENDING` endpoints of views held by
+them, the oldest are dropped unjournaled, with a warning, and the journal says from which serial
+on it is complete (`since`, `oldest`). A reader that follows (`kdns changes --follow`, asking
+every second) works out what waits each time it asks, and so misses nothing unless more than
+the bound comes between two of its questions.
 
 The initial load. Until every source of a zone has loaded once, changes are not journaled one
 by one (the first list of a large cluster would fill the ring with its own arrival): the
@@ -69,7 +78,7 @@ import ipaddress
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -93,7 +102,13 @@ MAX_RECORDS = 250_000
 #: How many entries `since(None)` gives: the latest.
 LATEST = 100
 #: Seconds of diffing per turn of the event loop (see `Journal._drain`).
-DRAIN_BUDGET = 0.005
+DRAIN_BUDGET = 0.002
+#: The share of the process's time the background diffing may take (see `Journal._drain`).
+DRAIN_SHARE = 0.05
+#: What the changes not worked out yet may hold, in endpoints of their views (a view each:
+#: 100,000 of them grew the watching process by 31 MB in bench/scale.py's churn): past it the
+#: oldest are dropped unjournaled (see `Journal._note`).
+MAX_PENDING = 50_000
 #: The most entries, and record texts, one answer of `/changes` gives (see `changes_json`).
 PAGE_ENTRIES = 1000
 PAGE_RECORDS = 20_000
@@ -137,10 +152,17 @@ class Journal:
     """The last DNS-visible changes of the followed zones, as record-set diffs: at most
     `capacity` entries holding at most about `max_records` record texts between them."""
 
-    def __init__(self, capacity: int = CAPACITY, max_records: int = MAX_RECORDS) -> None:
+    def __init__(
+        self,
+        capacity: int = CAPACITY,
+        max_records: int = MAX_RECORDS,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         if capacity < 1 or max_records < 1:
             raise ValueError("a journal needs room for at least one entry")
         self.capacity = capacity
+        #: What the background diffing's slices and share are timed with.
+        self._clock = clock
         self.max_records = max_records
         self._ring: deque[Entry] = deque()
         #: The record texts each entry of the ring added (a `before` shared with the entry
@@ -159,7 +181,14 @@ class Journal:
         #: Changed services not journaled yet: (zone, serial, time, key, before, after), taken
         #: in order by `_drain`, a few milliseconds of work per turn of the event loop.
         self._pending: deque[tuple[_Zone, int, float, ServiceKey, _Seen, _Seen]] = deque()
+        #: What `_pending` holds, as `_weight` counts it, against `MAX_PENDING`.
+        self._pending_weight = 0
         self._draining = False
+        #: When (on `_clock`) the next slice of diffing may start: its share of the time.
+        self._next = -float("inf")
+        #: Changes dropped unjournaled (the journal fell behind), since the start.
+        self.skipped = 0
+        self._skip_logged = -_SKIP_LOG_EVERY
 
     def follow(self, domain: str, store: Store) -> None:
         """Journal the changes of `store`, which answers for `domain` (lower case, no trailing
@@ -308,8 +337,35 @@ class Journal:
             old = zone.seen.get(skey)
             new = _remember(zone, skey)
             if old is not None or new is not None:
-                self._pending.append((zone, serial, now, skey, old, new))
+                self._note((zone, serial, now, skey, old, new))
         self._schedule()
+
+    def _note(self, change: tuple[_Zone, int, float, ServiceKey, _Seen, _Seen]) -> None:
+        """Queue a change for `_drain`. When changes come faster than the journal's share of
+        the CPU works them out and nobody reads them, the oldest waiting are dropped: the
+        journal then keeps the newest and says from which serial on it is complete, rather
+        than holding every view of a long churn or taking half of the watching process's CPU
+        (a 100-endpoint slice's event costs 0.55 ms without the journal, 1.2 ms with it:
+        bench/event_cost.py)."""
+        self._pending.append(change)
+        self._pending_weight += _weight(change)
+        while self._pending_weight > MAX_PENDING and len(self._pending) > 1:
+            gone = self._pending.popleft()
+            self._pending_weight -= _weight(gone)
+            self.skipped += 1
+            self._dropped = True
+            serial = gone[1]
+            self._floor = serial if self._floor is None else max(self._floor, serial)
+            if self.skipped - self._skip_logged >= _SKIP_LOG_EVERY:
+                self._skip_logged = self.skipped
+                log.warning(
+                    "change journal: changes come faster than it works them out with %d%% of "
+                    "the CPU; %d dropped unjournaled so far, complete from serial %d on "
+                    "(a reader such as kdns changes --follow works them out as it asks)",
+                    round(DRAIN_SHARE * 100),
+                    self.skipped,
+                    self._floor,
+                )
 
     def _schedule(self) -> None:
         if self._draining or not self._pending:
@@ -320,14 +376,37 @@ class Journal:
             self.flush()
             return
         self._draining = True
-        loop.call_soon(self._drain)
+        delay = self._next - self._clock()
+        if delay > 0:
+            loop.call_later(delay, self._drain)
+        else:
+            loop.call_soon(self._drain)
 
     def _drain(self) -> None:
+        """Work out waiting changes for `DRAIN_BUDGET` seconds, then wait long enough that
+        this takes `DRAIN_SHARE` of the time: a slice at a time, so that queries are answered
+        in between, and a share at most, so that a long churn does not double what the
+        watching process spends on each change. Readers catch up on the rest (`catch_up`)."""
         self._draining = False
-        until = time.perf_counter() + DRAIN_BUDGET
-        while self._pending and time.perf_counter() < until:
-            self._journal(*self._pending.popleft())
+        began = self._clock()
+        self._slice(began + DRAIN_BUDGET)
+        ended = self._clock()
+        # The pause holds whether or not changes still wait: one change at a time, each
+        # worked out as it comes, would otherwise take as much as it costs.
+        self._next = ended + (ended - began) * (1 / DRAIN_SHARE - 1)
         self._schedule()
+
+    def _slice(self, until: float) -> None:
+        """Journal waiting changes until `until` (on `_clock`), at least one."""
+        while self._pending:
+            self._journal(*self._pop())
+            if self._clock() >= until:
+                return
+
+    def _pop(self) -> tuple[_Zone, int, float, ServiceKey, _Seen, _Seen]:
+        change = self._pending.popleft()
+        self._pending_weight -= _weight(change)
+        return change
 
     @property
     def pending(self) -> int:
@@ -337,7 +416,15 @@ class Journal:
     def flush(self) -> None:
         """Journal every change still waiting (readers call it: they see every change)."""
         while self._pending:
-            self._journal(*self._pending.popleft())
+            self._journal(*self._pop())
+
+    async def catch_up(self) -> None:
+        """Journal every change still waiting, `DRAIN_BUDGET` seconds at a time with the loop
+        running in between: what a reader awaits first, so that reading after a burst does
+        not hold the loop (and every query) for as long as the burst's backlog takes."""
+        while self._pending:
+            self._slice(self._clock() + DRAIN_BUDGET)
+            await asyncio.sleep(0)
 
     def _journal(
         self, zone: _Zone, serial: int, when: float, skey: ServiceKey, old: _Seen, new: _Seen
@@ -356,6 +443,16 @@ class Journal:
 
 
 _Seen = tuple[ServiceView, tuple[EndpointSet, ...]] | None
+
+#: Changes dropped between two warnings about it.
+_SKIP_LOG_EVERY = 10_000
+
+
+def _weight(change: tuple[_Zone, int, float, ServiceKey, _Seen, _Seen]) -> int:
+    """What a waiting change holds alive: its new view, counted in endpoints (its old view is
+    the change before's new one, or the store's)."""
+    new = change[5]
+    return 1 + (len(new[0].ready) if new is not None else 0)
 
 
 def _remember(zone: _Zone, skey: ServiceKey) -> _Seen:
