@@ -290,8 +290,7 @@ class Journal:
             gone_key = (gone.name, gone.type)
             if self._recent.get(gone_key) is gone:
                 del self._recent[gone_key]
-            self._dropped = True
-            self._floor = gone.serial if self._floor is None else max(self._floor, gone.serial)
+            self._lost(gone.serial)
         ring.append(entry)
         self._costs.append(cost)
         self._records += cost
@@ -340,6 +339,11 @@ class Journal:
                 self._note((zone, serial, now, skey, old, new))
         self._schedule()
 
+    def _lost(self, serial: int) -> None:
+        """A change of `serial` is no longer all there: `since` is complete only from it on."""
+        self._dropped = True
+        self._floor = serial if self._floor is None else max(self._floor, serial)
+
     def _note(self, change: tuple[_Zone, int, float, ServiceKey, _Seen, _Seen]) -> None:
         """Queue a change for `_drain`. When changes come faster than the journal's share of
         the CPU works them out and nobody reads them, the oldest waiting are dropped: the
@@ -353,9 +357,7 @@ class Journal:
             gone = self._pending.popleft()
             self._pending_weight -= _weight(gone)
             self.skipped += 1
-            self._dropped = True
-            serial = gone[1]
-            self._floor = serial if self._floor is None else max(self._floor, serial)
+            self._lost(gone[1])
             if self.skipped - self._skip_logged >= _SKIP_LOG_EVERY:
                 self._skip_logged = self.skipped
                 log.warning(
